@@ -1,0 +1,27 @@
+"""Build of the native kernels.
+
+The C extensions are compiled portably (no -march=native): the fast paths carry their own
+``__attribute__((target(...)))`` and are chosen at run time from what the CPU reports, so one wheel
+runs on any x86-64 (and the portable path on any other CPU).
+"""
+import sys
+
+from setuptools import Extension, setup
+
+extra_compile_args = ["-O3", "-std=c11", "-fno-strict-aliasing"]
+extra_link_args = []
+if sys.platform != "win32":
+    extra_compile_args.append("-pthread")
+    extra_link_args.append("-pthread")
+
+ext_modules = [
+    Extension(
+        "lowbit.kernels._bitgemm",
+        sources=["csrc/bitgemm_module.c"],
+        include_dirs=["csrc"],
+        extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
+    ),
+]
+
+setup(ext_modules=ext_modules)
