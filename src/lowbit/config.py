@@ -1,0 +1,160 @@
+"""Training configuration: one dataclass, the recipes that fill it, and ``--set key=value`` overrides.
+
+A recipe is a named, complete configuration (dataset, model and its arguments, optimisation schedule).
+``--set`` changes any field (``--set epochs=5``, ``--set lr_start=0.01``) or any model argument
+(``--set model.hidden=1024``, ``--set model.channels=64,64,M,128,128,M``); the value is parsed to the type
+of the current value, and unknown keys or unparsable values are refused with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List
+
+from .errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    recipe: str
+    dataset: str
+    model: str
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 100
+    eval_batch_size: int = 1000
+    optimizer: str = "adam"
+    lr_start: float = 3e-3
+    lr_end: float = 3e-7
+    lr_scale: bool = True  # BinaryConnect per-layer LR scale for quantized weights
+    loss: str = "square_hinge"  # or "cross_entropy"
+    seed: int = 0
+    train_subset: int = 0  # use only the first N training images (0: all); for quick runs and tests
+    test_subset: int = 0
+    task: str = "image"  # which training loop: "image" classification (others register more)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"configuration has unknown keys {sorted(unknown)}")
+        return cls(**copy.deepcopy(d))
+
+
+RECIPES: Dict[str, Callable[[], TrainConfig]] = {}
+
+
+def recipe(name: str):
+    """Decorator registering a function that returns a fresh :class:`TrainConfig`."""
+
+    def decorate(fn: Callable[[], TrainConfig]):
+        RECIPES[name] = fn
+        fn.recipe_name = name
+        return fn
+
+    return decorate
+
+
+def get_recipe(name: str) -> TrainConfig:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]()
+
+
+# ---- value parsing for --set -------------------------------------------------------------------------
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_item(text: str):
+    text = text.strip()
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_value(text: str, like: Any) -> Any:
+    """Parse ``text`` into the type of ``like`` (the value it replaces)."""
+    if isinstance(like, bool):
+        return _parse_bool(text)
+    if isinstance(like, int):
+        return int(text)
+    if isinstance(like, float):
+        return float(text)
+    if isinstance(like, (list, tuple)):
+        text = text.strip()
+        if text.startswith("["):
+            items = json.loads(text)
+        else:
+            items = [_parse_item(t) for t in text.split(",") if t.strip()]
+        return list(items)
+    if like is None:
+        return _parse_item(text) if text.strip().lower() != "none" else None
+    return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides: List[str]) -> TrainConfig:
+    """Apply ``key=value`` strings to a copy of ``cfg``."""
+    cfg = TrainConfig.from_dict(cfg.to_dict())
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_args", "recipe"}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key.startswith("model."):
+            arg = key[len("model."):]
+            if arg not in cfg.model_args:
+                raise ConfigError(
+                    f"--set {key}: model {cfg.model!r} of recipe {cfg.recipe!r} has no argument {arg!r}; "
+                    f"known: {', '.join('model.' + k for k in sorted(cfg.model_args))}"
+                )
+            target, like = cfg.model_args, cfg.model_args[arg]
+            name = arg
+        elif key in top:
+            target, like, name = None, getattr(cfg, key), key
+        else:
+            raise ConfigError(
+                f"--set {key}: no such setting; known: {', '.join(sorted(top))}, "
+                f"{', '.join('model.' + k for k in sorted(cfg.model_args))}"
+            )
+        try:
+            value = parse_value(text, like)
+        except (ValueError, json.JSONDecodeError):
+            raise ConfigError(
+                f"--set {key}={text}: expected a value of type {type(like).__name__} (current: {like!r})"
+            ) from None
+        if target is None:
+            setattr(cfg, name, value)
+        else:
+            target[name] = value
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1 or cfg.eval_batch_size < 1:
+        raise ConfigError(f"batch sizes must be >= 1, got {cfg.batch_size}/{cfg.eval_batch_size}")
+    if cfg.train_subset < 0 or cfg.test_subset < 0:
+        raise ConfigError("train_subset and test_subset must be >= 0 (0 means all)")
+    if not (cfg.lr_start > 0 and cfg.lr_end > 0):
+        raise ConfigError(f"learning rates must be > 0, got lr_start={cfg.lr_start} lr_end={cfg.lr_end}")

@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets beside the repository (../shared/data)."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_download(monkeypatch):
+    """Tests never reach the network: point the default data directory somewhere empty."""
+    monkeypatch.setenv("LOWBIT_NO_DOWNLOAD", "1")
+    yield
