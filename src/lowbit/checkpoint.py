@@ -10,8 +10,6 @@ a run killed mid-save leaves the previous checkpoint intact, never a truncated o
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -20,26 +18,10 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError
+from .fileio import atomic_write
 
 FORMAT = "lowbit-checkpoint"
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: Union[str, Path], write_fn) -> None:
-    """Call ``write_fn(file_object)`` on a temp file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> None:

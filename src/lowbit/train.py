@@ -24,9 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import atomic_write, load_model_state, model_from_config, read_checkpoint, save_checkpoint
+from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
 from .errors import CheckpointError, ConfigError, DataError
+from .fileio import atomic_write
 from .losses import get_loss
 from .optim import build_optimizer, build_scheduler
 from .plotting import plot_curves
