@@ -158,7 +158,7 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
             loss.backward()
             optimizer.step()  # the post-step hook clips latent weights to [-1, 1]
             scheduler.step()
-            loss_sum += float(loss) * len(b)
+            loss_sum += loss.item() * len(b)
             correct += float((out.argmax(1) == y).sum())
             seen += len(b)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)

@@ -1,0 +1,180 @@
+"""End-to-end training: real MNIST, resume equivalence, torchrun, bad input through the CLI."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.cli import main
+
+FAST_MLP = ["--set", "model.hidden=512", "--set", "model.depth=2", "--set", "model.dropout_in=0",
+            "--set", "model.dropout_hidden=0", "--set", "lr_start=0.01", "--set", "lr_end=0.001"]
+
+
+def test_short_real_mnist_run_reaches_90_percent(shared_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "mnist-mlp", "--epochs", "2", "--data-dir", str(shared_data), "--out", str(out),
+               "--set", "train_subset=20000", "--no-progress", *FAST_MLP])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.90
+    assert metrics["wall_time"] < 60
+    assert len(metrics["epochs"]) == 2
+    assert metrics["config"]["model_args"]["hidden"] == 512
+    assert set(metrics["epochs"][0]) >= {"train_loss", "train_accuracy", "test_accuracy", "wall_time"}
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the checkpoint gives back the trained model, in eval mode, with the same test accuracy
+    model = lowbit.load_checkpoint(out / "checkpoint.pt")
+    assert not model.training
+    from lowbit.data import load_dataset
+    test = load_dataset("mnist", "test", data_dir=shared_data)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(test.images).float()).argmax(1).numpy()
+    assert (pred == test.labels).mean() == pytest.approx(metrics["test_accuracy"])
+
+
+def _tiny_args(shared_data, out, epochs):
+    return ["train", "mnist-mlp", "--epochs", str(epochs), "--data-dir", str(shared_data), "--out", str(out),
+            "--no-progress", "--set", "train_subset=1000", "--set", "test_subset=500",
+            "--set", "model.hidden=64", "--set", "model.depth=2", "--set", "batch_size=50",
+            # dropout and stochastic activations make the run depend on the global RNG state
+            "--set", "model.dropout_hidden=0.2", "--set", "model.act_quantizer=stochastic_sign"]
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(shared_data, tmp_path, monkeypatch):
+    import lowbit.train
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(_tiny_args(shared_data, full, 3)) == 0
+    real_save = lowbit.train.save_checkpoint
+
+    def save_then_die(path, state):  # the process is killed right after epoch 1's checkpoint
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lowbit.train, "save_checkpoint", save_then_die)
+    assert main(_tiny_args(shared_data, part, 3)) == 130
+    monkeypatch.undo()
+    assert torch.load(part / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert main(_tiny_args(shared_data, part, 3) + ["--resume"]) == 0   # continued
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert b["epoch"] == 3
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+    ma = json.loads((full / "metrics.json").read_text())["epochs"]
+    mb = json.loads((part / "metrics.json").read_text())["epochs"]
+    for ra, rb in zip(ma, mb):
+        assert ra["train_loss"] == rb["train_loss"] and ra["test_accuracy"] == rb["test_accuracy"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(shared_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny_args(shared_data, out, 1)) == 0
+    rc = main(["train", "mnist-mlp", "--epochs", "2", "--data-dir", str(shared_data), "--out", str(out),
+               "--resume", "--set", "model.hidden=32", "--no-progress"])
+    assert rc == 2
+    assert "different run" in capsys.readouterr().err
+    rc = main(["train", "mnist-mlp", "--epochs", "2", "--out", str(tmp_path / "empty"), "--resume"])
+    assert rc == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
+    from lowbit.checkpoint import read_checkpoint, save_checkpoint
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"config": {"a": 1}, "model_state": {"w": torch.ones(3)}})
+
+    def explode(obj, f):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", explode)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"config": {"a": 2}, "model_state": {"w": torch.zeros(3)}})
+    monkeypatch.undo()
+    data = read_checkpoint(path)
+    assert data["config"] == {"a": 1} and torch.equal(data["model_state"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_load_checkpoint_rejects_foreign_and_corrupt_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(lowbit.CheckpointError, match="not a readable lowbit checkpoint"):
+        lowbit.load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(lowbit.CheckpointError, match="not a lowbit checkpoint"):
+        lowbit.load_checkpoint(foreign)
+    with pytest.raises(lowbit.CheckpointError, match="does not exist"):
+        lowbit.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_torchrun_two_processes_write_one_metrics_file(shared_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "lowbit", *_tiny_args(shared_data, out, 1)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert len(metrics["epochs"]) == 1 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.json"]
+    assert lowbit.load_checkpoint(out / "checkpoint.pt") is not None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["train", "mnist-mlp", "--set", "model.weight_quantizer=ste_sgn"], "unknown quantizer 'ste_sgn'"),
+    (["train", "mnist-mlp", "--set", "model.widht=3"], "has no argument 'widht'"),
+    (["train", "mnist-mlp", "--set", "learning_rate=3"], "no such setting"),
+    (["train", "mnist-mlp", "--set", "epochs=many"], "expected a value of type int"),
+    (["train", "mnist-mlp", "--set", "epochs"], "key=value"),
+    (["train", "mnist-mlp", "--set", "loss=hinge", "--epochs", "1"], "unknown loss 'hinge'"),
+])
+def test_bad_configuration_gives_one_line_errors(args, message, tmp_path, capsys, shared_data):
+    rc = main(args + ["--out", str(tmp_path), "--data-dir", str(shared_data), "--no-progress",
+                      "--set", "train_subset=100", "--set", "test_subset=100", "--set", "model.hidden=8"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_labels_out_of_range_for_the_model(shared_data, tmp_path, capsys):
+    rc = main(["train", "mnist-mlp", "--epochs", "1", "--data-dir", str(shared_data), "--out", str(tmp_path),
+               "--set", "model.num_classes=5", "--set", "model.hidden=8", "--no-progress"])
+    assert rc == 2
+    assert "but the model has 5 classes" in capsys.readouterr().err
+
+
+def test_corrupt_dataset_file_through_the_cli(tmp_path, capsys, shared_data):
+    d = tmp_path / "data" / "mnist"
+    d.mkdir(parents=True)
+    for name in ["train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]:
+        (d / name).write_bytes((shared_data / "mnist" / name).read_bytes())
+    raw = gzip.decompress((shared_data / "mnist" / "train-images-idx3-ubyte.gz").read_bytes())
+    (d / "train-images-idx3-ubyte").write_bytes(raw[: len(raw) // 2])  # truncated
+    rc = main(["train", "mnist-mlp", "--epochs", "1", "--data-dir", str(tmp_path / "data"),
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and "Traceback" not in err
+
+
+def test_help_texts_explain_commands():
+    for argv in (["lowbit", "--help"], ["lowbit", "train", "--help"]):
+        proc = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True)
+        assert proc.returncode == 0
+    out = subprocess.run([sys.executable, "-m", "lowbit", "train", "--help"], capture_output=True, text=True).stdout
+    for word in ("--epochs", "--data-dir", "--set", "--resume", "torchrun", "mnist-mlp", "cifar10-cnn"):
+        assert word in out
