@@ -92,15 +92,16 @@ def _recipes(p: argparse.ArgumentParser):
 
 def _load_plugins() -> None:
     """Import the modules that register recipes and subcommands."""
-    from . import recipes  # noqa: F401
     import importlib
 
-    for mod in ("lowbit.runtime.cli", "lowbit.rnn.recipes", "lowbit.imagenet"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod and not mod.startswith(str(exc.name)):
-                raise
+    from .config import load_recipes
+
+    load_recipes()
+    try:
+        importlib.import_module("lowbit.runtime.cli")
+    except ModuleNotFoundError as exc:
+        if not (exc.name and "lowbit.runtime.cli".startswith(exc.name)):
+            raise
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,7 +62,24 @@ def recipe(name: str):
     return decorate
 
 
+PLUGIN_MODULES = ("lowbit.recipes", "lowbit.rnn.recipes", "lowbit.imagenet")
+
+
+def load_recipes() -> Dict[str, Callable[[], TrainConfig]]:
+    """Import the modules that register recipes (those not installed are passed over)."""
+    import importlib
+
+    for mod in PLUGIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if not (exc.name and mod.startswith(exc.name)):
+                raise
+    return RECIPES
+
+
 def get_recipe(name: str) -> TrainConfig:
+    load_recipes()
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]()

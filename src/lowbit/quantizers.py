@@ -25,7 +25,18 @@ from .errors import ConfigError
 
 def sign(x: torch.Tensor) -> torch.Tensor:
     """The paper's sign: +1 where x >= 0, -1 elsewhere (``torch.sign`` maps 0 to 0, which is not a bit)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    # sign -> {-1, 0, +1}; + 0.5 -> {-0.5, 0.5, 1.5}; sign -> {-1, +1, +1}. One allocation, then in place:
+    # on a 4096x4096 weight this is several times faster than torch.where with two constant tensors.
+    return torch.sign(x).add_(0.5).sign_()
+
+
+def _ste_mask_grad(x: torch.Tensor, grad: torch.Tensor, clip_value: float) -> torch.Tensor:
+    """g * 1{|x| <= clip}; when every |x| is inside (always so for clipped latent weights) the mask is all
+    ones and the gradient passes without allocating a mask the size of the weights."""
+    lo, hi = torch.aminmax(x)
+    if float(lo) >= -clip_value and float(hi) <= clip_value:
+        return grad
+    return torch.where(x.abs() <= clip_value, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
 class _SteSign(torch.autograd.Function):
@@ -40,7 +51,7 @@ class _SteSign(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         # Gradient cancellation: |x| <= clip passes, beyond it the gradient is zero (the QNN paper reports
         # that keeping it "significantly worsens performance"). Equality passes, as in 1{|r| <= 1}.
-        return grad_output * (x.abs() <= ctx.clip_value).to(grad_output.dtype), None
+        return _ste_mask_grad(x, grad_output, ctx.clip_value), None
 
 
 def ste_sign(x: torch.Tensor, clip_value: float = 1.0) -> torch.Tensor:
@@ -63,12 +74,12 @@ class _StochasticSign(torch.autograd.Function):
         ctx.save_for_backward(x)
         ctx.clip_value = clip_value
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return torch.where(u < hard_sigmoid(x), torch.ones_like(x), -torch.ones_like(x))
+        return sign(hard_sigmoid(x) - u)  # +1 with probability hard_sigmoid(x) (u < p; p - u = 0 has measure 0)
 
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        return grad_output * (x.abs() <= ctx.clip_value).to(grad_output.dtype), None, None
+        return _ste_mask_grad(x, grad_output, ctx.clip_value), None, None
 
 
 def stochastic_sign(

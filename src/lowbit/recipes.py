@@ -25,11 +25,11 @@ def mnist_mlp() -> TrainConfig:
 
 @recipe("mnist-cnn")
 def mnist_cnn() -> TrainConfig:
-    """A small binary ConvNet for MNIST (W1A1): 2x64C3-MP2-2x128C3-MP2-2x256C3-MP2-512FC-10."""
+    """A small binary ConvNet for MNIST (W1A1): 2x32C3-MP2-2x64C3-MP2-2x128C3-MP2-512FC-10."""
     return TrainConfig(
         recipe="mnist-cnn", dataset="mnist", model="convnet",
         model_args=dict(in_shape=[1, 28, 28], num_classes=10,
-                        channels=[64, 64, "M", 128, 128, "M", 256, 256, "M"], fc=[512],
+                        channels=[32, 32, "M", 64, 64, "M", 128, 128, "M"], fc=[512],
                         pad_value=1.0, dropout_hidden=0.0, **BINARY),
         epochs=15, batch_size=100, lr_start=3e-3, lr_end=3e-6,
     )

@@ -1,0 +1,174 @@
+"""MNIST accuracy of the W1A1 paper MLP and binary ConvNet, each beside its fp32 twin, on full real MNIST.
+
+    python benchmarks/mnist_accuracy.py --data-dir ../shared/data [--only mlp-w1a1,cnn-w1a1] [--quick]
+
+Each run is ``lowbit.train.run`` on a recipe with overrides (listed in RUNS), trained on all 60,000
+training images and tested on the 10,000 test images; the fp32 twin is the same architecture with identity
+quantizers (hardtanh activations). Also measured, side by side in one process: the time of one
+fake-quantized training step vs the fp32 step (median of repeats, batch 100).
+
+Results: benchmarks/results/mnist_accuracy.{json,md} and one curves PNG per run. A run whose result is
+already in the JSON is skipped (delete it, or pass --force, to redo it), so the script can run in pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+MLP_SETTINGS = ["model.hidden=2048", "model.depth=3", "model.dropout_in=0.2", "model.dropout_hidden=0.3",
+                "lr_start=0.003", "lr_end=0.000003", "batch_size=100"]
+CNN_SETTINGS = ["lr_start=0.003", "lr_end=0.000003", "batch_size=100"]
+FP32 = ["model.weight_quantizer=identity", "model.act_quantizer=identity"]
+
+# name -> (recipe, epochs, overrides, accuracy target or None)
+RUNS = {
+    "mlp-w1a1": ("mnist-mlp", 15, MLP_SETTINGS, 0.985),
+    "mlp-fp32": ("mnist-mlp", 15, MLP_SETTINGS + FP32, None),
+    "cnn-w1a1": ("mnist-cnn", 12, CNN_SETTINGS, 0.992),
+    "cnn-fp32": ("mnist-cnn", 12, CNN_SETTINGS + FP32, None),
+}
+BUDGET_S = 45 * 60  # the issue's limit on training time per run
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def step_time_ratio(recipe: str, overrides, repeats: int = 15) -> dict:
+    """Median wall time of one training step (forward, backward, optimizer step, clip) at batch 100:
+    the quantized model vs its fp32 twin, interleaved so machine noise hits both alike."""
+    import torch
+
+    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.losses import square_hinge
+    from lowbit.models import build_model
+    from lowbit.optim import build_optimizer
+    from lowbit.train import keep_freed_memory
+
+    keep_freed_memory()
+    cfgs = {"quantized": apply_overrides(get_recipe(recipe), overrides),
+            "fp32": apply_overrides(get_recipe(recipe), list(overrides) + FP32)}
+    torch.manual_seed(0)
+    x = torch.rand(100, *cfgs["fp32"].model_args["in_shape"]) * 255
+    y = torch.randint(0, 10, (100,))
+    setups = {}
+    for k, cfg in cfgs.items():
+        m = build_model(cfg.model, **cfg.model_args)
+        setups[k] = (m, build_optimizer(m, lr=1e-3))
+    times = {k: [] for k in setups}
+    for i in range(repeats + 3):
+        for k, (m, opt) in setups.items():
+            t = time.perf_counter()
+            loss = square_hinge(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= 3:
+                times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"quantized_ms": 1e3 * med["quantized"], "fp32_ms": 1e3 * med["fp32"],
+            "ratio": med["quantized"] / med["fp32"], "repeats": repeats}
+
+
+def write_markdown(results: dict) -> None:
+    lines = ["# MNIST accuracy: W1A1 vs fp32 twins (full real MNIST, 60k train / 10k test)", "",
+             f"Machine: {results['machine']['cpu']}, {results['machine']['threads']} threads, "
+             f"torch {results['machine']['torch']}.", "",
+             "| run | recipe | epochs | test accuracy | target | training time | met |",
+             "|---|---|---:|---:|---:|---:|:---:|"]
+    for name, r in results["runs"].items():
+        target = RUNS[name][3]
+        met = "" if target is None else ("yes" if r["test_accuracy"] >= target and r["wall_time"] <= BUDGET_S else "NO")
+        tgt = "" if target is None else f">= {100 * target:.1f}% in <= 45 min"
+        lines.append(f"| {name} | {r['recipe']} | {r['epochs']} | {100 * r['test_accuracy']:.2f}% | {tgt} | "
+                     f"{r['wall_time'] / 60:.1f} min | {met} |")
+    if results.get("step_ratio"):
+        lines += ["", "Training-step time, fake-quantized vs fp32 (median, batch 100, goal <= 1.5x):", "",
+                  "| model | quantized step | fp32 step | ratio |", "|---|---:|---:|---:|"]
+        for name, r in results["step_ratio"].items():
+            lines.append(f"| {name} | {r['quantized_ms']:.1f} ms | {r['fp32_ms']:.1f} ms | {r['ratio']:.2f}x |")
+    lines += ["", "Settings of each run (`lowbit train RECIPE --epochs N --set ...`):", ""]
+    for name, (recipe, epochs, overrides, _) in RUNS.items():
+        lines.append(f"- {name}: `lowbit train {recipe} --epochs {epochs} " + " ".join(f"--set {o}" for o in overrides) + "`")
+    lines += ["", "Reproduce: `python benchmarks/mnist_accuracy.py --data-dir ../shared/data --force`"]
+    (RESULTS / "mnist_accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--only", default=",".join(RUNS), help="comma-separated runs: " + ", ".join(RUNS))
+    p.add_argument("--force", action="store_true", help="redo runs already in the results")
+    p.add_argument("--quick", action="store_true", help="1 epoch on 5000 images (a smoke test; not saved)")
+    p.add_argument("--no-ratio", action="store_true", help="skip the step-time measurement")
+    args = p.parse_args(argv)
+
+    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train import run
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "mnist_accuracy.json"
+    results = json.loads(path.read_text()) if path.exists() and not args.quick else {"runs": {}}
+    results["machine"] = machine()
+    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        if name not in RUNS:
+            p.error(f"unknown run {name!r}; known: {', '.join(RUNS)}")
+        if name in results["runs"] and not args.force and not args.quick:
+            print(f"{name}: already done ({results['runs'][name]['test_accuracy']:.4f}), skipping")
+            continue
+        recipe, epochs, overrides, target = RUNS[name]
+        overrides = list(overrides) + [f"epochs={1 if args.quick else epochs}"]
+        if args.quick:
+            overrides += ["train_subset=5000", "test_subset=2000"]
+        cfg = apply_overrides(get_recipe(recipe), overrides)
+        out = Path("runs") / "bench_mnist" / name
+        if out.exists():
+            shutil.rmtree(out)
+        print(f"== {name}: lowbit train {recipe} " + " ".join(f"--set {o}" for o in overrides), flush=True)
+        m = run(cfg, out, data_dir=args.data_dir, progress=sys.stderr.isatty())
+        if args.quick:
+            print(f"{name}: quick test accuracy {m['test_accuracy']:.4f}")
+            continue
+        results["runs"][name] = {"recipe": recipe, "epochs": epochs, "overrides": overrides,
+                                 "test_accuracy": m["test_accuracy"], "wall_time": m["wall_time"],
+                                 "best_test_accuracy": max(e["test_accuracy"] for e in m["epochs"]),
+                                 "per_epoch": m["epochs"], "target": target, "data_source": m["data_source"]}
+        shutil.copy(out / "curves.png", RESULTS / f"mnist_{name}_curves.png")
+        path.write_text(json.dumps(results, indent=2))
+        write_markdown(results)
+    if not args.no_ratio and not args.quick:
+        results["step_ratio"] = {
+            "mlp (3x2048)": step_time_ratio("mnist-mlp", MLP_SETTINGS),
+            "mlp (3x4096, paper)": step_time_ratio("mnist-mlp", [o for o in MLP_SETTINGS if "hidden" not in o]),
+            "convnet": step_time_ratio("mnist-cnn", CNN_SETTINGS),
+        }
+        for k, r in results["step_ratio"].items():
+            print(f"step time {k}: quantized {r['quantized_ms']:.1f} ms, fp32 {r['fp32_ms']:.1f} ms, ratio {r['ratio']:.2f}x")
+    if not args.quick:
+        path.write_text(json.dumps(results, indent=2))
+        write_markdown(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
