@@ -56,8 +56,10 @@ def read_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any
 
 def model_from_config(config: Dict[str, Any]) -> nn.Module:
     """Build the (untrained) model a configuration dict describes."""
+    from .config import load_recipes
     from .models import build_model
-    from . import recipes  # noqa: F401  (registers recipe-specific models, if any)
+
+    load_recipes()  # the recipe modules register recipe-specific models (e.g. lowbit.rnn's "rnn_lm")
 
     return build_model(config["model"], **config["model_args"])
 
