@@ -1,0 +1,181 @@
+"""Torch-free inference of an exported binarized network (NumPy + lowbit's native kernels).
+
+Activations between layers are bits: a (N, words) uint64 matrix for dense features, an (N, H, W, words)
+array for conv features (NHWC, channels packed along the last axis, bit 1 = -1, padding bits 0 = +1).
+Each layer:
+
+1. *reduction*: the first layer multiplies 8-bit pixels by +-1 weights in float32, which is exact
+   (every partial sum is an integer below 2^24 for K * 255 < 2^24); hidden layers run the XNOR-popcount
+   GEMM ``a = K - 2 * popcount(x XOR w)`` on packed bits (conv via im2col over packed pixel words);
+2. optional 2x2 max-pooling of the integer accumulators;
+3. *threshold*: BN + sign folded into ``a >= T`` (or ``a <= T`` where the BN scale is negative), packed
+   straight back to bits; or, in the last layer, the BN's affine map in float32 giving the logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+
+from ..errors import CheckpointError, ShapeError
+from .modelfile import load_model_file
+
+KIND = "binary_sequential"
+F32_EXACT_LIMIT = 1 << 24
+
+
+def _pack_last_axis(bits_minus: np.ndarray, words: int) -> np.ndarray:
+    """Pack a boolean array (True = -1) along its last axis into ``words`` uint64 words (zero padded)."""
+    *lead, n = bits_minus.shape
+    if n != words * 64:
+        padded = np.zeros((*lead, words * 64), dtype=bool)
+        padded[..., :n] = bits_minus
+        bits_minus = padded
+    return np.packbits(bits_minus, axis=-1, bitorder="little").view(np.uint64)
+
+
+def _im2col_words(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, fill) -> np.ndarray:
+    """(N, H, W, C) -> (N, OH, OW, kh*kw*C) patches, padded with ``fill`` (a zero word = +1 bits)."""
+    n, h, w, c = x.shape
+    if ph or pw:
+        xp = np.full((n, h + 2 * ph, w + 2 * pw, c), fill, dtype=x.dtype)
+        xp[:, ph:ph + h, pw:pw + w] = x
+    else:
+        xp = x
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    s = xp.strides
+    view = np.lib.stride_tricks.as_strided(
+        xp, shape=(n, oh, ow, kh, kw, c), strides=(s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3]), writeable=False)
+    return np.ascontiguousarray(view).reshape(n, oh, ow, kh * kw * c)
+
+
+def _maxpool2(a: np.ndarray) -> np.ndarray:
+    n, h, w, c = a.shape
+    h2, w2 = h // 2, w // 2
+    a = a[:, :h2 * 2, :w2 * 2]
+    return a.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+class BinaryNetwork:
+    """An exported binarized network. ``predict(x)`` takes uint8 pixels (N, C, H, W) (or (N, C*H*W)) and
+    returns float32 logits (N, classes); ``classify(x)`` the argmax."""
+
+    def __init__(self, meta: Dict, arrays: Dict[str, np.ndarray], path: str = "<memory>"):
+        from .. import kernels  # the native extension; imported here so a missing build names itself
+
+        self._k = kernels
+        self.meta = meta
+        self.path = path
+        self.input_shape = tuple(meta["input_shape"])
+        self.num_classes = int(meta["num_classes"])
+        self.ops: List[Dict] = []
+        try:
+            for op in meta["ops"]:
+                self.ops.append(self._prepare(dict(op), arrays))
+        except KeyError as exc:
+            raise CheckpointError(f"{path}: model file lacks {exc} (corrupt or from another tool)") from None
+
+    def _prepare(self, op: Dict, arrays: Dict[str, np.ndarray]) -> Dict:
+        name = op["name"]
+        bits = np.ascontiguousarray(arrays[name + ".weight_bits"])
+        if op["input"] == "pixels":
+            k = int(op["k"])
+            if k * 255 >= F32_EXACT_LIMIT or k > bits.shape[1] * 64:
+                raise CheckpointError(f"{self.path}: first layer of {k} inputs cannot run exactly in float32")
+            minus = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :k].astype(bool)
+            op["w_t"] = np.ascontiguousarray(np.where(minus, -1.0, 1.0).astype(np.float32).T)  # (K, out)
+        else:
+            op["w_bits"] = bits
+        if op["output"] == "bits":
+            op["threshold"] = arrays[name + ".threshold"].astype(np.int32)
+            op["flip"] = arrays[name + ".flip"].astype(bool)
+            op["out_words"] = (op["threshold"].shape[0] + 63) // 64
+        else:
+            op["out_scale"] = arrays[name + ".out_scale"]
+            op["out_bias"] = arrays[name + ".out_bias"]
+        return op
+
+    # ---- the layers -------------------------------------------------------------------------------------
+
+    def _reduce(self, op: Dict, x: np.ndarray) -> np.ndarray:
+        """The integer accumulators of one layer: (N, out) or (N, OH, OW, out), int32 (float32 for pixels)."""
+        if op["op"] == "conv2d":
+            kh, kw = op["kernel"]
+            (sh, sw), (ph, pw) = op["stride"], op["padding"]
+            if op["input"] == "pixels":
+                patches = _im2col_words(x, kh, kw, sh, sw, ph, pw, fill=0)  # a black pixel pads
+                n, oh, ow, k = patches.shape
+                acc = patches.reshape(-1, k).astype(np.float32) @ op["w_t"]
+            else:
+                patches = _im2col_words(x, kh, kw, sh, sw, ph, pw, fill=0)  # zero words = +1 padding
+                n, oh, ow, words = patches.shape
+                acc = self._k.binary_matmul_packed(patches.reshape(-1, words), op["w_bits"], words * 64)
+                acc -= op["pad_bits"]
+            return acc.reshape(n, oh, ow, -1)
+        if op["input"] == "pixels":
+            return x.astype(np.float32) @ op["w_t"]
+        words = x.shape[1]
+        acc = self._k.binary_matmul_packed(x, op["w_bits"], words * 64)
+        acc -= op["pad_bits"]
+        return acc
+
+    def _activate(self, op: Dict, acc: np.ndarray) -> np.ndarray:
+        if op.get("maxpool"):
+            acc = _maxpool2(acc)
+        if op["output"] == "logits":
+            return acc.astype(np.float32) * op["out_scale"] + op["out_bias"]
+        plus = np.where(op["flip"], acc <= op["threshold"], acc >= op["threshold"])
+        return _pack_last_axis(~plus, op["out_words"])
+
+    def predict(self, x) -> np.ndarray:
+        """Float32 logits for a batch of 8-bit images (uint8 or integer-valued array, (N, C, H, W))."""
+        x = self._check_input(x)
+        first = self.ops[0]
+        h = x.transpose(0, 2, 3, 1) if first["op"] == "conv2d" else x.reshape(len(x), -1)
+        h = np.ascontiguousarray(h)
+        for op in self.ops:
+            if op["op"] == "dense" and h.ndim == 4:
+                h = h.reshape(len(h), -1)  # flatten (N, H, W, words): the export laid weights out to match
+            h = self._activate(op, self._reduce(op, h))
+        return h
+
+    def classify(self, x) -> np.ndarray:
+        return self.predict(x).argmax(axis=1)
+
+    def _check_input(self, x) -> np.ndarray:
+        if hasattr(x, "detach") and hasattr(x, "numpy"):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        c, h, w = self.input_shape
+        if x.ndim == 2 and x.shape[1] == c * h * w:
+            x = x.reshape(len(x), c, h, w)
+        if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1:] != (c, h, w):
+            raise ShapeError(f"model expects images of shape (N, {c}, {h}, {w}), got {x.shape}")
+        if x.dtype != np.uint8:
+            if not np.issubdtype(x.dtype, np.number) or x.size and (
+                    x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x))):
+                raise ShapeError(f"model expects 8-bit pixel values (integers 0..255), got dtype {x.dtype}"
+                                 f"{'' if not x.size else f' with range [{x.min()}, {x.max()}]'}")
+            x = x.astype(np.uint8)
+        return x
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{o['op']}({o.get('in_channels', o.get('in_features'))}->"
+                           f"{o.get('out_channels', o.get('out_features'))})" for o in self.ops)
+        return f"BinaryNetwork({self.meta.get('recipe')}: {layers})"
+
+
+def load(path: Union[str, Path]):
+    """Load a ``.lbt`` model file for inference, without torch."""
+    kind, meta, arrays = load_model_file(path)
+    if kind == KIND:
+        return BinaryNetwork(meta, arrays, str(path))
+    if kind == "int_lstm":
+        from ..rnn.int_lstm import load_int_lstm  # provided by the integer-LSTM part
+
+        return load_int_lstm(path)
+    raise CheckpointError(f"{path}: unknown model kind {kind!r}")
