@@ -130,19 +130,46 @@ class BinaryNetwork:
         return _pack_last_axis(~plus, op["out_words"])
 
     def predict(self, x) -> np.ndarray:
-        """Float32 logits for a batch of 8-bit images (uint8 or integer-valued array, (N, C, H, W))."""
-        x = self._check_input(x)
+        """Float32 logits for a batch of 8-bit images (uint8 or integer-valued array, (N, C, H, W)).
+
+        A network exported with ``binary_input`` takes +-1 values (any real: >= 0 is +1) instead, and one
+        exported with ``output="bits"`` returns +-1 float32 values in (N, C, H, W) or (N, F) layout."""
         first = self.ops[0]
-        h = x.transpose(0, 2, 3, 1) if first["op"] == "conv2d" else x.reshape(len(x), -1)
-        h = np.ascontiguousarray(h)
+        if self.meta.get("input", "pixels") == "bits":
+            x = self._check_shape(np.asarray(x))
+            h = x.transpose(0, 2, 3, 1) if first["op"] == "conv2d" else x.reshape(len(x), -1)
+            lead = h.shape[:-1]
+            h = self._k.pack_signs(np.ascontiguousarray(h).reshape(-1, h.shape[-1]))
+            h = h.reshape(*lead, h.shape[-1])
+        else:
+            x = self._check_input(x)
+            h = x.transpose(0, 2, 3, 1) if first["op"] == "conv2d" else x.reshape(len(x), -1)
+            h = np.ascontiguousarray(h)
         for op in self.ops:
             if op["op"] == "dense" and h.ndim == 4:
                 h = h.reshape(len(h), -1)  # flatten (N, H, W, words): the export laid weights out to match
             h = self._activate(op, self._reduce(op, h))
+        if self.meta.get("output", "logits") == "bits":
+            return self._unpack_output(h)
         return h
+
+    def _unpack_output(self, h: np.ndarray) -> np.ndarray:
+        last = self.ops[-1]
+        n_out = last.get("out_channels", last.get("out_features"))
+        minus = np.unpackbits(h.view(np.uint8), axis=-1, bitorder="little")[..., :n_out].astype(bool)
+        vals = np.where(minus, np.float32(-1), np.float32(1))
+        return vals.transpose(0, 3, 1, 2) if vals.ndim == 4 else vals
 
     def classify(self, x) -> np.ndarray:
         return self.predict(x).argmax(axis=1)
+
+    def _check_shape(self, x: np.ndarray) -> np.ndarray:
+        c, h, w = self.input_shape
+        if x.ndim == 2 and x.shape[1] == c * h * w:
+            x = x.reshape(len(x), c, h, w)
+        if x.ndim != 4 or x.shape[1:] != (c, h, w):
+            raise ShapeError(f"model expects input of shape (N, {c}, {h}, {w}), got {x.shape}")
+        return x
 
     def _check_input(self, x) -> np.ndarray:
         if hasattr(x, "detach") and hasattr(x, "numpy"):

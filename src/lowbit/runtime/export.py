@@ -91,8 +91,13 @@ def _check_binary_weights(layer: nn.Module, index: int) -> None:
         raise CheckpointError(f"runtime export: layer {index} has a bias; lowbit's binary layers are bias-free")
 
 
-def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict = None) -> Tuple[Dict, Dict]:
-    """Translate a binarized ``nn.Sequential`` (eval mode) into runtime ops and arrays."""
+def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict = None,
+                 binary_input: bool = False, output: str = "logits") -> Tuple[Dict, Dict]:
+    """Translate a binarized ``nn.Sequential`` (eval mode) into runtime ops and arrays.
+
+    ``binary_input``: the model has no PixelScale and takes +-1 activations (a block of a larger network).
+    ``output="bits"`` allows the model to end in a binary activation (its output is then +-1 values).
+    """
     if not isinstance(model, nn.Sequential):
         raise CheckpointError("runtime export: the model must be an nn.Sequential of lowbit layers")
     model = model.eval()
@@ -106,8 +111,11 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
     if mods and isinstance(mods[0], PixelScale):
         domain = "pixels"
         i = 1
+    elif binary_input:
+        domain = "bits"  # a block of a larger binary network: its input is already +-1
     else:
         raise CheckpointError("runtime export: the model must start with PixelScale (8-bit pixel input)")
+    input_domain = domain
     n_layers = 0
     while i < len(mods):
         m = mods[i]
@@ -219,10 +227,11 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             domain = "logits"
         ops.append(op)
         n_layers += 1
-    if domain != "logits":
-        raise CheckpointError("runtime export: the network must end with a layer + BatchNorm giving the logits")
+    if domain != output:
+        raise CheckpointError(f"runtime export: the network must end in {output} (it ends in {domain})")
     meta = dict(meta or {})
-    meta.update(input_shape=list(input_shape), num_classes=int(num_classes), ops=ops)
+    meta.update(input_shape=list(input_shape), num_classes=int(num_classes), ops=ops, input=input_domain,
+                output=output)
     return meta, arrays
 
 
