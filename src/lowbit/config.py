@@ -35,6 +35,8 @@ class TrainConfig:
     train_subset: int = 0  # use only the first N training images (0: all); for quick runs and tests
     test_subset: int = 0
     task: str = "image"  # which training loop: "image" classification (others register more)
+    pact_l2: float = 0.0  # L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)
+    data_workers: int = 2  # DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process
 
     def to_dict(self) -> Dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -175,3 +177,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("train_subset and test_subset must be >= 0 (0 means all)")
     if not (cfg.lr_start > 0 and cfg.lr_end > 0):
         raise ConfigError(f"learning rates must be > 0, got lr_start={cfg.lr_start} lr_end={cfg.lr_end}")
+    if not cfg.pact_l2 >= 0:
+        raise ConfigError(f"pact_l2 must be >= 0, got {cfg.pact_l2}")
+    if cfg.data_workers < 0:
+        raise ConfigError(f"data_workers must be >= 0, got {cfg.data_workers}")

@@ -5,6 +5,11 @@ updates and what is saved; the forward pass uses ``weight_quantizer(weight)`` an
 ``input_quantizer(input)``. Latent weights are clipped to ``[-weight_clip, weight_clip]`` after every
 optimizer step by the hook that :func:`lowbit.optim.build_optimizer` installs (BinaryConnect: beyond the
 clip a latent weight would only drift away from the point where its sign can flip).
+
+With a ``grad_quantizer`` (e.g. ``"grad:bits=6"``, :class:`lowbit.kbit.GradQuant`) a layer also quantizes
+its gradients: the gradient w.r.t. its output before it enters the two backward products (so with low-bit
+weights and inputs, every product of the forward and the backward pass has low-bit operands), and, as the
+gradient quantizer says, the weight gradient and the gradient passed to its input.
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ def _describe(q: nn.Module) -> str:
     return getattr(q, "registry_name", type(q).__name__)
 
 
+def check_quantizer_role(q: nn.Module, role: str, where: str) -> None:
+    """Refuse a quantizer that declares ``roles`` (e.g. PACT: activations only; SAWB: weights only; a
+    gradient quantizer: gradients only) where it cannot work. Quantizers without ``roles`` fit anywhere."""
+    roles = getattr(q, "roles", None)
+    if roles is not None and role not in roles:
+        raise ConfigError(
+            f"{where}: quantizer {_describe(q)!r} cannot quantize {role}s "
+            f"(it is for {' and '.join(sorted(r + 's' for r in roles))} only)"
+        )
+
+
 class QuantLayerMixin:
     """What every quantized weight layer shares: quantizers, latent-weight clip, Glorot LR scale."""
 
@@ -31,10 +47,25 @@ class QuantLayerMixin:
     weight_quantizer: nn.Module
     input_quantizer: nn.Module
     weight_clip: Optional[float]
+    grad_quantizer: Optional[nn.Module]
 
-    def _init_quant(self, weight_quantizer, input_quantizer, weight_clip):
+    def _layer_name(self) -> str:
+        w = self.weight
+        return f"{type(self).__name__}({w.shape[1]}, {w.shape[0]})"
+
+    def _init_quant(self, weight_quantizer, input_quantizer, weight_clip, grad_quantizer=None):
         self.weight_quantizer = get_quantizer(weight_quantizer)
         self.input_quantizer = get_quantizer(input_quantizer)
+        check_quantizer_role(self.weight_quantizer, "weight", f"{self._layer_name()} weight_quantizer")
+        check_quantizer_role(self.input_quantizer, "activation", f"{self._layer_name()} input_quantizer")
+        # None keeps the module tree (and state dict) exactly as without gradient quantization.
+        self.grad_quantizer = None if grad_quantizer is None else get_quantizer(grad_quantizer)
+        if self.grad_quantizer is not None:
+            if getattr(self.grad_quantizer, "roles", None) != frozenset({"gradient"}):
+                raise ConfigError(
+                    f"{self._layer_name()} grad_quantizer: {_describe(self.grad_quantizer)!r} is not a gradient "
+                    f"quantizer (use e.g. 'grad:bits=6')"
+                )
         if weight_clip == "auto":
             weight_clip = None if isinstance(self.weight_quantizer, Identity) else 1.0
         if weight_clip is not None and not weight_clip > 0:
@@ -49,6 +80,27 @@ class QuantLayerMixin:
     @property
     def weight_bits(self) -> int:
         return quantizer_bits(self.weight_quantizer)
+
+    @property
+    def grad_bits(self) -> int:
+        return 32 if self.grad_quantizer is None else quantizer_bits(self.grad_quantizer)
+
+    def _quant_operands(self, x: torch.Tensor):
+        """(input_quantizer(x), weight_quantizer(W)) for the forward product. A gradient quantizer sits in
+        front of each quantizer (identity forward): backward, the gradient first goes through the
+        quantizer's STE, then is quantized, so what reaches x and W takes only the k-bit levels."""
+        w = self.weight
+        gq = self.grad_quantizer
+        if gq is not None:
+            if getattr(gq, "input_grad", True):
+                x = gq(x)
+            if getattr(gq, "weight_grad", True):
+                w = gq(w)
+        return self.input_quantizer(x), self.weight_quantizer(w)
+
+    def _quant_output(self, y: torch.Tensor) -> torch.Tensor:
+        """Quantize the gradient w.r.t. the output before it enters the backward products."""
+        return y if self.grad_quantizer is None else self.grad_quantizer(y)
 
     @property
     def input_bits(self) -> int:
@@ -79,10 +131,13 @@ class QuantLayerMixin:
         return True
 
     def _quant_repr(self) -> str:
-        return (
+        text = (
             f"weight_quantizer={_describe(self.weight_quantizer)}, "
             f"input_quantizer={_describe(self.input_quantizer)}, weight_clip={self.weight_clip}"
         )
+        if self.grad_quantizer is not None:
+            text += f", grad_quantizer={_describe(self.grad_quantizer)}{self.grad_bits}"
+        return text
 
 
 class QuantLinear(QuantLayerMixin, nn.Linear):
@@ -94,6 +149,8 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
             +-1 output of a preceding :class:`QuantAct`, or real pixels in a first layer).
         weight_clip: latent weights are kept in ``[-weight_clip, weight_clip]``; ``"auto"`` means 1.0 for a
             quantized weight and no clip for a full-precision one.
+        grad_quantizer: a gradient quantizer (``"grad:bits=6"``) or ``None`` (default: gradients stay
+            full precision); see the module docstring.
     """
 
     def __init__(
@@ -106,9 +163,10 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
         weight_clip: Union[float, str, None] = "auto",
         device=None,
         dtype=None,
+        grad_quantizer: QuantizerSpec = None,
     ):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_quant(weight_quantizer, input_quantizer, weight_clip)
+        self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,7 +175,8 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
             super().reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.quantized_weight, self.bias)
+        x, w = self._quant_operands(x)
+        return self._quant_output(F.linear(x, w, self.bias))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._quant_repr()}"
@@ -146,12 +205,13 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
         pad_value: float = 0.0,
         device=None,
         dtype=None,
+        grad_quantizer: QuantizerSpec = None,
     ):
         nn.Conv2d.__init__(
             self, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
             device=device, dtype=dtype,
         )
-        self._init_quant(weight_quantizer, input_quantizer, weight_clip)
+        self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer)
         self.reset_parameters()
         if isinstance(self.padding, str):
             raise ConfigError("QuantConv2d: give padding as integers (string padding modes are not supported)")
@@ -163,13 +223,12 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
             super().reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_quantizer(x)
-        w = self.quantized_weight
+        x, w = self._quant_operands(x)
         ph, pw = self.padding
         if self.pad_value != 0.0 and (ph or pw):
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
-            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return self._quant_output(F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups))
+        return self._quant_output(F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._quant_repr()}, pad_value={self.pad_value}"
@@ -187,6 +246,7 @@ class QuantAct(nn.Module):
     def __init__(self, quantizer: QuantizerSpec = "ste_sign", float_activation: str = "hardtanh"):
         super().__init__()
         self.quantizer = get_quantizer(quantizer)
+        check_quantizer_role(self.quantizer, "activation", "QuantAct")
         acts = {"hardtanh": nn.Hardtanh(), "relu": nn.ReLU(), "identity": nn.Identity()}
         if float_activation not in acts:
             raise ConfigError(f"QuantAct: float_activation must be one of {sorted(acts)}, got {float_activation!r}")

@@ -7,6 +7,9 @@ exporter of the deployment runtime can walk it layer by layer. Models take raw 8
 batch norm whose output is the logits (paper style).
 
 Widths are arguments, so the same builders give the full paper models and the small ones used in tests.
+The QNN variants are arguments too: k-bit quantizers by name (``weight_quantizer="linear:bits=2"``),
+``grad_quantizer="grad:bits=6"`` (quantized gradients in every quantized layer) and ``norm="shift_bn"``
+(shift-based batch norm, :mod:`lowbit.norm`, in place of every ``BatchNorm``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ from torch import nn
 
 from .errors import ConfigError
 from .layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
+from .norm import NORMS, batch_norm
 from .quantizers import QuantizerSpec
 
 
-def _bn1d(n, eps, momentum):
-    return nn.BatchNorm1d(n, eps=eps, momentum=momentum)
+def _bn1d(n, eps, momentum, norm="bn"):
+    return batch_norm(norm, 1, n, eps=eps, momentum=momentum)
+
+
+def _check_norm(model: str, norm: str) -> None:
+    if norm not in NORMS:
+        raise ConfigError(f"{model}: norm must be one of {NORMS}, got {norm!r}")
 
 
 def mlp(
@@ -35,13 +44,17 @@ def mlp(
     dropout_hidden: float = 0.0,
     bn_eps: float = 1e-4,
     bn_momentum: float = 0.1,
+    grad_quantizer: QuantizerSpec = None,
+    norm: str = "bn",
 ) -> nn.Sequential:
     """The BNN MNIST MLP: 784 -> depth x (quantized FC(hidden) -> BN -> QuantAct) -> FC(10) -> BN.
 
     Paper: hidden 4096, depth 3, dropout 0.2 on the input and 0.5 on hidden layers (Theano).
+    ``grad_quantizer`` goes to every quantized layer; ``norm`` is ``"bn"`` or ``"shift_bn"``.
     """
     if depth < 1 or hidden < 1:
         raise ConfigError(f"mlp: depth and hidden must be >= 1, got depth={depth} hidden={hidden}")
+    _check_norm("mlp", norm)
     in_features = 1
     for d in in_shape:
         in_features *= int(d)
@@ -51,16 +64,16 @@ def mlp(
     width = in_features
     for _ in range(depth):
         layers += [
-            QuantLinear(width, hidden, bias=False, weight_quantizer=weight_quantizer),
-            _bn1d(hidden, bn_eps, bn_momentum),
+            QuantLinear(width, hidden, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+            _bn1d(hidden, bn_eps, bn_momentum, norm),
             QuantAct(act_quantizer),
         ]
         if dropout_hidden > 0:
             layers.append(nn.Dropout(dropout_hidden))
         width = hidden
     layers += [
-        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer),
-        _bn1d(num_classes, bn_eps, bn_momentum),
+        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+        _bn1d(num_classes, bn_eps, bn_momentum, norm),
     ]
     return nn.Sequential(*layers)
 
@@ -80,6 +93,8 @@ def convnet(
     dropout_hidden: float = 0.0,
     bn_eps: float = 1e-4,
     bn_momentum: float = 0.1,
+    grad_quantizer: QuantizerSpec = None,
+    norm: str = "bn",
 ) -> nn.Sequential:
     """The BNN ConvNet: ``channels`` lists conv widths, ``"M"`` a 2x2 max-pool after the preceding conv.
 
@@ -89,7 +104,9 @@ def convnet(
     pixel after the input scaling.
 
     Paper CIFAR-10: 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x1024FC-10; SVHN: half the conv widths.
+    ``grad_quantizer`` goes to every quantized layer; ``norm`` is ``"bn"`` or ``"shift_bn"``.
     """
+    _check_norm("convnet", norm)
     spec = list(channels)
     if not spec or spec[0] == "M":
         raise ConfigError(f"convnet: channels must start with a conv width, got {spec}")
@@ -106,6 +123,7 @@ def convnet(
             QuantConv2d(
                 c, width, kernel_size, padding=kernel_size // 2, bias=False,
                 weight_quantizer=weight_quantizer, pad_value=-1.0 if first else pad_value,
+                grad_quantizer=grad_quantizer,
             )
         )
         first = False
@@ -113,28 +131,32 @@ def convnet(
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
             i += 1
-        layers += [nn.BatchNorm2d(width, eps=bn_eps, momentum=bn_momentum), QuantAct(act_quantizer)]
+        layers += [batch_norm(norm, 2, width, eps=bn_eps, momentum=bn_momentum), QuantAct(act_quantizer)]
         c = width
         i += 1
     layers.append(nn.Flatten())
     width = c * h * w
     for f in fc:
         layers += [
-            QuantLinear(width, int(f), bias=False, weight_quantizer=weight_quantizer),
-            _bn1d(int(f), bn_eps, bn_momentum),
+            QuantLinear(width, int(f), bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+            _bn1d(int(f), bn_eps, bn_momentum, norm),
             QuantAct(act_quantizer),
         ]
         if dropout_hidden > 0:
             layers.append(nn.Dropout(dropout_hidden))
         width = int(f)
     layers += [
-        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer),
-        _bn1d(num_classes, bn_eps, bn_momentum),
+        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+        _bn1d(num_classes, bn_eps, bn_momentum, norm),
     ]
     return nn.Sequential(*layers)
 
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "convnet": convnet}
+
+# Models registered by plugin modules, imported on first use so that a checkpoint of such a model loads
+# without its module having been imported (and ``import lowbit.models`` stays light).
+PLUGIN_MODELS: Dict[str, str] = {"alexnet_qnn": "lowbit.imagenet", "resnet18_pact_sawb": "lowbit.imagenet"}
 
 
 def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -143,6 +165,10 @@ def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
 
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model by name with keyword arguments (what recipes and checkpoints store)."""
+    if name not in MODELS and name in PLUGIN_MODELS:
+        import importlib
+
+        importlib.import_module(PLUGIN_MODELS[name])
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     try:

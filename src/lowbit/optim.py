@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .kbit import ap2, ap2_scalar
 from .layers import QuantLayerMixin
 
 OPTIMIZERS: Dict[str, type] = {
@@ -31,6 +32,70 @@ OPTIMIZERS: Dict[str, type] = {
 def register_optimizer(name: str, cls: type) -> None:
     """Make an optimizer class available to :func:`build_optimizer` and recipes by name."""
     OPTIMIZERS[name] = cls
+
+
+class ShiftAdaMax(torch.optim.Optimizer):
+    """Shift-based AdaMax (QNN paper, Algorithm 4): AdaMax whose multiplications are shifts.
+
+    Per parameter, with g its gradient, t the step count (from 1), AP2(x) = sign(x) 2^round(log2|x|):
+
+        m      = b1 m + (1 - b1) g                    (1 - b1 = 2^-3: m - (m >> 3) + (g >> 3))
+        v      = max(b2 v, |g|)                       (1 - b2 = 2^-10: v - (v >> 10))
+        theta -= AP2(lr / (1 - b1^t)) * m * AP2(max(v, eps))^-1
+
+    The step size and the divisor are powers of two, so the update is m shifted by a whole number of bits.
+    ``lr`` is each parameter group's own: lowbit's groups already carry the per-layer Glorot scale in it
+    (:func:`param_groups`), so AP2 rounds the scaled rate (within a factor 2^(1/2)), and a scheduler may
+    change it between steps. The latent-weight clip is applied by the post-step hook of
+    :func:`build_optimizer`, as for every optimizer.
+
+    v = 0 (a parameter whose gradients have all been 0) is handled as Torch7's BinaryNet does, with
+    eps = 2^-27: the divisor is AP2(max(v, eps)) (Torch7 adds eps to the stored AP2(v); clamping instead
+    keeps the divisor a power of two, and is the same whenever v >> eps). There m = 0 too, so such a
+    parameter does not move.
+
+    Defaults: lr = 2^-10, betas = (1 - 2^-3, 1 - 2^-10), eps = 2^-27.
+    """
+
+    def __init__(self, params, lr: float = 2.0 ** -10, betas=(1 - 2.0 ** -3, 1 - 2.0 ** -10), eps: float = 2.0 ** -27):
+        if not lr > 0:
+            raise ConfigError(f"shift_adamax: lr must be > 0, got {lr}")
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ConfigError(f"shift_adamax: betas must be in [0, 1), got {betas}")
+        if not eps > 0:
+            raise ConfigError(f"shift_adamax: eps must be > 0, got {eps}")
+        super().__init__(params, dict(lr=lr, betas=(float(b1), float(b2)), eps=float(eps)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.is_sparse:
+                    raise ConfigError("shift_adamax does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_inf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_inf"]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                torch.maximum(v.mul_(b2), g.abs(), out=v)
+                step_size = ap2_scalar(group["lr"] / (1 - b1 ** state["step"]))
+                p.sub_(m / ap2(v.clamp(min=group["eps"])), alpha=step_size)
+        return loss
+
+
+register_optimizer("shift_adamax", ShiftAdaMax)
 
 
 def param_groups(model: nn.Module, lr: float, lr_scale: bool = True) -> List[dict]:

@@ -183,13 +183,49 @@ class _Lambda(Quantizer):
         return getattr(self.fn, "__name__", repr(self.fn))
 
 
+def _parse_spec_value(text: str):
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_quantizer_spec(spec: str):
+    """``"name:key=value,key=value"`` -> (name, kwargs), values parsed as int, float, bool, None or str.
+
+    This is how a configuration (a recipe, ``--set model.weight_quantizer=linear:bits=2``, a checkpoint)
+    names a quantizer with arguments in one string.
+    """
+    name, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in rest.split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"quantizer {spec!r}: arguments must be written key=value, got {item!r}")
+        kwargs[key.strip()] = _parse_spec_value(value)
+    return name, kwargs
+
+
 def get_quantizer(spec: QuantizerSpec, **kwargs) -> nn.Module:
     """Resolve a quantizer given by name (``"ste_sign"``), module, callable, or ``None`` (identity).
 
-    Keyword arguments are passed to the registered class when ``spec`` is a name.
+    Keyword arguments are passed to the registered class when ``spec`` is a name; a name may carry them
+    itself as ``"name:key=value,..."`` (e.g. ``"linear:bits=2,rounding=stochastic"``).
     """
     if spec is None:
         return Identity()
+    if isinstance(spec, str) and ":" in spec:
+        spec, inline = parse_quantizer_spec(spec)
+        kwargs = {**inline, **kwargs}
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key not in QUANTIZERS:
@@ -214,3 +250,8 @@ def quantizer_bits(q: nn.Module) -> int:
 
 def is_binary(q: nn.Module) -> bool:
     return bool(getattr(q, "binary", False))
+
+
+# The k-bit, logarithmic, gradient, PACT and SAWB quantizers register themselves on import (they live in
+# their own modules; imported here so that every name resolves wherever get_quantizer is used).
+from . import kbit, pact_sawb  # noqa: E402,F401

@@ -57,3 +57,29 @@ def svhn_cnn() -> TrainConfig:
                         pad_value=1.0, dropout_hidden=0.0, **BINARY),
         epochs=50, batch_size=50, lr_start=1e-3, lr_end=1e-6,
     )
+
+
+# ---- QNN ablations (benchmarks/qnn_ablation.py) ---------------------------------------------------------
+# The two MNIST models with every QNN knob present in model_args, so that --set reaches them:
+#   --set model.weight_quantizer=linear:bits=2 --set model.act_quantizer=linear:bits=2
+#   --set model.grad_quantizer=grad:bits=6 --set model.norm=shift_bn --set optimizer=shift_adamax
+#   --set model.act_quantizer=pact:bits=2,alpha=3 --set model.weight_quantizer=sawb:bits=2 --set pact_l2=1e-4
+QNN_KNOBS = dict(grad_quantizer=None, norm="bn")
+
+
+@recipe("mnist-mlp-qnn")
+def mnist_mlp_qnn() -> TrainConfig:
+    """mnist-mlp with the QNN knobs (k-bit quantizers, grad_quantizer, norm) open to --set."""
+    cfg = mnist_mlp()
+    cfg.recipe = "mnist-mlp-qnn"
+    cfg.model_args.update(QNN_KNOBS)
+    return cfg
+
+
+@recipe("mnist-cnn-qnn")
+def mnist_cnn_qnn() -> TrainConfig:
+    """mnist-cnn with the QNN knobs (k-bit quantizers, grad_quantizer, norm) open to --set."""
+    cfg = mnist_cnn()
+    cfg.recipe = "mnist-cnn-qnn"
+    cfg.model_args.update(QNN_KNOBS)
+    return cfg

@@ -1,0 +1,281 @@
+"""QNN ablation on full real MNIST: accuracy vs the bit widths of weights, activations and gradients.
+
+    PYTHONPATH=src python benchmarks/qnn_ablation.py --epochs 10 [--models mlp,cnn] [--only PATTERNS]
+        [--mlp-hidden 1024] [--data-dir ../shared/data] [--force] [--quick] [--list] [--report]
+
+Two models, each trained with the same budget (``--epochs``, the recipe's batch size and LR schedule):
+the MLP of ``mnist-mlp`` (784 -> 3 x hidden -> 10 with its dropout, hidden ``--mlp-hidden``) and the binary
+ConvNet of ``mnist-cnn`` (its recipe's widths), through their ``-qnn`` recipes. Runs:
+
+* (W, A, G) bits in (1,1,32) (1,2,32) (2,2,32) (3,3,32) (4,4,32) (4,4,6) (6,6,6) (32,32,32):
+  1 bit = ``ste_sign``; k bits = ``linear:bits=k`` (2^k levels over [-1, 1]: the latent-weight clip and the
+  hardtanh range); 32 = full precision (identity weights, hardtanh activations); G < 32 =
+  ``grad_quantizer=grad:bits=G`` in every quantized layer (DoReFa-style, per-tensor max, stochastic).
+* ``-shift``: (1,1,32) with shift-based batch norm and shift-based AdaMax, vs the BN + Adam run above.
+* ``-pact-sawb``: (2,2,32) with SAWB 2-bit weights and PACT 2-bit activations (alpha starts at 3,
+  pact_l2 = 1e-4), vs the ``linear`` (2,2,32) run above.
+
+Each run is ``lowbit.train.run(recipe + overrides)`` writing into ``runs/qnn_ablation/NAME`` (a checkpoint
+every epoch). Results go to benchmarks/results/qnn_ablation.{json,md,png}; a run whose result is in the JSON
+with the same configuration is skipped, and an interrupted run resumes from its checkpoint, so the script
+can be run in pieces (``--only mlp-*``, ``--only cnn-w1a1g32,cnn-w1a1g32-shift``) and re-run to fill the
+gaps. ``--quick`` is a smoke test (small widths, 3000 training images, 1 epoch) that writes
+qnn_ablation_quick.* instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+GRID = [(1, 1, 32), (1, 2, 32), (2, 2, 32), (3, 3, 32), (4, 4, 32), (4, 4, 6), (6, 6, 6), (32, 32, 32)]
+MODELS = {"mlp": "mnist-mlp-qnn", "cnn": "mnist-cnn-qnn"}
+PACT_SAWB = ["model.weight_quantizer=sawb:bits=2", "model.act_quantizer=pact:bits=2,alpha=3.0", "pact_l2=0.0001"]
+SHIFT = ["model.norm=shift_bn", "optimizer=shift_adamax"]
+QUICK = {"mlp": ["model.hidden=128"],
+         "cnn": ["model.channels=8,8,M,16,16,M,32,32,M", "model.fc=64"]}
+
+
+def weight_spec(bits: int) -> str:
+    return {1: "ste_sign", 32: "identity"}.get(bits, f"linear:bits={bits}")
+
+
+def grad_spec(bits: int) -> str:
+    return "none" if bits == 32 else f"grad:bits={bits}"
+
+
+def all_runs(mlp_hidden: int):
+    """name -> dict(model, recipe, bits (W, A, G), variant, overrides)."""
+    runs = {}
+    for model, recipe in MODELS.items():
+        base = [f"model.hidden={mlp_hidden}"] if model == "mlp" else []
+        for w, a, g in GRID:
+            runs[f"{model}-w{w}a{a}g{g}"] = dict(
+                model=model, recipe=recipe, bits=[w, a, g], variant="BN + Adam",
+                overrides=base + [f"model.weight_quantizer={weight_spec(w)}", f"model.act_quantizer={weight_spec(a)}",
+                                  f"model.grad_quantizer={grad_spec(g)}"])
+        runs[f"{model}-w1a1g32-shift"] = dict(
+            model=model, recipe=recipe, bits=[1, 1, 32], variant="shift-BN + shift-AdaMax",
+            overrides=runs[f"{model}-w1a1g32"]["overrides"] + SHIFT)
+        runs[f"{model}-w2a2g32-pact-sawb"] = dict(
+            model=model, recipe=recipe, bits=[2, 2, 32], variant="PACT + SAWB",
+            overrides=base + PACT_SAWB + ["model.grad_quantizer=none"])
+    return runs
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"cpu": cpu, "device": dev, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def signature(cfg_dict: dict) -> str:
+    return hashlib.sha1(json.dumps(cfg_dict, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_one(name: str, cfg, out: Path, data_dir) -> dict:
+    """Train (or resume, or just read back) one run; returns its metrics."""
+    import torch
+
+    from lowbit.train import run
+
+    ckpt = out / "checkpoint.pt"
+    resume = False
+    if ckpt.exists():
+        try:
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+            same = saved.get("config") == cfg.to_dict()
+            done = int(saved.get("epoch", 0))
+        except Exception:  # unreadable: start again
+            same, done = False, 0
+        if same and done >= cfg.epochs and (out / "metrics.json").exists():
+            print(f"{name}: finished run found in {out}")
+            return json.loads((out / "metrics.json").read_text())
+        resume = same and done > 0
+        if resume:
+            print(f"{name}: resuming after epoch {done}")
+    if not resume and out.exists():
+        shutil.rmtree(out)
+    return run(cfg, out, data_dir=data_dir, resume=resume, progress=sys.stderr.isatty())
+
+
+def label(bits) -> str:
+    w, a, g = bits
+    if (w, a, g) == (32, 32, 32):
+        return "fp32"
+    return f"W{w}A{a}" + ("" if g == 32 else f"G{g}")
+
+
+def write_report(results: dict, stem: str) -> None:
+    runs = results["runs"]
+    m = results.get("machine", {})
+    data = ("QUICK SMOKE TEST: 3000 training / 1000 test images, small widths" if results.get("quick")
+            else "full real MNIST (60k train / 10k test)")
+    lines = ["# QNN ablation on MNIST (accuracy vs bits)", "",
+             f"Data: {data}; each run trains for the epochs shown with its recipe's batch size and LR schedule "
+             f"(compare runs of equal epochs). Machine: {m.get('cpu')} / {m.get('device')}, "
+             f"{m.get('threads')} threads, torch {m.get('torch')}.", "",
+             "| run | model | W | A | G | variant | epochs | test acc (final) | best test acc | time |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for name in sorted(runs, key=lambda n: (runs[n]["model"], n)):
+        r = runs[name]
+        w, a, g = r["bits"]
+        lines.append(f"| {name} | {r['model']} | {w} | {a} | {g} | {r['variant']} | {r['epochs']} | "
+                     f"{100 * r['test_accuracy']:.2f}% | "
+                     f"{100 * r['best_test_accuracy']:.2f}% | {r['wall_time'] / 60:.1f} min |")
+    lines += ["", "Settings (`lowbit train RECIPE --epochs N --set ...`):", ""]
+    for name in sorted(runs):
+        r = runs[name]
+        lines.append(f"- {name}: `lowbit train {r['recipe']} --epochs {r['epochs']} "
+                     + " ".join(f"--set {o}" for o in r["overrides"]) + "`")
+    lines += ["", "Reproduce: `PYTHONPATH=src python benchmarks/qnn_ablation.py --epochs N [--models mlp|cnn]`", ""]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    plot(results, RESULTS / f"{stem}.png")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    cats = [label(b) for b in GRID]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for model, color in (("mlp", "tab:blue"), ("cnn", "tab:orange")):
+        xs, ys = [], []
+        for i, b in enumerate(GRID):
+            r = runs.get(f"{model}-w{b[0]}a{b[1]}g{b[2]}")
+            if r:
+                xs.append(i)
+                ys.append(100 * r["test_accuracy"])
+        if xs:
+            ax.plot(xs, ys, marker="o", color=color, label=f"{model}: linear k-bit, BN + Adam")
+        for suffix, idx, marker, text in (("-w1a1g32-shift", 0, "s", "shift-BN + shift-AdaMax"),
+                                          ("-w2a2g32-pact-sawb", 2, "^", "PACT + SAWB")):
+            r = runs.get(model + suffix)
+            if r:
+                ax.plot([idx], [100 * r["test_accuracy"]], marker=marker, color=color, linestyle="none",
+                        markersize=9, label=f"{model}: {text}")
+    ax.set_xticks(range(len(cats)))
+    ax.set_xticklabels(cats)
+    ax.set_xlabel("bits (W weights, A activations, G gradients; G32 unless shown)")
+    ax.set_ylabel("test accuracy (%)")
+    epochs = sorted({r["epochs"] for r in runs.values()})
+    ax.set_title(f"MNIST, {'/'.join(map(str, epochs))} epoch(s) per run" + (" (quick smoke test)" if results.get("quick") else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=10, help="epochs of every run (the equal budget; default 10)")
+    p.add_argument("--models", default="mlp,cnn", help="mlp, cnn or both (default)")
+    p.add_argument("--only", default="*", help="comma-separated run names or patterns (e.g. 'mlp-*,cnn-w1a1*')")
+    p.add_argument("--mlp-hidden", type=int, default=1024, help="MLP width (paper: 4096; default 1024)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder holding mnist/ (default ../shared/data)")
+    p.add_argument("--runs-dir", default=str(REPO / "runs" / "qnn_ablation"), help="per-run checkpoints")
+    p.add_argument("--force", action="store_true", help="redo runs whose results are already in the JSON")
+    p.add_argument("--quick", action="store_true", help="smoke test: small widths, 3000 images, 1 epoch; "
+                                                        "writes qnn_ablation_quick.*")
+    p.add_argument("--list", action="store_true", help="print the runs and their settings, train nothing")
+    p.add_argument("--report", action="store_true", help="rewrite the .md and .png from the JSON, train nothing")
+    args = p.parse_args(argv)
+
+    runs = all_runs(args.mlp_hidden)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            p.error(f"unknown model {m!r}; use mlp and/or cnn")
+    patterns = [s.strip() for s in args.only.split(",") if s.strip()]
+    selected = [n for n, r in runs.items() if r["model"] in models and any(fnmatch.fnmatch(n, pt) for pt in patterns)]
+    if not selected:
+        p.error(f"no run matches --only {args.only!r} (runs: {', '.join(runs)})")
+    epochs = 1 if args.quick else args.epochs
+    if epochs < 1:
+        p.error("--epochs must be >= 1")
+
+    from lowbit import recipes  # noqa: F401  (registers the -qnn recipes)
+    from lowbit.config import apply_overrides, get_recipe
+
+    stem = "qnn_ablation_quick" if args.quick else "qnn_ablation"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{stem}.json"
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    if results.get("epochs") not in (None, epochs):
+        print(f"NOTE: {path} holds runs of {results['epochs']} epochs; runs of {epochs} epochs replace them one by one")
+    results["epochs"] = epochs
+    results["quick"] = bool(args.quick)
+
+    configs = {}
+    for name in selected:
+        r = runs[name]
+        overrides = list(r["overrides"]) + [f"epochs={epochs}"]
+        if args.quick:
+            overrides += QUICK[r["model"]] + ["train_subset=3000", "test_subset=1000"]
+        configs[name] = (overrides, apply_overrides(get_recipe(r["recipe"]), overrides))
+    if args.list or args.report:
+        if args.list:
+            for name, (overrides, cfg) in configs.items():
+                cached = results["runs"].get(name, {}).get("signature") == signature(cfg.to_dict())
+                print(f"{name:24s} {'[done] ' if cached else ''}lowbit train {runs[name]['recipe']} "
+                      + " ".join(f"--set {o}" for o in overrides))
+        if args.report and results["runs"]:
+            write_report(results, stem)
+        return 0
+
+    results["machine"] = machine()
+    t_all = time.time()
+    for name, (overrides, cfg) in configs.items():
+        sig = signature(cfg.to_dict())
+        if not args.force and results["runs"].get(name, {}).get("signature") == sig:
+            print(f"{name}: done ({100 * results['runs'][name]['test_accuracy']:.2f}%), skipping")
+            continue
+        print(f"== {name}: lowbit train {runs[name]['recipe']} " + " ".join(f"--set {o}" for o in overrides), flush=True)
+        out = Path(args.runs_dir) / ("quick-" + name if args.quick else name)
+        if args.force and out.exists():
+            shutil.rmtree(out)
+        m = train_one(name, cfg, out, args.data_dir)
+        r = runs[name]
+        results["runs"][name] = {
+            "model": r["model"], "recipe": r["recipe"], "bits": r["bits"], "variant": r["variant"],
+            "overrides": overrides, "epochs": epochs, "signature": sig,
+            "test_accuracy": m["test_accuracy"], "best_test_accuracy": max(e["test_accuracy"] for e in m["epochs"]),
+            "wall_time": m["wall_time"], "per_epoch": m["epochs"], "data_source": m.get("data_source"),
+        }
+        print(f"{name}: test accuracy {100 * m['test_accuracy']:.2f}% in {m['wall_time'] / 60:.1f} min", flush=True)
+        path.write_text(json.dumps(results, indent=2))
+        write_report(results, stem)
+    path.write_text(json.dumps(results, indent=2))
+    write_report(results, stem)
+    print(f"done in {(time.time() - t_all) / 60:.1f} min; results in {RESULTS / stem}.{{json,md,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
