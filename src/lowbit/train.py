@@ -30,6 +30,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write
 from .losses import get_loss
 from .optim import build_optimizer, build_scheduler
+from .pact_sawb import pact_l2_penalty
 from .plotting import plot_curves
 
 CHECKPOINT = "checkpoint.pt"
@@ -173,8 +174,9 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
             y = y_train[b].to(ctx.device)
             out = train_model(x)
             loss = loss_fn(out, y)
+            objective = loss + cfg.pact_l2 * pact_l2_penalty(model) if cfg.pact_l2 > 0 else loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimizer.step()  # the post-step hook clips latent weights to [-1, 1]
             scheduler.step()
             loss_sum += loss.item() * len(b)
@@ -231,7 +233,21 @@ def write_metrics(out_dir: Path, cfg: TrainConfig, history, source, ctx) -> None
     plot_curves(history, out_dir / CURVES, title=f"{cfg.recipe}")
 
 
-TASKS: Dict[str, Callable[..., Dict]] = {"image": train_image}
+def train_lm(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
+    """Language models (word/character level, truncated BPTT): see :mod:`lowbit.rnn.lm`."""
+    from .rnn.lm import train_lm as _train_lm
+
+    return _train_lm(cfg, out_dir, data_dir=data_dir, resume=resume, progress=progress)
+
+
+def train_imagenet(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
+    """ImageNet-style folders streamed through a DataLoader: see :mod:`lowbit.imagenet`."""
+    from .imagenet import train_imagenet as _train_imagenet
+
+    return _train_imagenet(cfg, out_dir, data_dir=data_dir, resume=resume, progress=progress)
+
+
+TASKS: Dict[str, Callable[..., Dict]] = {"image": train_image, "lm": train_lm, "imagenet": train_imagenet}
 
 
 def run(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
