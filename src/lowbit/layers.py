@@ -164,9 +164,11 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
         device=None,
         dtype=None,
         grad_quantizer: QuantizerSpec = None,
+        pixel_input: bool = False,
     ):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer)
+        self.pixel_input = bool(pixel_input)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -176,10 +178,16 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self._quant_operands(x)
+        if self.pixel_input:
+            # x holds 8-bit pixels p; the layer sees 2p/255 - 1, computed as (2/255) (p . w) - sum(w): with
+            # +-1 weights the product of integers is exact in float32, so eval mode agrees with the runtime.
+            y = F.linear(x, w) * PIXEL_GAIN - w.sum(1)
+            return self._quant_output(y if self.bias is None else y + self.bias)
         return self._quant_output(F.linear(x, w, self.bias))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._quant_repr()}"
+        extra = ", pixel_input=True" if self.pixel_input else ""
+        return f"{super().extra_repr()}, {self._quant_repr()}{extra}"
 
 
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
@@ -206,12 +214,14 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
         device=None,
         dtype=None,
         grad_quantizer: QuantizerSpec = None,
+        pixel_input: bool = False,
     ):
         nn.Conv2d.__init__(
             self, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
             device=device, dtype=dtype,
         )
         self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer)
+        self.pixel_input = bool(pixel_input)
         self.reset_parameters()
         if isinstance(self.padding, str):
             raise ConfigError("QuantConv2d: give padding as integers (string padding modes are not supported)")
@@ -225,13 +235,22 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self._quant_operands(x)
         ph, pw = self.padding
+        if self.pixel_input:
+            # Integer-exact form of conv(2p/255 - 1, w), as in QuantLinear; pad_value is in the scaled
+            # domain, so the padded pixel is (pad_value + 1) * 255 / 2 (0, a black pixel, for -1).
+            if ph or pw:
+                x = F.pad(x, (pw, pw, ph, ph), value=(self.pad_value + 1.0) / PIXEL_GAIN)
+            y = F.conv2d(x, w, None, self.stride, 0, self.dilation, self.groups) * PIXEL_GAIN
+            y = y - w.sum((1, 2, 3)).view(1, -1, 1, 1)
+            return self._quant_output(y if self.bias is None else y + self.bias.view(1, -1, 1, 1))
         if self.pad_value != 0.0 and (ph or pw):
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
             return self._quant_output(F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups))
         return self._quant_output(F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._quant_repr()}, pad_value={self.pad_value}"
+        extra = ", pixel_input=True" if self.pixel_input else ""
+        return f"{super().extra_repr()}, {self._quant_repr()}, pad_value={self.pad_value}{extra}"
 
 
 class QuantAct(nn.Module):
@@ -272,11 +291,16 @@ class QuantAct(nn.Module):
         return f"quantizer={_describe(self.quantizer)}"
 
 
-class PixelScale(nn.Module):
-    """First-layer input: 8-bit pixel values p in [0, 255] (as floats) -> 2p/255 - 1 in [-1, 1].
+PIXEL_GAIN = 2.0 / 255.0
 
-    The model takes raw 8-bit pixels, so the deployed runtime can run the first layer on the integers
-    directly (``sum_k w_k (2 p_k / 255 - 1) = (2 sum_k w_k p_k - 255 sum_k w_k) / 255``), with no float input.
+
+class PixelScale(nn.Module):
+    """8-bit pixel values p in [0, 255] (as floats) -> 2p/255 - 1 in [-1, 1].
+
+    lowbit's models do not use it: their first layer takes the raw pixels (``pixel_input=True``) and
+    applies the same scaling after its product, ``sum_k w_k (2 p_k / 255 - 1) = (2/255) sum_k w_k p_k -
+    sum_k w_k``, which is exact in float32 for +-1 weights and equals what the integer runtime computes.
+    Kept for models that want the scaling as a separate step (the runtime exporter accepts both).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

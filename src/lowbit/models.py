@@ -1,10 +1,11 @@
 """The paper's architectures, built from lowbit's quantized layers.
 
-Every model is a plain ``nn.Sequential`` of a few module kinds (``PixelScale``, ``QuantLinear``,
-``QuantConv2d``, ``MaxPool2d``, ``BatchNorm1d/2d``, ``QuantAct``, ``Dropout``, ``Flatten``), so the
-exporter of the deployment runtime can walk it layer by layer. Models take raw 8-bit pixels (as floats in
-[0, 255]); the first layer has real-valued inputs and quantized weights, the last layer is followed by a
-batch norm whose output is the logits (paper style).
+Every model is a plain ``nn.Sequential`` of a few module kinds (``QuantLinear``, ``QuantConv2d``,
+``MaxPool2d``, ``BatchNorm1d/2d``, ``QuantAct``, ``Dropout``, ``Flatten``), so the exporter of the
+deployment runtime can walk it layer by layer. Models take raw 8-bit pixels (as floats in [0, 255]); the
+first layer (``pixel_input=True``) sees them scaled to 2p/255 - 1, as in the paper's code, computed in an
+integer-exact form; it has quantized weights and real-valued inputs. The last layer is followed by a batch
+norm whose output is the logits (paper style). Input dropout therefore drops pixels to 0 (black).
 
 Widths are arguments, so the same builders give the full paper models and the small ones used in tests.
 The QNN variants are arguments too: k-bit quantizers by name (``weight_quantizer="linear:bits=2"``),
@@ -19,7 +20,7 @@ from typing import Callable, Dict, List, Sequence, Union
 from torch import nn
 
 from .errors import ConfigError
-from .layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
+from .layers import QuantAct, QuantConv2d, QuantLinear
 from .norm import NORMS, batch_norm
 from .quantizers import QuantizerSpec
 
@@ -58,13 +59,14 @@ def mlp(
     in_features = 1
     for d in in_shape:
         in_features *= int(d)
-    layers: List[nn.Module] = [PixelScale(), nn.Flatten()]
+    layers: List[nn.Module] = [nn.Flatten()]
     if dropout_in > 0:
         layers.append(nn.Dropout(dropout_in))
     width = in_features
-    for _ in range(depth):
+    for d in range(depth):
         layers += [
-            QuantLinear(width, hidden, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+            QuantLinear(width, hidden, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer,
+                        pixel_input=d == 0),
             _bn1d(hidden, bn_eps, bn_momentum, norm),
             QuantAct(act_quantizer),
         ]
@@ -111,7 +113,7 @@ def convnet(
     if not spec or spec[0] == "M":
         raise ConfigError(f"convnet: channels must start with a conv width, got {spec}")
     c, h, w = (int(d) for d in in_shape)
-    layers: List[nn.Module] = [PixelScale()]
+    layers: List[nn.Module] = []
     first = True
     i = 0
     while i < len(spec):
@@ -123,7 +125,7 @@ def convnet(
             QuantConv2d(
                 c, width, kernel_size, padding=kernel_size // 2, bias=False,
                 weight_quantizer=weight_quantizer, pad_value=-1.0 if first else pad_value,
-                grad_quantizer=grad_quantizer,
+                grad_quantizer=grad_quantizer, pixel_input=first,
             )
         )
         first = False

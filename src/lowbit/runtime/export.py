@@ -108,13 +108,16 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
     domain = "float"  # what the next layer receives: "pixels" (8-bit), "bits" (+-1), or "float"
     layout_hw = None  # (H, W, C) of conv features before a Flatten, for the FC permutation
     i = 0
+    first_layer = next((m for m in mods if isinstance(m, (QuantConv2d, QuantLinear))), None)
     if mods and isinstance(mods[0], PixelScale):
         domain = "pixels"
         i = 1
+    elif getattr(first_layer, "pixel_input", False):
+        domain = "pixels"
     elif binary_input:
         domain = "bits"  # a block of a larger binary network: its input is already +-1
     else:
-        raise CheckpointError("runtime export: the model must start with PixelScale (8-bit pixel input)")
+        raise CheckpointError("runtime export: the model's first layer must take 8-bit pixels (pixel_input=True)")
     input_domain = domain
     n_layers = 0
     while i < len(mods):
