@@ -1,0 +1,328 @@
+"""Integer-only LSTM: fixed-point primitives, C kernel == NumPy reference bit for bit on every dispatch path,
+calibration/export, torch-free loading, bad input."""
+
+import functools
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lowbit.errors import CheckpointError, ConfigError, DataError, ShapeError
+from lowbit.rnn import int_lstm as il
+from lowbit.rnn import QuantGRU, QuantLSTM, RNNLanguageModel, export_int_lstm, load_int_lstm
+
+REPO = Path(__file__).resolve().parents[1]
+PATHS = il.available_paths()
+needs_ext = pytest.mark.skipif(not PATHS, reason=f"C extension not available: {il.extension_error()}")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- fixed point -------------------------------------------------------------------------------------------
+
+
+def test_quantize_multiplier_and_rescale_round_correctly():
+    rng = np.random.default_rng(0)
+    for real in list(10.0 ** rng.uniform(-9, 3, 100)) + [0.5, 1.0, 2.0 ** -20, 2.0 ** 29]:
+        m0, shift = il.quantize_multiplier(real)
+        assert 2 ** 30 <= m0 < 2 ** 31 and -31 <= shift <= 30
+        assert abs(m0 * 2.0 ** (shift - 31) / real - 1) < 2.0 ** -30
+        x = rng.integers(-2 ** 31, 2 ** 31, 200)
+        y = il.rescale(x, m0, shift)
+        e = 31 - shift
+        for xi, yi in zip(x.tolist(), y.tolist()):  # exact integer check: |y - x m0 / 2^e| <= 1/2
+            exact2 = 2 * xi * m0  # 2^(e+1) times the exact value
+            if abs(xi * m0) >= (2 ** 31 - 1) * 2 ** e:
+                assert yi == (2 ** 31 - 1 if xi > 0 else -2 ** 31)  # saturated
+            else:
+                assert abs(yi * 2 ** (e + 1) - exact2) <= 2 ** e
+    assert il.quantize_multiplier(1e-12) == (0, 0)
+    assert il.rshift_round(np.array([5, -5, 6, -6, 7]), 1).tolist() == [3, -2, 3, -3, 4]  # ties up
+    with pytest.raises(ConfigError):
+        il.quantize_multiplier(0.0)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_table_activations_within_one_lsb_over_all_int16(name):
+    """Bound tested: |out - f(x 2^-12) 2^15| <= 1 for every int16 x (Q3.12 in, Q0.15 out); <= 0.6 where f
+    does not reach 1 (the table's own error), the rest is the saturation of +1.0 at 32767."""
+    sig, th = il.standard_luts()
+    table, f = (sig, il.sigmoid_f64) if name == "sigmoid" else (th, np.tanh)
+    x = np.arange(-32768, 32768)
+    out = il.lut_apply(table, x)
+    ref = f(x * 2.0 ** -12) * 32768
+    err = np.abs(out - ref)
+    assert err.max() <= 1.0
+    assert err[ref < 32767].max() <= 0.6
+    assert out.min() >= -32768 and out.max() <= 32767
+
+
+@pytest.mark.parametrize("cs", [0, 4, 9, 11, 12, 13, 15, 20, 25])
+def test_cell_tanh_within_one_lsb(cs):
+    x = np.arange(-32768, 32768)
+    out = il.lut_apply(il.cell_lut(cs), il.cell_table_input(x, cs))
+    assert np.abs(out - np.tanh(x * 2.0 ** -cs) * 32768).max() <= 1.0
+
+
+# ---- C == NumPy, every path ----------------------------------------------------------------------------------
+
+
+def _random_layer(rng, I, H):
+    G = 4 * H
+    qmul = np.zeros((4, G), np.int32)
+    for r in (0, 2):
+        for j in range(G):
+            qmul[r, j], qmul[r + 1, j] = il.quantize_multiplier(10 ** rng.uniform(-2.5, 0.7))
+    cs = int(rng.integers(4, 16))
+    hm0, hsh = il.quantize_multiplier(2.0 ** -30 / rng.uniform(1 / 200, 1 / 60))
+    arrays = dict(
+        w_ih=rng.integers(-127, 128, (G, I), dtype=np.int8), w_hh=rng.integers(-127, 128, (G, H), dtype=np.int8),
+        bias_x=rng.integers(-2 ** 22, 2 ** 22, G, dtype=np.int32), bias_h=rng.integers(-2 ** 22, 2 ** 22, G, dtype=np.int32),
+        qmul=qmul, lut_cell=il.cell_lut(cs))
+    scalars = dict(s_in=0.01, z_in=int(rng.integers(-128, 128)), s_h=0.01, z_h=int(rng.integers(-30, 30)),
+                   cell_frac_bits=cs, hid_m0=hm0, hid_shift=hsh, cell_clip=int(rng.choice([0, 0, 12000])))
+    return il.IntLSTMLayer(arrays, scalars)
+
+
+@needs_ext
+@pytest.mark.parametrize("path", PATHS)
+def test_kernel_equals_numpy_reference_bit_for_bit(path):
+    rng = np.random.default_rng(hash(path) % 1000)
+    sig, th = il.standard_luts()
+    k = il._Kernels("c", path)
+    assert k.resolved_path == path
+    shapes = [(1, 1, 1, 1), (0, 2, 3, 4), (1, 3, 16, 16), (2, 1, 17, 33)] + \
+        [tuple(int(v) for v in rng.integers(1, 60, 4)) for _ in range(10)]
+    seen, cells = set(), set()
+    for T, B, I, H in shapes:
+        layer = _random_layer(rng, I, H)
+        x = rng.integers(-128, 128, (T, B, I), dtype=np.int8)
+        h = rng.integers(-128, 128, (B, H), dtype=np.int8)
+        c = rng.integers(-32768, 32768, (B, H), dtype=np.int16)
+        ref = il.lstm_layer_reference(layer, x, h, c, sig, th)
+        got = k.lstm_layer(layer, x, h, c, sig, th)
+        for a, b, name in zip(ref, got, ("y", "h", "c")):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert np.array_equal(a, b), (path, (T, B, I, H), name)
+        seen.update(np.unique(ref[0]).tolist())
+        cells.update(np.unique(ref[2] // 256).tolist())
+    assert len(seen) > 200 and len(cells) > 100  # the cases exercise a real spread of values
+    for M, N, K in [(1, 1, 1), (1, 9, 33), (2, 4, 16), (5, 7, 31), (37, 130, 200)]:
+        a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+        w = rng.integers(-128, 128, (N, K), dtype=np.int8)
+        b = rng.integers(-10 ** 6, 10 ** 6, N, dtype=np.int32)
+        assert np.array_equal(k.gemm(a, w, b), il.gemm_reference(a, w, b))
+
+
+@needs_ext
+@pytest.mark.parametrize("path", PATHS)
+def test_kernel_primitives_equal_numpy(path):
+    ext = il.extension()
+    x = np.arange(-32768, 32768, dtype=np.int16)
+    for table in (*il.standard_luts(), il.cell_lut(13)):
+        out = np.empty_like(x)
+        ext.lut(table, x, out)
+        assert np.array_equal(out, il.lut_apply(table, x))
+    rng = np.random.default_rng(1)
+    v = rng.integers(-2 ** 31, 2 ** 31, 20000).astype(np.int32)
+    for real in (3e-9, 0.003, 0.7, 1.0, 5.5, 1000.0):
+        m0, sh = il.quantize_multiplier(real)
+        out = np.empty_like(v)
+        ext.rescale(v, m0, sh, out)
+        assert np.array_equal(out, il.rescale(v, m0, sh))
+
+
+@needs_ext
+def test_path_selection_env_and_errors(monkeypatch):
+    ext = il.extension()
+    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "portable")
+    assert ext.resolve_path("auto") == "portable" and il._Kernels("c").resolved_path == "portable"
+    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "sse9")
+    with pytest.raises(ConfigError, match="LOWBIT_INTLSTM_PATH=sse9"):
+        il._Kernels("c")
+    monkeypatch.delenv("LOWBIT_INTLSTM_PATH")
+    assert ext.resolve_path("auto") == PATHS[-1]
+    with pytest.raises(ConfigError):
+        il._Kernels("c", "neon")
+    with pytest.raises(ValueError, match="bytes"):  # buffer sizes are checked in C
+        ext.gemm(np.zeros(3, np.int8), np.zeros(16, np.int8), np.zeros(1, np.int32), np.zeros(2, np.int32), 1, 1, 4)
+
+
+# ---- export ----------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_lm(bits=32):
+    """A small 2-layer LSTM LM trained for 100 steps on a stream of repeated phrases (seconds); the last
+    1500 ids are held out."""
+    from lowbit.rnn.text import batchify
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    phrases = [rng.integers(0, 40, rng.integers(3, 7)) for _ in range(12)]
+    stream = np.concatenate([phrases[i] for i in rng.integers(0, 12, 1500)]).astype(np.int64)
+    model = RNNLanguageModel(40, emb_size=24, hidden_size=32, num_layers=2, weight_bits=bits, act_bits=bits)
+    data = torch.from_numpy(batchify(stream[:-1500], 16))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    steps = 0
+    while steps < 100:
+        hidden = None
+        for i in range(0, data.size(0) - 21, 20):
+            x, y = data[i:i + 20], data[i + 1:i + 21]
+            if hidden is not None:
+                hidden = model.detach_hidden(hidden)
+            out, hidden = model(x, hidden)
+            loss = model.loss(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps >= 100:
+                break
+    return model.eval(), stream
+
+
+def _float_perplexity(model, ids, batch_size=4, bptt=20):
+    from lowbit.rnn import evaluate_lm
+    from lowbit.rnn.text import batchify
+
+    loss, _ = evaluate_lm(model, torch.from_numpy(batchify(ids, batch_size)), bptt, "cpu")
+    return math.exp(loss)
+
+
+@pytest.mark.parametrize("bits", [32, 4])
+def test_export_matches_float_model(tmp_path, bits):
+    model, stream = _trained_lm(bits)
+    calib, test = stream[:2000], stream[-1500:]
+    path = tmp_path / "lm.lbt"
+    m = export_int_lstm(model, calib, path, max_batches=4, batch_size=4, bptt=20)
+    loaded = load_int_lstm(path)
+    assert loaded.num_layers == 2 and loaded.vocab_size == 40 and loaded.hidden_size == 32
+    ppl_f = _float_perplexity(model, test)
+    r = loaded.perplexity(test, batch_size=4, bptt=20)
+    assert ppl_f < 10  # the model learned something (40 tokens)
+    assert abs(r["perplexity"] / ppl_f - 1) < 0.03, (r["perplexity"], ppl_f)
+    # the same integers from the file, from the returned object and from the NumPy reference
+    ids = test[:60].reshape(15, 4)
+    a, _ = loaded.log_probs(ids)
+    b, _ = m.log_probs(ids)
+    c, _ = load_int_lstm(path, backend="numpy").log_probs(ids)
+    assert np.array_equal(a, b) and np.allclose(a, c, rtol=0, atol=1e-5)
+    ya, _ = loaded.run_ids(ids)
+    yc, _ = load_int_lstm(path, backend="numpy").run_ids(ids)
+    assert np.array_equal(ya, yc)
+    # the state carries over: two halves == one sequence
+    y1, st = loaded.run_ids(ids[:7])
+    y2, _ = loaded.run_ids(ids[7:], st)
+    assert np.array_equal(np.concatenate([y1, y2]), ya)
+
+
+def test_export_bare_lstm_run_float(tmp_path):
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(12, 20, num_layers=2)
+    x = torch.randn(30, 3, 12)
+    m = export_int_lstm(lstm, [x[:15], x[15:]], tmp_path / "bare.lbt")
+    y, state = load_int_lstm(tmp_path / "bare.lbt").run_float(x.numpy())
+    with torch.no_grad():
+        ref = lstm(x)[0].numpy()
+    assert y.shape == ref.shape and np.abs(y - ref).max() < 0.05
+    assert len(state) == 2 and state[0][0].dtype == np.int8 and state[0][1].dtype == np.int16
+    with pytest.raises(ConfigError, match="no decoder|no embedding"):
+        m.log_probs(np.zeros((2, 1), np.int64))
+
+
+def test_bad_input(tmp_path):
+    model, stream = _trained_lm(32)
+    path = tmp_path / "lm.lbt"
+    m = export_int_lstm(model, stream[:500], path, max_batches=2, batch_size=4)
+    with pytest.raises(DataError, match="token id 40 is outside the vocabulary"):
+        m.log_probs(np.array([[1], [40]]))
+    with pytest.raises(DataError, match="token id -3"):
+        m.run_ids(np.array([[-3]]))
+    with pytest.raises(DataError, match="integers"):
+        m.run_ids(np.array([[1.5]]))
+    good = m.init_state(2)
+    with pytest.raises(ShapeError, match=r"hidden state h of layer 0 has shape \(3, 32\), expected \(2, 32\)"):
+        m.run_ids(np.zeros((4, 2), np.int64), [(np.zeros((3, 32), np.int8), good[0][1]), good[1]])
+    with pytest.raises(ShapeError, match="dtype"):
+        m.run_ids(np.zeros((4, 2), np.int64), [(good[0][0].astype(np.int16), good[0][1]), good[1]])
+    with pytest.raises(ShapeError, match="list of 2"):
+        m.run_ids(np.zeros((4, 2), np.int64), good[:1])
+    with pytest.raises(ShapeError):
+        m.run_quantized(np.zeros((4, 2, 7), np.int8))
+    with pytest.raises(ConfigError, match="GRU|LSTM layers only"):
+        export_int_lstm(QuantGRU(4, 4), [torch.randn(3, 1, 4)], None)
+    with pytest.raises(ConfigError, match="unidirectional"):
+        export_int_lstm(QuantLSTM(4, 4, bidirectional=True), [torch.randn(3, 1, 4)], None)
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        export_int_lstm(model, np.array([1, 2, 99, 3] * 20), None, batch_size=2)
+    # files: wrong kind, truncated, corrupt
+    from lowbit.runtime.modelfile import save_model_file
+
+    other = tmp_path / "other.lbt"
+    save_model_file(other, "binary_mlp", {}, {"w": np.zeros(3, np.int8)})
+    with pytest.raises(CheckpointError, match="not an integer LSTM"):
+        load_int_lstm(other)
+    blob = path.read_bytes()
+    (tmp_path / "cut.lbt").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError):
+        load_int_lstm(tmp_path / "cut.lbt")
+    with pytest.raises(ConfigError):
+        load_int_lstm(path, backend="gpu")
+
+
+def test_checkpoint_export_with_vocabulary_and_text(tmp_path):
+    """A checkpoint of 'lowbit train' (task lm) exports with its vocabulary; text is encoded by the file's
+    vocabulary and unknown characters are refused."""
+    from lowbit.config import TrainConfig
+    from lowbit.rnn.models import LM_SETTINGS
+    from lowbit.train import run
+
+    text = "to be or not to be that is the question\n" * 200
+    (tmp_path / "t.txt").write_text(text)
+    cfg = TrainConfig(recipe="t", dataset="text", model="rnn_lm", task="lm", loss="cross_entropy",
+                      model_args=dict(vocab_size=0, cell="lstm", emb_size=8, hidden_size=16, num_layers=1,
+                                      **{**LM_SETTINGS, "level": "char", "text_file": str(tmp_path / "t.txt"), "bptt": 20}),
+                      epochs=1, batch_size=8, eval_batch_size=8, lr_start=1e-2, lr_end=1e-2, lr_scale=False)
+    run(cfg, tmp_path / "run", progress=False)
+    m = export_int_lstm(tmp_path / "run" / "checkpoint.pt", tmp_path / "t.txt", tmp_path / "c.lbt", max_batches=2)
+    assert m.vocab.level == "char" and m.meta["source"]["recipe"] == "t"
+    ids = m.encode("to be or not")
+    assert ids.tolist() == m.vocab.encode(list("to be or not")).tolist()
+    assert m.perplexity(m.encode_file(tmp_path / "t.txt")[:500], batch_size=2, bptt=20)["bpc"] < 3.0
+    with pytest.raises(DataError, match="characters are not in the model's vocabulary"):
+        m.encode("xyz")
+    # what 'lowbit export' calls for task "lm", and the torch-free text scorer
+    report = il.export_int_lstm_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "e.lbt", batches=2)
+    assert report["kind"] == "int_lstm" and report["bytes"] == (tmp_path / "e.lbt").stat().st_size
+    assert report["ratio"] > 0  # (tiny model: the activation tables, 16 KiB each, dominate the file)
+    (tmp_path / "bad.txt").write_text("XYZ\n")
+    assert il.main([str(tmp_path / "e.lbt"), str(tmp_path / "t.txt"), "--batch-size", "2"]) == 0
+    assert il.main([str(tmp_path / "e.lbt"), str(tmp_path / "bad.txt")]) == 2
+
+
+def test_runtime_does_not_import_torch(tmp_path):
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 8)
+    export_int_lstm(lstm, [torch.randn(10, 2, 6)], tmp_path / "m.lbt")
+    code = ("import sys, numpy as np\n"
+            "from lowbit.rnn.int_lstm import load_int_lstm\n"
+            f"m = load_int_lstm({str(tmp_path / 'm.lbt')!r})\n"
+            "y, _ = m.run_float(np.zeros((3, 1, 6), np.float32))\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print(m.backend)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() in ("numpy", *(f"c/{p}" for p in PATHS))
