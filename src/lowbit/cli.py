@@ -65,8 +65,11 @@ def _train(p: argparse.ArgumentParser):
         cfg = apply_overrides(cfg, overrides)
         out = args.out or f"runs/{args.recipe}"
         metrics = train_run(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
-        if metrics.get("test_accuracy") is not None:
-            print(f"final test accuracy {metrics['test_accuracy']:.4f}; results in {out}")
+        for key, label in (("test_perplexity", "test perplexity"), ("test_bpc", "test bits per character"),
+                           ("test_accuracy", "test accuracy")):
+            if metrics.get(key) is not None:
+                print(f"final {label} {metrics[key]:.4f}; results in {out}")
+                break
         return 0
 
     return run
