@@ -51,6 +51,11 @@ def _im2col_words(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw
     return np.ascontiguousarray(view).reshape(n, oh, ow, kh * kw * c)
 
 
+def _exact_int(acc: np.ndarray) -> np.ndarray:
+    """float32 sums of integers below 2^24 are exact: convert them to int32 for the integer thresholds."""
+    return acc.astype(np.int32)
+
+
 def _maxpool2(a: np.ndarray) -> np.ndarray:
     n, h, w, c = a.shape
     h2, w2 = h // 2, w // 2
@@ -89,9 +94,14 @@ class BinaryNetwork:
         else:
             op["w_bits"] = bits
         if op["output"] == "bits":
-            op["threshold"] = arrays[name + ".threshold"].astype(np.int32)
-            op["flip"] = arrays[name + ".flip"].astype(bool)
-            op["out_words"] = (op["threshold"].shape[0] + 63) // 64
+            t = arrays[name + ".threshold"].astype(np.int64)
+            flip = arrays[name + ".flip"].astype(bool)
+            # One comparison for both kinds of channel: the output bit (1 = -1) is  s * a < s * T  with
+            # s = -1 where the BN scale is negative (a <= T flips to -a >= -T). |a| <= K, so s * a fits int32.
+            op["sign"] = np.where(flip, -1, 1).astype(np.int32)
+            op["signed_threshold"] = np.clip(np.where(flip, -t, t), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            op["any_flip"] = bool(flip.any())
+            op["out_words"] = (t.shape[0] + 63) // 64
         else:
             op["out_scale"] = arrays[name + ".out_scale"]
             op["out_bias"] = arrays[name + ".out_bias"]
@@ -107,7 +117,7 @@ class BinaryNetwork:
             if op["input"] == "pixels":
                 patches = _im2col_words(x, kh, kw, sh, sw, ph, pw, fill=0)  # a black pixel pads
                 n, oh, ow, k = patches.shape
-                acc = patches.reshape(-1, k).astype(np.float32) @ op["w_t"]
+                acc = _exact_int(patches.reshape(-1, k).astype(np.float32) @ op["w_t"])
             else:
                 patches = _im2col_words(x, kh, kw, sh, sw, ph, pw, fill=0)  # zero words = +1 padding
                 n, oh, ow, words = patches.shape
@@ -115,7 +125,7 @@ class BinaryNetwork:
                 acc -= op["pad_bits"]
             return acc.reshape(n, oh, ow, -1)
         if op["input"] == "pixels":
-            return x.astype(np.float32) @ op["w_t"]
+            return _exact_int(x.astype(np.float32) @ op["w_t"])
         words = x.shape[1]
         acc = self._k.binary_matmul_packed(x, op["w_bits"], words * 64)
         acc -= op["pad_bits"]
@@ -126,8 +136,9 @@ class BinaryNetwork:
             acc = _maxpool2(acc)
         if op["output"] == "logits":
             return acc.astype(np.float32) * op["out_scale"] + op["out_bias"]
-        plus = np.where(op["flip"], acc <= op["threshold"], acc >= op["threshold"])
-        return _pack_last_axis(~plus, op["out_words"])
+        if op["any_flip"]:
+            acc = acc * op["sign"]
+        return _pack_last_axis(acc < op["signed_threshold"], op["out_words"])
 
     def predict(self, x) -> np.ndarray:
         """Float32 logits for a batch of 8-bit images (uint8 or integer-valued array, (N, C, H, W)).
@@ -156,8 +167,8 @@ class BinaryNetwork:
     def _unpack_output(self, h: np.ndarray) -> np.ndarray:
         last = self.ops[-1]
         n_out = last.get("out_channels", last.get("out_features"))
-        minus = np.unpackbits(h.view(np.uint8), axis=-1, bitorder="little")[..., :n_out].astype(bool)
-        vals = np.where(minus, np.float32(-1), np.float32(1))
+        minus = np.unpackbits(h.view(np.uint8), axis=-1, bitorder="little")[..., :n_out]
+        vals = (1 - 2 * minus.astype(np.int8)).astype(np.float32)  # bit 1 -> -1, bit 0 -> +1
         return vals.transpose(0, 3, 1, 2) if vals.ndim == 4 else vals
 
     def classify(self, x) -> np.ndarray:
