@@ -33,9 +33,9 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
+from .checkpoint import model_from_config, save_checkpoint
 from .config import TrainConfig, recipe, validate
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .layers import QuantAct, QuantConv2d, QuantLinear
 from .losses import get_loss
 from .models import register_model
@@ -43,7 +43,7 @@ from .norm import batch_norm
 from .optim import build_optimizer, build_scheduler, register_optimizer
 from .pact_sawb import pact_l2_penalty
 from .quantizers import QuantizerSpec, get_quantizer
-from .train import CHECKPOINT, _check_resume, build_metrics, write_metrics
+from .train import CHECKPOINT, build_metrics, data_parallel, resume_run, write_metrics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -472,22 +472,8 @@ def train_imagenet(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = Fals
     history, start_epoch, elapsed_before = [], 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
     if resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
-        saved = read_checkpoint(ckpt_path, map_location=ctx.device)
-        _check_resume(saved, cfg, ckpt_path)
-        load_model_state(model, saved["model_state"], str(ckpt_path))
-        optimizer.load_state_dict(saved["optimizer_state"])
-        scheduler.load_state_dict(saved["scheduler_state"])
-        torch.set_rng_state(saved["rng_state"])
-        history, start_epoch = saved["history"], int(saved["epoch"])
-        elapsed_before = history[-1]["wall_time"] if history else 0.0
-        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
-
-    train_model = model
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        _, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
+    train_model = data_parallel(model, ctx)
 
     # ---- epochs ---------------------------------------------------------------------------------------
     t0 = time.time() - elapsed_before

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -119,6 +119,32 @@ def _check_resume(saved: Dict, cfg: TrainConfig, path: Path) -> None:
             )
 
 
+def resume_run(ckpt_path: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler, ctx, log) -> Tuple[Dict, List, int, float]:
+    """Restore model, optimizer, schedule and global RNG from the run's checkpoint.
+
+    Returns ``(saved, history, start_epoch, elapsed_seconds)``; ``saved`` is the raw checkpoint for checks a
+    task adds (e.g. the language model's vocabulary)."""
+    if not ckpt_path.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
+    saved = read_checkpoint(ckpt_path, map_location=ctx.device)
+    _check_resume(saved, cfg, ckpt_path)
+    load_model_state(model, saved["model_state"], str(ckpt_path))
+    optimizer.load_state_dict(saved["optimizer_state"])
+    scheduler.load_state_dict(saved["scheduler_state"])
+    torch.set_rng_state(saved["rng_state"])
+    history, start_epoch = saved["history"], int(saved["epoch"])
+    elapsed = history[-1]["wall_time"] if history else 0.0
+    log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    return saved, history, start_epoch, elapsed
+
+
+def data_parallel(model: nn.Module, ctx) -> nn.Module:
+    """The module to train: ``model`` itself, or its DistributedDataParallel wrapper under torchrun."""
+    if not ctx.distributed:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+
+
 def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
     validate(cfg)
     keep_freed_memory()
@@ -143,21 +169,8 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
     history, start_epoch, elapsed_before = [], 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
     if resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
-        saved = read_checkpoint(ckpt_path, map_location=ctx.device)
-        _check_resume(saved, cfg, ckpt_path)
-        load_model_state(model, saved["model_state"], str(ckpt_path))
-        optimizer.load_state_dict(saved["optimizer_state"])
-        scheduler.load_state_dict(saved["scheduler_state"])
-        torch.set_rng_state(saved["rng_state"])
-        history, start_epoch = saved["history"], int(saved["epoch"])
-        elapsed_before = history[-1]["wall_time"] if history else 0.0
-        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
-
-    train_model = model
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        _, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
+    train_model = data_parallel(model, ctx)
 
     # ---- epochs ---------------------------------------------------------------------------------------
     t0 = time.time() - elapsed_before

@@ -38,6 +38,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write
 from ..optim import build_optimizer, build_scheduler
 from ..plotting import plot_curves
+from ..train import data_parallel, resume_run
 from . import models as _models  # noqa: F401  (registers "rnn_lm")
 from .models import split_model_args
 from .text import TextCorpus, batchify, load_char_corpus, load_ptb, resolve_data_dir
@@ -104,16 +105,6 @@ def _named(level: str, prefix: str, loss: float) -> Dict[str, float]:
     return {f"{prefix}_bpc": loss / LN2}
 
 
-def _check_resume(saved: Dict, cfg: TrainConfig, path: Path) -> None:
-    old = saved["config"]
-    for key in ("recipe", "dataset", "model", "model_args", "task"):
-        if old.get(key) != getattr(cfg, key):
-            raise CheckpointError(
-                f"--resume: {path} was written by a different run ({key} = {old.get(key)!r}, "
-                f"this run has {getattr(cfg, key)!r}); use another --out directory"
-            )
-
-
 def train_lm(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
     """Train a language model; writes ``metrics.json``, ``checkpoint.pt`` (every epoch) and ``curves.png``."""
     validate(cfg)
@@ -159,24 +150,10 @@ def train_lm(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, pro
     history, start_epoch, elapsed_before = [], 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
     if resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
-        saved = read_checkpoint(ckpt_path, map_location=ctx.device)
-        _check_resume(saved, cfg, ckpt_path)
+        saved, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
         if saved.get("vocab", {}).get("tokens") != corpus.vocab.tokens:
             raise CheckpointError(f"--resume: {ckpt_path} was trained with another vocabulary than these files")
-        load_model_state(model, saved["model_state"], str(ckpt_path))
-        optimizer.load_state_dict(saved["optimizer_state"])
-        scheduler.load_state_dict(saved["scheduler_state"])
-        torch.set_rng_state(saved["rng_state"])
-        history, start_epoch = saved["history"], int(saved["epoch"])
-        elapsed_before = history[-1]["wall_time"] if history else 0.0
-        log(f"resumed from {ckpt_path} after epoch {start_epoch}")
-
-    train_model = model
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    train_model = data_parallel(model, ctx)
 
     # ---- epochs ---------------------------------------------------------------------------------------
     t0 = time.time() - elapsed_before
