@@ -12,8 +12,7 @@ remember them:
 
 from __future__ import annotations
 
-import math
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn

@@ -55,7 +55,7 @@ def summarize(model: nn.Module, input_shape) -> Dict:
         act_bits["current"] = mod.bits
 
     def on_layer(mod, inp, out):
-        x = inp[0]
+
         if isinstance(mod, QuantLayerMixin):
             wbits = mod.weight_bits
             abits = mod.input_bits if mod.input_bits < 32 else act_bits["current"]

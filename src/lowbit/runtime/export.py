@@ -23,12 +23,11 @@ What export does to each block ``QuantConv2d/QuantLinear -> [MaxPool2d] -> Batch
 
 from __future__ import annotations
 
-import math
+
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import CheckpointError
@@ -203,7 +202,7 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             k = mp.kernel_size if isinstance(mp.kernel_size, int) else mp.kernel_size[0]
             s = mp.stride if isinstance(mp.stride, int) else mp.stride[0]
             if k != 2 or s != 2 or mp.padding not in (0, (0, 0)) or len(shape) != 3:
-                raise CheckpointError(f"runtime export: only 2x2/stride-2 max-pooling of conv features is supported")
+                raise CheckpointError("runtime export: only 2x2/stride-2 max-pooling of conv features is supported")
             op["maxpool"] = 2
             shape = [shape[0], shape[1] // 2, shape[2] // 2]
             i += 1
@@ -222,7 +221,7 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             i += 1
         else:
             if i != len(mods):
-                raise CheckpointError(f"runtime export: a BatchNorm without a binary activation must end the network")
+                raise CheckpointError("runtime export: a BatchNorm without a binary activation must end the network")
             # logits = c * (scale * a + offset) + d  ->  alpha * a + bias, in float64 then float32
             arrays[name + ".out_scale"] = (c * scale).astype(np.float32)
             arrays[name + ".out_bias"] = (c * offset + d).astype(np.float32)
