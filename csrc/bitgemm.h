@@ -1,0 +1,168 @@
+/*
+ * bitgemm.h -- internal interface of lowbit's binary (XNOR + popcount) GEMM.
+ *
+ * The core is split the way gemmlowp / ruy / BLIS split theirs, one file per concern:
+ *
+ *   bitgemm_pack.c          packing: +-1 (or any real / integer) matrix -> rows of 64-bit words
+ *   bitgemm_kernels_*.c     per-ISA "macro-kernels": loop over register tiles of one cache block,
+ *                           each tile computed by an inlined micro-kernel (portable, popcnt, avx2,
+ *                           avx512)
+ *   bitgemm_driver.c        blocking over K and N (cache), splitting over threads, run-time CPU
+ *                           dispatch, the naive reference kernel
+ *   bitgemm_module.c        CPython bindings (buffer protocol, no NumPy headers)
+ *
+ * Data layout (shared by every piece and by the Python side):
+ *   A packed row i holds K bits in ceil(K/64) uint64 words; element j of the row is bit (j % 64) of
+ *   word (j / 64) (little-endian bit order, as np.packbits(..., bitorder="little")). A set bit means
+ *   -1 (the value was < 0), a clear bit +1. Pad bits past K are *ignored* by every kernel (masked),
+ *   so packed operands produced elsewhere need not clear them.
+ *
+ *   For +-1 vectors a, b of length K:  dot(a, b) = K - 2 * popcount(a XOR b).
+ *
+ * Writing into a caller's int32 output with any row stride is built in (bg_gemm_args.c / ldc). A
+ * fused epilogue (e.g. threshold -> packed sign bits for the next binary layer) would go where the
+ * micro-kernels store their tile (store_row in the AVX2 kernel, the end of each tile elsewhere):
+ * the popcounts are in registers there, and bg_block would carry the per-column thresholds.
+ */
+#ifndef LOWBIT_BITGEMM_H
+#define LOWBIT_BITGEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define BG_X86 1
+#else
+#define BG_X86 0
+#endif
+
+/* ------------------------------------------------------------------------------------------------
+ * Dispatch paths, best last. BG_PATH_AUTO is only an argument value ("pick the best").
+ * ---------------------------------------------------------------------------------------------- */
+typedef enum {
+    BG_PATH_PORTABLE = 0, /* scalar __builtin_popcountll, compiled for the baseline ISA */
+    BG_PATH_POPCNT = 1,   /* scalar, hardware POPCNT instruction */
+    BG_PATH_AVX2 = 2,     /* 256-bit vpshufb nibble-lookup popcount (Mula) */
+    BG_PATH_AVX512 = 3,   /* 512-bit VPOPCNTQ (AVX-512 VPOPCNTDQ) */
+    BG_NPATHS = 4,
+    BG_PATH_AUTO = -1
+} bg_path;
+
+const char *bg_path_name(int path);
+int bg_path_supported(int path); /* 1 if this CPU (and OS) can run the path */
+int bg_best_path(void);
+
+/* ------------------------------------------------------------------------------------------------
+ * One cache block of the GEMM, as handed from the driver to a macro-kernel.
+ *
+ *   C[i][j] = (first ? k : C[i][j]) - 2 * popcount(A[i][0:nw] XOR B[j][0:nw])    0 <= i < m, 0 <= j < n
+ *
+ * where the last of the nw words is ANDed with tailmask (all ones unless this block holds the end of
+ * K and K % 64 != 0). a, b point at word 0 of the block's first row; lda, ldb, ldc are row strides
+ * in elements. Splitting K into blocks is why `first` exists: the first block initialises C, later
+ * ones subtract their share, so C never needs a separate popcount buffer.
+ * ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    const uint64_t *a;
+    ptrdiff_t lda;
+    const uint64_t *b;
+    ptrdiff_t ldb;
+    int32_t *c;
+    ptrdiff_t ldc;
+    size_t m, n; /* rows of A, rows of B in this block */
+    size_t nw;   /* words of K in this block, >= 1 */
+    uint64_t tailmask;
+    int first;
+    int32_t k; /* total K in bits (only used when first) */
+    void *scratch; /* per-thread work memory for packing panels (64-byte aligned), may be NULL */
+    size_t scratch_bytes;
+} bg_block;
+
+typedef void (*bg_macro_fn)(const bg_block *blk);
+
+/* Macro-kernels sweep the rows of A inside groups of BG_C_GROUP rows of B, so that one pass writes a
+ * whole 64-byte line of each C row (16 int32). Writing C in 16-byte pieces instead (one 4-wide tile)
+ * touches every line 4 times, far apart in time; with C rows 16 KB apart (N = 4096) those lines also
+ * fall into a handful of cache sets, and C traffic went to L3. */
+#define BG_C_GROUP 16
+
+/* Per-path kernel description: the macro-kernel and the blocking it wants from the driver. */
+typedef struct {
+    bg_macro_fn macro;
+    int mr, nr;    /* register tile (rows of A x rows of B) */
+    size_t kc;     /* K block, in words */
+    size_t nc;     /* N block, in rows of B */
+    size_t mc;     /* M block, in rows of A */
+    /* per-thread work memory the macro-kernel wants for blocks of m x n rows and kc words (NULL:
+     * none); the driver passes it in bg_block.scratch */
+    size_t (*scratch_bytes)(size_t m, size_t n, size_t kc);
+} bg_kernel;
+
+/* Macro-kernels (one per path; the x86 ones exist only where the compiler can target them). */
+void bg_macro_portable(const bg_block *blk);
+#if BG_X86
+void bg_macro_popcnt(const bg_block *blk);
+void bg_macro_avx2(const bg_block *blk);
+void bg_macro_avx512(const bg_block *blk);
+/* blocking of the AVX2 path (its macro-kernel splits whole blocks into nibble panels) */
+#define BG_AVX2_KC 64  /* words: 4096 bits, 16 vector steps, below the 31 a byte counter takes */
+#define BG_AVX2_MC 128
+#define BG_AVX2_NC 128
+size_t bg_avx2_scratch_bytes(size_t m, size_t n, size_t kc);
+#endif
+
+/* ------------------------------------------------------------------------------------------------
+ * Driver (bitgemm_driver.c)
+ * ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    const uint64_t *a;
+    ptrdiff_t lda; /* in words */
+    const uint64_t *b;
+    ptrdiff_t ldb;
+    int32_t *c;
+    ptrdiff_t ldc; /* in int32 elements */
+    size_t m, n;
+    size_t k; /* bits; the driver reads ceil(k/64) words of each row, < 2^31 */
+} bg_gemm_args;
+
+/* C = A x B^T for +-1 matrices stored packed. path must be supported (or BG_PATH_AUTO). */
+void bg_gemm(const bg_gemm_args *g, int path, int nthreads);
+
+/* How many threads bg_gemm would use for this problem (small problems run on fewer, down to 1). */
+int bg_plan_threads(const bg_gemm_args *g, int path, int nthreads);
+
+/* The deliberately naive reference: for i, for j, for word: acc += popcount(a ^ b). One thread, no
+ * blocking. hw_popcount = 0: __builtin_popcountll compiled for the baseline ISA (what a plain build
+ * gives); 1: the same loops with the POPCNT instruction (only if supported). */
+void bg_gemm_naive(const bg_gemm_args *g, int hw_popcount);
+
+/* Run fn(ctx, t, nthreads) for t in [0, nthreads) on nthreads threads (the caller is thread 0).
+ * Falls back to running the shares one after the other if a thread cannot be started. */
+typedef void (*bg_task_fn)(void *ctx, int t, int nthreads);
+void bg_parallel(int nthreads, bg_task_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------------------------------
+ * Packing (bitgemm_pack.c)
+ * ---------------------------------------------------------------------------------------------- */
+typedef enum {
+    BG_T_I8, BG_T_I16, BG_T_I32, BG_T_I64,
+    BG_T_U8, BG_T_U16, BG_T_U32, BG_T_U64,
+    BG_T_F32, BG_T_F64
+} bg_dtype;
+
+typedef struct {
+    const char *src; /* element (0, 0) */
+    ptrdiff_t s0, s1; /* strides in bytes (any sign) */
+    bg_dtype dtype;
+    size_t rows, k;
+    uint64_t *dst; /* row r starts at dst + r * ldd (ldd in words) */
+    ptrdiff_t ldd;
+    size_t dwords; /* words written per row, >= ceil(k/64); those past ceil(k/64) are zeroed */
+    int check_pm1; /* 1: every value must be exactly +1 or -1 */
+} bg_pack_args;
+
+/* Packs; returns -1, or (with check_pm1) the row-major index i*k + j of the first value that is not
+ * +-1 (the packed output is then unspecified). */
+long long bg_pack(const bg_pack_args *p, int nthreads);
+
+#endif /* LOWBIT_BITGEMM_H */

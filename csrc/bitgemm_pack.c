@@ -1,0 +1,248 @@
+/*
+ * bitgemm_pack.c -- packing +-1 / real / integer matrices into rows of 64-bit words.
+ *
+ * Element j of a row becomes bit (j % 64) of word (j / 64); the bit is 1 where the value is < 0
+ * (-1) and 0 where it is >= 0 (+1; lowbit's sign(0) = +1, and a NaN also packs as +1 because
+ * NaN < 0 is false). Bits past K in the last word are written as 0.
+ *
+ * Packing runs at inference time on every layer's activations, so the common layouts (rows
+ * contiguous, int8 / float32 / float64) go through SSE2 compare + movemask, which every x86-64 CPU
+ * has (no run-time dispatch needed, and packing is close to memory bound anyway). Everything else
+ * (other dtypes, strided rows such as transposed views, other CPUs) uses a scalar loop that honours
+ * arbitrary byte strides, so the Python side never has to copy.
+ *
+ * With check_pm1 the packer also verifies every value is exactly +1 or -1 and reports the first
+ * offender, so the +-1 API validates its input in the same pass that packs it.
+ */
+#include <string.h>
+
+#include "bitgemm.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define BG_HAVE_SSE2 1
+#else
+#define BG_HAVE_SSE2 0
+#endif
+
+/* ---- scalar packer, one instantiation per element type --------------------------------------
+ * Returns -1, or the column of the first non-+-1 value (check only). memcpy keeps unaligned and
+ * oddly strided elements well defined; it compiles to a plain load. */
+#define BG_DEFINE_PACK_SCALAR(NAME, T, IS_NEG, IS_PM1)                                         \
+    static long long NAME(const char *src, ptrdiff_t s1, size_t j0, size_t k, uint64_t *dst,  \
+                          int check)                                                          \
+    {                                                                                         \
+        size_t j = j0;                                                                        \
+        while (j < k) {                                                                       \
+            const size_t end = (k - j > 64) ? j + 64 : k;                                     \
+            uint64_t word = 0;                                                                \
+            for (unsigned bit = 0; j < end; j++, bit++) {                                     \
+                T v;                                                                          \
+                memcpy(&v, src + (ptrdiff_t)j * s1, sizeof v);                                \
+                if (check && !(IS_PM1(v)))                                                    \
+                    return (long long)j;                                                      \
+                word |= (uint64_t)(IS_NEG(v) ? 1u : 0u) << bit;                               \
+            }                                                                                 \
+            dst[(j - 1) / 64] = word;                                                         \
+        }                                                                                     \
+        return -1;                                                                            \
+    }
+
+#define BG_NEG_SIGNED(v) ((v) < 0)
+#define BG_NEG_UNSIGNED(v) (0)
+#define BG_PM1_SIGNED(v) ((v) == 1 || (v) == -1)
+#define BG_PM1_UNSIGNED(v) ((v) == 1) /* an unsigned type cannot hold -1 */
+#define BG_PM1_FLOAT(v) ((v) == 1.0 || (v) == -1.0)
+
+BG_DEFINE_PACK_SCALAR(pack_i8, int8_t, BG_NEG_SIGNED, BG_PM1_SIGNED)
+BG_DEFINE_PACK_SCALAR(pack_i16, int16_t, BG_NEG_SIGNED, BG_PM1_SIGNED)
+BG_DEFINE_PACK_SCALAR(pack_i32, int32_t, BG_NEG_SIGNED, BG_PM1_SIGNED)
+BG_DEFINE_PACK_SCALAR(pack_i64, int64_t, BG_NEG_SIGNED, BG_PM1_SIGNED)
+BG_DEFINE_PACK_SCALAR(pack_u8, uint8_t, BG_NEG_UNSIGNED, BG_PM1_UNSIGNED)
+BG_DEFINE_PACK_SCALAR(pack_u16, uint16_t, BG_NEG_UNSIGNED, BG_PM1_UNSIGNED)
+BG_DEFINE_PACK_SCALAR(pack_u32, uint32_t, BG_NEG_UNSIGNED, BG_PM1_UNSIGNED)
+BG_DEFINE_PACK_SCALAR(pack_u64, uint64_t, BG_NEG_UNSIGNED, BG_PM1_UNSIGNED)
+BG_DEFINE_PACK_SCALAR(pack_f32, float, BG_NEG_SIGNED, BG_PM1_FLOAT)
+BG_DEFINE_PACK_SCALAR(pack_f64, double, BG_NEG_SIGNED, BG_PM1_FLOAT)
+
+typedef long long (*bg_pack_row_fn)(const char *src, ptrdiff_t s1, size_t j0, size_t k, uint64_t *dst,
+                                    int check);
+
+static bg_pack_row_fn scalar_packer(bg_dtype t)
+{
+    switch (t) {
+    case BG_T_I8: return pack_i8;
+    case BG_T_I16: return pack_i16;
+    case BG_T_I32: return pack_i32;
+    case BG_T_I64: return pack_i64;
+    case BG_T_U8: return pack_u8;
+    case BG_T_U16: return pack_u16;
+    case BG_T_U32: return pack_u32;
+    case BG_T_U64: return pack_u64;
+    case BG_T_F32: return pack_f32;
+    case BG_T_F64: return pack_f64;
+    }
+    return NULL;
+}
+
+/* ---- SSE2 packers for contiguous rows ---------------------------------------------------------
+ * Each handles the whole 64-element words of the row and returns how many elements it consumed
+ * (a multiple of 64), or -(1 + word index) when check found a non-+-1 value in that word: the
+ * caller then rescans that word with the scalar packer to name the exact element. */
+#if BG_HAVE_SSE2
+static long long pack_f32_sse2(const float *x, size_t k, uint64_t *dst, int check)
+{
+    const __m128 zero = _mm_setzero_ps();
+    const __m128 one = _mm_set1_ps(1.0f);
+    const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    const size_t nw = k / 64;
+    for (size_t w = 0; w < nw; w++) {
+        const float *p = x + 64 * w;
+        uint64_t word = 0;
+        int ok = 0xF;
+        for (unsigned q = 0; q < 16; q++) {
+            const __m128 v = _mm_loadu_ps(p + 4 * q);
+            word |= (uint64_t)_mm_movemask_ps(_mm_cmplt_ps(v, zero)) << (4 * q);
+            if (check) /* |v| == 1 exactly (NaN compares unequal) */
+                ok &= _mm_movemask_ps(_mm_cmpeq_ps(_mm_and_ps(v, absmask), one));
+        }
+        if (ok != 0xF)
+            return -1 - (long long)w;
+        dst[w] = word;
+    }
+    return (long long)(64 * nw);
+}
+
+static long long pack_f64_sse2(const double *x, size_t k, uint64_t *dst, int check)
+{
+    const __m128d zero = _mm_setzero_pd();
+    const __m128d one = _mm_set1_pd(1.0);
+    const __m128d absmask = _mm_castsi128_pd(_mm_set1_epi64x(0x7fffffffffffffffLL));
+    const size_t nw = k / 64;
+    for (size_t w = 0; w < nw; w++) {
+        const double *p = x + 64 * w;
+        uint64_t word = 0;
+        int ok = 0x3;
+        for (unsigned q = 0; q < 32; q++) {
+            const __m128d v = _mm_loadu_pd(p + 2 * q);
+            word |= (uint64_t)_mm_movemask_pd(_mm_cmplt_pd(v, zero)) << (2 * q);
+            if (check)
+                ok &= _mm_movemask_pd(_mm_cmpeq_pd(_mm_and_pd(v, absmask), one));
+        }
+        if (ok != 0x3)
+            return -1 - (long long)w;
+        dst[w] = word;
+    }
+    return (long long)(64 * nw);
+}
+
+static long long pack_i8_sse2(const int8_t *x, size_t k, uint64_t *dst, int check)
+{
+    const __m128i one = _mm_set1_epi8(1), minus_one = _mm_set1_epi8(-1);
+    const size_t nw = k / 64;
+    for (size_t w = 0; w < nw; w++) {
+        const int8_t *p = x + 64 * w;
+        uint64_t word = 0;
+        int ok = 0xFFFF;
+        for (unsigned q = 0; q < 4; q++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * q));
+            /* movemask_epi8 takes the sign bit of each byte: exactly "v < 0" for int8 */
+            word |= (uint64_t)(unsigned)_mm_movemask_epi8(v) << (16 * q);
+            if (check)
+                ok &= _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, one), _mm_cmpeq_epi8(v, minus_one)));
+        }
+        if (ok != 0xFFFF)
+            return -1 - (long long)w;
+        dst[w] = word;
+    }
+    return (long long)(64 * nw);
+}
+#endif
+
+/* Packs rows [r0, r1). Returns -1 or the flat index of the first non-+-1 value in that range. */
+static long long pack_rows(const bg_pack_args *p, size_t r0, size_t r1)
+{
+    const size_t W = (p->k + 63) / 64;
+    const bg_pack_row_fn scalar = scalar_packer(p->dtype);
+    const size_t itemsize = (p->dtype == BG_T_I8 || p->dtype == BG_T_U8)     ? 1
+                            : (p->dtype == BG_T_I16 || p->dtype == BG_T_U16) ? 2
+                            : (p->dtype == BG_T_I32 || p->dtype == BG_T_U32 || p->dtype == BG_T_F32) ? 4
+                                                                                                    : 8;
+    const int contiguous = p->s1 == (ptrdiff_t)itemsize;
+    for (size_t r = r0; r < r1; r++) {
+        const char *row = p->src + (ptrdiff_t)r * p->s0;
+        uint64_t *dst = p->dst + (ptrdiff_t)r * p->ldd;
+        size_t j0 = 0;
+#if BG_HAVE_SSE2
+        if (contiguous && p->k >= 64) {
+            long long done = -2; /* -2: no fast packer for this dtype */
+            switch (p->dtype) {
+            case BG_T_F32: done = pack_f32_sse2((const float *)(const void *)row, p->k, dst, p->check_pm1); break;
+            case BG_T_F64: done = pack_f64_sse2((const double *)(const void *)row, p->k, dst, p->check_pm1); break;
+            case BG_T_I8: done = pack_i8_sse2((const int8_t *)(const void *)row, p->k, dst, p->check_pm1); break;
+            default: break;
+            }
+            if (done >= 0) {
+                j0 = (size_t)done;
+            } else if (done != -2) { /* a bad value in word (-1 - done): let the scalar packer find it */
+                const size_t w = (size_t)(-1 - done);
+                const size_t end = 64 * (w + 1);
+                const long long j = scalar(row, p->s1, 64 * w, end, dst, 1);
+                if (j >= 0)
+                    return (long long)(r * p->k) + j;
+                j0 = end; /* unreachable in practice: the fast check and the scalar check agree */
+            }
+        }
+#else
+        (void)contiguous;
+#endif
+        if (j0 < p->k) {
+            const long long j = scalar(row, p->s1, j0, p->k, dst, p->check_pm1);
+            if (j >= 0)
+                return (long long)(r * p->k) + j;
+        }
+        for (size_t w = W; w < p->dwords; w++) /* spare words of a wider destination */
+            dst[w] = 0;
+    }
+    return -1;
+}
+
+/* ---- threading: rows are split evenly; each share remembers its first bad index ---------------- */
+typedef struct {
+    const bg_pack_args *p;
+    long long bad[256];
+} pack_ctx;
+
+static void pack_task(void *vctx, int t, int nthreads)
+{
+    pack_ctx *ctx = (pack_ctx *)vctx;
+    const size_t rows = ctx->p->rows;
+    const size_t r0 = rows * (size_t)t / (size_t)nthreads, r1 = rows * (size_t)(t + 1) / (size_t)nthreads;
+    ctx->bad[t] = pack_rows(ctx->p, r0, r1);
+}
+
+/* below this many elements a second thread costs more than it saves */
+#define BG_PACK_MIN_ELEMS_PER_THREAD ((size_t)1 << 19)
+
+long long bg_pack(const bg_pack_args *p, int nthreads)
+{
+    if (p->rows == 0)
+        return -1;
+    size_t elems = p->rows * (p->k ? p->k : 1);
+    size_t t = elems / BG_PACK_MIN_ELEMS_PER_THREAD;
+    if (t > (size_t)nthreads) t = (size_t)nthreads;
+    if (t > p->rows) t = p->rows;
+    if (t > 256) t = 256;
+    if (t <= 1)
+        return pack_rows(p, 0, p->rows);
+    pack_ctx ctx;
+    ctx.p = p;
+    bg_parallel((int)t, pack_task, &ctx);
+    long long first = -1;
+    for (size_t i = 0; i < t; i++) /* shares are in row order: the first one reporting wins */
+        if (ctx.bad[i] >= 0) {
+            first = ctx.bad[i];
+            break;
+        }
+    return first;
+}

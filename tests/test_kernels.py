@@ -1,0 +1,407 @@
+"""Tests of the binary GEMM kernels (lowbit.kernels): bit-exactness against NumPy integer references on
+every code path this CPU runs, packing, threading, non-contiguous inputs, and input validation."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lowbit.kernels as K
+from lowbit.errors import ConfigError, ShapeError
+from lowbit.kernels import _bitgemm, dispatch
+
+PATHS = K.available_paths()
+RNG_SEED = 1234
+
+
+# ---------------------------------------------------------------------------------------------------
+# references (pure NumPy)
+# ---------------------------------------------------------------------------------------------------
+def ref_pack(x) -> np.ndarray:
+    """bit j%64 of word j//64 is set where x[:, j] < 0; pad bits zero."""
+    bits = np.asarray(x) < 0
+    rows, k = bits.shape
+    w = (k + 63) // 64
+    padded = np.zeros((rows, 64 * w), dtype=bool)
+    padded[:, :k] = bits
+    return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64).reshape(rows, w)
+
+
+def ref_matmul(a, b) -> np.ndarray:
+    return np.asarray(a).astype(np.int64) @ np.asarray(b).astype(np.int64).T
+
+
+def pm1(rng, shape, dtype=np.int8) -> np.ndarray:
+    return rng.choice(np.array([-1, 1], dtype=dtype), size=shape)
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    previous = K.set_kernel_path(request.param)
+    yield request.param
+    K.set_kernel_path(previous)
+
+
+# Shapes: K = 1, 63, 64, 65, K not a multiple of 64, M or N = 1, tails of every length in the AVX2
+# (4 words) and AVX-512 (8 words) vectors, odd rows/cols for the 2x4 / 4x4 tile edges, M and N past
+# the 256-row cache blocks, K past the AVX2 byte-counter run (30 vectors = 7680 bits) and past the
+# 8192-bit K block (two K blocks, the second accumulating into C).
+SHAPES = [
+    (1, 1, 1), (1, 1, 64), (2, 3, 63), (3, 2, 65), (1, 7, 128), (7, 1, 129), (5, 9, 191), (9, 5, 192),
+    (6, 10, 255), (11, 4, 256), (4, 11, 257), (13, 17, 300), (3, 5, 448), (5, 3, 511), (8, 8, 512),
+    (17, 3, 513), (33, 31, 784), (1, 300, 100), (300, 1, 100), (261, 259, 70), (2, 6, 7680),
+    (3, 5, 7745), (5, 6, 8192), (6, 5, 8300),
+]
+_rng = np.random.default_rng(RNG_SEED)
+SHAPES += [tuple(int(v) for v in _rng.integers(1, 301, size=3)) for _ in range(12)]
+
+_cases = {}
+
+
+def case(m, n, k):
+    """Random +-1 operands and their int64 reference, built once per shape for all paths/threads."""
+    key = (m, n, k)
+    if key not in _cases:
+        rng = np.random.default_rng([RNG_SEED, m, n, k])
+        a, b = pm1(rng, (m, k)), pm1(rng, (n, k))
+        _cases[key] = (a, b, ref_matmul(a, b))
+    return _cases[key]
+
+
+# ---------------------------------------------------------------------------------------------------
+# bit-exactness
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_binary_matmul_bit_exact(path, shape, threads):
+    a, b, ref = case(*shape)
+    out = K.binary_matmul(a, b, num_threads=threads)
+    assert out.dtype == np.int32 and out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+    pa, pb = K.pack_bits(a), K.pack_bits(b)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, pb, shape[2], num_threads=threads), ref)
+
+
+@pytest.mark.parametrize("k", [64, 7680, 7745, 7936, 8000, 8192, 8300, 20000])
+def test_saturating_operands(path, k):
+    """Rows that are all +1, all -1 or alternating: XOR bytes of 0xFF in every vector, the worst case
+    for the AVX2 per-byte counters (8 per vector step) that random bits (4 on average) never reach."""
+    rows = np.ones((4, k), np.int8)
+    rows[1] = -1
+    rows[2, ::2] = -1
+    rows[3, : k // 2] = -1
+    a, b = rows, -rows[[0, 1, 2, 3, 1]]
+    np.testing.assert_array_equal(K.binary_matmul(a, b), ref_matmul(a, b))
+
+
+# Large enough that the work threshold lets 2 threads run, splitting B's rows (first) and A's rows
+# (second: only 6 rows of B, too few to split evenly).
+THREADED = [(300, 300, 4096), (2000, 6, 8192 + 100)]
+
+
+@pytest.mark.parametrize("shape", THREADED, ids=lambda s: "x".join(map(str, s)))
+def test_multithreaded_bit_exact(path, shape):
+    assert K.planned_threads(*shape, num_threads=2) == 2  # otherwise this test would not test threads
+    a, b, ref = case(*shape)
+    pa, pb = K.pack_bits(a), K.pack_bits(b)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, pb, shape[2], num_threads=2), ref)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, pb, shape[2], num_threads=1), ref)
+
+
+def test_small_problems_run_single_threaded():
+    assert K.planned_threads(8, 8, 64, num_threads=8) == 1
+    assert K.planned_threads(1, 4096, 4096, num_threads=1) == 1
+    assert K.planned_threads(4096, 4096, 4096, num_threads=2) == 2
+    assert K.planned_threads(4096, 4096, 4096, num_threads=1) == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 65), (13, 17, 300), (5, 6, 8300)])
+@pytest.mark.parametrize("hw", [False, True])
+def test_naive_kernel_bit_exact(shape, hw):
+    if hw and "popcnt" not in PATHS:
+        pytest.skip("no POPCNT on this CPU")
+    a, b, ref = case(*shape)
+    out = K.binary_matmul_naive(K.pack_bits(a), K.pack_bits(b), shape[2], hw_popcount=hw)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_pad_bits_and_spare_words_are_ignored(path):
+    rng = np.random.default_rng(7)
+    for m, n, k in [(5, 7, 1), (5, 7, 63), (6, 9, 65), (9, 6, 200), (3, 4, 449), (4, 3, 8300)]:
+        a, b, ref = case(m, n, k)
+        pa, pb = K.pack_bits(a), K.pack_bits(b)
+        w = pa.shape[1]
+        # garbage in the pad bits and in two spare words per row
+        noise_a = rng.integers(0, 2**64, size=(m, w + 2), dtype=np.uint64)
+        noise_b = rng.integers(0, 2**64, size=(n, w + 2), dtype=np.uint64)
+        keep = np.zeros(w + 2, dtype=np.uint64)
+        keep[: k // 64] = np.uint64(2**64 - 1)
+        if k % 64:
+            keep[k // 64] = np.uint64((1 << (k % 64)) - 1)
+        da = (noise_a & ~keep) | np.pad(pa, ((0, 0), (0, 2)))
+        db = (noise_b & ~keep) | np.pad(pb, ((0, 0), (0, 2)))
+        assert (da != np.pad(pa, ((0, 0), (0, 2)))).any()
+        np.testing.assert_array_equal(K.binary_matmul_packed(da, db, k), ref)
+        np.testing.assert_array_equal(K.binary_matmul_naive(da, db, k), ref)
+
+
+def test_empty_dimensions(path):
+    assert K.binary_matmul(np.ones((0, 5), np.int8), np.ones((3, 5), np.int8)).shape == (0, 3)
+    assert K.binary_matmul(np.ones((4, 5), np.int8), np.ones((0, 5), np.int8)).shape == (4, 0)
+    out = K.binary_matmul(np.ones((4, 0), np.int8), np.ones((3, 0), np.int8))
+    np.testing.assert_array_equal(out, np.zeros((4, 3), np.int32))
+    assert K.pack_bits(np.ones((4, 0), np.float32)).shape == (4, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# dtypes, layouts, torch, out=
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64])
+def test_dtypes(dtype):
+    rng = np.random.default_rng(3)
+    a, b = pm1(rng, (9, 200), dtype), pm1(rng, (7, 200), dtype)
+    np.testing.assert_array_equal(K.binary_matmul(a, b), ref_matmul(a, b))
+    np.testing.assert_array_equal(K.pack_bits(a), ref_pack(a))
+
+
+def test_non_contiguous_inputs(path):
+    rng = np.random.default_rng(11)
+    big = pm1(rng, (90, 400), np.float32)
+    cases = [
+        (big[::2, ::3], big[1::3, ::3]),  # steps on both axes
+        (big[:40, :].T[:130], big[40:80].T[:130]),  # transposed views (rows strided by 400)
+        (big[::-1, :257], big[5:16, 300:43:-1][:, :257]),  # negative strides
+        (np.asfortranarray(big[:20, :150]), big[20:33, :150]),
+    ]
+    for a, b in cases:
+        assert not (a.flags.c_contiguous and b.flags.c_contiguous)
+        np.testing.assert_array_equal(K.binary_matmul(a, b), ref_matmul(a, b))
+        np.testing.assert_array_equal(K.pack_bits(a), ref_pack(a))
+    # strided packed operands (every other row, a column slice of wider words, a transposed copy)
+    a, b = big[:30, :320], big[30:60, :320]
+    pa, pb = K.pack_bits(a), K.pack_bits(b)
+    wide = np.zeros((60, 9), np.uint64)
+    wide[::2, 2:7] = pa
+    ref = ref_matmul(a, b)
+    np.testing.assert_array_equal(K.binary_matmul_packed(wide[::2, 2:7], pb, 320), ref)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, np.asfortranarray(pb), 320), ref)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa.astype(np.int64), pb, 320), ref)
+
+
+def test_torch_tensors():
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 2, (12, 130), generator=g).float() * 2 - 1
+    b = (torch.randint(0, 2, (9, 130), generator=g) * 2 - 1).to(torch.int8)
+    ref = ref_matmul(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(K.binary_matmul(a, b), ref)
+    np.testing.assert_array_equal(K.binary_matmul(a.requires_grad_(), b.t().contiguous().t()), ref)
+    np.testing.assert_array_equal(K.binary_matmul(a.detach().to(torch.bfloat16), b), ref)
+    np.testing.assert_array_equal(K.pack_signs(a.detach() * 0.3), ref_pack(a.detach().numpy()))
+    pa, pb = K.pack_bits(a.detach()), K.pack_bits(b)
+    np.testing.assert_array_equal(K.binary_matmul_packed(torch.from_numpy(pa.view(np.int64)), pb, 130), ref)
+
+
+def test_kernels_package_does_not_import_torch():
+    code = "import sys, lowbit.kernels as K, numpy as np; K.binary_matmul(np.ones((2, 3)), np.ones((2, 3))); " \
+           "sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_out_parameter(path):
+    a, b, ref = case(13, 17, 300)
+    pa, pb = K.pack_bits(a), K.pack_bits(b)
+    out = np.full((13, 17), 99, np.int32)
+    assert K.binary_matmul_packed(pa, pb, 300, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+    wide = np.full((13, 40), 7, np.int32)  # a row slice of a wider buffer: the rest is left alone
+    K.binary_matmul_packed(pa, pb, 300, out=wide[:, 5:22])
+    np.testing.assert_array_equal(wide[:, 5:22], ref)
+    assert (wide[:, :5] == 7).all() and (wide[:, 22:] == 7).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# packing
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 7, 63, 64, 65, 127, 128, 129, 200, 1000])
+def test_pack_bits_matches_reference(k):
+    rng = np.random.default_rng(k)
+    for dtype in (np.int8, np.float32, np.float64, np.int32):
+        x = pm1(rng, (5, k), dtype)
+        p = K.pack_bits(x)
+        assert p.dtype == np.uint64 and p.shape == (5, (k + 63) // 64)
+        np.testing.assert_array_equal(p, ref_pack(x))
+
+
+def test_pack_bits_bit_order():
+    x = np.ones((1, 130), np.int8)
+    x[0, [0, 5, 63, 64, 129]] = -1
+    p = K.pack_bits(x)
+    assert p[0, 0] == (1 << 0) | (1 << 5) | (1 << 63)
+    assert p[0, 1] == 1
+    assert p[0, 2] == 2
+
+
+def test_pack_signs_of_reals_and_integers():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(7, 333)).astype(np.float32)
+    x[0, :6] = [0.0, -0.0, np.inf, -np.inf, np.nan, -1e-30]
+    p = K.pack_signs(x)
+    np.testing.assert_array_equal(p, ref_pack(x))  # NaN < 0 is False: NaN packs as +1
+    assert p[0, 0] & 0b111111 == 0b101000  # only -inf and -1e-30 set; 0 and -0.0 are +1
+    for dtype in (np.int8, np.int16, np.int32, np.int64, np.float64, np.float16):
+        y = (rng.normal(size=(4, 150)) * 50).astype(dtype)
+        np.testing.assert_array_equal(K.pack_signs(y), ref_pack(y))
+    np.testing.assert_array_equal(K.pack_signs(rng.integers(0, 255, (3, 70), dtype=np.uint8)), np.zeros((3, 2), np.uint64))
+    big = rng.normal(size=(1100, 1000))  # large enough to be packed on 2 threads
+    np.testing.assert_array_equal(K.pack_signs(big, num_threads=2), ref_pack(big))
+    np.testing.assert_array_equal(K.pack_signs(big.T[:, ::3]), ref_pack(big.T[:, ::3]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# dispatch and settings
+# ---------------------------------------------------------------------------------------------------
+def test_paths():
+    assert PATHS[0] == "portable" and set(PATHS) <= set(K.PATHS)
+    assert K.active_path() in PATHS
+    for p in PATHS:
+        previous = K.set_kernel_path(p)
+        try:
+            assert K.active_path() == p
+        finally:
+            K.set_kernel_path(previous)
+    assert K.set_kernel_path("auto") in PATHS and K.active_path() == _bitgemm.best_path()
+    with pytest.raises(ConfigError, match="unknown kernel path"):
+        K.set_kernel_path("sse9")
+    for p in set(K.PATHS) - set(PATHS):
+        with pytest.raises(ConfigError, match="not supported by this CPU"):
+            K.set_kernel_path(p)
+
+
+def test_environment_settings(monkeypatch):
+    monkeypatch.setitem(dispatch._state, "path", None)
+    monkeypatch.setitem(dispatch._state, "threads", None)
+    monkeypatch.setenv("LOWBIT_KERNEL_PATH", "portable")
+    monkeypatch.setenv("LOWBIT_NUM_THREADS", "3")
+    assert K.active_path() == "portable" and K.get_num_threads() == 3
+    monkeypatch.setitem(dispatch._state, "path", None)
+    monkeypatch.setitem(dispatch._state, "threads", None)
+    monkeypatch.setenv("LOWBIT_KERNEL_PATH", "bogus")
+    monkeypatch.setenv("LOWBIT_NUM_THREADS", "many")
+    with pytest.raises(ConfigError, match="LOWBIT_KERNEL_PATH"):
+        K.active_path()
+    with pytest.raises(ConfigError, match="LOWBIT_NUM_THREADS"):
+        K.get_num_threads()
+    monkeypatch.delenv("LOWBIT_NUM_THREADS")
+    assert K.get_num_threads() == (os.cpu_count() or 1)
+
+
+def test_environment_forces_path_in_a_fresh_process():
+    env = dict(os.environ, LOWBIT_KERNEL_PATH=PATHS[0])
+    code = "import lowbit.kernels as K; print(K.active_path())"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == PATHS[0]
+
+
+def test_num_threads_setting():
+    previous = K.set_num_threads(3)
+    try:
+        assert K.get_num_threads() == 3
+        for bad in (0, -1, 1.5, "2", True, None):
+            with pytest.raises(ConfigError, match="positive integer"):
+                K.set_num_threads(bad)
+        with pytest.raises(ConfigError):
+            K.binary_matmul(np.ones((2, 2)), np.ones((2, 2)), num_threads=0)
+    finally:
+        K.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad input: ShapeError with a message naming the problem
+# ---------------------------------------------------------------------------------------------------
+ok = np.ones((3, 70), np.int8)
+pok = K.pack_bits(ok)
+
+
+def _bad_value_two():
+    x = np.full((2, 100), -1.0)
+    x[1, 77] = 2.0
+    K.pack_bits(x)
+
+
+BAD = [
+    ("1-D a", lambda: K.binary_matmul(np.ones(70, np.int8), ok), r"a must be a 2-D array.*1-D"),
+    ("3-D b", lambda: K.binary_matmul(ok, np.ones((2, 3, 70))), r"b must be a 2-D array.*3-D"),
+    ("K mismatch", lambda: K.binary_matmul(ok, np.ones((3, 71), np.int8)), r"a has K=70 columns but b has K=71"),
+    ("bool", lambda: K.binary_matmul(ok.astype(bool), ok), r"a has dtype bool"),
+    ("uint8", lambda: K.binary_matmul(ok, ok.astype(np.uint8)), r"b has dtype uint8"),
+    ("complex", lambda: K.pack_bits(ok.astype(complex)), r"x has dtype complex128"),
+    ("strings", lambda: K.pack_signs(np.array([["a", "b"]])), r"x has dtype <U1"),
+    ("ragged", lambda: K.binary_matmul([[1, -1], [1]], ok), r"a (cannot be read|has dtype object|must be a 2-D)"),
+    ("zero", lambda: K.binary_matmul(np.where(np.eye(3, 70) > 0, 0, 1).astype(np.int8), ok),
+     r"a must hold only \+1/-1 values; found 0 at \[0, 0\]"),
+    ("two", lambda: _bad_value_two(), r"x must hold only \+1/-1 values; found 2.0 at \[1, 77\]"),
+    ("half", lambda: K.binary_matmul(ok, np.full((2, 70), 0.5, np.float32)), r"b must hold only \+1/-1 values; found 0.5 at \[0, 0\]"),
+    ("nan", lambda: K.pack_bits(np.array([[1.0, np.nan]])), r"found nan at \[0, 1\]"),
+    ("packed dtype", lambda: K.binary_matmul_packed(pok.astype(np.int32), pok, 70), r"pa has dtype int32; packed bits must be uint64"),
+    ("packed 1-D", lambda: K.binary_matmul_packed(pok, pok[0], 70), r"pb must be a 2-D packed array"),
+    ("words mismatch", lambda: K.binary_matmul_packed(pok, K.pack_bits(np.ones((3, 200), np.int8)), 70),
+     r"pa has 2 words per row but pb has 4"),
+    ("k too large", lambda: K.binary_matmul_packed(pok, pok, 129), r"k=129 bits does not fit the packed rows: 2 word\(s\)"),
+    ("k negative", lambda: K.binary_matmul_packed(pok, pok, -1), r"k must be >= 0"),
+    ("k float", lambda: K.binary_matmul_packed(pok, pok, 70.0), r"k must be an integer"),
+    ("k bool", lambda: K.binary_matmul_packed(pok, pok, True), r"k must be an integer"),
+    ("naive k", lambda: K.binary_matmul_naive(pok, pok, 200), r"k=200 bits does not fit"),
+    ("out dtype", lambda: K.binary_matmul_packed(pok, pok, 70, out=np.zeros((3, 3), np.int64)), r"out must have dtype int32"),
+    ("out shape", lambda: K.binary_matmul_packed(pok, pok, 70, out=np.zeros((3, 4), np.int32)), r"out has shape \(3, 4\), expected \(3, 3\)"),
+    ("out strided", lambda: K.binary_matmul_packed(pok, pok, 70, out=np.zeros((3, 6), np.int32)[:, ::2]), r"out must have contiguous rows"),
+    ("out list", lambda: K.binary_matmul_packed(pok, pok, 70, out=[[0] * 3] * 3), r"out must be a NumPy int32 array"),
+]
+
+
+@pytest.mark.parametrize("call,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_raises_shape_error(call, message):
+    with pytest.raises(ShapeError, match=message):
+        call()
+
+
+def test_read_only_out():
+    out = np.zeros((3, 3), np.int32)
+    out.flags.writeable = False
+    with pytest.raises(ShapeError, match="out is read-only"):
+        K.binary_matmul_packed(pok, pok, 70, out=out)
+
+
+def test_c_layer_is_defensive():
+    """Called directly, past the Python checks, the extension raises instead of crashing."""
+    out = np.zeros((3, 3), np.int32)
+    path = dispatch.path_id("portable")
+    with pytest.raises(ValueError, match="does not fit"):
+        _bitgemm.gemm(pok, pok, 129, out, path, 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        _bitgemm.gemm(pok, pok, -5, out, path, 1)
+    with pytest.raises(ValueError, match="out has shape"):
+        _bitgemm.gemm(pok, pok, 70, np.zeros((3, 2), np.int32), path, 1)
+    with pytest.raises(ValueError, match="a has 2 words per row, b has 1"):
+        _bitgemm.gemm(pok, pok[:, :1], 70, out, path, 1)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _bitgemm.gemm(np.zeros((3, 4), np.uint64)[:, ::2], pok, 70, out, path, 1)
+    with pytest.raises(TypeError, match="64-bit words"):
+        _bitgemm.gemm(pok.view(np.float64), pok, 70, out, path, 1)
+    with pytest.raises(TypeError, match="int32"):
+        _bitgemm.gemm(pok, pok, 70, np.zeros((3, 3), np.float32), path, 1)
+    with pytest.raises(ValueError, match="2-D"):
+        _bitgemm.gemm(pok[0], pok, 70, out, path, 1)
+    with pytest.raises(ValueError, match="not available"):
+        _bitgemm.gemm(pok, pok, 70, out, 99, 1)
+    with pytest.raises(ValueError, match="nthreads"):
+        _bitgemm.gemm(pok, pok, 70, out, path, 0)
+    with pytest.raises(BufferError):  # read-only output buffer
+        _bitgemm.gemm(pok, pok, 70, b"x" * 36, path, 1)
+    with pytest.raises(ValueError, match="dst has shape"):
+        _bitgemm.pack(ok, np.zeros((3, 1), np.uint64), True, 1)
+    with pytest.raises(TypeError, match="unsupported element format"):
+        _bitgemm.pack(ok.astype(np.float16), np.zeros((3, 2), np.uint64), True, 1)
+    with pytest.raises(TypeError, match="unsupported element format"):
+        _bitgemm.pack(ok.astype(">f4"), np.zeros((3, 2), np.uint64), True, 1)
