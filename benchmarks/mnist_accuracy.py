@@ -25,17 +25,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
-MLP_SETTINGS = ["model.hidden=2048", "model.depth=3", "model.dropout_in=0.2", "model.dropout_hidden=0.3",
+MLP_SETTINGS = ["model.hidden=2048", "model.depth=3", "model.dropout_in=0.0", "model.dropout_hidden=0.15",
                 "lr_start=0.003", "lr_end=0.000003", "batch_size=100"]
 CNN_SETTINGS = ["lr_start=0.003", "lr_end=0.000003", "batch_size=100"]
 FP32 = ["model.weight_quantizer=identity", "model.act_quantizer=identity"]
 
 # name -> (recipe, epochs, overrides, accuracy target or None)
 RUNS = {
-    "mlp-w1a1": ("mnist-mlp", 15, MLP_SETTINGS, 0.985),
-    "mlp-fp32": ("mnist-mlp", 15, MLP_SETTINGS + FP32, None),
-    "cnn-w1a1": ("mnist-cnn", 12, CNN_SETTINGS, 0.992),
-    "cnn-fp32": ("mnist-cnn", 12, CNN_SETTINGS + FP32, None),
+    "mlp-w1a1": ("mnist-mlp", 20, MLP_SETTINGS, 0.985),
+    "mlp-fp32": ("mnist-mlp", 20, MLP_SETTINGS + FP32, None),
+    "cnn-w1a1": ("mnist-cnn", 7, CNN_SETTINGS, 0.992),
+    "cnn-fp32": ("mnist-cnn", 7, CNN_SETTINGS + FP32, None),
 }
 BUDGET_S = 45 * 60  # the limit on training time per run
 
