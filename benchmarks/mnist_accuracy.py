@@ -93,7 +93,7 @@ def step_time_ratio(recipe: str, overrides, repeats: int = 15) -> dict:
                 times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"quantized_ms": 1e3 * med["quantized"], "fp32_ms": 1e3 * med["fp32"],
-            "ratio": med["quantized"] / med["fp32"], "repeats": repeats}
+            "ratio": med["quantized"] / med["fp32"], "repeats": repeats, "torch_threads": torch_threads()}
 
 
 def write_markdown(results: dict) -> None:
@@ -110,14 +110,20 @@ def write_markdown(results: dict) -> None:
                      f"{100 * r['test_accuracy']:.2f}% | {100 * r['best_test_accuracy']:.2f}% | {tgt} | "
                      f"{r['wall_time'] / 60:.1f} min | {met} |")
     if results.get("step_ratio"):
-        lines += ["", "Training-step time, fake-quantized vs fp32 (median, batch 100, goal <= 1.5x):", "",
-                  "| model | quantized step | fp32 step | ratio |", "|---|---:|---:|---:|"]
+        lines += ["", "Training-step time (forward, backward, optimizer step, latent clip), fake-quantized vs fp32 "
+                  "(median of interleaved repeats, batch 100, goal <= 1.5x):", "",
+                  "| model | torch threads | quantized step | fp32 step | ratio |", "|---|---:|---:|---:|---:|"]
         for name, r in results["step_ratio"].items():
-            lines.append(f"| {name} | {r['quantized_ms']:.1f} ms | {r['fp32_ms']:.1f} ms | {r['ratio']:.2f}x |")
+            lines.append(f"| {name} | {r.get('torch_threads', 1)} | {r['quantized_ms']:.1f} ms | {r['fp32_ms']:.1f} ms | "
+                         f"{r['ratio']:.2f}x |")
     lines += ["", "Settings of each run (`lowbit train RECIPE --epochs N --set ...`):", ""]
     for name, (recipe, epochs, overrides, _) in RUNS.items():
         lines.append(f"- {name}: `lowbit train {recipe} --epochs {epochs} " + " ".join(f"--set {o}" for o in overrides) + "`")
-    lines += ["", "Reproduce: `python benchmarks/mnist_accuracy.py --data-dir ../shared/data --force`"]
+    lines += ["", "Reproduce: `python benchmarks/mnist_accuracy.py --data-dir ../shared/data --force` "
+              "(this session: two processes with `--threads 1`, one per core)."]
+    history = HERE / "results" / "mnist_accuracy_history.md"
+    if history.exists():
+        lines += ["", history.read_text().strip()]
     (RESULTS / "mnist_accuracy.md").write_text("\n".join(lines) + "\n")
 
 
