@@ -7,7 +7,9 @@ round-robin (each warmed up right before it is timed) so that load from other pr
 them alike:
 
 * ours, GEMM only: ``binary_matmul_packed`` on operands packed beforehand (weights are packed once at
-  load time in the runtime)
+  load time in the runtime), on the benchmark's threads and on one thread
+* ours, prepared: the same with B given as ``prepare_packed(pb, k)`` (B laid out once in the kernel's
+  native layout, as the runtime does for its weights, instead of on every call)
 * ours + packing the activations (``pack_signs`` of the float32 input each call, weights pre-packed:
   what an inference layer pays)
 * ours + packing both operands (``binary_matmul`` straight from float32 +-1 arrays, values checked)
@@ -118,6 +120,7 @@ def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_ti
     a = rng.choice(np.array([-1.0, 1.0], np.float32), size=(m, k))
     b = rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, k))
     pa, pb = K.pack_bits(a), K.pack_bits(b)
+    prep = K.prepare_packed(pb, k)
     out = np.empty((m, n), np.int32)
     ops = 2.0 * m * n * k
     row = {"case": name, "M": m, "N": n, "K": k, "threads": threads}
@@ -126,6 +129,8 @@ def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_ti
     timed = interleaved(
         {
             "ours_gemm_s": lambda: K.binary_matmul_packed(pa, pb, k, out=out, num_threads=threads),
+            "ours_gemm_1thread_s": lambda: K.binary_matmul_packed(pa, pb, k, out=out, num_threads=1),
+            "ours_prepared_s": lambda: K.binary_matmul_packed(pa, prep, k, out=out, num_threads=threads),
             "ours_pack_act_s": lambda: K.binary_matmul_packed(K.pack_signs(a, num_threads=threads), pb, k, out=out,
                                                               num_threads=threads),
             "ours_pack_both_s": lambda: K.binary_matmul(a, b, num_threads=threads),
@@ -140,7 +145,8 @@ def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_ti
     row["repeats"] = timed["ours_gemm_s"][1]
     # exact check: fp32 sums of +-1 products are exact integers below 2^24
     ours = K.binary_matmul_packed(pa, pb, k, num_threads=threads)
-    row["verified_equal_to_torch"] = bool(np.array_equal(ours, torch.matmul(ta, tb.T).numpy().astype(np.int32)))
+    row["verified_equal_to_torch"] = bool(np.array_equal(ours, torch.matmul(ta, tb.T).numpy().astype(np.int32))) \
+        and bool(np.array_equal(ours, K.binary_matmul_packed(pa, prep, k, num_threads=threads)))
 
     # naive (one thread): 3 full runs when short, one when its estimated time is within the budget,
     # else a share of A's rows timed once and scaled (every row of A costs the same)
@@ -162,12 +168,14 @@ def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_ti
     if "popcnt" in K.available_paths():
         row["naive_popcnt_s"], row["naive_popcnt_method"] = time_naive(True)
     row["ours_gemm_gops"] = ops / row["ours_gemm_s"] / 1e9
+    row["ours_prepared_gops"] = ops / row["ours_prepared_s"] / 1e9
     row["torch_fp32_gflops"] = ops / row["torch_fp32_s"] / 1e9
     row["naive_gops"] = ops / row["naive_s"] / 1e9
     row["speedup_vs_torch"] = row["torch_fp32_s"] / row["ours_gemm_s"]
     row["speedup_vs_torch_incl_pack_act"] = row["torch_fp32_s"] / row["ours_pack_act_s"]
     row["speedup_vs_torch_incl_pack_both"] = row["torch_fp32_s"] / row["ours_pack_both_s"]
     row["speedup_vs_naive"] = row["naive_s"] / row["ours_gemm_s"]
+    row["speedup_vs_naive_1thread_each"] = row["naive_s"] / row["ours_gemm_1thread_s"]
     if "naive_popcnt_s" in row:
         row["speedup_vs_naive_popcnt"] = row["naive_popcnt_s"] / row["ours_gemm_s"]
     return row
@@ -189,22 +197,26 @@ def write_markdown(path, report):
         f"Python {m['python']}. Load average at start / end: {m['loadavg_start']} / {m['loadavg_end']}.",
         "",
         "Times are medians in ms; GOPS = 2*M*N*K / time. *ours* = `binary_matmul_packed` on pre-packed operands; "
+        "*prepared*: the same with B from `prepare_packed` (laid out once in the kernel's native layout); "
         "*+pack act* adds `pack_signs` of the float32 activations each call (weights packed once); "
         "*+pack both* is `binary_matmul` from float32 +-1 arrays. Speedups are torch time / our time "
-        "(GEMM only unless noted) and naive time / our GEMM time.",
+        "(GEMM only unless noted) and naive time / our GEMM time; *1 thread each* compares our GEMM on one "
+        "thread with the (one-thread) naive kernel, which stays meaningful when other processes occupy cores.",
         "",
-        "| case | M x N x K | ours ms (GOPS) | +pack act ms | +pack both ms | torch fp32 ms (GFLOP/s) | naive ms | "
-        "x torch | x torch incl. pack act / both | x naive | x naive (POPCNT) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | M x N x K | ours ms (GOPS) | prepared ms (GOPS) | ours 1 thread ms | +pack act ms | +pack both ms | "
+        "torch fp32 ms (GFLOP/s) | naive ms | x torch | x torch incl. pack act / both | x naive | "
+        "x naive, 1 thread each | x naive (POPCNT) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['case']} | {r['M']}x{r['N']}x{r['K']} | {fmt_ms(r['ours_gemm_s'])} ({r['ours_gemm_gops']:.0f}) | "
-            f"{fmt_ms(r['ours_pack_act_s'])} | {fmt_ms(r['ours_pack_both_s'])} | "
+            f"{fmt_ms(r['ours_prepared_s'])} ({r['ours_prepared_gops']:.0f}) | "
+            f"{fmt_ms(r['ours_gemm_1thread_s'])} | {fmt_ms(r['ours_pack_act_s'])} | {fmt_ms(r['ours_pack_both_s'])} | "
             f"{fmt_ms(r['torch_fp32_s'])} ({r['torch_fp32_gflops']:.1f}) | {fmt_ms(r['naive_s'])} | "
             f"**{r['speedup_vs_torch']:.1f}x** | {r['speedup_vs_torch_incl_pack_act']:.1f}x / "
             f"{r['speedup_vs_torch_incl_pack_both']:.1f}x | **{r['speedup_vs_naive']:.0f}x** | "
-            f"{r.get('speedup_vs_naive_popcnt', float('nan')):.0f}x |"
+            f"{r['speedup_vs_naive_1thread_each']:.0f}x | {r.get('speedup_vs_naive_popcnt', float('nan')):.0f}x |"
         )
     lines += ["", f"Statistic: {report['statistic']}.", "", "Naive kernel timing per case (portable popcount / POPCNT):"]
     lines += [f"- {r['case']}: {r['naive_method']} / {r.get('naive_popcnt_method', 'n/a')}" for r in report["results"]]
@@ -253,10 +265,12 @@ def main(argv=None):
                          repeats=args.repeats, min_time=args.min_time, rng=rng)
         results.append(row)
         print(f"{name:32s} {m}x{n}x{k}: ours {fmt_ms(row['ours_gemm_s'])} ms ({row['ours_gemm_gops']:.0f} GOPS), "
+              f"prepared {fmt_ms(row['ours_prepared_s'])} ms, "
               f"+pack act {fmt_ms(row['ours_pack_act_s'])} ms, +pack both {fmt_ms(row['ours_pack_both_s'])} ms | "
               f"torch {fmt_ms(row['torch_fp32_s'])} ms ({row['torch_fp32_gflops']:.1f} GFLOP/s) | "
               f"naive {fmt_ms(row['naive_s'])} ms [{row['naive_method']}] | "
               f"x{row['speedup_vs_torch']:.1f} torch, x{row['speedup_vs_naive']:.0f} naive, "
+              f"x{row['speedup_vs_naive_1thread_each']:.0f} naive (1 thread each), "
               f"x{row.get('speedup_vs_naive_popcnt', float('nan')):.0f} naive-popcnt | "
               f"equal {row['verified_equal_to_torch']}", flush=True)
     machine["loadavg_end"] = loadavg()

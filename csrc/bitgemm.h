@@ -76,6 +76,13 @@ typedef struct {
     int32_t k; /* total K in bits (only used when first) */
     void *scratch; /* per-thread work memory for packing panels (64-byte aligned), may be NULL */
     size_t scratch_bytes;
+    /* Panels already in the kernel's native layout (NULL: none; then the kernel reads a / b, splitting
+     * them itself if it wants panels). Set only by the prepared-B loop nest (bg_gemm with
+     * bg_gemm_args.bprep): apanel holds the block's m rows of A split by the driver once per (M block,
+     * K block) instead of once per (N block, M block, K block); bpanel the block's n rows of B from
+     * bg_prepare, made once at load time. a and b stay valid either way (thin blocks read them). */
+    const void *apanel;
+    const void *bpanel;
 } bg_block;
 
 typedef void (*bg_macro_fn)(const bg_block *blk);
@@ -96,6 +103,17 @@ typedef struct {
     /* per-thread work memory the macro-kernel wants for blocks of m x n rows and kc words (NULL:
      * none); the driver passes it in bg_block.scratch */
     size_t (*scratch_bytes)(size_t m, size_t n, size_t kc);
+    /* Prepared B ("prepacked RHS", as in gemmlowp / ruy): paths whose macro-kernel repacks B (AVX2:
+     * nibble panels) can have the weights repacked once, at load time, in exactly the layout their
+     * blocks consume; NULL members: the path reads packed rows in place and has nothing to prepare.
+     *   split:      rows x nw words (last word ANDed with tailmask) -> panel at dst (64-byte aligned)
+     *   prep_bytes: size of the prepared form of n rows of w words
+     *   prep_block: where, in a prepared buffer of n rows of w words, the panel of row `row` for the
+     *               K block starting at word kb begins (rows of one K block are contiguous, so any
+     *               range of rows is itself a panel: thread shares need not align to anything) */
+    void (*split)(const uint64_t *src, ptrdiff_t ld, size_t rows, size_t nw, uint64_t tailmask, void *dst);
+    size_t (*prep_bytes)(size_t n, size_t w);
+    const void *(*prep_block)(const void *prep, size_t n, size_t w, size_t kb, size_t row);
 } bg_kernel;
 
 /* Macro-kernels (one per path; the x86 ones exist only where the compiler can target them). */
@@ -109,6 +127,9 @@ void bg_macro_avx512(const bg_block *blk);
 #define BG_AVX2_MC 128
 #define BG_AVX2_NC 128
 size_t bg_avx2_scratch_bytes(size_t m, size_t n, size_t kc);
+void bg_avx2_split(const uint64_t *src, ptrdiff_t ld, size_t rows, size_t nw, uint64_t tailmask, void *dst);
+size_t bg_avx2_prep_bytes(size_t n, size_t w);
+const void *bg_avx2_prep_block(const void *prep, size_t n, size_t w, size_t kb, size_t row);
 #endif
 
 /* ------------------------------------------------------------------------------------------------
@@ -123,10 +144,20 @@ typedef struct {
     ptrdiff_t ldc; /* in int32 elements */
     size_t m, n;
     size_t k; /* bits; the driver reads ceil(k/64) words of each row, < 2^31 */
+    /* B prepared by bg_prepare for `path` with these n and k (NULL: none). b must still point at
+     * the packed rows: blocks too thin for panels (fewer than 4 rows of A) read them in place. */
+    const void *bprep;
 } bg_gemm_args;
 
-/* C = A x B^T for +-1 matrices stored packed. path must be supported (or BG_PATH_AUTO). */
+/* C = A x B^T for +-1 matrices stored packed. path must be supported (or BG_PATH_AUTO). With
+ * g->bprep, path must be the one it was prepared for (bg_gemm ignores bprep otherwise). */
 void bg_gemm(const bg_gemm_args *g, int path, int nthreads);
+
+/* Prepared B: bytes of the prepared form of n packed rows of k bits for `path` (0: the path reads
+ * packed rows in place, nothing to prepare), and the preparation itself into dst (64-byte aligned,
+ * bg_prepared_bytes long). */
+size_t bg_prepared_bytes(int path, size_t n, size_t k);
+void bg_prepare(int path, const uint64_t *b, ptrdiff_t ldb, size_t n, size_t k, void *dst, int nthreads);
 
 /* How many threads bg_gemm would use for this problem (small problems run on fewer, down to 1). */
 int bg_plan_threads(const bg_gemm_args *g, int path, int nthreads);
@@ -140,6 +171,72 @@ void bg_gemm_naive(const bg_gemm_args *g, int hw_popcount);
  * Falls back to running the shares one after the other if a thread cannot be started. */
 typedef void (*bg_task_fn)(void *ctx, int t, int nthreads);
 void bg_parallel(int nthreads, bg_task_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------------------------------
+ * Threshold epilogue: int32 accumulators -> packed sign bits of the next binary layer
+ *
+ *   bit j of out row i (1 = -1) = sign[j] * (acc[i][j] - bias) < thr[j]      (int32, wrapping)
+ *
+ * with sign[j] = +-1 (precisely: a negative sign[j] negates, any other value keeps x; negation wraps
+ * like int32). Bits past n in the last word are 0. This is BN + sign folded into one integer
+ * comparison per output (lowbit.runtime.engine). Per-ISA row kernels
+ * (scalar in bitgemm_kernels_scalar.c, AVX2 in bitgemm_kernels_avx2.c), threaded by the driver.
+ * ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    const int32_t *acc;
+    ptrdiff_t ldacc; /* in int32 elements */
+    size_t m, n;
+    const int32_t *sign, *thr;
+    int32_t bias;
+    uint64_t *out;
+    ptrdiff_t ldo; /* in words; each row gets ceil(n/64) words */
+} bg_threshold_args;
+
+typedef void (*bg_threshold_rows_fn)(const bg_threshold_args *t, size_t r0, size_t r1);
+void bg_threshold_rows_scalar(const bg_threshold_args *t, size_t r0, size_t r1);
+#if BG_X86
+void bg_threshold_rows_avx2(const bg_threshold_args *t, size_t r0, size_t r1);
+#endif
+void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads);
+
+/* ------------------------------------------------------------------------------------------------
+ * First layer: 8-bit inputs times +-1 weights, exact in int32
+ *
+ *   C[i][j] = sum_k x[i][k] * w[j][k]      x: M rows of K uint8 (pixels), w: N rows of K values in
+ *                                          {-1, 0, +1}, prepared once (bg_u8_prepare)
+ *
+ * The float32 sgemm this replaces is exact too (K * 255 < 2^24) but does 8 multiply-adds per vector
+ * op; vpmaddubsw does 32 (u8 x s8 products, adjacent pairs summed into int16), and with |w| <= 1 a
+ * pair is at most 510, so 64 pairs (128 values of K) accumulate in int16 without overflow before
+ * they are widened into the int32 result.
+ *
+ * Prepared weights: panels of BG_U8_NR = 32 rows of w; per pair of K values (kp) one 64-byte step,
+ * byte 32 * v + 2 * l + h = w[32 * panel + 16 * v + l][2 * kp + h] (v = 0, 1: the two vectors, l: the
+ * 16-bit lane, h: which of the pair); rows past N and the value past an odd K are 0.
+ * ---------------------------------------------------------------------------------------------- */
+#define BG_U8_NR 32
+#define BG_U8_MR 4
+#define BG_U8_KCHUNK 64 /* pairs of K per int16 accumulation run: 64 * 510 = 32640 <= 32767 */
+
+typedef struct {
+    const uint8_t *x;
+    ptrdiff_t ldx; /* in bytes */
+    const int8_t *wp; /* prepared weights, bg_u8_prepared_bytes(n, k) bytes, 64-byte aligned */
+    int32_t *c;
+    ptrdiff_t ldc;
+    size_t m, n, k;
+} bg_u8_args;
+
+size_t bg_u8_prepared_bytes(size_t n, size_t k);
+void bg_u8_prepare(const int8_t *w, ptrdiff_t s0, ptrdiff_t s1, size_t n, size_t k, int8_t *dst);
+/* the panels [p0, p1) of the product, all rows of x; per ISA */
+typedef void (*bg_u8_panels_fn)(const bg_u8_args *g, size_t p0, size_t p1);
+void bg_u8_panels_scalar(const bg_u8_args *g, size_t p0, size_t p1);
+#if BG_X86
+void bg_u8_panels_avx2(const bg_u8_args *g, size_t p0, size_t p1);
+#endif
+/* path: BG_PATH_AVX2 or better runs the AVX2 kernel, the others the scalar loops */
+void bg_u8_gemm(const bg_u8_args *g, int path, int nthreads);
 
 /* ------------------------------------------------------------------------------------------------
  * Packing (bitgemm_pack.c)

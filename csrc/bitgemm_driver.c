@@ -82,7 +82,7 @@ int bg_best_path(void)
 
 static bg_kernel bg_kernel_for(int path)
 {
-    bg_kernel k = {bg_macro_portable, 2, 4, BG_KC, BG_NC, BG_MC, NULL};
+    bg_kernel k = {bg_macro_portable, 2, 4, BG_KC, BG_NC, BG_MC, NULL, NULL, NULL, NULL};
 #if BG_X86
     switch (path) {
     case BG_PATH_POPCNT: k.macro = bg_macro_popcnt; break;
@@ -92,6 +92,9 @@ static bg_kernel bg_kernel_for(int path)
         k.nc = BG_AVX2_NC;
         k.mc = BG_AVX2_MC;
         k.scratch_bytes = bg_avx2_scratch_bytes;
+        k.split = bg_avx2_split;
+        k.prep_bytes = bg_avx2_prep_bytes;
+        k.prep_block = bg_avx2_prep_block;
         break;
     case BG_PATH_AVX512: k.macro = bg_macro_avx512; k.mr = 4; break;
     default: break;
@@ -172,6 +175,7 @@ static void gemm_range(const bg_gemm_args *g, const bg_kernel *kern, size_t m0, 
     blk.k = (int32_t)g->k;
     blk.scratch = scratch;
     blk.scratch_bytes = scratch_bytes;
+    blk.apanel = blk.bpanel = NULL;
     for (size_t nb = n0; nb < n1; nb += kern->nc) {
         blk.n = (n1 - nb < kern->nc) ? n1 - nb : kern->nc;
         for (size_t mb = m0; mb < m1; mb += kern->mc) {
@@ -185,6 +189,64 @@ static void gemm_range(const bg_gemm_args *g, const bg_kernel *kern, size_t m0, 
                 blk.c = g->c + (ptrdiff_t)mb * g->ldc + (ptrdiff_t)nb;
                 kern->macro(&blk);
             }
+        }
+    }
+    free(scratch);
+}
+
+/* The loop nest with B prepared (g->bprep, kern->prep_block): B's panels exist already, so nothing
+ * of B is copied per call, and the N blocks lose their purpose (they bounded the B panel copied into
+ * scratch); the loops become
+ *
+ *   for each MC rows of A
+ *     for each KC words of K
+ *       split the A block into the thread's scratch, once     (was: once per N block)
+ *       macro-kernel(A panel x the share's whole B panel)     16 rows of B at a time, streamed
+ *                                                             from L3 in order (prefetch-friendly)
+ *
+ * At M = 256, N = K = 4096 on 2 threads this splits 256 rows of A per thread and call instead of
+ * 4096 rows of A and 4096 of B. Blocks with fewer than 4 rows of A get no panel and take the kernel's
+ * direct path on the packed rows (batch 1 stays memory bound, and reads the packed B: half the bytes
+ * of its panels).
+ *
+ * Measured on Zen 3 (one thread, N = K = 4096; min of 20): M = 4: 0.21 vs 0.24 ms, M = 16: 0.66 vs
+ * 0.73, M = 64: 2.43 vs 2.58, M = 256: 9.6 vs 9.9 ms. The split was never the large share of the
+ * time (~4 ops per vector, reused by >= 128 rows on the other side): the 2 x 4 tile's 6 vector ops
+ * per 256-bit pair are. The B panel streamed from L3 needs the software prefetch in the AVX2
+ * macro-kernel (panel_tiles): without it the prepared path was 7-15% *slower* at M = 16..64. */
+static void gemm_range_prepared(const bg_gemm_args *g, const bg_kernel *kern, size_t m0, size_t m1, size_t n0,
+                                size_t n1)
+{
+    const size_t W = (g->k + 63) / 64;
+    const size_t mc = (m1 - m0 < kern->mc) ? m1 - m0 : kern->mc;
+    const size_t scratch_bytes = kern->scratch_bytes(mc, 0, W < kern->kc ? W : kern->kc);
+    void *scratch = mc >= 4 ? aligned_alloc(64, (scratch_bytes + 63) / 64 * 64) : NULL;
+    const uint64_t lastmask = (g->k % 64) ? (((uint64_t)1 << (g->k % 64)) - 1) : ~(uint64_t)0;
+    bg_block blk;
+    blk.lda = g->lda;
+    blk.ldb = g->ldb;
+    blk.ldc = g->ldc;
+    blk.k = (int32_t)g->k;
+    blk.scratch = NULL; /* the kernel gets panels, it has nothing to split */
+    blk.scratch_bytes = 0;
+    blk.n = n1 - n0;
+    for (size_t mb = m0; mb < m1; mb += kern->mc) {
+        blk.m = (m1 - mb < kern->mc) ? m1 - mb : kern->mc;
+        for (size_t kb = 0; kb < W; kb += kern->kc) {
+            blk.nw = (W - kb < kern->kc) ? W - kb : kern->kc;
+            blk.tailmask = (kb + blk.nw == W) ? lastmask : ~(uint64_t)0;
+            blk.first = kb == 0;
+            blk.a = g->a + (ptrdiff_t)mb * g->lda + (ptrdiff_t)kb;
+            blk.b = g->b + (ptrdiff_t)n0 * g->ldb + (ptrdiff_t)kb;
+            blk.c = g->c + (ptrdiff_t)mb * g->ldc + (ptrdiff_t)n0;
+            blk.apanel = NULL;
+            blk.bpanel = NULL;
+            if (blk.m >= 4 && scratch) {
+                kern->split(blk.a, g->lda, blk.m, blk.nw, blk.tailmask, scratch);
+                blk.apanel = scratch;
+                blk.bpanel = kern->prep_block(g->bprep, g->n, W, kb, n0);
+            }
+            kern->macro(&blk);
         }
     }
     free(scratch);
@@ -213,6 +275,7 @@ typedef struct {
     const bg_gemm_args *g;
     const bg_kernel *kern;
     int split_n;
+    int prepared; /* g->bprep is set and the path has a prepared layout */
 } gemm_ctx;
 
 static void gemm_task(void *vctx, int t, int nthreads)
@@ -226,10 +289,12 @@ static void gemm_task(void *vctx, int t, int nthreads)
     if (hi > dim) hi = dim;
     if (lo >= hi)
         return;
+    void (*range)(const bg_gemm_args *, const bg_kernel *, size_t, size_t, size_t, size_t) =
+        ctx->prepared ? gemm_range_prepared : gemm_range;
     if (ctx->split_n)
-        gemm_range(g, ctx->kern, 0, g->m, lo, hi);
+        range(g, ctx->kern, 0, g->m, lo, hi);
     else
-        gemm_range(g, ctx->kern, lo, hi, 0, g->n);
+        range(g, ctx->kern, lo, hi, 0, g->n);
 }
 
 int bg_plan_threads(const bg_gemm_args *g, int path, int nthreads)
@@ -255,6 +320,133 @@ void bg_gemm(const bg_gemm_args *g, int path, int nthreads)
     gemm_ctx ctx;
     ctx.g = g;
     ctx.kern = &kern;
+    ctx.prepared = g->bprep != NULL && kern.prep_block != NULL;
     const int nt = plan(g, &kern, nthreads, &ctx.split_n);
     bg_parallel(nt, gemm_task, &ctx);
+}
+
+/* ---- prepared B ------------------------------------------------------------------------------- */
+size_t bg_prepared_bytes(int path, size_t n, size_t k)
+{
+    const bg_kernel kern = bg_kernel_for(path);
+    return kern.prep_bytes ? kern.prep_bytes(n, (k + 63) / 64) : 0;
+}
+
+typedef struct {
+    const bg_kernel *kern;
+    const uint64_t *b;
+    ptrdiff_t ldb;
+    size_t n, k;
+    void *dst;
+} prep_ctx;
+
+static void prep_task(void *vctx, int t, int nthreads)
+{
+    const prep_ctx *p = (const prep_ctx *)vctx;
+    const size_t W = (p->k + 63) / 64;
+    const uint64_t lastmask = (p->k % 64) ? (((uint64_t)1 << (p->k % 64)) - 1) : ~(uint64_t)0;
+    const size_t r0 = p->n * (size_t)t / (size_t)nthreads, r1 = p->n * (size_t)(t + 1) / (size_t)nthreads;
+    if (r0 >= r1)
+        return;
+    for (size_t kb = 0; kb < W; kb += p->kern->kc) { /* the K blocks exactly as the driver cuts them */
+        const size_t nw = (W - kb < p->kern->kc) ? W - kb : p->kern->kc;
+        const uint64_t tailmask = (kb + nw == W) ? lastmask : ~(uint64_t)0;
+        void *dst = (void *)p->kern->prep_block(p->dst, p->n, W, kb, r0);
+        p->kern->split(p->b + (ptrdiff_t)r0 * p->ldb + (ptrdiff_t)kb, p->ldb, r1 - r0, nw, tailmask, dst);
+    }
+}
+
+void bg_prepare(int path, const uint64_t *b, ptrdiff_t ldb, size_t n, size_t k, void *dst, int nthreads)
+{
+    const bg_kernel kern = bg_kernel_for(path);
+    if (!kern.prep_bytes || n == 0 || k == 0)
+        return;
+    prep_ctx p = {&kern, b, ldb, n, k, dst};
+    /* a one-time cost, but 2 x the weight bytes written: worth a thread per ~1024 rows of 4096 bits */
+    const double work = (double)n * (double)((k + 63) / 64);
+    int nt = (int)(work / (double)(1 << 16));
+    if (nt > nthreads) nt = nthreads;
+    bg_parallel(nt < 1 ? 1 : nt, prep_task, &p);
+}
+
+/* ---- threshold epilogue ----------------------------------------------------------------------- */
+typedef struct {
+    const bg_threshold_args *t;
+    bg_threshold_rows_fn rows;
+} thr_ctx;
+
+static void thr_task(void *vctx, int t, int nthreads)
+{
+    const thr_ctx *c = (const thr_ctx *)vctx;
+    const size_t m = c->t->m;
+    c->rows(c->t, m * (size_t)t / (size_t)nthreads, m * (size_t)(t + 1) / (size_t)nthreads);
+}
+
+void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads)
+{
+    if (t->m == 0 || t->n == 0)
+        return;
+    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
+        path = bg_best_path();
+    thr_ctx c = {t, bg_threshold_rows_scalar};
+#if BG_X86
+    if (path >= BG_PATH_AVX2) /* AVX-512 CPUs run the AVX2 version: this pass is memory bound */
+        c.rows = bg_threshold_rows_avx2;
+#endif
+    /* memory bound, ~0.1-0.2 ns per accumulator (AVX2): a thread per 512 K of them (~4 x its start) */
+    int nt = (int)((double)t->m * (double)t->n / (double)(1 << 19));
+    if (nt > nthreads) nt = nthreads;
+    if ((size_t)nt > t->m) nt = (int)t->m;
+    bg_parallel(nt < 1 ? 1 : nt, thr_task, &c);
+}
+
+/* ---- first layer: uint8 x +-1 ---------------------------------------------------------------- */
+size_t bg_u8_prepared_bytes(size_t n, size_t k)
+{
+    return (n + BG_U8_NR - 1) / BG_U8_NR * ((k + 1) / 2) * 64;
+}
+
+void bg_u8_prepare(const int8_t *w, ptrdiff_t s0, ptrdiff_t s1, size_t n, size_t k, int8_t *dst)
+{
+    const size_t steps = (k + 1) / 2, bytes = bg_u8_prepared_bytes(n, k);
+    for (size_t b = 0; b < bytes; b++) /* rows past n and the value past an odd k stay 0 */
+        dst[b] = 0;
+    for (size_t j = 0; j < n; j++) {
+        int8_t *panel = dst + (j / BG_U8_NR) * steps * 64 + 32 * ((j % BG_U8_NR) / 16) + 2 * (j % 16);
+        for (size_t kk = 0; kk < k; kk++)
+            panel[64 * (kk / 2) + kk % 2] = *(const int8_t *)((const char *)w + (ptrdiff_t)j * s0 + (ptrdiff_t)kk * s1);
+    }
+}
+
+typedef struct {
+    const bg_u8_args *g;
+    bg_u8_panels_fn panels;
+} u8_ctx;
+
+static void u8_task(void *vctx, int t, int nthreads)
+{
+    const u8_ctx *c = (const u8_ctx *)vctx;
+    const size_t np = (c->g->n + BG_U8_NR - 1) / BG_U8_NR; /* threads share the panels (weights) */
+    const size_t p0 = np * (size_t)t / (size_t)nthreads, p1 = np * (size_t)(t + 1) / (size_t)nthreads;
+    if (p0 < p1)
+        c->panels(c->g, p0, p1);
+}
+
+void bg_u8_gemm(const bg_u8_args *g, int path, int nthreads)
+{
+    if (g->m == 0 || g->n == 0)
+        return;
+    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
+        path = bg_best_path();
+    u8_ctx c = {g, bg_u8_panels_scalar};
+#if BG_X86
+    if (path >= BG_PATH_AVX2)
+        c.panels = bg_u8_panels_avx2;
+#endif
+    /* ~40 multiply-adds per cycle (AVX2): a thread per 8 M of them (~70 us) */
+    const size_t np = (g->n + BG_U8_NR - 1) / BG_U8_NR;
+    int nt = (int)((double)g->m * (double)g->n * (double)(g->k ? g->k : 1) / (double)(1 << 23));
+    if (nt > nthreads) nt = nthreads;
+    if ((size_t)nt > np) nt = (int)np;
+    bg_parallel(nt < 1 ? 1 : nt, u8_task, &c);
 }

@@ -31,6 +31,8 @@
  * K tail: the last partial vector of a block is fetched with loads of exactly the words present (no
  * over-read past the end of a row or buffer) and ANDed with the pad-bit mask.
  */
+#include <string.h>
+
 #include "bitgemm.h"
 
 #if BG_X86
@@ -274,6 +276,35 @@ BG_AVX2_INLINE void split_rows(const uint64_t *src, ptrdiff_t ld, size_t rows, c
     }
 }
 
+/* The split as a driver / preparation hook (bg_kernel.split): rows x nw words -> panel at dst. */
+BG_AVX2_FN void bg_avx2_split(const uint64_t *src, ptrdiff_t ld, size_t rows, size_t nw, uint64_t tailmask, void *dst)
+{
+    const avx2_tail tail = make_tail(nw, tailmask);
+    split_rows(src, ld, rows, &tail, (__m256i *)dst);
+}
+
+/* ---- prepared B: the nibble panels of the whole matrix, made once --------------------------------
+ * Layout: K block after K block (BG_AVX2_KC words each, as the driver cuts K), and inside a K block
+ * all n rows one after the other, each ceil(nw / 4) steps of [lo, hi] (64 bytes). Rows of a K block
+ * are thus one panel with the row stride the macro-kernel's scratch panels have, and any slice of
+ * rows [row, row + n') is a panel of its own: the driver's N blocks and thread shares can start at
+ * any row (shares are cut at 4-row tiles, not at blocks). Size: 2x the packed rows, rounded up to
+ * whole 256-bit steps per K block. */
+static size_t avx2_steps(size_t nw) { return (nw + 3) / 4; }
+
+size_t bg_avx2_prep_bytes(size_t n, size_t w)
+{
+    const size_t full = w / BG_AVX2_KC, rest = w % BG_AVX2_KC;
+    return n * 64 * (full * avx2_steps(BG_AVX2_KC) + avx2_steps(rest));
+}
+
+const void *bg_avx2_prep_block(const void *prep, size_t n, size_t w, size_t kb, size_t row)
+{
+    const size_t nw = (w - kb < BG_AVX2_KC) ? w - kb : BG_AVX2_KC; /* kb is a multiple of KC */
+    const size_t before = n * 64 * (kb / BG_AVX2_KC) * avx2_steps(BG_AVX2_KC);
+    return (const char *)prep + before + row * 64 * avx2_steps(nw);
+}
+
 /* One step of the 2 x 4 tile on nibble panels, in inline asm: GCC, given the same intrinsics
  * (ACC_NIB below), re-associates acc + lo + hi into acc + (lo + hi), which puts one more add on each
  * step's critical path, and spills accumulators in the hot loop; the hand-written step measured ~12%
@@ -360,12 +391,46 @@ static __attribute__((noinline, target("avx2,popcnt"))) void group_nib(const __m
  * an odd last A row uses the 1 x 4 kernel.
  *
  * Blocks with at least 4 rows on both sides (and scratch memory from the driver) are split into
- * nibble panels first; thinner ones (batch 1: matrix-vector) read the packed rows in place. */
+ * nibble panels first; thinner ones (batch 1: matrix-vector) read the packed rows in place. Blocks
+ * from the prepared-B loop nest come with both panels made (apanel, bpanel) and go straight to the
+ * tiles, whatever their width (the split that makes narrow blocks not worth it is already paid).
+ * Their B panel is not in L2 as a freshly split one is: it streams from L3 (2x the packed bytes), so
+ * while one group of 16 B rows is being used, the next group's lines are prefetched into L2, a few
+ * per row pair (the hardware prefetcher stops at 4 KB pages; with small M there are few rows of A per
+ * group to hide the latency behind). */
+BG_AVX2_INLINE void panel_tiles(const __m256i *pa, const __m256i *pb, size_t m, size_t n, size_t ns, int32_t *c,
+                                ptrdiff_t ldc, int first, int32_t k, int prefetch)
+{
+    for (size_t jg = 0; jg < n; jg += BG_C_GROUP) {
+        const size_t ncols = (n - jg > BG_C_GROUP) ? BG_C_GROUP : n - jg;
+        /* prefetch: the next group's panel lines, spread over this group's row pairs */
+        const char *next = (const char *)(pb + (jg + ncols) * 2 * ns);
+        const size_t next_lines = prefetch ? ((n - jg - ncols < BG_C_GROUP) ? n - jg - ncols : BG_C_GROUP) * ns : 0;
+        const size_t per_pair = (next_lines + (m + 1) / 2 - 1) / ((m + 1) / 2);
+        size_t line = 0;
+        for (size_t i = 0; i < m; i += 2) {
+            for (size_t l = 0; l < per_pair && line < next_lines; l++, line++)
+                _mm_prefetch(next + 64 * line, _MM_HINT_T1);
+            const __m256i *a0 = pa + i * 2 * ns;
+            int32_t *c0 = c + (ptrdiff_t)i * ldc + (ptrdiff_t)jg;
+            if (m - i >= 2)
+                group_nib(a0, a0 + 2 * ns, pb + jg * 2 * ns, ncols, ns, c0, c0 + ldc, first, k);
+            else
+                group_nib(a0, NULL, pb + jg * 2 * ns, ncols, ns, c0, NULL, first, k);
+        }
+    }
+}
+
 BG_AVX2_FN void bg_macro_avx2(const bg_block *blk)
 {
     const avx2_tail tail = make_tail(blk->nw, blk->tailmask);
     const ptrdiff_t lda = blk->lda, ldb = blk->ldb, ldc = blk->ldc;
     const size_t ns = tail.nvec + (tail.rem ? 1 : 0);
+    if (blk->apanel && blk->bpanel) {
+        panel_tiles((const __m256i *)blk->apanel, (const __m256i *)blk->bpanel, blk->m, blk->n, ns, blk->c, ldc,
+                    blk->first, blk->k, 1);
+        return;
+    }
     const int panels = blk->m >= 4 && blk->n >= 4 && ns <= BG_AVX2_CHUNK + 1 && blk->scratch &&
                        blk->scratch_bytes >= bg_avx2_scratch_bytes(blk->m, blk->n, 4 * ns);
     if (panels) {
@@ -373,17 +438,7 @@ BG_AVX2_FN void bg_macro_avx2(const bg_block *blk)
         __m256i *pb = pa + blk->m * 2 * ns;
         split_rows(blk->a, lda, blk->m, &tail, pa);
         split_rows(blk->b, ldb, blk->n, &tail, pb);
-        for (size_t jg = 0; jg < blk->n; jg += BG_C_GROUP) {
-            const size_t ncols = (blk->n - jg > BG_C_GROUP) ? BG_C_GROUP : blk->n - jg;
-            for (size_t i = 0; i < blk->m; i += 2) {
-                const __m256i *a0 = pa + i * 2 * ns;
-                int32_t *c0 = blk->c + (ptrdiff_t)i * ldc + (ptrdiff_t)jg;
-                if (blk->m - i >= 2)
-                    group_nib(a0, a0 + 2 * ns, pb + jg * 2 * ns, ncols, ns, c0, c0 + ldc, blk->first, blk->k);
-                else
-                    group_nib(a0, NULL, pb + jg * 2 * ns, ncols, ns, c0, NULL, blk->first, blk->k);
-            }
-        }
+        panel_tiles(pa, pb, blk->m, blk->n, ns, blk->c, ldc, blk->first, blk->k, 0);
         return;
     }
     for (size_t jg = 0; jg < blk->n; jg += BG_C_GROUP) {
@@ -396,6 +451,173 @@ BG_AVX2_FN void bg_macro_avx2(const bg_block *blk)
                 group(a0, a0 + lda, b, ldb, ncols, &tail, c0, c0 + ldc, blk->first, blk->k);
             else
                 group(a0, NULL, b, ldb, ncols, &tail, c0, NULL, blk->first, blk->k);
+        }
+    }
+}
+
+/* ================================================================================================
+ * Threshold epilogue (bg_threshold_args in bitgemm.h): 8 accumulators per step
+ * ================================================================================================
+ * x = acc - bias; the sign is applied as (x ^ s) - s with s = sign >> 31 (all ones where the sign is
+ * negative: two's complement negation, no multiply); thr > sign * x is one vpcmpgtd, and vmovmskps
+ * gathers the 8 comparison bits. 8 steps make one output word. Columns past the last multiple of 8
+ * go through a scalar loop (no over-read of the rows); bits past n stay 0. */
+BG_AVX2_FN void bg_threshold_rows_avx2(const bg_threshold_args *t, size_t r0, size_t r1)
+{
+    const size_t nfull = t->n / 8, words = (t->n + 63) / 64;
+    const __m256i bias = _mm256_set1_epi32(t->bias);
+    for (size_t i = r0; i < r1; i++) {
+        const int32_t *acc = t->acc + (ptrdiff_t)i * t->ldacc;
+        uint64_t *out = t->out + (ptrdiff_t)i * t->ldo;
+        for (size_t w = 0; w < words; w++)
+            out[w] = 0;
+        for (size_t v = 0; v < nfull; v++) {
+            const size_t j = 8 * v;
+            const __m256i x = _mm256_sub_epi32(LOADU(acc + j), bias);
+            const __m256i s = _mm256_srai_epi32(LOADU(t->sign + j), 31);
+            const __m256i sx = _mm256_sub_epi32(_mm256_xor_si256(x, s), s);
+            const __m256i lt = _mm256_cmpgt_epi32(LOADU(t->thr + j), sx);
+            const uint64_t bits = (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(lt));
+            out[j / 64] |= bits << (j % 64);
+        }
+        for (size_t j = 8 * nfull; j < t->n; j++) {
+            const int32_t x = (int32_t)((uint32_t)acc[j] - (uint32_t)t->bias);
+            const int32_t sx = t->sign[j] < 0 ? (int32_t)(0u - (uint32_t)x) : x;
+            if (sx < t->thr[j])
+                out[j / 64] |= (uint64_t)1 << (j % 64);
+        }
+    }
+}
+
+/* ================================================================================================
+ * First layer: uint8 inputs x {-1, 0, +1} weights (bg_u8_args in bitgemm.h)
+ * ================================================================================================
+ * A 4 x 32 register tile: per pair of K values, the 32 prepared weights (2 vectors, 16 int16 lanes
+ * each = 16 columns) are loaded once and each of the 4 rows' two input bytes broadcast to every lane
+ * (vpbroadcastw); vpmaddubsw multiplies u8 x s8 and adds each lane's pair: 8 vpmaddubsw + 8 vpaddw per
+ * step for 256 multiply-adds, bound by the 2 multiply pipes. 8 int16 accumulators + 2 weight vectors
+ * + 1 broadcast: 11 ymm registers. Every BG_U8_KCHUNK pairs the int16 sums are widened into the
+ * tile's int32 totals (in L1; 1 / 64 of the steps). The weight panel (K / 2 x 64 bytes, 25 KB at
+ * K = 784) stays in L1 while all rows of x stream past it. */
+BG_AVX2_INLINE void widen_add(int32_t *t, __m256i s)
+{
+    __m256i *q = (__m256i *)(void *)t;
+    _mm256_store_si256(q, _mm256_add_epi32(_mm256_load_si256(q), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s))));
+    _mm256_store_si256(q + 1,
+                       _mm256_add_epi32(_mm256_load_si256(q + 1), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s, 1))));
+}
+
+#define U8_ROW(A, S0, S1)                                                                               \
+    S0 = _mm256_add_epi16(_mm256_maddubs_epi16(A, b0), S0);                                            \
+    S1 = _mm256_add_epi16(_mm256_maddubs_epi16(A, b1), S1)
+
+/* One step of the 4 x 32 tile in inline asm: from intrinsics (U8_ROW) GCC hoists the 4 broadcasts
+ * and keeps 8 products live at once, runs out of the 16 ymm registers and adds 8 register moves to
+ * every step (~36 instead of ~28 instructions; the front end, not the multiply pipes, was then the
+ * bound). Here one broadcast and one product are live at a time: 12 ymm registers. */
+#define U8_PAIR(X, ACC0, ACC1)                                                                         \
+    "vpbroadcastw (" X "), %[a]\n\t"                                                                   \
+    "vpmaddubsw %[b0], %[a], %[t]\n\t"                                                                 \
+    "vpaddw %[t], " ACC0 ", " ACC0 "\n\t"                                                              \
+    "vpmaddubsw %[b1], %[a], %[t]\n\t"                                                                 \
+    "vpaddw %[t], " ACC1 ", " ACC1 "\n\t"
+
+#define U8_STEP(px0, px1, px2, px3, pw)                                                                 \
+    do {                                                                                               \
+        __m256i a_, t_, b0_, b1_;                                                                      \
+        __asm__("vmovdqa (%[w]), %[b0]\n\t"                                                            \
+                "vmovdqa 32(%[w]), %[b1]\n\t"                                                          \
+                U8_PAIR("%[x0]", "%[s00]", "%[s01]") U8_PAIR("%[x1]", "%[s10]", "%[s11]")              \
+                U8_PAIR("%[x2]", "%[s20]", "%[s21]") U8_PAIR("%[x3]", "%[s30]", "%[s31]")              \
+                : [s00] "+x"(s00), [s01] "+x"(s01), [s10] "+x"(s10), [s11] "+x"(s11),                  \
+                  [s20] "+x"(s20), [s21] "+x"(s21), [s30] "+x"(s30), [s31] "+x"(s31),                  \
+                  [a] "=&x"(a_), [t] "=&x"(t_), [b0] "=&x"(b0_), [b1] "=&x"(b1_)                       \
+                : [w] "r"(pw), [x0] "r"(px0), [x1] "r"(px1), [x2] "r"(px2), [x3] "r"(px3)              \
+                : "memory");                                                                           \
+    } while (0)
+
+/* rows x0..x3 (aliases past the last row) against one prepared panel, all of K -> tot[4][32] */
+static __attribute__((noinline, target("avx2"))) void u8_tile(const uint8_t *x0, const uint8_t *x1,
+                                                              const uint8_t *x2, const uint8_t *x3,
+                                                              const __m256i *wp, size_t k, int32_t *tot)
+{
+    const size_t full = k / 2, steps = (k + 1) / 2;
+    const __m256i z = _mm256_setzero_si256();
+    for (int v = 0; v < 4 * BG_U8_NR / 8; v++)
+        _mm256_store_si256((__m256i *)(void *)tot + v, z);
+    size_t kp = 0;
+    while (kp < steps) {
+        const size_t end = (steps - kp > BG_U8_KCHUNK) ? kp + BG_U8_KCHUNK : steps;
+        const size_t fend = end < full ? end : full;
+        __m256i s00 = z, s01 = z, s10 = z, s11 = z, s20 = z, s21 = z, s30 = z, s31 = z;
+        for (; kp < fend; kp++)
+            U8_STEP(x0 + 2 * kp, x1 + 2 * kp, x2 + 2 * kp, x3 + 2 * kp, wp + 2 * kp);
+        if (kp < end) { /* odd K: the last value pairs with 0 (its weight partner is 0 as well); the
+                         * byte past the row is never read */
+            const __m256i b0 = _mm256_load_si256(wp + 2 * kp), b1 = _mm256_load_si256(wp + 2 * kp + 1);
+            __m256i a;
+            a = _mm256_set1_epi16((short)x0[k - 1]); U8_ROW(a, s00, s01);
+            a = _mm256_set1_epi16((short)x1[k - 1]); U8_ROW(a, s10, s11);
+            a = _mm256_set1_epi16((short)x2[k - 1]); U8_ROW(a, s20, s21);
+            a = _mm256_set1_epi16((short)x3[k - 1]); U8_ROW(a, s30, s31);
+            kp++;
+        }
+        widen_add(tot + 0, s00); widen_add(tot + 16, s01);
+        widen_add(tot + 32, s10); widen_add(tot + 48, s11);
+        widen_add(tot + 64, s20); widen_add(tot + 80, s21);
+        widen_add(tot + 96, s30); widen_add(tot + 112, s31);
+    }
+}
+
+/* one row (batch 1, or the last of M % 4 == 1): the 4-row tile would compute 3 aliases for nothing */
+static __attribute__((noinline, target("avx2"))) void u8_tile1(const uint8_t *x0, const __m256i *wp, size_t k,
+                                                               int32_t *tot)
+{
+    const size_t full = k / 2, steps = (k + 1) / 2;
+    const __m256i z = _mm256_setzero_si256();
+    for (int v = 0; v < BG_U8_NR / 8; v++)
+        _mm256_store_si256((__m256i *)(void *)tot + v, z);
+    size_t kp = 0;
+    while (kp < steps) {
+        const size_t end = (steps - kp > BG_U8_KCHUNK) ? kp + BG_U8_KCHUNK : steps;
+        const size_t fend = end < full ? end : full;
+        __m256i s00 = z, s01 = z;
+        for (; kp < fend; kp++) {
+            uint16_t pair;
+            memcpy(&pair, x0 + 2 * kp, sizeof pair);
+            const __m256i a = _mm256_set1_epi16((short)pair);
+            const __m256i b0 = _mm256_load_si256(wp + 2 * kp), b1 = _mm256_load_si256(wp + 2 * kp + 1);
+            U8_ROW(a, s00, s01);
+        }
+        if (kp < end) {
+            const __m256i a = _mm256_set1_epi16((short)x0[k - 1]);
+            const __m256i b0 = _mm256_load_si256(wp + 2 * kp), b1 = _mm256_load_si256(wp + 2 * kp + 1);
+            U8_ROW(a, s00, s01);
+            kp++;
+        }
+        widen_add(tot + 0, s00);
+        widen_add(tot + 16, s01);
+    }
+}
+
+BG_AVX2_FN void bg_u8_panels_avx2(const bg_u8_args *g, size_t p0, size_t p1)
+{
+    const size_t steps = (g->k + 1) / 2;
+    int32_t tot[BG_U8_MR * BG_U8_NR] __attribute__((aligned(64)));
+    for (size_t p = p0; p < p1; p++) {
+        const __m256i *wp = (const __m256i *)(const void *)(g->wp + p * steps * 64);
+        const size_t n0 = p * BG_U8_NR, ncols = (g->n - n0 < BG_U8_NR) ? g->n - n0 : BG_U8_NR;
+        for (size_t i = 0; i < g->m; i += BG_U8_MR) {
+            const size_t rows = (g->m - i < BG_U8_MR) ? g->m - i : BG_U8_MR;
+            const uint8_t *x[BG_U8_MR];
+            for (size_t r = 0; r < BG_U8_MR; r++)
+                x[r] = g->x + (ptrdiff_t)(i + (r < rows ? r : rows - 1)) * g->ldx;
+            if (rows == 1)
+                u8_tile1(x[0], wp, g->k, tot);
+            else /* 2 or 3 rows: aliases of the last one fill the tile, computed and dropped */
+                u8_tile(x[0], x[1], x[2], x[3], wp, g->k, tot);
+            for (size_t r = 0; r < rows; r++)
+                memcpy(g->c + (ptrdiff_t)(i + r) * g->ldc + (ptrdiff_t)n0, tot + r * BG_U8_NR, ncols * sizeof(int32_t));
         }
     }
 }

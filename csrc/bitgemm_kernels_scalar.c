@@ -130,3 +130,45 @@ void bg_gemm_naive(const bg_gemm_args *g, int hw_popcount)
 #endif
     naive_portable(g);
 }
+
+/* ---- threshold epilogue, any CPU (see bg_threshold_args in bitgemm.h) -------------------------- */
+void bg_threshold_rows_scalar(const bg_threshold_args *t, size_t r0, size_t r1)
+{
+    const size_t words = (t->n + 63) / 64;
+    for (size_t i = r0; i < r1; i++) {
+        const int32_t *acc = t->acc + (ptrdiff_t)i * t->ldacc;
+        uint64_t *out = t->out + (ptrdiff_t)i * t->ldo;
+        for (size_t w = 0; w < words; w++) {
+            const size_t j0 = 64 * w, j1 = (t->n - j0 < 64) ? t->n : j0 + 64;
+            uint64_t bits = 0;
+            for (size_t j = j0; j < j1; j++) {
+                /* wrapping int32 arithmetic without signed-overflow UB */
+                const uint32_t x = (uint32_t)acc[j] - (uint32_t)t->bias;
+                const int32_t sx = (int32_t)(t->sign[j] < 0 ? 0u - x : x);
+                bits |= (uint64_t)(sx < t->thr[j]) << (j - j0);
+            }
+            out[w] = bits;
+        }
+    }
+}
+
+/* ---- first layer, any CPU: uint8 x {-1, 0, +1} on the prepared panels (see bitgemm.h) ---------- */
+void bg_u8_panels_scalar(const bg_u8_args *g, size_t p0, size_t p1)
+{
+    const size_t steps = (g->k + 1) / 2;
+    for (size_t p = p0; p < p1; p++) {
+        const int8_t *wp = g->wp + p * steps * 64;
+        const size_t n0 = p * BG_U8_NR, ncols = (g->n - n0 < BG_U8_NR) ? g->n - n0 : BG_U8_NR;
+        for (size_t i = 0; i < g->m; i++) {
+            const uint8_t *x = g->x + (ptrdiff_t)i * g->ldx;
+            int32_t *c = g->c + (ptrdiff_t)i * g->ldc + (ptrdiff_t)n0;
+            for (size_t j = 0; j < ncols; j++) {
+                const int8_t *w = wp + 32 * (j / 16) + 2 * (j % 16);
+                int32_t sum = 0;
+                for (size_t kk = 0; kk < g->k; kk++)
+                    sum += (int32_t)x[kk] * (int32_t)w[64 * (kk / 2) + kk % 2];
+                c[j] = sum;
+            }
+        }
+    }
+}

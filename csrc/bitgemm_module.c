@@ -13,6 +13,13 @@
  *   gemm(pa, pb, k, out, path, nthreads) -> None      out[M,N] = K - 2 popcount(pa[i] ^ pb[j])
  *   gemm_naive(pa, pb, k, out, hw_popcount) -> None   the naive reference, one thread
  *   plan_threads(m, n, k, path, nthreads) -> int      threads gemm would use
+ *   prepared_bytes(path, n, k) -> int                 size of B prepared for path (0: nothing to do)
+ *   prepare(pb, k, dst, path, nthreads) -> None       B -> the path's native layout, into dst
+ *   gemm_prepared(pa, pb, prep, k, out, path, nthreads) -> None   gemm with B also given prepared
+ *   threshold_pack(acc, sign, thr, bias, out, path, nthreads) -> None
+ *                                                     out bits = sign[j] * (acc[i,j] - bias) < thr[j]
+ *   u8_prepared_bytes(n, k) -> int; u8_prepare(w, dst) -> None
+ *   u8_gemm(x, wp, n, out, path, nthreads) -> None    out[M,N] = x (uint8, K = its width) . w^T, w prepared
  *   path_names() / supported_paths() -> tuple of str; best_path() -> str
  */
 #define PY_SSIZE_T_CLEAN
@@ -233,6 +240,7 @@ static int gemm_prepare(gemm_call *gc, PyObject *oa, PyObject *ob, long long k, 
     gc->g.m = (size_t)gc->a.shape[0];
     gc->g.n = (size_t)gc->b.shape[0];
     gc->g.k = (size_t)k;
+    gc->g.bprep = NULL;
     return 0;
 }
 
@@ -299,10 +307,329 @@ static PyObject *py_plan_threads(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "plan_threads: bad argument");
         return NULL;
     }
-    bg_gemm_args g = {NULL, 0, NULL, 0, NULL, 0, (size_t)m, (size_t)n, (size_t)k};
+    bg_gemm_args g = {NULL, 0, NULL, 0, NULL, 0, (size_t)m, (size_t)n, (size_t)k, NULL};
     if (path < 0)
         path = bg_best_path();
     return PyLong_FromLong(bg_plan_threads(&g, path, nthreads));
+}
+
+/* ---- prepared B ------------------------------------------------------------------------------- */
+/* A 1-D, C-contiguous byte buffer of exactly `bytes` bytes, 64-byte aligned (the panels are read with
+ * aligned vector loads). */
+static int get_prep(PyObject *obj, Py_buffer *v, int writable, size_t bytes, const char *what)
+{
+    if (PyObject_GetBuffer(obj, v, writable ? PyBUF_CONTIG : PyBUF_CONTIG_RO) < 0)
+        return -1;
+    if ((size_t)v->len != bytes) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, the prepared matrix needs %zu (prepared for another "
+                     "path or shape?)", what, v->len, bytes);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    if (bytes > 0 && ((uintptr_t)v->buf) % 64 != 0) { /* (an empty buffer's pointer is never read) */
+        PyErr_Format(PyExc_ValueError, "%s is not 64-byte aligned", what);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_path_arg(int path)
+{
+    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path)) {
+        PyErr_Format(PyExc_ValueError, "kernel path %d is not available on this CPU", path);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_prepared_bytes(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int path;
+    Py_ssize_t n, k;
+    if (!PyArg_ParseTuple(args, "inn:prepared_bytes", &path, &n, &k))
+        return NULL;
+    if (path < 0 || path >= BG_NPATHS || n < 0 || k < 0) {
+        PyErr_SetString(PyExc_ValueError, "prepared_bytes: bad argument");
+        return NULL;
+    }
+    return PyLong_FromSize_t(bg_prepared_bytes(path, (size_t)n, (size_t)k));
+}
+
+static PyObject *py_prepare(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *ob, *odst;
+    long long k;
+    int path, nthreads;
+    if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads))
+        return NULL;
+    if (check_path_arg(path) < 0)
+        return NULL;
+    if (nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
+        return NULL;
+    }
+    Py_buffer b, dst;
+    ptrdiff_t ldb;
+    if (get_2d(ob, &b, 0, "b") < 0)
+        return NULL;
+    if (check_matrix(&b, 8, 0, &ldb, "b") < 0) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    if (k < 0 || k > 64LL * (long long)b.shape[1] || k > 0x7fffffffLL) {
+        PyErr_Format(PyExc_ValueError, "k=%lld does not fit %zd words per row (or int32 output)", k, b.shape[1]);
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    const size_t n = (size_t)b.shape[0];
+    if (get_prep(odst, &dst, 1, bg_prepared_bytes(path, n, (size_t)k), "dst") < 0) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bg_prepare(path, (const uint64_t *)b.buf, ldb, n, (size_t)k, dst.buf, nthreads);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *oa, *ob, *oprep, *oc;
+    long long k;
+    int path, nthreads;
+    if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads))
+        return NULL;
+    if (check_path_arg(path) < 0)
+        return NULL;
+    if (nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
+        return NULL;
+    }
+    gemm_call gc;
+    if (gemm_prepare(&gc, oa, ob, k, oc) < 0) {
+        gemm_release(&gc);
+        return NULL;
+    }
+    /* the size check keeps every read in bounds (a buffer for another path or shape has another
+     * size, or none); that it was made for this very k is checked on the Python side, which records it */
+    Py_buffer prep;
+    const size_t bytes = bg_prepared_bytes(path, gc.g.n, gc.g.k);
+    if (get_prep(oprep, &prep, 0, bytes, "prep") < 0) {
+        gemm_release(&gc);
+        return NULL;
+    }
+    gc.g.bprep = bytes ? prep.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    bg_gemm(&gc.g, path, nthreads);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&prep);
+    gemm_release(&gc);
+    Py_RETURN_NONE;
+}
+
+/* ---- threshold epilogue ----------------------------------------------------------------------- */
+/* A 1-D contiguous int32 vector of length n. */
+static int get_vec_i32(PyObject *obj, Py_buffer *v, Py_ssize_t n, const char *what)
+{
+    if (PyObject_GetBuffer(obj, v, PyBUF_RECORDS_RO) < 0)
+        return -1;
+    bg_dtype t;
+    if (v->ndim != 1 || v->shape == NULL || v->shape[0] != n || parse_dtype(v, &t) < 0 || t != BG_T_I32 ||
+        (n > 1 && v->strides && v->strides[0] != 4) || ((uintptr_t)v->buf) % 4 != 0 || v->suboffsets) {
+        PyErr_Format(PyExc_ValueError, "%s must be a contiguous 1-D int32 array of length %zd", what, n);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *oacc, *osign, *othr, *oout;
+    long long bias;
+    int path, nthreads;
+    if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads))
+        return NULL;
+    if (check_path_arg(path) < 0)
+        return NULL;
+    if (nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
+        return NULL;
+    }
+    if (bias < -0x80000000LL || bias > 0x7fffffffLL) {
+        PyErr_SetString(PyExc_ValueError, "bias must fit int32");
+        return NULL;
+    }
+    Py_buffer acc, sign, thr, out;
+    int have_sign = 0, have_thr = 0, have_out = 0;
+    PyObject *result = NULL;
+    ptrdiff_t ldacc, ldo;
+    if (get_2d(oacc, &acc, 0, "acc") < 0)
+        return NULL;
+    if (check_matrix(&acc, 4, 1, &ldacc, "acc") < 0)
+        goto done;
+    const Py_ssize_t m = acc.shape[0], n = acc.shape[1];
+    if (get_vec_i32(osign, &sign, n, "sign") < 0)
+        goto done;
+    have_sign = 1;
+    if (get_vec_i32(othr, &thr, n, "thr") < 0)
+        goto done;
+    have_thr = 1;
+    if (get_2d(oout, &out, 1, "out") < 0)
+        goto done;
+    have_out = 1;
+    if (check_matrix(&out, 8, 0, &ldo, "out") < 0)
+        goto done;
+    if (out.shape[0] != m || out.shape[1] != (n + 63) / 64) {
+        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zd, %zd)", out.shape[0], out.shape[1], m,
+                     (n + 63) / 64);
+        goto done;
+    }
+    if (m > 1 && out.shape[1] > 0 && ldo < out.shape[1] && ldo > -out.shape[1]) {
+        PyErr_SetString(PyExc_ValueError, "out rows overlap");
+        goto done;
+    }
+    {
+        bg_threshold_args t;
+        t.acc = (const int32_t *)acc.buf;
+        t.ldacc = ldacc;
+        t.m = (size_t)m;
+        t.n = (size_t)n;
+        t.sign = (const int32_t *)sign.buf;
+        t.thr = (const int32_t *)thr.buf;
+        t.bias = (int32_t)bias;
+        t.out = (uint64_t *)out.buf;
+        t.ldo = ldo;
+        Py_BEGIN_ALLOW_THREADS
+        bg_threshold_pack(&t, path, nthreads);
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_out) PyBuffer_Release(&out);
+    if (have_thr) PyBuffer_Release(&thr);
+    if (have_sign) PyBuffer_Release(&sign);
+    PyBuffer_Release(&acc);
+    return result;
+}
+
+/* ---- first layer: uint8 x +-1 ----------------------------------------------------------------- */
+static PyObject *py_u8_prepared_bytes(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_ssize_t n, k;
+    if (!PyArg_ParseTuple(args, "nn:u8_prepared_bytes", &n, &k))
+        return NULL;
+    if (n < 0 || k < 0) {
+        PyErr_SetString(PyExc_ValueError, "u8_prepared_bytes: bad argument");
+        return NULL;
+    }
+    return PyLong_FromSize_t(bg_u8_prepared_bytes((size_t)n, (size_t)k));
+}
+
+static PyObject *py_u8_prepare(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *ow, *odst;
+    if (!PyArg_ParseTuple(args, "OO:u8_prepare", &ow, &odst))
+        return NULL;
+    Py_buffer w, dst;
+    if (get_2d(ow, &w, 0, "w") < 0)
+        return NULL;
+    bg_dtype t;
+    if (parse_dtype(&w, &t) < 0 || t != BG_T_I8) {
+        PyErr_SetString(PyExc_TypeError, "w must hold int8 values");
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    const size_t n = (size_t)w.shape[0], k = (size_t)w.shape[1];
+    if (get_prep(odst, &dst, 1, bg_u8_prepared_bytes(n, k), "dst") < 0) {
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bg_u8_prepare((const int8_t *)w.buf, (ptrdiff_t)w.strides[0], (ptrdiff_t)w.strides[1], n, k, (int8_t *)dst.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&w);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *ox, *owp, *oc;
+    Py_ssize_t n;
+    int path, nthreads;
+    if (!PyArg_ParseTuple(args, "OOnOii:u8_gemm", &ox, &owp, &n, &oc, &path, &nthreads))
+        return NULL;
+    if (check_path_arg(path) < 0)
+        return NULL;
+    if (nthreads < 1 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1 and n >= 0");
+        return NULL;
+    }
+    Py_buffer x, wp, c;
+    PyObject *result = NULL;
+    int have_wp = 0, have_c = 0;
+    ptrdiff_t ldc;
+    bg_dtype t;
+    if (get_2d(ox, &x, 0, "x") < 0)
+        return NULL;
+    if (parse_dtype(&x, &t) < 0 || t != BG_T_U8) {
+        PyErr_SetString(PyExc_TypeError, "x must hold uint8 values");
+        goto done;
+    }
+    if (x.shape[1] > 1 && x.strides[1] != 1) {
+        PyErr_SetString(PyExc_ValueError, "x must have contiguous rows");
+        goto done;
+    }
+    const size_t m = (size_t)x.shape[0], k = (size_t)x.shape[1];
+    if (get_prep(owp, &wp, 0, bg_u8_prepared_bytes((size_t)n, k), "wp") < 0)
+        goto done;
+    have_wp = 1;
+    if (get_2d(oc, &c, 1, "out") < 0)
+        goto done;
+    have_c = 1;
+    if (check_matrix(&c, 4, 1, &ldc, "out") < 0)
+        goto done;
+    if ((size_t)c.shape[0] != m || c.shape[1] != n) {
+        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zu, %zd)", c.shape[0], c.shape[1], m, n);
+        goto done;
+    }
+    if (k > 0 && (double)k * 255.0 > 2147483647.0) {
+        PyErr_SetString(PyExc_ValueError, "k too large for int32 sums");
+        goto done;
+    }
+    {
+        bg_u8_args g;
+        g.x = (const uint8_t *)x.buf;
+        g.ldx = x.shape[0] > 1 ? (ptrdiff_t)x.strides[0] : 0;
+        g.wp = (const int8_t *)wp.buf;
+        g.c = (int32_t *)c.buf;
+        g.ldc = ldc;
+        g.m = m;
+        g.n = (size_t)n;
+        g.k = k;
+        Py_BEGIN_ALLOW_THREADS
+        bg_u8_gemm(&g, path, nthreads);
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_c) PyBuffer_Release(&c);
+    if (have_wp) PyBuffer_Release(&wp);
+    PyBuffer_Release(&x);
+    return result;
 }
 
 static PyObject *py_path_names(PyObject *self, PyObject *noargs)
@@ -363,6 +690,21 @@ static PyMethodDef bitgemm_methods[] = {
      "gemm_naive(pa, pb, k, out, hw_popcount)\n\nThe naive reference kernel (one thread, no blocking)."},
     {"plan_threads", py_plan_threads, METH_VARARGS,
      "plan_threads(m, n, k, path, nthreads) -> int\n\nThreads gemm would use for an m x n x k problem."},
+    {"prepared_bytes", py_prepared_bytes, METH_VARARGS,
+     "prepared_bytes(path, n, k) -> int\n\nBytes of n packed rows of k bits prepared for path (0: nothing to prepare)."},
+    {"prepare", py_prepare, METH_VARARGS,
+     "prepare(pb, k, dst, path, nthreads)\n\nWrite packed B in path's native layout into dst (64-byte aligned)."},
+    {"gemm_prepared", py_gemm_prepared, METH_VARARGS,
+     "gemm_prepared(pa, pb, prep, k, out, path, nthreads)\n\ngemm with B also given as prepared for path."},
+    {"threshold_pack", py_threshold_pack, METH_VARARGS,
+     "threshold_pack(acc, sign, thr, bias, out, path, nthreads)\n\nout bit (i, j) = sign[j] * (acc[i, j] - bias) < "
+     "thr[j], packed little-endian into uint64 words; pad bits 0."},
+    {"u8_prepared_bytes", py_u8_prepared_bytes, METH_VARARGS,
+     "u8_prepared_bytes(n, k) -> int\n\nBytes of n rows of k +-1 weights prepared for u8_gemm."},
+    {"u8_prepare", py_u8_prepare, METH_VARARGS,
+     "u8_prepare(w, dst)\n\nint8 weights (N, K) -> u8_gemm's panels in dst (64-byte aligned)."},
+    {"u8_gemm", py_u8_gemm, METH_VARARGS,
+     "u8_gemm(x, wp, n, out, path, nthreads)\n\nout[M, N] = uint8 x (M, K) times the prepared weights, exact."},
     {"path_names", py_path_names, METH_NOARGS, "path_names() -> tuple of all path names, by id"},
     {"supported_paths", py_supported_paths, METH_NOARGS, "supported_paths() -> names of the paths this CPU runs"},
     {"best_path", py_best_path, METH_NOARGS, "best_path() -> name of the fastest path this CPU runs"},

@@ -318,6 +318,244 @@ def test_num_threads_setting():
 
 
 # ---------------------------------------------------------------------------------------------------
+# prepared weights (prepare_packed / PreparedMatrix): bit-exact with the unprepared product
+# ---------------------------------------------------------------------------------------------------
+# On top of SHAPES: N across the AVX2 tile (4), C group (16) and block (128) edges, M = 1..5 (the
+# direct kernel below 4 rows, panels from 4 on), M past the 128-row A block, K across the 64-word
+# (4096-bit) K block of the AVX2 panels (one full block + a partial one, two full ones).
+PREP_SHAPES = SHAPES + [
+    (1, 129, 4096), (2, 131, 4097), (3, 17, 130), (4, 15, 130), (5, 16, 4095), (8, 3, 64), (129, 127, 1000),
+    (130, 4, 4160), (64, 257, 8192), (7, 33, 8257), (256, 129, 784), (4, 1, 12000),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", PREP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_prepared_equals_unprepared(path, shape, threads):
+    m, n, k = shape
+    a, b, ref = case(m, n, k)
+    pa, pb = K.pack_bits(a), K.pack_bits(b)
+    prep = K.prepare_packed(pb, k, num_threads=threads)
+    assert isinstance(prep, K.PreparedMatrix) and prep.path == path and (prep.rows, prep.k) == (n, k)
+    plain = K.binary_matmul_packed(pa, pb, k, num_threads=threads)
+    np.testing.assert_array_equal(plain, ref)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, prep, k, num_threads=threads), plain)
+
+
+@pytest.mark.parametrize("shape", THREADED + [(256, 1000, 4096)], ids=lambda s: "x".join(map(str, s)))
+def test_prepared_multithreaded(path, shape):
+    assert K.planned_threads(*shape, num_threads=2) == 2
+    a, b, ref = case(*shape)
+    pa, pb = K.pack_bits(a), K.pack_bits(b)
+    prep = K.prepare_packed(pb, shape[2], num_threads=2)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(K.binary_matmul_packed(pa, prep, shape[2], num_threads=threads), ref)
+
+
+@pytest.mark.parametrize("k", [64, 4096, 4100, 8192, 8300])
+def test_prepared_saturating_operands(path, k):
+    rows = np.ones((6, k), np.int8)
+    rows[1] = -1
+    rows[2, ::2] = -1
+    rows[3, : k // 2] = -1
+    rows[4:] = -rows[2:4]
+    a, b = rows, -rows[[0, 1, 2, 3, 1, 4, 5]]
+    prep = K.prepare_packed(K.pack_bits(b), k)
+    np.testing.assert_array_equal(K.binary_matmul_packed(K.pack_bits(a), prep, k), ref_matmul(a, b))
+
+
+def test_prepared_follows_the_kernel_path():
+    """Prepared for one path, used under each of the others: re-prepared transparently, still exact."""
+    a, b, ref = case(33, 31, 784)
+    pa = K.pack_bits(a)
+    previous = K.set_kernel_path(PATHS[-1])
+    try:
+        prep = K.prepare_packed(K.pack_bits(b), 784)
+        assert prep.path == PATHS[-1]
+        for name in PATHS + PATHS[::-1]:
+            K.set_kernel_path(name)
+            np.testing.assert_array_equal(K.binary_matmul_packed(pa, prep, 784), ref)
+            assert prep.path == name
+            if name == "avx2":
+                assert prep.native is not None and prep.native.ctypes.data % 64 == 0
+                assert prep.nbytes == prep.packed.nbytes + prep.native.nbytes
+            else:  # these paths read the packed rows in place
+                assert prep.native is None
+    finally:
+        K.set_kernel_path(previous)
+
+
+def test_prepared_owns_its_data_and_ignores_pad_bits(path):
+    rng = np.random.default_rng(5)
+    a, b, ref = case(9, 6, 200)
+    pa, pb = K.pack_bits(a), K.pack_bits(b)
+    noisy = pb | (rng.integers(0, 2**64, size=pb.shape, dtype=np.uint64) & ~np.uint64((1 << 8) - 1)) * \
+        (np.arange(pb.shape[1]) == pb.shape[1] - 1)  # garbage in the last word's pad bits
+    assert (noisy != pb).any()
+    prep = K.prepare_packed(noisy, 200)
+    noisy[:] = 0  # the prepared matrix took a copy
+    assert not prep.packed.flags.writeable
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, prep, 200), ref)
+    out = np.full((9, 6), 3, np.int32)
+    assert K.binary_matmul_packed(pa, prep, 200, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_prepared_pickles_and_accepts_torch():
+    import pickle
+
+    a, b, ref = case(13, 17, 300)
+    pa = K.pack_bits(a)
+    prep = K.prepare_packed(K.pack_bits(b).view(np.int64), 300)
+    again = pickle.loads(pickle.dumps(prep))
+    assert (again.rows, again.k, again.path) == (prep.rows, prep.k, prep.path)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, again, 300), ref)
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(K.binary_matmul_packed(torch.from_numpy(pa.view(np.int64)), prep, 300), ref)
+    prep_t = K.prepare_packed(torch.from_numpy(K.pack_bits(b).view(np.int64)), 300)
+    np.testing.assert_array_equal(K.binary_matmul_packed(pa, prep_t, 300), ref)
+
+
+def test_prepared_empty_dimensions(path):
+    prep = K.prepare_packed(np.zeros((0, 2), np.uint64), 100)
+    assert K.binary_matmul_packed(np.zeros((3, 2), np.uint64), prep, 100).shape == (3, 0)
+    prep = K.prepare_packed(np.zeros((4, 2), np.uint64), 100)
+    assert K.binary_matmul_packed(np.zeros((0, 2), np.uint64), prep, 100).shape == (0, 4)
+    prep = K.prepare_packed(np.zeros((4, 0), np.uint64), 0)
+    np.testing.assert_array_equal(K.binary_matmul_packed(np.zeros((3, 0), np.uint64), prep, 0), np.zeros((3, 4)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# threshold epilogue (threshold_pack / binary_matmul_threshold) against NumPy
+# ---------------------------------------------------------------------------------------------------
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+
+
+def ref_threshold(acc, sign, thr, pad) -> np.ndarray:
+    """bit = sign * (acc - pad) < thr in wrapping int32 arithmetic, packed as pack_bits does."""
+    x = (np.asarray(acc, np.int64) - pad + 2**31) % 2**32 - 2**31
+    sx = (x * np.asarray(sign, np.int64) + 2**31) % 2**32 - 2**31
+    bits = sx < np.asarray(thr, np.int64)
+    return ref_pack(np.where(bits, -1, 1))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 63), (5, 64), (4, 65), (9, 100), (1, 130), (7, 4096),
+                                   (300, 4003), (256, 4096)], ids=lambda s: "x".join(map(str, s)))
+def test_threshold_pack_matches_reference(path, shape, threads):
+    m, n = shape
+    rng = np.random.default_rng([m, n])
+    acc = rng.integers(-5000, 5001, size=(m, n), dtype=np.int32)
+    sign = rng.choice(np.array([-1, 1], np.int32), size=n)
+    thr = rng.integers(-3000, 3001, size=n).astype(np.int32)
+    # extremes: always / never true whatever the accumulator, and the clipped int32 range
+    for j, t in zip(range(0, n, 7), [I32_MIN, I32_MAX, I32_MIN + 1, 0, -1, 1]):
+        thr[j] = t
+    pad = int(rng.integers(0, 100))
+    out = K.threshold_pack(acc, sign, thr, pad, num_threads=threads)
+    assert out.dtype == np.uint64 and out.shape == (m, (n + 63) // 64)
+    np.testing.assert_array_equal(out, ref_threshold(acc, sign, thr, pad))
+
+
+def test_threshold_pack_extremes(path):
+    """int32 wrap-around in acc - pad and in the negation, all-negative signs, every column of a word."""
+    acc = np.array([[I32_MIN, I32_MAX, 0, -1, 1, I32_MIN + 1, 100, -100] * 9], np.int32)
+    n = acc.shape[1]
+    for sign in (np.ones(n, np.int32), -np.ones(n, np.int32), np.resize(np.array([1, -1], np.int64), n)):
+        for pad in (0, 1, -1, I32_MAX, I32_MIN):
+            for thr in (np.zeros(n, np.int32), np.full(n, I32_MIN, np.int32), np.full(n, I32_MAX, np.int32),
+                        np.resize(np.array([I32_MIN + 1, I32_MAX, 5, -5], np.int32), n)):
+                np.testing.assert_array_equal(K.threshold_pack(acc, sign, thr, pad), ref_threshold(acc, sign, thr, pad))
+
+
+def test_threshold_pack_layouts():
+    rng = np.random.default_rng(9)
+    acc = rng.integers(-50, 50, size=(20, 150), dtype=np.int32)
+    sign = rng.choice([-1, 1], size=150)  # int64 is converted
+    thr = rng.integers(-20, 20, size=150)
+    ref = ref_threshold(acc, sign, thr, 2)
+    np.testing.assert_array_equal(K.threshold_pack(np.asfortranarray(acc), sign, thr, 2), ref)  # copied
+    wide = np.zeros((40, 160), np.int32)
+    wide[::2, 5:155] = acc
+    np.testing.assert_array_equal(K.threshold_pack(wide[::2, 5:155], sign, thr, 2), ref)  # strided rows in place
+    out = np.full((20, 6), 7, np.uint64)
+    assert K.threshold_pack(acc, sign, thr, 2, out=out[:, 2:5]) is not None
+    np.testing.assert_array_equal(out[:, 2:5], ref)
+    assert (out[:, :2] == 7).all() and (out[:, 5:] == 7).all()
+    assert K.threshold_pack(np.zeros((0, 10), np.int32), np.ones(10, int), np.zeros(10, int)).shape == (0, 1)
+    assert K.threshold_pack(np.zeros((3, 0), np.int32), np.ones(0, int), np.zeros(0, int)).shape == (3, 0)
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_binary_matmul_threshold(path, prepared):
+    for m, n, k in [(1, 10, 64), (13, 17, 300), (33, 70, 784), (256, 130, 4100)]:
+        a, b, ref = case(m, n, k)
+        rng = np.random.default_rng([m, n, k])
+        sign = rng.choice([-1, 1], size=n)
+        thr = rng.integers(-k // 8, k // 8 + 1, size=n)
+        pad = int(rng.integers(0, 64))
+        pb = K.pack_bits(b)
+        out = K.binary_matmul_threshold(K.pack_bits(a), K.prepare_packed(pb, k) if prepared else pb, k, sign, thr,
+                                        pad, num_threads=2)
+        np.testing.assert_array_equal(out, ref_threshold(ref, sign, thr, pad))
+
+
+# ---------------------------------------------------------------------------------------------------
+# first layer: uint8 x {-1, 0, +1} (u8_matmul), exact
+# ---------------------------------------------------------------------------------------------------
+# M across the 4-row tile, N across the 32-row panels and 16-lane vectors, K odd / even and across the
+# 128-value int16 run (64 pairs)
+U8_SHAPES = [(1, 1, 1), (1, 1, 2), (2, 3, 3), (3, 17, 127), (4, 32, 128), (5, 33, 129), (6, 16, 255),
+             (7, 15, 256), (8, 31, 257), (9, 64, 784), (13, 100, 785), (256, 70, 300), (1, 4096, 784), (2, 5, 0)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", U8_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_u8_matmul_exact(path, shape, threads):
+    m, n, k = shape
+    rng = np.random.default_rng([m, n, k, 8])
+    x = rng.integers(0, 256, size=(m, k), dtype=np.uint8)
+    w = rng.choice(np.array([-1, 0, 1], np.int8), size=(n, k))
+    prep = K.prepare_u8_weights(w)
+    np.testing.assert_array_equal(prep.to_array(), w)
+    out = K.u8_matmul(x, prep, num_threads=threads)
+    assert out.dtype == np.int32 and out.shape == (m, n)
+    np.testing.assert_array_equal(out, x.astype(np.int64) @ w.astype(np.int64).T)
+
+
+@pytest.mark.parametrize("k", [128, 129, 5000, 20001])
+def test_u8_matmul_extremes(path, k):
+    """All-255 inputs against all +1 / all -1 rows: the largest int16 runs (64 x +-510) and int32 sums."""
+    x = np.full((5, k), 255, np.uint8)
+    x[1, ::2] = 0
+    w = np.ones((6, k), np.int8)
+    w[1] = -1
+    w[2, ::2] = -1
+    w[3, 1::2] = -1
+    w[4, : k // 2] = 0
+    w[5] = -w[2]
+    out = K.u8_matmul(x, K.prepare_u8_weights(w), num_threads=2)
+    np.testing.assert_array_equal(out, x.astype(np.int64) @ w.astype(np.int64).T)
+
+
+def test_u8_matmul_layouts_and_pickle():
+    import pickle
+
+    rng = np.random.default_rng(21)
+    big = rng.integers(0, 256, size=(40, 300), dtype=np.uint8)
+    w = rng.choice([-1.0, 1.0], size=(37, 150))  # float +-1 is accepted
+    prep = K.prepare_u8_weights(w)
+    ref = big[::2, 10:160].astype(np.int64) @ w.T.astype(np.int64)
+    np.testing.assert_array_equal(K.u8_matmul(big[::2, 10:160], prep), ref)  # strided rows, in place
+    np.testing.assert_array_equal(K.u8_matmul(np.asfortranarray(big[::2, 10:160]), prep), ref)
+    np.testing.assert_array_equal(K.u8_matmul(big[::2, 10:160], pickle.loads(pickle.dumps(prep))), ref)
+    out = np.zeros((20, 50), np.int32)
+    K.u8_matmul(big[::2, 10:160], prep, out=out[:, 5:42])
+    np.testing.assert_array_equal(out[:, 5:42], ref)
+    assert K.u8_matmul_is_fast() == (K.active_path() in ("avx2", "avx512"))
+
+
+# ---------------------------------------------------------------------------------------------------
 # bad input: ShapeError with a message naming the problem
 # ---------------------------------------------------------------------------------------------------
 ok = np.ones((3, 70), np.int8)
@@ -357,6 +595,50 @@ BAD = [
     ("out shape", lambda: K.binary_matmul_packed(pok, pok, 70, out=np.zeros((3, 4), np.int32)), r"out has shape \(3, 4\), expected \(3, 3\)"),
     ("out strided", lambda: K.binary_matmul_packed(pok, pok, 70, out=np.zeros((3, 6), np.int32)[:, ::2]), r"out must have contiguous rows"),
     ("out list", lambda: K.binary_matmul_packed(pok, pok, 70, out=[[0] * 3] * 3), r"out must be a NumPy int32 array"),
+    # prepared weights
+    ("prep k mismatch", lambda: K.binary_matmul_packed(pok, K.prepare_packed(pok, 70), 71),
+     r"k=71 does not match the prepared matrix, which was prepared for k=70"),
+    ("prep k too large", lambda: K.binary_matmul_packed(pok, K.prepare_packed(pok, 70), 129), r"k=129 bits does not fit"),
+    ("prep words", lambda: K.binary_matmul_packed(K.pack_bits(np.ones((3, 200), np.int8)), K.prepare_packed(pok, 70), 70),
+     r"pa has 4 words per row but the prepared matrix has 2"),
+    ("prep pa dtype", lambda: K.binary_matmul_packed(pok.astype(np.float64), K.prepare_packed(pok, 70), 70),
+     r"pa has dtype float64"),
+    ("prep out shape", lambda: K.binary_matmul_packed(pok, K.prepare_packed(pok, 70), 70, out=np.zeros((3, 4), np.int32)),
+     r"out has shape \(3, 4\)"),
+    ("prepare dtype", lambda: K.prepare_packed(pok.astype(np.int32), 70), r"pb has dtype int32"),
+    ("prepare 1-D", lambda: K.prepare_packed(pok[0], 70), r"pb must be a 2-D packed array"),
+    ("prepare k", lambda: K.prepare_packed(pok, 200), r"k=200 bits does not fit"),
+    ("prepare k float", lambda: K.prepare_packed(pok, 70.0), r"k must be an integer"),
+    # threshold epilogue
+    ("thr acc dtype", lambda: K.threshold_pack(np.zeros((2, 3), np.int64), [1, 1, 1], [0, 0, 0]), r"acc has dtype int64"),
+    ("thr acc 1-D", lambda: K.threshold_pack(np.zeros(3, np.int32), [1, 1, 1], [0, 0, 0]), r"acc must be a 2-D array"),
+    ("thr sign length", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 1], [0, 0, 0]),
+     r"sign must be a 1-D array of 3 values"),
+    ("thr sign value", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 0, 1], [0, 0, 0]), r"sign must hold only \+1/-1"),
+    ("thr sign float", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1.0, 1.0, 1.0], [0, 0, 0]), r"sign has dtype float64"),
+    ("thr 2-D", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 1, 1], np.zeros((1, 3), np.int32)),
+     r"signed_threshold must be a 1-D array of 3 values"),
+    ("thr range", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 1, 1], [0, 2**31, 0]), r"signed_threshold has values outside"),
+    ("thr pad float", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 1, 1], [0, 0, 0], 1.5), r"pad_bits must be an integer"),
+    ("thr pad range", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 1, 1], [0, 0, 0], 2**31), r"pad_bits=2147483648 does not fit"),
+    ("thr out shape", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 1, 1], [0, 0, 0], out=np.zeros((2, 2), np.uint64)),
+     r"out has shape \(2, 2\), expected \(2, 1\)"),
+    ("thr out dtype", lambda: K.threshold_pack(np.zeros((2, 3), np.int32), [1, 1, 1], [0, 0, 0], out=np.zeros((2, 1), np.int64)),
+     r"out must be a NumPy uint64 array"),
+    ("mm thr sign", lambda: K.binary_matmul_threshold(pok, pok, 70, [1, 1], [0, 0, 0]), r"sign must be a 1-D array of 3"),
+    ("mm thr k", lambda: K.binary_matmul_threshold(pok, K.prepare_packed(pok, 70), 64, [1, 1, 1], [0, 0, 0]),
+     r"k=64 does not match the prepared matrix"),
+    # uint8 x +-1
+    ("u8 w value", lambda: K.prepare_u8_weights(np.full((2, 3), 2)), r"w must hold only -1, 0, \+1 values; found 2 at \[0, 0\]"),
+    ("u8 w 1-D", lambda: K.prepare_u8_weights(np.ones(3)), r"w must be a 2-D array"),
+    ("u8 w dtype", lambda: K.prepare_u8_weights(np.ones((2, 3), bool)), r"w has dtype bool"),
+    ("u8 x dtype", lambda: K.u8_matmul(np.ones((2, 3), np.int8), K.prepare_u8_weights(np.ones((4, 3)))), r"x has dtype int8; expected uint8"),
+    ("u8 x 3-D", lambda: K.u8_matmul(np.ones((2, 3, 1), np.uint8), K.prepare_u8_weights(np.ones((4, 3)))), r"x must be a 2-D array"),
+    ("u8 k mismatch", lambda: K.u8_matmul(np.ones((2, 4), np.uint8), K.prepare_u8_weights(np.ones((4, 3)))),
+     r"x has K=4 columns but the weights were prepared for K=3"),
+    ("u8 not prepared", lambda: K.u8_matmul(np.ones((2, 3), np.uint8), np.ones((4, 3), np.int8)), r"w must be a PreparedU8Weights"),
+    ("u8 out shape", lambda: K.u8_matmul(np.ones((2, 3), np.uint8), K.prepare_u8_weights(np.ones((4, 3))), out=np.zeros((2, 3), np.int32)),
+     r"out has shape \(2, 3\), expected \(2, 4\)"),
 ]
 
 
@@ -405,3 +687,56 @@ def test_c_layer_is_defensive():
         _bitgemm.pack(ok.astype(np.float16), np.zeros((3, 2), np.uint64), True, 1)
     with pytest.raises(TypeError, match="unsupported element format"):
         _bitgemm.pack(ok.astype(">f4"), np.zeros((3, 2), np.uint64), True, 1)
+    # prepared B and the threshold epilogue
+    avx2 = dispatch.path_id("avx2") if "avx2" in PATHS else None
+    if avx2 is not None:
+        nbytes = _bitgemm.prepared_bytes(avx2, 3, 70)
+        assert nbytes > 0
+        raw = np.zeros(nbytes + 128, np.uint8)
+        off = (-raw.ctypes.data) % 64
+        good = raw[off:off + nbytes]
+        _bitgemm.prepare(pok, 70, good, avx2, 1)
+        _bitgemm.gemm_prepared(pok, pok, good, 70, out, avx2, 1)
+        np.testing.assert_array_equal(out, K.binary_matmul_packed(pok, pok, 70))
+        with pytest.raises(ValueError, match="prepared matrix needs"):
+            _bitgemm.gemm_prepared(pok, pok, raw[off:off + nbytes - 64], 70, out, avx2, 1)
+        with pytest.raises(ValueError, match="prepared matrix needs"):  # made for another B (n)
+            _bitgemm.gemm_prepared(pok, np.vstack([pok, pok]), good, 70, np.zeros((3, 6), np.int32), avx2, 1)
+        with pytest.raises(ValueError, match="64-byte aligned"):
+            _bitgemm.gemm_prepared(pok, pok, raw[off + 8:off + 8 + nbytes], 70, out, avx2, 1)
+        with pytest.raises(ValueError, match="prepared matrix needs"):
+            _bitgemm.prepare(pok, 70, raw[off:off + nbytes + 64], avx2, 1)
+        with pytest.raises(BufferError):  # read-only destination
+            _bitgemm.prepare(pok, 70, bytes(nbytes), avx2, 1)
+    with pytest.raises(ValueError, match="not available"):
+        _bitgemm.gemm_prepared(pok, pok, np.zeros(0, np.uint8), 70, out, 99, 1)
+    acc, one, zero = np.zeros((3, 70), np.int32), np.ones(70, np.int32), np.zeros(70, np.int32)
+    bits = np.zeros((3, 2), np.uint64)
+    _bitgemm.threshold_pack(acc, one, zero, 0, bits, path, 1)
+    with pytest.raises(ValueError, match="sign must be a contiguous 1-D int32 array of length 70"):
+        _bitgemm.threshold_pack(acc, one[:69], zero, 0, bits, path, 1)
+    with pytest.raises(ValueError, match="thr must be a contiguous 1-D int32"):
+        _bitgemm.threshold_pack(acc, one, zero.astype(np.int64), 0, bits, path, 1)
+    with pytest.raises(ValueError, match="out has shape"):
+        _bitgemm.threshold_pack(acc, one, zero, 0, np.zeros((3, 1), np.uint64), path, 1)
+    with pytest.raises(TypeError, match="int32"):
+        _bitgemm.threshold_pack(acc.astype(np.int64), one, zero, 0, bits, path, 1)
+    with pytest.raises(ValueError, match="bias must fit int32"):
+        _bitgemm.threshold_pack(acc, one, zero, 2**31, bits, path, 1)
+    wp = K.prepare_u8_weights(np.ones((4, 70))).native
+    x8 = np.ones((3, 70), np.uint8)
+    c8 = np.zeros((3, 4), np.int32)
+    _bitgemm.u8_gemm(x8, wp, 4, c8, path, 1)
+    assert (c8 == 70).all()
+    with pytest.raises(ValueError, match="prepared matrix needs"):  # panels for another n / k
+        _bitgemm.u8_gemm(x8, wp, 40, np.zeros((3, 40), np.int32), path, 1)
+    with pytest.raises(ValueError, match="prepared matrix needs"):
+        _bitgemm.u8_gemm(np.ones((3, 200), np.uint8), wp, 4, c8, path, 1)
+    with pytest.raises(TypeError, match="uint8"):
+        _bitgemm.u8_gemm(x8.astype(np.int8), wp, 4, c8, path, 1)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _bitgemm.u8_gemm(np.ones((3, 140), np.uint8)[:, ::2], wp, 4, c8, path, 1)
+    with pytest.raises(ValueError, match="out has shape"):
+        _bitgemm.u8_gemm(x8, wp, 4, np.zeros((3, 5), np.int32), path, 1)
+    with pytest.raises(TypeError, match="int8"):
+        _bitgemm.u8_prepare(np.ones((4, 70), np.int16), np.zeros(wp.nbytes, np.uint8))

@@ -6,6 +6,12 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
 * :func:`binary_matmul` -- ``a @ b.T`` for +-1 arrays (packs, multiplies, returns int32)
 * :func:`pack_bits`, :func:`pack_signs` -- pack +-1 values / signs of any real into uint64 words
 * :func:`binary_matmul_packed` -- the product of packed operands, optionally into a preallocated output
+* :func:`prepare_packed` -> :class:`PreparedMatrix` -- weights laid out once in the kernel's native
+  layout, accepted by :func:`binary_matmul_packed` in place of the packed rows
+* :func:`threshold_pack` -- int32 accumulators -> packed sign bits (``sign * (acc - pad) < threshold``),
+  :func:`binary_matmul_threshold` -- product and threshold in one call
+* :func:`prepare_u8_weights`, :func:`u8_matmul` -- 8-bit inputs x +-1 weights, exact in int32 (the
+  first layer; :mod:`lowbit.kernels.u8`)
 * :func:`binary_matmul_naive` -- the deliberately naive reference kernel
 * :func:`available_paths`, :func:`active_path`, :func:`set_kernel_path` -- code path selection
   (env ``LOWBIT_KERNEL_PATH``)
@@ -14,13 +20,18 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
 See :mod:`lowbit.kernels.binary` for the packed layout.
 """
 from .binary import (  # noqa: F401
+    PreparedMatrix,
     binary_matmul,
     binary_matmul_naive,
     binary_matmul_packed,
+    binary_matmul_threshold,
     pack_bits,
     pack_signs,
     planned_threads,
+    prepare_packed,
+    threshold_pack,
 )
+from .u8 import PreparedU8Weights, prepare_u8_weights, u8_matmul, u8_matmul_is_fast  # noqa: F401
 from .dispatch import (  # noqa: F401
     PATHS,
     active_path,
@@ -32,15 +43,23 @@ from .dispatch import (  # noqa: F401
 
 __all__ = [
     "PATHS",
+    "PreparedMatrix",
+    "PreparedU8Weights",
     "active_path",
     "available_paths",
     "binary_matmul",
     "binary_matmul_naive",
     "binary_matmul_packed",
+    "binary_matmul_threshold",
     "get_num_threads",
     "pack_bits",
     "pack_signs",
     "planned_threads",
+    "prepare_packed",
+    "prepare_u8_weights",
     "set_kernel_path",
     "set_num_threads",
+    "threshold_pack",
+    "u8_matmul",
+    "u8_matmul_is_fast",
 ]

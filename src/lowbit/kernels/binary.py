@@ -17,11 +17,23 @@ with steps) are read in place where the C code can, copied otherwise. Bad input 
 :class:`lowbit.errors.ShapeError` with a message naming the problem: shapes, dtypes and ``k`` are
 checked in Python before any C code runs; that values are exactly +-1 is checked by the packer in the
 same pass that packs them (the message gives the first offending value and its position).
+
+**Prepared weights.** The AVX2 kernel works on "nibble panels" (each byte split into its two 4-bit
+halves, laid out block by block as its loops consume them) and makes them from the packed operands
+on every call. :func:`prepare_packed` makes B's panels once -- the "prepacked RHS" of gemmlowp / ruy,
+for weights that are multiplied many times -- and :func:`binary_matmul_packed` accepts the
+:class:`PreparedMatrix` in place of ``pb``. Paths that read packed rows in place (portable, popcnt,
+avx512) have nothing to prepare and use the packed rows the object keeps.
+
+**Threshold epilogue.** :func:`threshold_pack` turns int32 accumulators into the packed sign bits of
+the next binary layer in one pass (``sign * (acc - pad) < threshold`` per column), and
+:func:`binary_matmul_threshold` chains the product and the threshold.
 """
 from __future__ import annotations
 
 import operator
 import sys
+import threading
 
 import numpy as np
 
@@ -207,7 +219,9 @@ def binary_matmul_packed(pa, pb, k, *, out=None, num_threads=None) -> np.ndarray
 
     Args:
         pa: uint64 array (M, W) from :func:`pack_bits` / :func:`pack_signs` (int64 is accepted too).
-        pb: uint64 array (N, W) packed the same way.
+        pb: uint64 array (N, W) packed the same way, or a :class:`PreparedMatrix` of it (from
+            :func:`prepare_packed`; ``k`` must then be the ``k`` it was prepared with). Same result
+            either way; prepared, the kernel skips re-laying out B on every call.
         k: the number of bits (values) per row, ``0 <= k <= 64 * W``; bits past ``k`` and words past
             ``ceil(k/64)`` are ignored.
         out: optional preallocated int32 array of shape (M, N) with contiguous rows, written in
@@ -219,13 +233,226 @@ def binary_matmul_packed(pa, pb, k, *, out=None, num_threads=None) -> np.ndarray
         int32 array (M, N) (``out`` if given).
 
     Raises:
-        ShapeError: not 2-D, not 64-bit words, different word counts, ``k`` out of range, or an
-            unusable ``out``.
+        ShapeError: not 2-D, not 64-bit words, different word counts, ``k`` out of range (or not the
+            prepared one), or an unusable ``out``.
     """
+    if isinstance(pb, PreparedMatrix):
+        pa = _packed(pa, "pa")
+        pb._check_operand(pa, k)
+        m, n = pa.shape[0], pb.rows
+        out = np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n)
+        pb._gemm(pa, out, resolve_threads(num_threads))
+        return out
     pa, pb, k = _gemm_operands(pa, pb, k)
     m, n = pa.shape[0], pb.shape[0]
     out = np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n)
     _bitgemm.gemm(pa, pb, k, out, path_id(active_path()), resolve_threads(num_threads))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepared weights
+# ---------------------------------------------------------------------------------------------------
+_ALIGN = 64  # the panels are read with aligned 256-bit loads; 64 keeps every step in one cache line
+
+
+def _aligned_bytes(nbytes: int) -> np.ndarray:
+    """A 1-D uint8 array of nbytes whose data starts on a 64-byte boundary (NumPy guarantees 16)."""
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    return raw[off:off + nbytes]
+
+
+class PreparedMatrix:
+    """The packed B operand (e.g. a layer's weights, one row per output) together with its copy in
+    the native layout of the kernel path it was prepared for; make it with :func:`prepare_packed` and
+    pass it as ``pb`` to :func:`binary_matmul_packed` / :func:`binary_matmul_threshold`.
+
+    Attributes:
+        packed: the packed rows (N, W) uint64 (a private, read-only copy), kept for the paths and
+            blocks that read them in place (batch-1 products, portable / popcnt / avx512 paths).
+        k: bits per row the layout was made for.
+        rows, words: N and W.
+        path: the kernel path the native layout is for (``None``: nothing prepared yet).
+        native: that layout, a 64-byte aligned uint8 buffer, or ``None`` for paths that read packed
+            rows in place.
+
+    If the active kernel path changes after preparation (``set_kernel_path``), the next product
+    prepares the layout for the new path (once) -- results never depend on which layout is used.
+    """
+
+    __slots__ = ("packed", "k", "rows", "words", "path", "native", "_lock")
+
+    def __init__(self, packed: np.ndarray, k: int, *, num_threads=None):
+        self.packed = np.array(packed, dtype=np.uint64, order="C", copy=True)
+        self.packed.flags.writeable = False  # the native layout is derived from it: freeze both
+        self.rows, self.words = self.packed.shape
+        self.k = k
+        self.path = None
+        self.native = None
+        self._lock = threading.Lock()
+        self._native_for(active_path(), resolve_threads(num_threads))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the packed rows plus the native layout."""
+        return self.packed.nbytes + (0 if self.native is None else self.native.nbytes)
+
+    def _native_for(self, path: str, nthreads: int):
+        """The native buffer for ``path`` (made now if the object was prepared for another one), or
+        None when the path reads packed rows in place. Returns (path, buffer) read together, so a
+        concurrent re-preparation for another path cannot pair one path's id with another's buffer."""
+        with self._lock:
+            if self.path != path:
+                pid = path_id(path)
+                nbytes = _bitgemm.prepared_bytes(pid, self.rows, self.k)
+                native = None
+                if nbytes:
+                    native = _aligned_bytes(nbytes)
+                    _bitgemm.prepare(self.packed, self.k, native, pid, nthreads)
+                    native.flags.writeable = False
+                self.path, self.native = path, native
+            return self.path, self.native
+
+    def _check_operand(self, pa: np.ndarray, k) -> None:
+        if pa.shape[1] != self.words:
+            raise ShapeError(
+                f"pa has {pa.shape[1]} words per row but the prepared matrix has {self.words}: "
+                "both must pack the same K"
+            )
+        k = _check_k(k, self.words)
+        if k != self.k:
+            raise ShapeError(f"k={k} does not match the prepared matrix, which was prepared for k={self.k}")
+
+    def _gemm(self, pa: np.ndarray, out: np.ndarray, nthreads: int) -> None:
+        path, native = self._native_for(active_path(), nthreads)
+        if native is None:
+            _bitgemm.gemm(pa, self.packed, self.k, out, path_id(path), nthreads)
+        else:
+            _bitgemm.gemm_prepared(pa, self.packed, native, self.k, out, path_id(path), nthreads)
+
+    def __reduce__(self):  # pickles as the packed rows; the layout is remade on load (alignment)
+        return (_unpickle_prepared, (self.packed, self.k))
+
+    def __repr__(self) -> str:
+        return f"PreparedMatrix(rows={self.rows}, k={self.k}, path={self.path!r}, nbytes={self.nbytes})"
+
+
+def _unpickle_prepared(packed, k):
+    return PreparedMatrix(packed, k)
+
+
+def prepare_packed(pb, k, *, num_threads=None) -> PreparedMatrix:
+    """Prepare a packed B operand (typically weights: N rows of ``k`` bits) once for repeated products.
+
+    Lays B out the way the active kernel path's inner loops read it (AVX2: nibble panels, 2x the
+    packed bytes), so that :func:`binary_matmul_packed` no longer redoes that on every call.
+
+    Args:
+        pb: uint64 array (N, W) from :func:`pack_bits` / :func:`pack_signs` (int64 accepted); copied.
+        k: bits per row, ``0 <= k <= 64 * W``; products with the result must use the same ``k``.
+        num_threads: threads for the one-time preparation (default :func:`get_num_threads`).
+
+    Returns:
+        a :class:`PreparedMatrix`.
+
+    Raises:
+        ShapeError: not a 2-D array of 64-bit words, or ``k`` out of range.
+    """
+    pb = _packed(pb, "pb")
+    k = _check_k(k, pb.shape[1])
+    return PreparedMatrix(pb, k, num_threads=num_threads)
+
+
+# ---------------------------------------------------------------------------------------------------
+# threshold epilogue
+# ---------------------------------------------------------------------------------------------------
+def _int32_vector(x, n: int, name: str) -> np.ndarray:
+    arr = _to_numpy(x, name)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ShapeError(f"{name} must be a 1-D array of {n} values (one per column), got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ShapeError(f"{name} has dtype {arr.dtype}; expected an integer array")
+    if arr.dtype != np.int32 or not arr.dtype.isnative:
+        if n and (arr.min() < -(2**31) or arr.max() > _INT32_MAX):
+            raise ShapeError(f"{name} has values outside the int32 range")
+        arr = arr.astype(np.int32)
+    return np.ascontiguousarray(arr)
+
+
+def _threshold_operands(acc_shape, sign, signed_threshold, pad_bits, out):
+    m, n = acc_shape
+    sign = _int32_vector(sign, n, "sign")
+    if n and not np.all((sign == 1) | (sign == -1)):
+        raise ShapeError("sign must hold only +1/-1 values")
+    thr = _int32_vector(signed_threshold, n, "signed_threshold")
+    if isinstance(pad_bits, bool):
+        raise ShapeError(f"pad_bits must be an integer, got {pad_bits!r}")
+    try:
+        pad_bits = operator.index(pad_bits)
+    except TypeError:
+        raise ShapeError(f"pad_bits must be an integer, got {pad_bits!r}") from None
+    if not -(2**31) <= pad_bits <= _INT32_MAX:
+        raise ShapeError(f"pad_bits={pad_bits} does not fit int32")
+    words = (n + 63) // 64
+    if out is None:
+        out = np.empty((m, words), dtype=np.uint64)
+    else:
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint64 or not out.dtype.isnative:
+            raise ShapeError(f"out must be a NumPy uint64 array of shape ({m}, {words})")
+        if out.shape != (m, words):
+            raise ShapeError(f"out has shape {out.shape}, expected ({m}, {words})")
+        if not out.flags.writeable:
+            raise ShapeError("out is read-only")
+        if not out.flags.aligned or (words > 1 and out.strides[1] != 8) or (m > 1 and out.strides[0] % 8 != 0):
+            raise ShapeError(f"out must have contiguous rows (strides {out.strides})")
+    return sign, thr, pad_bits, out
+
+
+def threshold_pack(acc, sign, signed_threshold, pad_bits=0, *, out=None, num_threads=None) -> np.ndarray:
+    """Integer accumulators -> packed sign bits: the activation of a binarized layer, in one pass.
+
+    Bit ``j`` of output row ``i`` is 1 (the value -1) where
+    ``sign[j] * (acc[i, j] - pad_bits) < signed_threshold[j]`` in int32 arithmetic, i.e. BN + sign
+    folded into one comparison per channel (``sign = -1`` for channels whose BN scale is negative).
+    Rows are packed as :func:`pack_bits` packs them: ceil(N/64) uint64 words, bits past N zero.
+
+    Args:
+        acc: int32 array (M, N) (e.g. from :func:`binary_matmul_packed`), contiguous rows.
+        sign: N values, each +1 or -1 (any integer dtype).
+        signed_threshold: N integer thresholds (within int32).
+        pad_bits: integer subtracted from every accumulator first (the constant that zero pad bits add
+            to every dot product).
+        out: optional uint64 array (M, ceil(N/64)) with contiguous rows, written and returned.
+        num_threads: threads for large inputs (default :func:`get_num_threads`).
+
+    Raises:
+        ShapeError: wrong shapes or dtypes, a sign other than +-1, values outside int32.
+    """
+    arr = _to_numpy(acc, "acc")
+    if arr.ndim != 2:
+        raise ShapeError(f"acc must be a 2-D array (rows, N), got {arr.ndim}-D with shape {arr.shape}")
+    if arr.dtype != np.int32 or not arr.dtype.isnative:
+        raise ShapeError(f"acc has dtype {arr.dtype}; expected int32 accumulators")
+    if not arr.flags.aligned or (arr.shape[1] > 1 and arr.strides[1] != 4) or (arr.shape[0] > 1 and arr.strides[0] % 4):
+        arr = np.ascontiguousarray(arr)
+    sign, thr, pad_bits, out = _threshold_operands(arr.shape, sign, signed_threshold, pad_bits, out)
+    _bitgemm.threshold_pack(arr, sign, thr, pad_bits, out, path_id(active_path()), resolve_threads(num_threads))
+    return out
+
+
+def binary_matmul_threshold(pa, pb, k, sign, signed_threshold, pad_bits=0, *, out=None,
+                            num_threads=None) -> np.ndarray:
+    """A binary layer in one call: :func:`binary_matmul_packed` then :func:`threshold_pack`.
+
+    ``pb`` may be packed rows or a :class:`PreparedMatrix`. The int32 accumulators live only in a
+    temporary. Returns the packed output bits (M, ceil(N/64)) uint64; raises ShapeError like both.
+    """
+    n = pb.rows if isinstance(pb, PreparedMatrix) else _packed(pb, "pb").shape[0]
+    m = _packed(pa, "pa").shape[0]
+    sign, thr, pad_bits, out = _threshold_operands((m, n), sign, signed_threshold, pad_bits, out)
+    acc = binary_matmul_packed(pa, pb, k, num_threads=num_threads)
+    _bitgemm.threshold_pack(acc, sign, thr, pad_bits, out, path_id(active_path()), resolve_threads(num_threads))
     return out
 
 
