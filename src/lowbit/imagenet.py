@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import model_from_config, save_checkpoint
+from .checkpoint import model_from_config
 from .config import TrainConfig, recipe, validate
 from .errors import ConfigError, DataError
 from .layers import QuantAct, QuantConv2d, QuantLinear
@@ -43,7 +43,7 @@ from .norm import batch_norm
 from .optim import build_optimizer, build_scheduler, register_optimizer
 from .pact_sawb import pact_l2_penalty
 from .quantizers import QuantizerSpec, get_quantizer
-from .train import CHECKPOINT, build_metrics, data_parallel, resume_run, write_metrics
+from .train import CHECKPOINT, build_metrics, data_parallel, end_epoch, resume_run
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -517,14 +517,7 @@ def train_imagenet(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = Fals
         history.append(record)
         log(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"val loss {val_loss:.4f} top-1 {top1:.4f} top-5 {top5:.4f} | {record['wall_time']:.0f}s")
-        if ctx.is_main:
-            save_checkpoint(ckpt_path, {
-                "config": cfg.to_dict(), "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                "rng_state": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
-            })
-            write_metrics(out_dir, cfg, history, source, ctx)
-        distributed.barrier(ctx)
+        end_epoch(ckpt_path, out_dir, cfg, model, optimizer, scheduler, history, source, ctx)
 
     metrics = build_metrics(cfg, history, source, ctx)
     metrics["test_top5"] = history[-1]["test_top5"] if history else None

@@ -211,18 +211,25 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
         history.append(record)
         log(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"test loss {test_loss:.4f} acc {test_acc:.4f} | {record['wall_time']:.0f}s")
-        if ctx.is_main:
-            save_checkpoint(ckpt_path, {
-                "config": cfg.to_dict(), "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                "rng_state": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
-            })
-            write_metrics(out_dir, cfg, history, source, ctx)
-        distributed.barrier(ctx)
+        end_epoch(ckpt_path, out_dir, cfg, model, optimizer, scheduler, history, source, ctx)
 
     metrics = build_metrics(cfg, history, source, ctx)
     distributed.teardown(ctx)
     return metrics
+
+
+def end_epoch(ckpt_path: Path, out_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler,
+              history, source, ctx) -> None:
+    """Rank 0 writes the epoch's atomic checkpoint (everything ``resume_run`` restores), metrics and
+    curves; every rank waits for it."""
+    if ctx.is_main:
+        save_checkpoint(ckpt_path, {
+            "config": cfg.to_dict(), "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+            "rng_state": torch.get_rng_state(), "epoch": len(history), "history": history,
+        })
+        write_metrics(out_dir, cfg, history, source, ctx)
+    distributed.barrier(ctx)
 
 
 def build_metrics(cfg: TrainConfig, history, source, ctx) -> Dict:
