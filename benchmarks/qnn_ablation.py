@@ -56,11 +56,13 @@ def grad_spec(bits: int) -> str:
     return "none" if bits == 32 else f"grad:bits={bits}"
 
 
-def all_runs(mlp_hidden: int):
-    """name -> dict(model, recipe, bits (W, A, G), variant, overrides)."""
+def all_runs(mlp_hidden: int, extra=None):
+    """name -> dict(model, recipe, bits (W, A, G), variant, overrides); ``extra[model]``: overrides every run
+    of that model shares (e.g. narrower ConvNet widths to fit a time budget)."""
+    extra = extra or {}
     runs = {}
     for model, recipe in MODELS.items():
-        base = [f"model.hidden={mlp_hidden}"] if model == "mlp" else []
+        base = ([f"model.hidden={mlp_hidden}"] if model == "mlp" else []) + list(extra.get(model, []))
         for w, a, g in GRID:
             runs[f"{model}-w{w}a{a}g{g}"] = dict(
                 model=model, recipe=recipe, bits=[w, a, g], variant="BN + Adam",
@@ -198,6 +200,10 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="mlp,cnn", help="mlp, cnn or both (default)")
     p.add_argument("--only", default="*", help="comma-separated run names or patterns (e.g. 'mlp-*,cnn-w1a1*')")
     p.add_argument("--mlp-hidden", type=int, default=1024, help="MLP width (paper: 4096; default 1024)")
+    p.add_argument("--mlp-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override shared by every MLP run (repeatable)")
+    p.add_argument("--cnn-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override shared by every ConvNet run (repeatable), e.g. model.channels=16,16,M,32,32,M,64,64,M")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder holding mnist/ (default ../shared/data)")
     p.add_argument("--runs-dir", default=str(REPO / "runs" / "qnn_ablation"), help="per-run checkpoints")
     p.add_argument("--force", action="store_true", help="redo runs whose results are already in the JSON")
@@ -207,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--report", action="store_true", help="rewrite the .md and .png from the JSON, train nothing")
     args = p.parse_args(argv)
 
-    runs = all_runs(args.mlp_hidden)
+    runs = all_runs(args.mlp_hidden, {"mlp": args.mlp_set, "cnn": args.cnn_set})
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         if m not in MODELS:
