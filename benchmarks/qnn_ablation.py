@@ -194,6 +194,20 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def save(path: Path, results: dict, name=None) -> dict:
+    """Write ``results`` (with run ``name`` updated) into the JSON, keeping runs that another process (e.g. the
+    ConvNet runs beside the MLP ones, one per core) added since this one read it."""
+    latest = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    merged = {**latest, **{k: v for k, v in results.items() if k != "runs"}}
+    merged["runs"] = {**results["runs"], **latest.get("runs", {})}
+    if name is not None:
+        merged["runs"][name] = results["runs"][name]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=2))
+    tmp.replace(path)
+    return merged
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10, help="epochs of every run (the equal budget; default 10)")
@@ -275,9 +289,9 @@ def main(argv=None) -> int:
             "wall_time": m["wall_time"], "per_epoch": m["epochs"], "data_source": m.get("data_source"),
         }
         print(f"{name}: test accuracy {100 * m['test_accuracy']:.2f}% in {m['wall_time'] / 60:.1f} min", flush=True)
-        path.write_text(json.dumps(results, indent=2))
+        results = save(path, results, name)
         write_report(results, stem)
-    path.write_text(json.dumps(results, indent=2))
+    results = save(path, results)
     write_report(results, stem)
     print(f"done in {(time.time() - t_all) / 60:.1f} min; results in {RESULTS / stem}.{{json,md,png}}")
     return 0
