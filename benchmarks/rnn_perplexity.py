@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run on tiny subsets (not a result)")
     p.add_argument("--force", action="store_true", help="retrain even if a finished run is cached")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra override for every PTB run (repeatable), e.g. lr_start=0.005")
     p.add_argument("--out", default=None, help="output stem (default benchmarks/results/rnn_perplexity)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -93,6 +95,7 @@ def main(argv=None) -> int:
 
     common = [f"epochs={args.epochs}", f"model.hidden_size={args.hidden}", f"model.emb_size={args.hidden}",
               "model.train_file=ptb.valid.txt", "model.valid_file=", "model.test_file=ptb.test.txt"]
+    common += args.sets
     if args.subset:
         common.append(f"train_subset={args.subset}")
     if args.test_subset:
@@ -142,6 +145,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "wall_seconds": time.time() - t0,
+        "command": "python benchmarks/rnn_perplexity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -169,6 +173,12 @@ def markdown(r) -> str:
             hit = [x for x in ptb["runs"] if x["cell"] == c and (x["weight_bits"], x["act_bits"]) == (w, a)]
             vals.append(f"{hit[0]['test_perplexity']:.1f}" if hit else "")
         lines.append(f"| {'32 (float)' if w == 32 and a == 32 else f'{w} / {a}'} | " + " | ".join(vals) + " |")
+    for c in cells:
+        hit = {(x["weight_bits"], x["act_bits"]): x["test_perplexity"] for x in ptb["runs"] if x["cell"] == c}
+        if (4, 4) in hit and (32, 32) in hit:
+            rel = hit[(4, 4)] / hit[(32, 32)] - 1
+            lines += ["", f"{c.upper()} 4-bit vs float: {100 * rel:+.1f}% perplexity "
+                          f"(within 5%: {'yes' if rel <= 0.05 else 'NO'})."]
     sh = r["shakespeare"]
     if sh["runs"]:
         lines += ["", f"## Tiny Shakespeare, character level: test bits per character (LSTM 2 x {sh['hidden']}, "
@@ -177,7 +187,8 @@ def markdown(r) -> str:
         for x in sh["runs"]:
             lines.append(f"| {x['weight_bits']} | {x['test_bpc']:.3f} | {x['train_bpc']:.3f} |")
     lines += ["", f"Threads: {r['threads']}; machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
-                  f"torch {r['machine']['torch']}; total {r['wall_seconds'] / 60:.1f} min.", ""]
+                  f"torch {r['machine']['torch']}; total {r['wall_seconds'] / 60:.1f} min.",
+              "", f"Reproduce: `{r.get('command', 'python benchmarks/rnn_perplexity.py')}`", ""]
     return "\n".join(lines)
 
 
