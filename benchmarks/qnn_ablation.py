@@ -46,7 +46,9 @@ GRID = [(1, 1, 32), (1, 2, 32), (2, 2, 32), (3, 3, 32), (4, 4, 32), (4, 4, 6), (
 CLAIMS = [("w4a4g6", "w4a4g32", 0.5, "6-bit gradients vs 32-bit gradients at W4A4"),
           ("w6a6g6", "w6a6g32", 0.5, "6-bit gradients vs 32-bit gradients at W6A6"),
           ("w2a2g32-pact-sawb", "w2a2g32", 0.0, "2-bit PACT + SAWB vs plain linear 2-bit"),
-          ("w1a1g32-shift", "w1a1g32", 0.5, "shift-BN + shift-AdaMax vs BN + Adam at W1A1")]
+          ("w1a1g32-shift", "w1a1g32", 0.5, "shift-BN + shift-AdaMax vs BN + Adam at W1A1"),
+          ("w1a1g32-shift-bn", "w1a1g32", 0.5, "shift-BN alone (with Adam) vs BN at W1A1"),
+          ("w1a1g32-shift-adamax", "w1a1g32", 0.5, "shift-AdaMax alone (with BN) vs Adam at W1A1")]
 MODELS = {"mlp": "mnist-mlp-qnn", "cnn": "mnist-cnn-qnn"}
 PACT_SAWB = ["model.weight_quantizer=sawb:bits=2", "model.act_quantizer=pact:bits=2,alpha=3.0", "pact_l2=0.0001"]
 SHIFT = ["model.norm=shift_bn", "optimizer=shift_adamax"]
