@@ -108,13 +108,18 @@ def _packed(x, name: str) -> np.ndarray:
     return arr
 
 
+def _integer(value, name: str, what: str = "an integer") -> int:
+    """``value`` as a Python int; bools, floats and other non-integers get a ShapeError naming ``name``."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ShapeError(f"{name} must be {what}, got {value!r}")
+
+
 def _check_k(k, words: int, name: str = "k") -> int:
-    if isinstance(k, bool):
-        raise ShapeError(f"{name} must be an integer number of bits, got {k!r}")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise ShapeError(f"{name} must be an integer number of bits, got {k!r}") from None
+    k = _integer(k, name, "an integer number of bits")
     if k < 0:
         raise ShapeError(f"{name} must be >= 0, got {k}")
     if k > 64 * words:
@@ -386,12 +391,7 @@ def _threshold_operands(acc_shape, sign, signed_threshold, pad_bits, out):
     if n and not np.all((sign == 1) | (sign == -1)):
         raise ShapeError("sign must hold only +1/-1 values")
     thr = _int32_vector(signed_threshold, n, "signed_threshold")
-    if isinstance(pad_bits, bool):
-        raise ShapeError(f"pad_bits must be an integer, got {pad_bits!r}")
-    try:
-        pad_bits = operator.index(pad_bits)
-    except TypeError:
-        raise ShapeError(f"pad_bits must be an integer, got {pad_bits!r}") from None
+    pad_bits = _integer(pad_bits, "pad_bits")
     if not -(2**31) <= pad_bits <= _INT32_MAX:
         raise ShapeError(f"pad_bits={pad_bits} does not fit int32")
     words = (n + 63) // 64
