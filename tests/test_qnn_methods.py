@@ -316,6 +316,56 @@ def test_models_take_shift_bn():
     c(torch.rand(3, 1, 8, 8) * 255).sum().backward()
 
 
+def _ap2_f64(z: torch.Tensor) -> torch.Tensor:
+    """AP2 written from the formula, in float64: sign(z) 2^round(log2|z|) (0 stays 0)."""
+    return torch.sign(z) * torch.exp2(torch.round(torch.log2(z.abs().clamp_min(1e-300))))
+
+
+def test_recalibrate_batch_norm_matches_float64_per_batch_averages():
+    from lowbit.norm import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    lin1, bn1, drop, lin2, bn2 = (torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5),
+                                  torch.nn.Linear(4, 3), ShiftBatchNorm1d(3))
+    model = torch.nn.Sequential(lin1, bn1, drop, lin2, bn2)
+    for bn in (bn1, bn2):  # stale statistics from "training"
+        bn.running_mean.fill_(7.0)
+        bn.running_var.fill_(9.0)
+        bn.weight.data.uniform_(0.5, 2.0)
+        bn.bias.data.uniform_(-1, 1)
+    model.train()
+    x = torch.randn(30, 5) * 2 + 1
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    rng = torch.get_rng_state()
+
+    assert recalibrate_batch_norm(model, x, batch_size=10) == 2
+
+    # reference: per batch of 10, float64, dropout off, each norm normalizing with its batch's statistics
+    d = lambda t: t.detach().double()  # noqa: E731
+    ref = {name: [] for name in ("m1", "v1", "m2", "v2")}
+    for b in x.double().split(10):
+        h = b @ d(lin1.weight).T + d(lin1.bias)
+        m1, v1 = h.mean(0), h.var(0, unbiased=False)
+        ref["m1"].append(m1)
+        ref["v1"].append(v1 * 10 / 9)
+        h = (h - m1) / torch.sqrt(v1 + bn1.eps) * d(bn1.weight) + d(bn1.bias)
+        g = h @ d(lin2.weight).T + d(lin2.bias)
+        c = g - g.mean(0)
+        ref["m2"].append(g.mean(0))
+        ref["v2"].append((c * _ap2_f64(c)).mean(0) * 10 / 9)
+    avg = {k: torch.stack(v).mean(0) for k, v in ref.items()}
+    for bn, m, v in ((bn1, "m1", "v1"), (bn2, "m2", "v2")):
+        torch.testing.assert_close(bn.running_mean.double(), avg[m], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var.double(), avg[v], rtol=1e-5, atol=1e-6)
+        assert bn.momentum == 0.1  # restored
+    assert model.training and all(m.training for m in model.modules())  # modes restored
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout stayed off: no random draws
+    assert recalibrate_batch_norm(torch.nn.Linear(2, 2), x[:, :2], batch_size=10) == 0  # nothing to do
+
+
 # ---- shift-based AdaMax ------------------------------------------------------------------------------------
 
 

@@ -75,6 +75,38 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(shared_data, tmp_p
         assert ra["train_loss"] == rb["train_loss"] and ra["test_accuracy"] == rb["test_accuracy"]
 
 
+def test_bn_recalibration_changes_only_the_running_statistics(shared_data, tmp_path):
+    """Recalibration before each evaluation leaves the training trajectory alone (training batches use
+    their own statistics; no RNG is drawn): same weights as a run without it; the running statistics are
+    those recomputed from the weights over the fixed image draw, and the recorded accuracy is theirs."""
+    from lowbit.data import load_dataset
+    from lowbit.norm import recalibrate_batch_norm
+
+    plain, recal = tmp_path / "plain", tmp_path / "recal"
+    assert main(_tiny_args(shared_data, plain, 2)) == 0
+    assert main(_tiny_args(shared_data, recal, 2) + ["--set", "bn_recalibrate=300"]) == 0
+    a = torch.load(plain / "checkpoint.pt", weights_only=True)["model_state"]
+    b = torch.load(recal / "checkpoint.pt", weights_only=True)["model_state"]
+    stats = [k for k in a if "running" in k]
+    assert stats
+    for key in a:
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(a[key], b[key]), key
+    assert any(not torch.allclose(a[k], b[k]) for k in stats)
+
+    model = lowbit.load_checkpoint(plain / "checkpoint.pt")
+    train = load_dataset("mnist", "train", data_dir=shared_data)
+    images = torch.from_numpy(train.images[:1000])[torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:300]]
+    recalibrate_batch_norm(model, images, batch_size=50)
+    for key in stats:
+        torch.testing.assert_close(model.state_dict()[key], b[key], rtol=1e-5, atol=1e-6)
+    test = load_dataset("mnist", "test", data_dir=shared_data)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(test.images[:500]).float()).argmax(1).numpy()
+    recorded = json.loads((recal / "metrics.json").read_text())["test_accuracy"]
+    assert (pred == test.labels[:500]).mean() == pytest.approx(recorded)
+
+
 def test_resume_refuses_a_checkpoint_of_another_recipe(shared_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_tiny_args(shared_data, out, 1)) == 0
@@ -141,6 +173,7 @@ def test_torchrun_two_processes_write_one_metrics_file(shared_data, tmp_path):
     (["train", "mnist-mlp", "--set", "epochs=many"], "expected a value of type int"),
     (["train", "mnist-mlp", "--set", "epochs"], "key=value"),
     (["train", "mnist-mlp", "--set", "loss=hinge", "--epochs", "1"], "unknown loss 'hinge'"),
+    (["train", "mnist-mlp", "--set", "bn_recalibrate=-5"], "bn_recalibrate must be >= 0"),
 ])
 def test_bad_configuration_gives_one_line_errors(args, message, tmp_path, capsys, shared_data):
     rc = main(args + ["--out", str(tmp_path), "--data-dir", str(shared_data), "--no-progress",
@@ -148,6 +181,15 @@ def test_bad_configuration_gives_one_line_errors(args, message, tmp_path, capsys
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_bn_recalibration_refused_by_tasks_without_it():
+    from lowbit.config import apply_overrides, get_recipe, validate
+    from lowbit.errors import ConfigError
+
+    for name in ("ptb-lstm", "imagenet-alexnet"):
+        with pytest.raises(ConfigError, match=f"bn_recalibrate is supported by the image task only; recipe '{name}'"):
+            validate(apply_overrides(get_recipe(name), ["bn_recalibrate=100"]))
 
 
 def test_labels_out_of_range_for_the_model(shared_data, tmp_path, capsys):

@@ -36,6 +36,7 @@ class TrainConfig:
     test_subset: int = 0
     task: str = "image"  # which training loop: "image" classification (others register more)
     pact_l2: float = 0.0  # L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)
+    bn_recalibrate: int = 0  # before each evaluation, re-estimate BN running statistics over this many training images (0: off)
     data_workers: int = 2  # DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process
 
     def to_dict(self) -> Dict[str, Any]:
@@ -179,5 +180,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"learning rates must be > 0, got lr_start={cfg.lr_start} lr_end={cfg.lr_end}")
     if not cfg.pact_l2 >= 0:
         raise ConfigError(f"pact_l2 must be >= 0, got {cfg.pact_l2}")
+    if cfg.bn_recalibrate < 0:
+        raise ConfigError(f"bn_recalibrate must be >= 0 (training images; 0: off), got {cfg.bn_recalibrate}")
+    if cfg.bn_recalibrate and cfg.task != "image":
+        raise ConfigError(f"bn_recalibrate is supported by the image task only; recipe {cfg.recipe!r} has task "
+                          f"{cfg.task!r}: set bn_recalibrate=0")
     if cfg.data_workers < 0:
         raise ConfigError(f"data_workers must be >= 0, got {cfg.data_workers}")

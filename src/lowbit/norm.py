@@ -82,6 +82,47 @@ class ShiftBatchNorm2d(_ShiftBatchNorm):
             raise ValueError(f"ShiftBatchNorm2d expects 4-D input, got {x.dim()}-D")
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device=None) -> int:
+    """Re-estimate every batch norm's running mean/variance from ``images``; returns how many were reset.
+
+    Why: a batch norm evaluates with running statistics, an exponential average (momentum 0.1) over the
+    last few dozen training batches. While binary weights still flip, that average describes weights that
+    no longer exist; shift-BN is hit hardest, since AP2(1 / sqrt(running_var)) turns a small mismatch into
+    a factor-2 jump (benchmarks/results/bn_recalibration.md: a W1A1 shift-BN ConvNet, 64.5% -> 97.0%).
+
+    How: every running statistic is reset and set to a cumulative average (momentum None), then the
+    network runs forward over ``images`` in batches of ``batch_size`` with only the batch norms in training
+    mode: dropout and stochastic quantizers behave as at evaluation, so the statistics describe the network
+    that is evaluated. Each running mean/variance ends as the plain average of the per-batch mean/(unbiased)
+    variance, as ``torch.optim.swa_utils.update_bn`` computes it. Weights are untouched; no gradient; the
+    global RNG is not drawn from. Train/eval modes and momenta are restored afterwards.
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, _NormBase) and m.track_running_stats and m.running_mean is not None]
+    if not norms or len(images) == 0:
+        return 0
+    if batch_size < 1:
+        raise ConfigError(f"recalibrate_batch_norm: batch_size must be >= 1, got {batch_size}")
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in norms}
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            model((batch if device is None else batch.to(device)).float())
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    return len(norms)
+
+
 NORMS = ("bn", "shift_bn")
 
 

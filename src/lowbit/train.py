@@ -29,6 +29,7 @@ from .config import TrainConfig, validate
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write
 from .losses import get_loss
+from .norm import recalibrate_batch_norm
 from .optim import build_optimizer, build_scheduler
 from .pact_sawb import pact_l2_penalty
 from .plotting import plot_curves
@@ -172,6 +173,9 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
         _, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
     train_model = data_parallel(model, ctx)
 
+    # Images for BN recalibration: a fixed random draw, the same on every rank (identical statistics).
+    recal_images = x_train[torch.randperm(len(y_train), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.bn_recalibrate]]
+
     # ---- epochs ---------------------------------------------------------------------------------------
     t0 = time.time() - elapsed_before
     for epoch in range(start_epoch, cfg.epochs):
@@ -198,6 +202,8 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         bar.close()
         loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], ctx)
+        if cfg.bn_recalibrate:  # replace the stale running averages before evaluating and saving
+            recalibrate_batch_norm(model, recal_images, cfg.batch_size, ctx.device)
         test_loss, test_acc = evaluate(model, x_test, y_test, loss_fn, cfg.eval_batch_size, ctx.device, ctx)
         record = {
             "epoch": epoch + 1,
