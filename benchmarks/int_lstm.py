@@ -243,7 +243,7 @@ def markdown(r) -> str:
         "",
         f"## Test {t['metric']}",
         "",
-        f"| float (torch) | integer | change | within 1 % |",
+        "| float (torch) | integer | change | within 1 % |",
         "|---|---|---|---|",
         f"| {t['float']:.3f} | {t['integer']:.3f} | {100 * t['relative_change']:+.2f} % | {'yes' if t['within_1_percent'] else 'NO'} |",
         "",

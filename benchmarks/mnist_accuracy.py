@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _common import training_machine  # benchmarks/_common.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -41,20 +42,6 @@ RUNS = {
     "cnn-fp32": ("mnist-cnn", 9, CNN_SETTINGS + FP32, None),
 }
 BUDGET_S = 45 * 60  # the limit on training time per run
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def torch_threads() -> int:
@@ -165,7 +152,7 @@ def main(argv=None) -> int:
         write_markdown(latest)
         return latest
 
-    results["machine"] = machine()
+    results["machine"] = training_machine()
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         if name not in RUNS:
             p.error(f"unknown run {name!r}; known: {', '.join(RUNS)}")

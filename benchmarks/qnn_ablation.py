@@ -1,7 +1,7 @@
 """QNN ablation on full real MNIST: accuracy vs the bit widths of weights, activations and gradients.
 
     PYTHONPATH=src python benchmarks/qnn_ablation.py --epochs 10 [--models mlp,cnn] [--only PATTERNS]
-        [--mlp-hidden 1024] [--data-dir ../shared/data] [--force] [--quick] [--list] [--report]
+        [--mlp-hidden 1024] [--data-dir ../shared/data] [--tag NAME] [--force] [--quick] [--list] [--report]
 
 Two models, each trained with the same budget (``--epochs``, the recipe's batch size and LR schedule):
 the MLP of ``mnist-mlp`` (784 -> 3 x hidden -> 10 with its dropout, hidden ``--mlp-hidden``) and the binary
@@ -12,7 +12,8 @@ ConvNet of ``mnist-cnn`` (its recipe's widths), through their ``-qnn`` recipes. 
   1 bit = ``ste_sign``; k bits = ``linear:bits=k`` (2^k levels over [-1, 1]: the latent-weight clip and the
   hardtanh range); 32 = full precision (identity weights, hardtanh activations); G < 32 =
   ``grad_quantizer=grad:bits=G`` in every quantized layer (DoReFa-style, per-tensor max, stochastic).
-* ``-shift``: (1,1,32) with shift-based batch norm and shift-based AdaMax, vs the BN + Adam run above.
+* ``-shift``: (1,1,32) with shift-based batch norm and shift-based AdaMax, vs the BN + Adam run above;
+  ``-shift-bn`` and ``-shift-adamax`` each half alone, ``-adamax`` float AdaMax (what shift-AdaMax rounds).
 * ``-pact-sawb``: (2,2,32) with SAWB 2-bit weights and PACT 2-bit activations (alpha starts at 3,
   pact_l2 = 1e-4), vs the ``linear`` (2,2,32) run above.
 
@@ -20,8 +21,9 @@ Each run is ``lowbit.train.run(recipe + overrides)`` writing into ``runs/qnn_abl
 every epoch). Results go to benchmarks/results/qnn_ablation.{json,md,png}; a run whose result is in the JSON
 with the same configuration is skipped, and an interrupted run resumes from its checkpoint, so the script
 can be run in pieces (``--only mlp-*``, ``--only cnn-w1a1g32,cnn-w1a1g32-shift``) and re-run to fill the
-gaps. ``--quick`` is a smoke test (small widths, 3000 training images, 1 epoch) that writes
-qnn_ablation_quick.* instead.
+gaps. ``--tag NAME`` keeps a side experiment (e.g. a longer budget for a few runs) apart: its results go to
+qnn_ablation_NAME.* and its checkpoints to runs/qnn_ablation_NAME. ``--quick`` is a smoke test (small widths,
+3000 training images, 1 epoch), the tag ``quick``.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ import argparse
 import fnmatch
 import hashlib
 import json
-import platform
+import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from _common import training_machine  # benchmarks/_common.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -48,7 +52,8 @@ CLAIMS = [("w4a4g6", "w4a4g32", 0.5, "6-bit gradients vs 32-bit gradients at W4A
           ("w2a2g32-pact-sawb", "w2a2g32", 0.0, "2-bit PACT + SAWB vs plain linear 2-bit"),
           ("w1a1g32-shift", "w1a1g32", 0.5, "shift-BN + shift-AdaMax vs BN + Adam at W1A1"),
           ("w1a1g32-shift-bn", "w1a1g32", 0.5, "shift-BN alone (with Adam) vs BN at W1A1"),
-          ("w1a1g32-shift-adamax", "w1a1g32", 0.5, "shift-AdaMax alone (with BN) vs Adam at W1A1")]
+          ("w1a1g32-shift-adamax", "w1a1g32", 0.5, "shift-AdaMax alone (with BN) vs Adam at W1A1"),
+          ("w1a1g32-shift-adamax", "w1a1g32-adamax", 0.5, "shift-AdaMax vs float AdaMax (both with BN) at W1A1")]
 MODELS = {"mlp": "mnist-mlp-qnn", "cnn": "mnist-cnn-qnn"}
 PACT_SAWB = ["model.weight_quantizer=sawb:bits=2", "model.act_quantizer=pact:bits=2,alpha=3.0", "pact_l2=0.0001"]
 SHIFT = ["model.norm=shift_bn", "optimizer=shift_adamax"]
@@ -58,15 +63,21 @@ QUICK = {"mlp": ["model.hidden=128"],
 
 NOTES = [
     "Budgets that fit the 2-core machine, one run per core: the MLP is 784-3x1024-10 (dropout 0.15 on hidden "
-    "layers), 5 epochs, with the `mnist-mlp` recipe's BinaryConnect LR scale. The ConvNet is `mnist-cnn` at half "
-    "width (2x16C3-MP-2x32C3-MP-2x64C3-MP-256-10), 2 epochs, without the LR scale (the `mnist-cnn` recipe). "
-    "Differences of a few tenths of a point are within run-to-run noise at these budgets.",
+    "layers), 5 epochs, lr 3e-3 -> 3e-6. The ConvNet is `mnist-cnn` at half width "
+    "(2x16C3-MP-2x32C3-MP-2x64C3-MP-256-10), 2 epochs, lr 1e-2 -> 1e-5. Neither uses the BinaryConnect LR scale "
+    "(`lr_scale=false`: with it, multi-bit MLP weights jump between levels and accuracy fell as bits rose, "
+    "95.5% at W6A6). Every run re-estimates its batch-norm running statistics over 10,000 training images before "
+    "each evaluation (`bn_recalibrate=10000`): with weights still moving, the momentum-0.1 running averages are "
+    "stale, and shift-BN, which rounds 1/sqrt(running_var) to a power of two, lost up to 32 points to that "
+    "(benchmarks/results/bn_recalibration.md). Differences of a few tenths of a point are within run-to-run "
+    "noise at these budgets.",
 ]
 REPRODUCE = [
     "PYTHONPATH=src python benchmarks/qnn_ablation.py --models mlp --epochs 5 --mlp-hidden 1024 "
-    "--mlp-set model.dropout_in=0.0 --mlp-set model.dropout_hidden=0.15 --mlp-set lr_end=0.000003",
+    "--mlp-set model.dropout_in=0.0 --mlp-set model.dropout_hidden=0.15 --mlp-set lr_end=0.000003 "
+    "--mlp-set lr_scale=false --mlp-set bn_recalibrate=10000",
     "PYTHONPATH=src python benchmarks/qnn_ablation.py --models cnn --epochs 2 "
-    "--cnn-set model.channels=16,16,M,32,32,M,64,64,M --cnn-set model.fc=256",
+    "--cnn-set model.channels=16,16,M,32,32,M,64,64,M --cnn-set model.fc=256 --cnn-set bn_recalibrate=10000",
 ]
 
 
@@ -100,26 +111,14 @@ def all_runs(mlp_hidden: int, extra=None):
         runs[f"{model}-w1a1g32-shift-adamax"] = dict(
             model=model, recipe=recipe, bits=[1, 1, 32], variant="BN + shift-AdaMax",
             overrides=runs[f"{model}-w1a1g32"]["overrides"] + SHIFT[1:])
+        # float AdaMax: tells AdaMax's own cost (max-normalized steps) from that of its shift approximation
+        runs[f"{model}-w1a1g32-adamax"] = dict(
+            model=model, recipe=recipe, bits=[1, 1, 32], variant="BN + AdaMax (float)",
+            overrides=runs[f"{model}-w1a1g32"]["overrides"] + ["optimizer=adamax"])
         runs[f"{model}-w2a2g32-pact-sawb"] = dict(
             model=model, recipe=recipe, bits=[2, 2, 32], variant="PACT + SAWB",
             overrides=base + PACT_SAWB + ["model.grad_quantizer=none"])
     return runs
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"cpu": cpu, "device": dev, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def signature(cfg_dict: dict) -> str:
@@ -159,7 +158,7 @@ def label(bits) -> str:
     return f"W{w}A{a}" + ("" if g == 32 else f"G{g}")
 
 
-def write_report(results: dict, stem: str) -> None:
+def write_report(results: dict, stem: str, tag: str = "") -> None:
     runs = results["runs"]
     m = results.get("machine", {})
     data = ("QUICK SMOKE TEST: 3000 training / 1000 test images, small widths" if results.get("quick")
@@ -168,7 +167,7 @@ def write_report(results: dict, stem: str) -> None:
              f"Data: {data}; each run trains for the epochs shown with its recipe's batch size and LR schedule "
              f"(compare runs of equal epochs). Machine: {m.get('cpu')} / {m.get('device')}, "
              f"{m.get('threads')} threads, torch {m.get('torch')}.", "",
-             *NOTES, "",
+             *(NOTES if not tag else []), "",
              "| run | model | W | A | G | variant | epochs | test acc (final) | best test acc | time |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for name in sorted(runs, key=lambda n: (runs[n]["model"], n)):
@@ -192,7 +191,7 @@ def write_report(results: dict, stem: str) -> None:
         lines.append(f"- {name}: `lowbit train {r['recipe']} --epochs {r['epochs']} "
                      + " ".join(f"--set {o}" for o in r["overrides"]) + "`")
     lines += ["", "Reproduce (the commands behind the committed results; one per core, `OMP_NUM_THREADS=1`):", "",
-              "```bash", *REPRODUCE, "```", ""]
+              "```bash", *(REPRODUCE if not tag else results.get("commands", [])), "```", ""]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
     plot(results, RESULTS / f"{stem}.png")
 
@@ -240,6 +239,7 @@ def save(path: Path, results: dict, name=None) -> dict:
     latest = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     merged = {**latest, **{k: v for k, v in results.items() if k != "runs"}}
     merged["runs"] = {**results["runs"], **latest.get("runs", {})}
+    merged["commands"] = list(dict.fromkeys(latest.get("commands", []) + results.get("commands", [])))
     if name is not None:
         merged["runs"][name] = results["runs"][name]
     tmp = path.with_suffix(".tmp")
@@ -259,8 +259,10 @@ def main(argv=None) -> int:
     p.add_argument("--cnn-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override shared by every ConvNet run (repeatable), e.g. model.channels=16,16,M,32,32,M,64,64,M")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder holding mnist/ (default ../shared/data)")
-    p.add_argument("--runs-dir", default=str(REPO / "runs" / "qnn_ablation"), help="per-run checkpoints")
+    p.add_argument("--runs-dir", default=None, help="per-run checkpoints (default runs/qnn_ablation[_TAG])")
     p.add_argument("--force", action="store_true", help="redo runs whose results are already in the JSON")
+    p.add_argument("--tag", default="", help="a side experiment: results in qnn_ablation_TAG.*, runs in "
+                                             "runs/qnn_ablation_TAG")
     p.add_argument("--quick", action="store_true", help="smoke test: small widths, 3000 images, 1 epoch; "
                                                         "writes qnn_ablation_quick.*")
     p.add_argument("--list", action="store_true", help="print the runs and their settings, train nothing")
@@ -283,7 +285,11 @@ def main(argv=None) -> int:
     from lowbit import recipes  # noqa: F401  (registers the -qnn recipes)
     from lowbit.config import apply_overrides, get_recipe
 
-    stem = "qnn_ablation_quick" if args.quick else "qnn_ablation"
+    tag = "quick" if args.quick else args.tag
+    if tag and not tag.replace("-", "").replace("_", "").isalnum():
+        p.error(f"--tag {tag!r}: use letters, digits, - and _")
+    stem = f"qnn_ablation_{tag}" if tag else "qnn_ablation"
+    runs_dir = Path(args.runs_dir) if args.runs_dir else REPO / "runs" / stem
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{stem}.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
@@ -303,10 +309,12 @@ def main(argv=None) -> int:
                 print(f"{name:24s} {'[done] ' if cached else ''}lowbit train {runs[name]['recipe']} "
                       + " ".join(f"--set {o}" for o in overrides))
         if args.report and results["runs"]:
-            write_report(results, stem)
+            write_report(results, stem, tag)
         return 0
 
-    results["machine"] = machine()
+    results["machine"] = training_machine()
+    command = "PYTHONPATH=src python benchmarks/qnn_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    results["commands"] = list(dict.fromkeys(results.get("commands", []) + [command]))
     t_all = time.time()
     for name, (overrides, cfg) in configs.items():
         sig = signature(cfg.to_dict())
@@ -314,7 +322,7 @@ def main(argv=None) -> int:
             print(f"{name}: done ({100 * results['runs'][name]['test_accuracy']:.2f}%), skipping")
             continue
         print(f"== {name}: lowbit train {runs[name]['recipe']} " + " ".join(f"--set {o}" for o in overrides), flush=True)
-        out = Path(args.runs_dir) / ("quick-" + name if args.quick else name)
+        out = runs_dir / name
         if args.force and out.exists():
             shutil.rmtree(out)
         m = train_one(name, cfg, out, args.data_dir)
@@ -327,9 +335,9 @@ def main(argv=None) -> int:
         }
         print(f"{name}: test accuracy {100 * m['test_accuracy']:.2f}% in {m['wall_time'] / 60:.1f} min", flush=True)
         results = save(path, results, name)
-        write_report(results, stem)
+        write_report(results, stem, tag)
     results = save(path, results)
-    write_report(results, stem)
+    write_report(results, stem, tag)
     print(f"done in {(time.time() - t_all) / 60:.1f} min; results in {RESULTS / stem}.{{json,md,png}}")
     return 0
 

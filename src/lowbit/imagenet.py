@@ -41,9 +41,8 @@ from .losses import get_loss
 from .models import register_model
 from .norm import batch_norm
 from .optim import build_optimizer, build_scheduler, register_optimizer
-from .pact_sawb import pact_l2_penalty
 from .quantizers import QuantizerSpec, get_quantizer
-from .train import CHECKPOINT, build_metrics, data_parallel, end_epoch, resume_run
+from .train import CHECKPOINT, build_metrics, data_parallel, end_epoch, resume_run, train_step
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -489,15 +488,9 @@ def train_imagenet(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = Fals
         for x, y in bar:
             x = x.to(ctx.device, non_blocking=True).float()
             y = y.to(ctx.device, non_blocking=True)
-            out = train_model(x)
-            loss = loss_fn(out, y)
-            objective = loss + cfg.pact_l2 * pact_l2_penalty(model) if cfg.pact_l2 > 0 else loss
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += float((out.argmax(1) == y).sum())
+            batch_loss, batch_correct = train_step(train_model, model, x, y, loss_fn, optimizer, scheduler, cfg.pact_l2)
+            loss_sum += batch_loss
+            correct += batch_correct
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         bar.close()

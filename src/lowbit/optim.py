@@ -24,6 +24,7 @@ from .layers import QuantLayerMixin
 OPTIMIZERS: Dict[str, type] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
+    "adamax": torch.optim.Adamax,  # the float AdaMax that ShiftAdaMax approximates with shifts
     "sgd": torch.optim.SGD,
 }
 

@@ -189,15 +189,9 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
             b = order[step * local_batch:(step + 1) * local_batch]
             x = x_train[b].to(ctx.device, non_blocking=True).float()
             y = y_train[b].to(ctx.device)
-            out = train_model(x)
-            loss = loss_fn(out, y)
-            objective = loss + cfg.pact_l2 * pact_l2_penalty(model) if cfg.pact_l2 > 0 else loss
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()  # the post-step hook clips latent weights to [-1, 1]
-            scheduler.step()
-            loss_sum += loss.item() * len(b)
-            correct += float((out.argmax(1) == y).sum())
+            batch_loss, batch_correct = train_step(train_model, model, x, y, loss_fn, optimizer, scheduler, cfg.pact_l2)
+            loss_sum += batch_loss
+            correct += batch_correct
             seen += len(b)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         bar.close()
@@ -222,6 +216,22 @@ def train_image(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, 
     metrics = build_metrics(cfg, history, source, ctx)
     distributed.teardown(ctx)
     return metrics
+
+
+def train_step(train_model: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, optimizer,
+               scheduler, pact_l2: float = 0.0) -> Tuple[float, float]:
+    """One optimisation step on a batch: forward (through ``train_model``, the DDP wrapper if any), loss
+    plus ``pact_l2`` times the PACT alpha penalty of ``model``, backward, optimizer step (its post-step hook
+    clips the latent weights to [-1, 1]) and schedule step. Returns (loss summed over the batch, number
+    correct) for the epoch's running averages."""
+    out = train_model(x)
+    loss = loss_fn(out, y)
+    objective = loss + pact_l2 * pact_l2_penalty(model) if pact_l2 > 0 else loss
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item() * len(y), float((out.argmax(1) == y).sum())
 
 
 def end_epoch(ckpt_path: Path, out_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler,
