@@ -15,7 +15,8 @@ ConvNet of ``mnist-cnn`` (its recipe's widths), through their ``-qnn`` recipes. 
 * ``-shift``: (1,1,32) with shift-based batch norm and shift-based AdaMax, vs the BN + Adam run above;
   ``-shift-bn`` and ``-shift-adamax`` each half alone, ``-adamax`` float AdaMax (what shift-AdaMax rounds).
 * ``-pact-sawb``: (2,2,32) with SAWB 2-bit weights and PACT 2-bit activations (alpha starts at 3,
-  pact_l2 = 1e-4), vs the ``linear`` (2,2,32) run above.
+  pact_l2 = 1e-4), vs the ``linear`` (2,2,32) run above; ``-sawb`` and ``-pact`` each half alone, and
+  ``-unsigned`` linear 2-bit activations over [0, 1], the fixed clipping PACT replaces.
 
 Each run is ``lowbit.train.run(recipe + overrides)`` writing into ``runs/qnn_ablation/NAME`` (a checkpoint
 every epoch). Results go to benchmarks/results/qnn_ablation.{json,md,png}; a run whose result is in the JSON
@@ -50,6 +51,8 @@ GRID = [(1, 1, 32), (1, 2, 32), (2, 2, 32), (3, 3, 32), (4, 4, 32), (4, 4, 6), (
 CLAIMS = [("w4a4g6", "w4a4g32", 0.5, "6-bit gradients vs 32-bit gradients at W4A4"),
           ("w6a6g6", "w6a6g32", 0.5, "6-bit gradients vs 32-bit gradients at W6A6"),
           ("w2a2g32-pact-sawb", "w2a2g32", 0.0, "2-bit PACT + SAWB vs plain linear 2-bit"),
+          ("w2a2g32-pact-sawb", "w2a2g32-unsigned", 0.0,
+           "2-bit PACT + SAWB vs linear 2-bit with activations clipped to [0, 1] (the PACT paper's baseline)"),
           ("w1a1g32-shift", "w1a1g32", 0.5, "shift-BN + shift-AdaMax vs BN + Adam at W1A1"),
           ("w1a1g32-shift-bn", "w1a1g32", 0.5, "shift-BN alone (with Adam) vs BN at W1A1"),
           ("w1a1g32-shift-adamax", "w1a1g32", 0.5, "shift-AdaMax alone (with BN) vs Adam at W1A1"),
@@ -118,6 +121,17 @@ def all_runs(mlp_hidden: int, extra=None):
         runs[f"{model}-w2a2g32-pact-sawb"] = dict(
             model=model, recipe=recipe, bits=[2, 2, 32], variant="PACT + SAWB",
             overrides=base + PACT_SAWB + ["model.grad_quantizer=none"])
+        # each half alone, and the PACT paper's own baseline: fixed unsigned clipping to [0, 1]
+        plain2 = runs[f"{model}-w2a2g32"]["overrides"]
+        runs[f"{model}-w2a2g32-sawb"] = dict(
+            model=model, recipe=recipe, bits=[2, 2, 32], variant="SAWB weights, linear activations",
+            overrides=plain2 + PACT_SAWB[:1])
+        runs[f"{model}-w2a2g32-pact"] = dict(
+            model=model, recipe=recipe, bits=[2, 2, 32], variant="linear weights, PACT activations",
+            overrides=plain2 + PACT_SAWB[1:])
+        runs[f"{model}-w2a2g32-unsigned"] = dict(
+            model=model, recipe=recipe, bits=[2, 2, 32], variant="linear, activations unsigned over [0, 1]",
+            overrides=plain2 + ["model.act_quantizer=linear:bits=2,mode=unsigned"])
     return runs
 
 

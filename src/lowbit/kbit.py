@@ -149,6 +149,12 @@ def linear_quantize(x: torch.Tensor, bits: int, max_value: float = 1.0, mode: st
     backward: g_r = g_q * 1{lo <= x <= hi}  ([lo, hi] = [-a, a] or [0, a]; the range ends pass, as in
               ste_sign's 1{|x| <= 1}; beyond them the gradient is cancelled).
     """
+    bits, max_value = _check_linear_args(bits, max_value, mode, rounding)
+    return _LinearQuant.apply(x, bits, max_value, mode == "symmetric", rounding == "stochastic", generator)
+
+
+def _check_linear_args(bits, max_value, mode: str, rounding: str):
+    """(bits, float max_value) after checking every argument of the linear quantizer."""
     bits = _check_bits("linear", bits)
     if mode not in LINEAR_MODES:
         raise ConfigError(f"linear: mode must be one of {LINEAR_MODES}, got {mode!r}")
@@ -156,7 +162,7 @@ def linear_quantize(x: torch.Tensor, bits: int, max_value: float = 1.0, mode: st
         raise ConfigError(f"linear: rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if not (isinstance(max_value, (int, float)) and math.isfinite(max_value) and max_value > 0):
         raise ConfigError(f"linear: max_value must be a finite number > 0, got {max_value!r}")
-    return _LinearQuant.apply(x, bits, float(max_value), mode == "symmetric", rounding == "stochastic", generator)
+    return bits, float(max_value)
 
 
 @register_quantizer("linear", "kbit")
@@ -177,14 +183,7 @@ class LinearQuant(Quantizer):
 
     def __init__(self, bits: int = 2, max_value: float = 1.0, mode: str = "symmetric", rounding: str = "nearest"):
         super().__init__()
-        self.bits = _check_bits("linear", bits)
-        if mode not in LINEAR_MODES:
-            raise ConfigError(f"linear: mode must be one of {LINEAR_MODES}, got {mode!r}")
-        if rounding not in ROUNDINGS:
-            raise ConfigError(f"linear: rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        if not (isinstance(max_value, (int, float)) and math.isfinite(max_value) and max_value > 0):
-            raise ConfigError(f"linear: max_value must be a finite number > 0, got {max_value!r}")
-        self.max_value = float(max_value)
+        self.bits, self.max_value = _check_linear_args(bits, max_value, mode, rounding)
         self.mode = mode
         self.rounding = rounding
         self.binary = self.bits == 1 and mode == "symmetric" and self.max_value == 1.0
