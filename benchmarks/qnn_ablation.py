@@ -172,6 +172,11 @@ def label(bits) -> str:
     return f"W{w}A{a}" + ("" if g == 32 else f"G{g}")
 
 
+def by_seed(runs: dict, base: str) -> dict:
+    """seed -> final test accuracy of every run of ``base`` (seed 0 is ``base`` itself, seed s ``base-sS``)."""
+    return {r.get("seed", 0): r["test_accuracy"] for n, r in runs.items() if r.get("base", n) == base}
+
+
 def write_report(results: dict, stem: str, tag: str = "") -> None:
     runs = results["runs"]
     m = results.get("machine", {})
@@ -184,21 +189,28 @@ def write_report(results: dict, stem: str, tag: str = "") -> None:
              *(NOTES if not tag else []), "",
              "| run | model | W | A | G | variant | epochs | test acc (final) | best test acc | time |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-    for name in sorted(runs, key=lambda n: (runs[n]["model"], n)):
+    for name in sorted(runs, key=lambda n: (runs[n]["model"], runs[n].get("base", n), runs[n].get("seed", 0))):
         r = runs[name]
         w, a, g = r["bits"]
         lines.append(f"| {name} | {r['model']} | {w} | {a} | {g} | {r['variant']} | {r['epochs']} | "
                      f"{100 * r['test_accuracy']:.2f}% | "
                      f"{100 * r['best_test_accuracy']:.2f}% | {r['wall_time'] / 60:.1f} min |")
-    lines += ["", "The paper's claims (difference = run - twin, in accuracy points, final epoch):", "",
-              "| model | claim | run | twin | difference | holds |", "|---|---|---:|---:|---:|:---:|"]
+    lines += ["", "The paper's claims (difference = run - twin in accuracy points, final epoch, per seed; a claim "
+              "holds when the mean over the seeds both have is within its slack):", "",
+              "| model | claim | seeds | run (mean) | twin (mean) | difference per seed | mean | holds |",
+              "|---|---|---:|---:|---:|---|---:|:---:|"]
     for model in sorted({r["model"] for r in runs.values()}):
         for run_key, twin_key, slack, text in CLAIMS:
-            a, b = runs.get(f"{model}-{run_key}"), runs.get(f"{model}-{twin_key}")
-            if a and b:
-                d = 100 * (a["test_accuracy"] - b["test_accuracy"])
-                lines.append(f"| {model} | {text} (may trail by {slack} at most) | {100 * a['test_accuracy']:.2f}% | "
-                             f"{100 * b['test_accuracy']:.2f}% | {d:+.2f} | {'yes' if d >= -slack else 'NO'} |")
+            a, b = by_seed(runs, f"{model}-{run_key}"), by_seed(runs, f"{model}-{twin_key}")
+            seeds = sorted(set(a) & set(b))
+            if not seeds:
+                continue
+            diffs = [100 * (a[s] - b[s]) for s in seeds]
+            mean = sum(diffs) / len(diffs)
+            lines.append(f"| {model} | {text} (may trail by {slack} at most) | {len(seeds)} | "
+                         f"{100 * sum(a[s] for s in seeds) / len(seeds):.2f}% | "
+                         f"{100 * sum(b[s] for s in seeds) / len(seeds):.2f}% | "
+                         f"{' / '.join(f'{d:+.2f}' for d in diffs)} | {mean:+.2f} | {'yes' if mean >= -slack else 'NO'} |")
     lines += ["", "Settings (`lowbit train RECIPE --epochs N --set ...`):", ""]
     for name in sorted(runs):
         r = runs[name]
@@ -222,24 +234,26 @@ def plot(results: dict, path: Path) -> None:
     for model, color in (("mlp", "tab:blue"), ("cnn", "tab:orange")):
         xs, ys = [], []
         for i, b in enumerate(GRID):
-            r = runs.get(f"{model}-w{b[0]}a{b[1]}g{b[2]}")
-            if r:
+            accs = list(by_seed(runs, f"{model}-w{b[0]}a{b[1]}g{b[2]}").values())
+            if accs:
                 xs.append(i)
-                ys.append(100 * r["test_accuracy"])
+                ys.append(100 * sum(accs) / len(accs))
         if xs:
             ax.plot(xs, ys, marker="o", color=color, label=f"{model}: linear k-bit, BN + Adam")
         for suffix, idx, marker, text in (("-w1a1g32-shift", 0, "s", "shift-BN + shift-AdaMax"),
                                           ("-w2a2g32-pact-sawb", 2, "^", "PACT + SAWB")):
-            r = runs.get(model + suffix)
-            if r:
-                ax.plot([idx], [100 * r["test_accuracy"]], marker=marker, color=color, linestyle="none",
+            accs = list(by_seed(runs, model + suffix).values())
+            if accs:
+                ax.plot([idx], [100 * sum(accs) / len(accs)], marker=marker, color=color, linestyle="none",
                         markersize=9, label=f"{model}: {text}")
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels(cats)
     ax.set_xlabel("bits (W weights, A activations, G gradients; G32 unless shown)")
     ax.set_ylabel("test accuracy (%)")
     epochs = sorted({r["epochs"] for r in runs.values()})
-    ax.set_title(f"MNIST, {'/'.join(map(str, epochs))} epoch(s) per run" + (" (quick smoke test)" if results.get("quick") else ""))
+    n_seeds = len({r.get("seed", 0) for r in runs.values()})
+    ax.set_title(f"MNIST, {'/'.join(map(str, epochs))} epoch(s) per run"
+                 + (f", mean over up to {n_seeds} seeds" if n_seeds > 1 else "") + (" (quick smoke test)" if results.get("quick") else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -274,6 +288,8 @@ def main(argv=None) -> int:
                    help="an override shared by every ConvNet run (repeatable), e.g. model.channels=16,16,M,32,32,M,64,64,M")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder holding mnist/ (default ../shared/data)")
     p.add_argument("--runs-dir", default=None, help="per-run checkpoints (default runs/qnn_ablation[_TAG])")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); the run of seed s > 0 is "
+                                                 "named NAME-sS, and the claims table averages over seeds")
     p.add_argument("--force", action="store_true", help="redo runs whose results are already in the JSON")
     p.add_argument("--tag", default="", help="a side experiment: results in qnn_ablation_TAG.*, runs in "
                                              "runs/qnn_ablation_TAG")
@@ -309,18 +325,27 @@ def main(argv=None) -> int:
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     results["quick"] = bool(args.quick)
 
-    configs = {}
-    for name in selected:
-        r = runs[name]
-        overrides = list(r["overrides"]) + [f"epochs={epochs}"]
-        if args.quick:
-            overrides += QUICK[r["model"]] + ["train_subset=3000", "test_subset=1000"]
-        configs[name] = (overrides, apply_overrides(get_recipe(r["recipe"]), overrides))
+    try:
+        seeds = sorted({int(x) for x in args.seeds.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1")
+    if not seeds or min(seeds) < 0:
+        p.error("--seeds: one or more integers >= 0")
+
+    configs = {}  # run name -> (base name, seed, overrides, config)
+    for base in selected:
+        r = runs[base]
+        for seed in seeds:
+            overrides = list(r["overrides"]) + [f"epochs={epochs}"] + ([f"seed={seed}"] if seed else [])
+            if args.quick:
+                overrides += QUICK[r["model"]] + ["train_subset=3000", "test_subset=1000"]
+            name = base if seed == 0 else f"{base}-s{seed}"
+            configs[name] = (base, seed, overrides, apply_overrides(get_recipe(r["recipe"]), overrides))
     if args.list or args.report:
         if args.list:
-            for name, (overrides, cfg) in configs.items():
+            for name, (base, _, overrides, cfg) in configs.items():
                 cached = results["runs"].get(name, {}).get("signature") == signature(cfg.to_dict())
-                print(f"{name:24s} {'[done] ' if cached else ''}lowbit train {runs[name]['recipe']} "
+                print(f"{name:27s} {'[done] ' if cached else ''}lowbit train {runs[base]['recipe']} "
                       + " ".join(f"--set {o}" for o in overrides))
         if args.report and results["runs"]:
             write_report(results, stem, tag)
@@ -330,19 +355,19 @@ def main(argv=None) -> int:
     command = "PYTHONPATH=src python benchmarks/qnn_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["commands"] = list(dict.fromkeys(results.get("commands", []) + [command]))
     t_all = time.time()
-    for name, (overrides, cfg) in configs.items():
+    for name, (base, seed, overrides, cfg) in configs.items():
         sig = signature(cfg.to_dict())
         if not args.force and results["runs"].get(name, {}).get("signature") == sig:
             print(f"{name}: done ({100 * results['runs'][name]['test_accuracy']:.2f}%), skipping")
             continue
-        print(f"== {name}: lowbit train {runs[name]['recipe']} " + " ".join(f"--set {o}" for o in overrides), flush=True)
+        print(f"== {name}: lowbit train {runs[base]['recipe']} " + " ".join(f"--set {o}" for o in overrides), flush=True)
         out = runs_dir / name
         if args.force and out.exists():
             shutil.rmtree(out)
         m = train_one(name, cfg, out, args.data_dir)
-        r = runs[name]
+        r = runs[base]
         results["runs"][name] = {
-            "model": r["model"], "recipe": r["recipe"], "bits": r["bits"], "variant": r["variant"],
+            "base": base, "seed": seed, "model": r["model"], "recipe": r["recipe"], "bits": r["bits"], "variant": r["variant"],
             "overrides": overrides, "epochs": epochs, "signature": sig,
             "test_accuracy": m["test_accuracy"], "best_test_accuracy": max(e["test_accuracy"] for e in m["epochs"]),
             "wall_time": m["wall_time"], "per_epoch": m["epochs"], "data_source": m.get("data_source"),
