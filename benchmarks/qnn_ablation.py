@@ -56,7 +56,8 @@ CLAIMS = [("w4a4g6", "w4a4g32", 0.5, "6-bit gradients vs 32-bit gradients at W4A
           ("w1a1g32-shift", "w1a1g32", 0.5, "shift-BN + shift-AdaMax vs BN + Adam at W1A1"),
           ("w1a1g32-shift-bn", "w1a1g32", 0.5, "shift-BN alone (with Adam) vs BN at W1A1"),
           ("w1a1g32-shift-adamax", "w1a1g32", 0.5, "shift-AdaMax alone (with BN) vs Adam at W1A1"),
-          ("w1a1g32-shift-adamax", "w1a1g32-adamax", 0.5, "shift-AdaMax vs float AdaMax (both with BN) at W1A1")]
+          ("w1a1g32-shift-adamax", "w1a1g32-adamax", 0.5, "shift-AdaMax vs float AdaMax (both with BN) at W1A1"),
+          ("w1a1g32-shift", "w1a1g32-adamax", 0.5, "shift-BN + shift-AdaMax vs BN + float AdaMax at W1A1")]
 MODELS = {"mlp": "mnist-mlp-qnn", "cnn": "mnist-cnn-qnn"}
 PACT_SAWB = ["model.weight_quantizer=sawb:bits=2", "model.act_quantizer=pact:bits=2,alpha=3.0", "pact_l2=0.0001"]
 SHIFT = ["model.norm=shift_bn", "optimizer=shift_adamax"]
