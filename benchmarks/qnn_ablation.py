@@ -80,6 +80,11 @@ NOTES = [
     "Side experiment: does AdaMax's gap to Adam close with budget? The W1A1 ConvNet for 6 epochs with Adam, "
     "float AdaMax, shift-AdaMax and shift-BN + shift-AdaMax: benchmarks/results/qnn_ablation_long.md.",
 ]
+TAG_NOTES = {  # what a side experiment (--tag) is for, printed at the top of its report
+    "long": ["Side experiment of qnn_ablation.md: the W1A1 ConvNet (half width, bn_recalibrate=10000) for 6 epochs "
+             "instead of 2, with Adam, float AdaMax, shift-AdaMax and shift-BN + shift-AdaMax, to see whether "
+             "AdaMax's gap to Adam closes as the budget grows (the papers train for hundreds of epochs)."],
+}
 REPRODUCE = [
     "PYTHONPATH=src python benchmarks/qnn_ablation.py --models mlp --epochs 5 --mlp-hidden 1024 "
     "--mlp-set model.dropout_in=0.0 --mlp-set model.dropout_hidden=0.15 --mlp-set lr_end=0.000003 "
@@ -197,7 +202,7 @@ def write_report(results: dict, stem: str, tag: str = "") -> None:
              f"Data: {data}; each run trains for the epochs shown with its recipe's batch size and LR schedule "
              f"(compare runs of equal epochs). Machine: {m.get('cpu')} / {m.get('device')}, "
              f"{m.get('threads')} threads, torch {m.get('torch')}.", "",
-             *(NOTES if not tag else []), "",
+             *(TAG_NOTES.get(tag, []) if tag else NOTES), "",
              "| run | model | W | A | G | variant | epochs | test acc (final) | best test acc | time |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for name in sorted(runs, key=lambda n: (runs[n]["model"], runs[n].get("base", n), runs[n].get("seed", 0))):
