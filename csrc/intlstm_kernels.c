@@ -99,8 +99,10 @@ static void gemm_portable(const int8_t *A, const int8_t *W, const int32_t *bias,
  * that stay in L2 while every A row passes over them. The zero padding makes every row a whole number of
  * 16-element steps, so there is no scalar tail. */
 #if INTLSTM_X86
-__attribute__((target("avx2"))) static inline __m256i ldw(const int8_t *p) {
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
+/* 16 weights from row w at column k: int8 sign-extended on the fly (wsz 1), or already int16 (wsz 2) */
+__attribute__((target("avx2"))) static inline __m256i ldw(const char *w, int k, int wsz) {
+    if (wsz == 1) return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k)));
+    return _mm256_loadu_si256((const __m256i *)(w + 2 * (size_t)k));
 }
 
 __attribute__((target("avx2"))) static inline __m256i lda(const int16_t *p) {
@@ -126,30 +128,31 @@ __attribute__((target("avx2"))) static inline int32_t hsum1(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-__attribute__((target("avx2")))
-static void gemm_avx2_block(const int16_t *A16, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N,
-                            int ldc, int Kp) {
+__attribute__((target("avx2"), always_inline))
+static inline void gemm_avx2_block(const int16_t *A16, const char *W, int wsz, const int32_t *bias, int32_t *C, int M,
+                                   int N, int ldc, int Kp) {
+    const size_t ldw_bytes = (size_t)Kp * wsz;
     int m = 0;
     for (; m + 2 <= M; m += 2) {
         const int16_t *a0 = A16 + (size_t)m * Kp, *a1 = a0 + Kp;
         int32_t *c0 = C + (size_t)m * ldc, *c1 = c0 + ldc;
         int n = 0;
         for (; n + 4 <= N; n += 4) {
-            const int8_t *w0 = W + (size_t)n * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
+            const char *w0 = W + n * ldw_bytes, *w1 = w0 + ldw_bytes, *w2 = w1 + ldw_bytes, *w3 = w2 + ldw_bytes;
             __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s03 = s00;
             __m256i s10 = s00, s11 = s00, s12 = s00, s13 = s00;
             for (int k = 0; k < Kp; k += 16) {
                 __m256i x0 = lda(a0 + k), x1 = lda(a1 + k);
-                __m256i v = ldw(w0 + k);
+                __m256i v = ldw(w0, k, wsz);
                 s00 = madd_acc(s00, x0, v);
                 s10 = madd_acc(s10, x1, v);
-                v = ldw(w1 + k);
+                v = ldw(w1, k, wsz);
                 s01 = madd_acc(s01, x0, v);
                 s11 = madd_acc(s11, x1, v);
-                v = ldw(w2 + k);
+                v = ldw(w2, k, wsz);
                 s02 = madd_acc(s02, x0, v);
                 s12 = madd_acc(s12, x1, v);
-                v = ldw(w3 + k);
+                v = ldw(w3, k, wsz);
                 s03 = madd_acc(s03, x0, v);
                 s13 = madd_acc(s13, x1, v);
             }
@@ -158,10 +161,10 @@ static void gemm_avx2_block(const int16_t *A16, const int8_t *W, const int32_t *
             _mm_storeu_si128((__m128i *)(c1 + n), _mm_add_epi32(hsum4(s10, s11, s12, s13), b));
         }
         for (; n < N; n++) {
-            const int8_t *w0 = W + (size_t)n * Kp;
+            const char *w0 = W + n * ldw_bytes;
             __m256i s0 = _mm256_setzero_si256(), s1 = s0;
             for (int k = 0; k < Kp; k += 16) {
-                __m256i v = ldw(w0 + k);
+                __m256i v = ldw(w0, k, wsz);
                 s0 = madd_acc(s0, lda(a0 + k), v);
                 s1 = madd_acc(s1, lda(a1 + k), v);
             }
@@ -175,30 +178,30 @@ static void gemm_avx2_block(const int16_t *A16, const int8_t *W, const int32_t *
         int32_t *c0 = C + (size_t)m * ldc;
         int n = 0;
         for (; n + 4 <= N; n += 4) {
-            const int8_t *w0 = W + (size_t)n * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
+            const char *w0 = W + n * ldw_bytes, *w1 = w0 + ldw_bytes, *w2 = w1 + ldw_bytes, *w3 = w2 + ldw_bytes;
             __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
             for (int k = 0; k < Kp; k += 16) {
                 __m256i x0 = lda(a0 + k);
-                s0 = madd_acc(s0, x0, ldw(w0 + k));
-                s1 = madd_acc(s1, x0, ldw(w1 + k));
-                s2 = madd_acc(s2, x0, ldw(w2 + k));
-                s3 = madd_acc(s3, x0, ldw(w3 + k));
+                s0 = madd_acc(s0, x0, ldw(w0, k, wsz));
+                s1 = madd_acc(s1, x0, ldw(w1, k, wsz));
+                s2 = madd_acc(s2, x0, ldw(w2, k, wsz));
+                s3 = madd_acc(s3, x0, ldw(w3, k, wsz));
             }
             __m128i b = bias ? _mm_loadu_si128((const __m128i *)(bias + n)) : _mm_setzero_si128();
             _mm_storeu_si128((__m128i *)(c0 + n), _mm_add_epi32(hsum4(s0, s1, s2, s3), b));
         }
         for (; n < N; n++) {
-            const int8_t *w0 = W + (size_t)n * Kp;
+            const char *w0 = W + n * ldw_bytes;
             __m256i s0 = _mm256_setzero_si256();
-            for (int k = 0; k < Kp; k += 16) s0 = madd_acc(s0, lda(a0 + k), ldw(w0 + k));
+            for (int k = 0; k < Kp; k += 16) s0 = madd_acc(s0, lda(a0 + k), ldw(w0, k, wsz));
             c0[n] = hsum1(s0) + (bias ? bias[n] : 0);
         }
     }
 }
 
-__attribute__((target("avx2")))
-static void gemm_avx2(const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N, int K,
-                      int16_t *scratch) {
+__attribute__((target("avx2"), always_inline))
+static inline void gemm_avx2_any(const int8_t *A, const char *W, int wsz, const int32_t *bias, int32_t *C, int M,
+                                 int N, int K, int16_t *scratch) {
     const int K16 = K & ~15;
     const int Kp = INTLSTM_KP(K);
     for (int m = 0; m < M; m++) {
@@ -210,12 +213,25 @@ static void gemm_avx2(const int8_t *A, const int8_t *W, const int32_t *bias, int
         for (; k < K; k++) d[k] = a[k];
         for (; k < Kp; k++) d[k] = 0;
     }
-    int nb = (96 * 1024) / (Kp > 0 ? Kp : 1);
+    int nb = (96 * 1024) / (Kp > 0 ? Kp * wsz : 1);
     nb = nb < 4 ? 4 : (nb & ~3);
     for (int n0 = 0; n0 < N; n0 += nb) {
         int nn = N - n0 < nb ? N - n0 : nb;
-        gemm_avx2_block(scratch, W + (size_t)n0 * Kp, bias ? bias + n0 : NULL, C + n0, M, nn, N, Kp);
+        gemm_avx2_block(scratch, W + (size_t)n0 * Kp * wsz, wsz, bias ? bias + n0 : NULL, C + n0, M, nn, N, Kp);
     }
+}
+
+/* the two instances: W int8 (packed rows), and W already widened to int16 (see widen_rows) */
+__attribute__((target("avx2")))
+static void gemm_avx2(const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N, int K,
+                      int16_t *scratch) {
+    gemm_avx2_any(A, (const char *)W, 1, bias, C, M, N, K, scratch);
+}
+
+__attribute__((target("avx2")))
+static void gemm_avx2_w16(const int8_t *A, const int16_t *W16, const int32_t *bias, int32_t *C, int M, int N, int K,
+                          int16_t *scratch) {
+    gemm_avx2_any(A, (const char *)W16, 2, bias, C, M, N, K, scratch);
 }
 #endif
 
@@ -415,11 +431,26 @@ int intlstm_layer_run(intlstm_path p, const intlstm_layer *L, const int8_t *x, i
     s.ig_shift = 30 - L->cell_frac_bits;
     s.cell_left = L->cell_frac_bits < INTLSTM_GATE_FRAC_BITS ? INTLSTM_GATE_FRAC_BITS - L->cell_frac_bits : 0;
     const int vec = p == INTLSTM_PATH_AVX2;
+    /* With several batch rows every weight row is read B/2 times per step: widen the weights to int16 once
+     * here instead of sign-extending them on each read (twice the bytes, no shuffle per load). */
+    int16_t *w16 = NULL;
+#if INTLSTM_X86
+    if (vec && B >= 2) w16 = (int16_t *)malloc((size_t)G * (Ip + Hp) * sizeof(int16_t));
+    if (w16) {
+        for (size_t e = 0; e < (size_t)G * Ip; e++) w16[e] = L->w_ih[e];
+        for (size_t e = 0; e < (size_t)G * Hp; e++) w16[(size_t)G * Ip + e] = L->w_hh[e];
+    }
+#endif
 
     for (int t0 = 0; t0 < T; t0 += tc) {
         int nt = T - t0 < tc ? T - t0 : tc;
         /* input contributions of nt steps at once: one GEMM, then rescale to Q3.12 */
-        intlstm_gemm(p, x + (size_t)t0 * B * I, L->w_ih, L->bias_x, accx, nt * B, G, I, scratch);
+#if INTLSTM_X86
+        if (w16)
+            gemm_avx2_w16(x + (size_t)t0 * B * I, w16, L->bias_x, accx, nt * B, G, I, scratch);
+        else
+#endif
+            intlstm_gemm(p, x + (size_t)t0 * B * I, L->w_ih, L->bias_x, accx, nt * B, G, I, scratch);
 #if INTLSTM_X86
         if (vec)
             rescale_rows_avx2(accx, m0x, shx, gx, (size_t)nt * B, G);
@@ -427,7 +458,12 @@ int intlstm_layer_run(intlstm_path p, const intlstm_layer *L, const int8_t *x, i
 #endif
             rescale_rows_scalar(accx, m0x, shx, gx, (size_t)nt * B, G, 0);
         for (int tt = 0; tt < nt; tt++) {
-            intlstm_gemm(p, h, L->w_hh, L->bias_h, acch, B, G, H, scratch);
+#if INTLSTM_X86
+            if (w16)
+                gemm_avx2_w16(h, w16 + (size_t)G * Ip, L->bias_h, acch, B, G, H, scratch);
+            else
+#endif
+                intlstm_gemm(p, h, L->w_hh, L->bias_h, acch, B, G, H, scratch);
             const int16_t *gxt = gx + (size_t)tt * B * G;
             int8_t *yt = y + ((size_t)(t0 + tt) * B) * H;
             for (int b = 0; b < B; b++) {
@@ -445,6 +481,7 @@ int intlstm_layer_run(intlstm_path p, const intlstm_layer *L, const int8_t *x, i
         }
     }
     (void)vec;
+    free(w16);
     free(accx); free(gx); free(acch); free(scratch);
     return 0;
 }

@@ -98,7 +98,7 @@ def _random_layer(rng, I, H):
 @needs_ext
 @pytest.mark.parametrize("path", PATHS)
 def test_kernel_equals_numpy_reference_bit_for_bit(path):
-    rng = np.random.default_rng(hash(path) % 1000)
+    rng = np.random.default_rng(0)  # fixed: hash(str) changes per process, and a few seeds spread too little
     sig, th = il.standard_luts()
     k = il._Kernels("c", path)
     assert k.resolved_path == path
