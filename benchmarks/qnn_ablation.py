@@ -61,6 +61,20 @@ CLAIMS = [("w4a4g6", "w4a4g32", 0.5, "6-bit gradients vs 32-bit gradients at W4A
 MODELS = {"mlp": "mnist-mlp-qnn", "cnn": "mnist-cnn-qnn"}
 PACT_SAWB = ["model.weight_quantizer=sawb:bits=2", "model.act_quantizer=pact:bits=2,alpha=3.0", "pact_l2=0.0001"]
 SHIFT = ["model.norm=shift_bn", "optimizer=shift_adamax"]
+# Variants: (suffix, the grid run they modify, what they are, the overrides added to that run's).
+VARIANTS = [
+    ("shift", "w1a1g32", "shift-BN + shift-AdaMax", SHIFT),
+    # each half of the shift pair alone, to tell which one costs accuracy
+    ("shift-bn", "w1a1g32", "shift-BN + Adam", SHIFT[:1]),
+    ("shift-adamax", "w1a1g32", "BN + shift-AdaMax", SHIFT[1:]),
+    # float AdaMax: tells AdaMax's own cost (max-normalized steps) from that of its shift approximation
+    ("adamax", "w1a1g32", "BN + AdaMax (float)", ["optimizer=adamax"]),
+    ("pact-sawb", "w2a2g32", "PACT + SAWB", PACT_SAWB),
+    # each half alone, and the PACT paper's own baseline: fixed unsigned clipping to [0, 1]
+    ("sawb", "w2a2g32", "SAWB weights, linear activations", PACT_SAWB[:1]),
+    ("pact", "w2a2g32", "linear weights, PACT activations", PACT_SAWB[1:]),
+    ("unsigned", "w2a2g32", "linear, activations unsigned over [0, 1]", ["model.act_quantizer=linear:bits=2,mode=unsigned"]),
+]
 QUICK = {"mlp": ["model.hidden=128"],
          "cnn": ["model.channels=8,8,M,16,16,M,32,32,M", "model.fc=64"]}
 
@@ -128,34 +142,10 @@ def all_runs(mlp_hidden: int, extra=None):
                 model=model, recipe=recipe, bits=[w, a, g], variant="BN + Adam",
                 overrides=base + [f"model.weight_quantizer={weight_spec(w)}", f"model.act_quantizer={weight_spec(a)}",
                                   f"model.grad_quantizer={grad_spec(g)}"])
-        runs[f"{model}-w1a1g32-shift"] = dict(
-            model=model, recipe=recipe, bits=[1, 1, 32], variant="shift-BN + shift-AdaMax",
-            overrides=runs[f"{model}-w1a1g32"]["overrides"] + SHIFT)
-        # each half of the shift pair alone, to tell which one costs accuracy
-        runs[f"{model}-w1a1g32-shift-bn"] = dict(
-            model=model, recipe=recipe, bits=[1, 1, 32], variant="shift-BN + Adam",
-            overrides=runs[f"{model}-w1a1g32"]["overrides"] + SHIFT[:1])
-        runs[f"{model}-w1a1g32-shift-adamax"] = dict(
-            model=model, recipe=recipe, bits=[1, 1, 32], variant="BN + shift-AdaMax",
-            overrides=runs[f"{model}-w1a1g32"]["overrides"] + SHIFT[1:])
-        # float AdaMax: tells AdaMax's own cost (max-normalized steps) from that of its shift approximation
-        runs[f"{model}-w1a1g32-adamax"] = dict(
-            model=model, recipe=recipe, bits=[1, 1, 32], variant="BN + AdaMax (float)",
-            overrides=runs[f"{model}-w1a1g32"]["overrides"] + ["optimizer=adamax"])
-        runs[f"{model}-w2a2g32-pact-sawb"] = dict(
-            model=model, recipe=recipe, bits=[2, 2, 32], variant="PACT + SAWB",
-            overrides=base + PACT_SAWB + ["model.grad_quantizer=none"])
-        # each half alone, and the PACT paper's own baseline: fixed unsigned clipping to [0, 1]
-        plain2 = runs[f"{model}-w2a2g32"]["overrides"]
-        runs[f"{model}-w2a2g32-sawb"] = dict(
-            model=model, recipe=recipe, bits=[2, 2, 32], variant="SAWB weights, linear activations",
-            overrides=plain2 + PACT_SAWB[:1])
-        runs[f"{model}-w2a2g32-pact"] = dict(
-            model=model, recipe=recipe, bits=[2, 2, 32], variant="linear weights, PACT activations",
-            overrides=plain2 + PACT_SAWB[1:])
-        runs[f"{model}-w2a2g32-unsigned"] = dict(
-            model=model, recipe=recipe, bits=[2, 2, 32], variant="linear, activations unsigned over [0, 1]",
-            overrides=plain2 + ["model.act_quantizer=linear:bits=2,mode=unsigned"])
+        for suffix, twin, variant, more in VARIANTS:
+            t = runs[f"{model}-{twin}"]
+            runs[f"{model}-{twin}-{suffix}"] = dict(model=model, recipe=recipe, bits=t["bits"], variant=variant,
+                                                   overrides=t["overrides"] + more)
     return runs
 
 

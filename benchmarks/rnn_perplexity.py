@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "wall_seconds": time.time() - t0,
-        "command": "python benchmarks/rnn_perplexity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/rnn_perplexity.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))

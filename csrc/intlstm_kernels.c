@@ -221,7 +221,7 @@ static inline void gemm_avx2_any(const int8_t *A, const char *W, int wsz, const 
     }
 }
 
-/* the two instances: W int8 (packed rows), and W already widened to int16 (see widen_rows) */
+/* the two instances: W int8 (packed rows), and W already widened to int16 (intlstm_layer_run) */
 __attribute__((target("avx2")))
 static void gemm_avx2(const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N, int K,
                       int16_t *scratch) {
@@ -404,6 +404,20 @@ static void step_row_avx2(const step_ctx *s, const int32_t *ah, const int16_t *a
 }
 #endif
 
+/* The layer's GEMMs: from the int16 copy of the weights when there is one (W16 != NULL, AVX2 only), else from
+ * the packed int8 rows through the path's own GEMM. */
+static void layer_gemm(intlstm_path p, const int8_t *A, const int8_t *W, const int16_t *W16, const int32_t *bias,
+                       int32_t *C, int M, int N, int K, int16_t *scratch) {
+#if INTLSTM_X86
+    if (W16) {
+        gemm_avx2_w16(A, W16, bias, C, M, N, K, scratch);
+        return;
+    }
+#endif
+    (void)W16;
+    intlstm_gemm(p, A, W, bias, C, M, N, K, scratch);
+}
+
 #define CHUNK_ELEMS (1 << 18) /* input-projection rows are computed this many int32 at a time */
 
 int intlstm_layer_run(intlstm_path p, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h, int16_t *c,
@@ -445,12 +459,7 @@ int intlstm_layer_run(intlstm_path p, const intlstm_layer *L, const int8_t *x, i
     for (int t0 = 0; t0 < T; t0 += tc) {
         int nt = T - t0 < tc ? T - t0 : tc;
         /* input contributions of nt steps at once: one GEMM, then rescale to Q3.12 */
-#if INTLSTM_X86
-        if (w16)
-            gemm_avx2_w16(x + (size_t)t0 * B * I, w16, L->bias_x, accx, nt * B, G, I, scratch);
-        else
-#endif
-            intlstm_gemm(p, x + (size_t)t0 * B * I, L->w_ih, L->bias_x, accx, nt * B, G, I, scratch);
+        layer_gemm(p, x + (size_t)t0 * B * I, L->w_ih, w16, L->bias_x, accx, nt * B, G, I, scratch);
 #if INTLSTM_X86
         if (vec)
             rescale_rows_avx2(accx, m0x, shx, gx, (size_t)nt * B, G);
@@ -458,12 +467,7 @@ int intlstm_layer_run(intlstm_path p, const intlstm_layer *L, const int8_t *x, i
 #endif
             rescale_rows_scalar(accx, m0x, shx, gx, (size_t)nt * B, G, 0);
         for (int tt = 0; tt < nt; tt++) {
-#if INTLSTM_X86
-            if (w16)
-                gemm_avx2_w16(h, w16 + (size_t)G * Ip, L->bias_h, acch, B, G, H, scratch);
-            else
-#endif
-                intlstm_gemm(p, h, L->w_hh, L->bias_h, acch, B, G, H, scratch);
+            layer_gemm(p, h, L->w_hh, w16 ? w16 + (size_t)G * Ip : NULL, L->bias_h, acch, B, G, H, scratch);
             const int16_t *gxt = gx + (size_t)tt * B * G;
             int8_t *yt = y + ((size_t)(t0 + tt) * B) * H;
             for (int b = 0; b < B; b++) {
