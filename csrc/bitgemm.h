@@ -44,7 +44,9 @@ typedef enum {
     BG_PATH_POPCNT = 1,   /* scalar, hardware POPCNT instruction */
     BG_PATH_AVX2 = 2,     /* 256-bit vpshufb nibble-lookup popcount (Mula) */
     BG_PATH_AVX512 = 3,   /* 512-bit VPOPCNTQ (AVX-512 VPOPCNTDQ) */
-    BG_NPATHS = 4,
+    BG_PATH_AVX512VNNI = 4, /* avx512 plus VNNI (vpdpbusd) and BW: the int8 kernels of qgemm; binary
+                             * products run the avx512 kernels */
+    BG_NPATHS = 5,
     BG_PATH_AUTO = -1
 } bg_path;
 

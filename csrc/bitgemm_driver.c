@@ -44,7 +44,7 @@
 #define BG_MIN_WORK_PER_THREAD ((double)(1 << 19))
 
 /* ---- dispatch --------------------------------------------------------------------------------- */
-static const char *const bg_names[BG_NPATHS] = {"portable", "popcnt", "avx2", "avx512"};
+static const char *const bg_names[BG_NPATHS] = {"portable", "popcnt", "avx2", "avx512", "avx512vnni"};
 
 const char *bg_path_name(int path)
 {
@@ -66,6 +66,9 @@ int bg_path_supported(int path)
     case BG_PATH_AVX512:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512vpopcntdq") != 0;
+    case BG_PATH_AVX512VNNI:
+        return bg_path_supported(BG_PATH_AVX512) && __builtin_cpu_supports("avx512bw") != 0 &&
+               __builtin_cpu_supports("avx512vnni") != 0;
 #endif
     default:
         return 0;
@@ -96,7 +99,8 @@ static bg_kernel bg_kernel_for(int path)
         k.prep_bytes = bg_avx2_prep_bytes;
         k.prep_block = bg_avx2_prep_block;
         break;
-    case BG_PATH_AVX512: k.macro = bg_macro_avx512; k.mr = 4; break;
+    case BG_PATH_AVX512:
+    case BG_PATH_AVX512VNNI: k.macro = bg_macro_avx512; k.mr = 4; break;
     default: break;
     }
 #else

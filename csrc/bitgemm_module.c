@@ -21,11 +21,13 @@
  *   u8_prepared_bytes(n, k) -> int; u8_prepare(w, dst) -> None
  *   u8_gemm(x, wp, n, out, path, nthreads) -> None    out[M,N] = x (uint8, K = its width) . w^T, w prepared
  *   path_names() / supported_paths() -> tuple of str; best_path() -> str
+ *   qg_*: the k-bit GEMM, see qgemm_module.c
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include "bitgemm.h"
+#include "bitgemm_py.h"
 
 static int host_is_little_endian(void)
 {
@@ -34,7 +36,7 @@ static int host_is_little_endian(void)
 }
 
 /* Element type of a buffer from its struct-module format and itemsize; -1 if unsupported. */
-static int parse_dtype(const Py_buffer *v, bg_dtype *out)
+int parse_dtype(const Py_buffer *v, bg_dtype *out)
 {
     const char *f = v->format ? v->format : "B";
     if (*f == '@' || *f == '=') {
@@ -77,7 +79,7 @@ static int parse_dtype(const Py_buffer *v, bg_dtype *out)
 }
 
 /* Gets a 2-D strided buffer; on failure sets an exception and returns -1 (nothing to release). */
-static int get_2d(PyObject *obj, Py_buffer *v, int writable, const char *what)
+int get_2d(PyObject *obj, Py_buffer *v, int writable, const char *what)
 {
     if (PyObject_GetBuffer(obj, v, writable ? PyBUF_RECORDS : PyBUF_RECORDS_RO) < 0)
         return -1;
@@ -96,7 +98,7 @@ static int get_2d(PyObject *obj, Py_buffer *v, int writable, const char *what)
 
 /* A 2-D buffer of `itemsize`-byte integers usable as a row-major matrix with unit inner stride and
  * an aligned row stride; sets *ld to the row stride in elements. */
-static int check_matrix(const Py_buffer *v, Py_ssize_t itemsize, int want_signed_or_any, ptrdiff_t *ld,
+int check_matrix(const Py_buffer *v, Py_ssize_t itemsize, int want_signed_or_any, ptrdiff_t *ld,
                         const char *what)
 {
     bg_dtype t;
@@ -316,7 +318,7 @@ static PyObject *py_plan_threads(PyObject *self, PyObject *args)
 /* ---- prepared B ------------------------------------------------------------------------------- */
 /* A 1-D, C-contiguous byte buffer of exactly `bytes` bytes, 64-byte aligned (the panels are read with
  * aligned vector loads). */
-static int get_prep(PyObject *obj, Py_buffer *v, int writable, size_t bytes, const char *what)
+int get_prep(PyObject *obj, Py_buffer *v, int writable, size_t bytes, const char *what)
 {
     if (PyObject_GetBuffer(obj, v, writable ? PyBUF_CONTIG : PyBUF_CONTIG_RO) < 0)
         return -1;
@@ -334,7 +336,7 @@ static int get_prep(PyObject *obj, Py_buffer *v, int writable, size_t bytes, con
     return 0;
 }
 
-static int check_path_arg(int path)
+int check_path_arg(int path)
 {
     if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path)) {
         PyErr_Format(PyExc_ValueError, "kernel path %d is not available on this CPU", path);
@@ -435,7 +437,7 @@ static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
 
 /* ---- threshold epilogue ----------------------------------------------------------------------- */
 /* A 1-D contiguous int32 vector of length n. */
-static int get_vec_i32(PyObject *obj, Py_buffer *v, Py_ssize_t n, const char *what)
+int get_vec_i32(PyObject *obj, Py_buffer *v, Py_ssize_t n, const char *what)
 {
     if (PyObject_GetBuffer(obj, v, PyBUF_RECORDS_RO) < 0)
         return -1;
@@ -719,5 +721,10 @@ static struct PyModuleDef bitgemm_module = {
 
 PyMODINIT_FUNC PyInit__bitgemm(void)
 {
-    return PyModule_Create(&bitgemm_module);
+    PyObject *m = PyModule_Create(&bitgemm_module);
+    if (m && PyModule_AddFunctions(m, qg_methods) < 0) { /* the k-bit GEMM (qgemm_module.c) */
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -552,7 +552,7 @@ def test_u8_matmul_layouts_and_pickle():
     out = np.zeros((20, 50), np.int32)
     K.u8_matmul(big[::2, 10:160], prep, out=out[:, 5:42])
     np.testing.assert_array_equal(out[:, 5:42], ref)
-    assert K.u8_matmul_is_fast() == (K.active_path() in ("avx2", "avx512"))
+    assert K.u8_matmul_is_fast() == (K.active_path() in ("avx2", "avx512", "avx512vnni"))
 
 
 # ---------------------------------------------------------------------------------------------------

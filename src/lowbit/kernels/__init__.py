@@ -1,7 +1,7 @@
 """Native kernels of lowbit's CPU runtime.
 
 Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with run-time CPU dispatch
-(portable / popcnt / AVX2 / AVX-512 VPOPCNTDQ) and pthreads:
+(portable / popcnt / AVX2 / AVX-512 VPOPCNTDQ / + VNNI) and pthreads:
 
 * :func:`binary_matmul` -- ``a @ b.T`` for +-1 arrays (packs, multiplies, returns int32)
 * :func:`pack_bits`, :func:`pack_signs` -- pack +-1 values / signs of any real into uint64 words
@@ -12,6 +12,10 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
   :func:`binary_matmul_threshold` -- product and threshold in one call
 * :func:`prepare_u8_weights`, :func:`u8_matmul` -- 8-bit inputs x +-1 weights, exact in int32 (the
   first layer; :mod:`lowbit.kernels.u8`)
+* :func:`quant_matmul` -- exact ``a @ b.T`` for operands of named level sets (binary, ternary, uK, sK,
+  oK): bit-serial k-bit, int8 (AVX2 / AVX-512 VNNI) and XNOR kernels, chosen by :func:`choose_kernel`;
+  :func:`pack_levels` / :func:`prepare_levels` -> :class:`PackedLevels` and :func:`quant_matmul_packed`
+  for operands packed once (:mod:`lowbit.kernels.quant`)
 * :func:`binary_matmul_naive` -- the deliberately naive reference kernel
 * :func:`available_paths`, :func:`active_path`, :func:`set_kernel_path` -- code path selection
   (env ``LOWBIT_KERNEL_PATH``)
@@ -31,6 +35,17 @@ from .binary import (  # noqa: F401
     prepare_packed,
     threshold_pack,
 )
+from .quant import (  # noqa: F401
+    BITSERIAL_MAX_PAIRS,
+    KERNELS,
+    PackedLevels,
+    choose_kernel,
+    pack_levels,
+    prepare_levels,
+    quant_matmul,
+    quant_matmul_packed,
+    quant_planned_threads,
+)
 from .u8 import PreparedU8Weights, prepare_u8_weights, u8_matmul, u8_matmul_is_fast  # noqa: F401
 from .dispatch import (  # noqa: F401
     PATHS,
@@ -42,7 +57,16 @@ from .dispatch import (  # noqa: F401
 )
 
 __all__ = [
+    "BITSERIAL_MAX_PAIRS",
+    "KERNELS",
     "PATHS",
+    "PackedLevels",
+    "choose_kernel",
+    "pack_levels",
+    "prepare_levels",
+    "quant_matmul",
+    "quant_matmul_packed",
+    "quant_planned_threads",
     "PreparedMatrix",
     "PreparedU8Weights",
     "active_path",

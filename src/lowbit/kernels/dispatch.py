@@ -11,6 +11,9 @@ are chosen at run time from what the CPU reports:
     256-bit ``vpshufb`` nibble-lookup popcount (Mula), 2 x 4 register tile
 ``avx512``
     512-bit ``vpopcntq`` (AVX-512 VPOPCNTDQ), 4 x 4 register tile
+``avx512vnni``
+    ``avx512`` plus AVX-512 VNNI and BW: the k-bit GEMM's int8 kernel uses ``vpdpbusd``
+    (:mod:`lowbit.kernels.quant`); binary products run the ``avx512`` kernels
 
 By default the best path the CPU supports is used. ``LOWBIT_KERNEL_PATH=<name>`` in the environment,
 or :func:`set_kernel_path`, forces one (an error if the CPU lacks it). ``LOWBIT_NUM_THREADS`` or
@@ -26,7 +29,7 @@ import threading
 from ..errors import ConfigError
 from . import _bitgemm
 
-PATHS = tuple(_bitgemm.path_names())  # every path name, by id: portable, popcnt, avx2, avx512
+PATHS = tuple(_bitgemm.path_names())  # every path name, by id: portable, popcnt, avx2, avx512, avx512vnni
 
 _lock = threading.Lock()
 _state = {"path": None, "threads": None}  # resolved lazily from the environment
@@ -64,7 +67,7 @@ def active_path() -> str:
 
 
 def set_kernel_path(name) -> str:
-    """Force the code path (``"portable"``, ``"popcnt"``, ``"avx2"``, ``"avx512"``), or pass ``None``
+    """Force the code path (``"portable"``, ``"popcnt"``, ``"avx2"``, ``"avx512"``, ``"avx512vnni"``), or pass ``None``
     or ``"auto"`` for the best one this CPU supports. Returns the path that was active before, so a
     caller can restore it. Raises ConfigError for an unknown name or one the CPU cannot run."""
     previous = active_path()

@@ -11,7 +11,7 @@ K * 255 < 2^31.
   kernel's panels (32 output rows x pairs of K values per 64-byte step)
 * :func:`u8_matmul` -- ``x @ w.T`` as int32
 
-Paths: ``avx2`` and ``avx512`` run the AVX2 kernel; ``portable`` / ``popcnt`` run plain C loops, which
+Paths: ``avx2``, ``avx512`` and ``avx512vnni`` run the AVX2 kernel; ``portable`` / ``popcnt`` run plain C loops, which
 are correct but slower than a BLAS sgemm (the runtime keeps float32 there, see
 :func:`u8_matmul_is_fast`).
 """
@@ -87,9 +87,9 @@ def prepare_u8_weights(w) -> PreparedU8Weights:
 
 
 def u8_matmul_is_fast() -> bool:
-    """True when the active kernel path runs the vectorized kernel (avx2, avx512); on the others the
+    """True when the active kernel path runs the vectorized kernel (avx2, avx512, avx512vnni); on the others the
     plain C loops are slower than a float32 BLAS product (exact as well for K * 255 < 2^24)."""
-    return active_path() in ("avx2", "avx512")
+    return active_path() in ("avx2", "avx512", "avx512vnni")
 
 
 def u8_matmul(x, w: PreparedU8Weights, *, out=None, num_threads=None) -> np.ndarray:

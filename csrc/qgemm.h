@@ -1,0 +1,90 @@
+/*
+ * qgemm.h -- internal interface of lowbit's k-bit GEMM (level sets beyond +-1).
+ *
+ * Every operand is a matrix of unsigned codes c (0 <= c < 2^bits) of a level set value = step*c + offset
+ * (lowbit/kernels/levels.py). The kernels compute the raw code product
+ *
+ *   D[i][j] = sum_k ca[i][k] * (cb[j][k] - zb)          (mod 2^32, int32 lanes wrap)
+ *
+ * and one epilogue folds the level sets back in, exactly, from the row sums of codes SA, SB:
+ *
+ *   C = sa*sb*(D + zb*SA_i) + sa*ob*SA_i + oa*sb*SB_j + K*oa*ob
+ *
+ * All of it is evaluated modulo 2^32 (uint32 arithmetic); since the Python layer admits only problems
+ * whose exact result fits int32, the wrapped value *is* the result. So no kernel needs wide
+ * accumulators, and the int8 kernels may wrap their int32 lanes.
+ *
+ * Kernels (one file per ISA, as bitgemm):
+ *   bit-serial    operands of 1..4-bit codes as bit planes, D = sum_{p,q} 2^(p+q) popcount(A_p AND B_q)
+ *                 (zb = 0). qgemm_kernels_{scalar,avx2,avx512}.c
+ *   int8          A as u8 codes, B as s8 (cb - zb) -- or B as 2-/4-bit codes decoded in registers
+ *                 (zb = 0) -- with vpdpbusd (AVX-512 VNNI) or vpmaddubsw + vpmaddwd (AVX2).
+ *   binary x binary goes to bitgemm's XNOR kernel (qgemm_driver.c).
+ *
+ * Layouts (made by qgemm_pack.c; pad codes are 0, so they add nothing to D, SA or SB):
+ *   planes   row r of a k-bit operand: for each 512-bit slice v of K, for each plane p (bit p of the
+ *            codes), 8 uint64 words, element k at bit k % 64 of word k / 64 % 8. Row stride ld words
+ *            (>= nv * bits * 8, nv = ceil(K / 512)). One pass over a row reads all of its planes.
+ *   a8       u8 codes of A, rows of kp bytes (K rounded up to QG_KALIGN, zero pad), stride lda.
+ *   panels   B in panels of QG_NR = 16 rows; per group of 4 values of K ("k4 step") 64 bytes,
+ *            byte 4*l + q = code of row 16*panel + l, K index 4*step + q. With 8-bit storage a step is
+ *            one 64-byte vector of (cb - zb) as int8; with 4-bit storage a vector holds 2 steps (step
+ *            2t + h in nibble h), with 2-bit storage 4 steps (step 4t + h in bits 2h, 2h+1).
+ */
+#ifndef LOWBIT_QGEMM_H
+#define LOWBIT_QGEMM_H
+
+#include "bitgemm.h"
+
+#define QG_NR 16     /* rows of B per int8 panel (16 int32 lanes of a zmm) */
+#define QG_KALIGN 16 /* K of a8 rows and of panels is padded to this (4 steps of 2-bit storage) */
+
+typedef enum { QG_BITSERIAL = 0, QG_INT8 = 1, QG_XNOR = 2 } qg_kind;
+
+typedef struct {
+    int kind;
+    size_t m, n, k;
+    /* A: planes (uint64, lda in words, abits planes) or a8 (uint8, lda in bytes) */
+    const void *a;
+    ptrdiff_t lda;
+    int abits;
+    /* B: planes (uint64, ldb in words, bbits planes) or panels (bstore bits per code) */
+    const void *b;
+    ptrdiff_t ldb;
+    int bbits, bstore;
+    /* epilogue: level sets and code sums (NULL sums: that term's coefficient is 0) */
+    int32_t sa, oa, sb, ob, zb;
+    const int32_t *suma, *sumb;
+    int32_t *c;
+    ptrdiff_t ldc;
+} qg_args;
+
+/* C = the level-set product; path as bitgemm's (must be supported or BG_PATH_AUTO). */
+void qg_gemm(const qg_args *g, int path, int nthreads);
+int qg_plan_threads(const qg_args *g, int path, int nthreads);
+
+/* ---- packing (qgemm_pack.c); codes: rows x k uint8, row stride ldx bytes, unit inner stride ------ */
+size_t qg_plane_words(size_t k, int bits); /* words per planes row */
+/* planes of rows [0, rows); sums[r] = sum of the row's codes (may be NULL) */
+void qg_pack_planes(const uint8_t *x, ptrdiff_t ldx, size_t rows, size_t k, int bits, uint64_t *dst,
+                    ptrdiff_t ldd, int32_t *sums, int nthreads);
+size_t qg_a8_stride(size_t k);
+void qg_pack_a8(const uint8_t *x, ptrdiff_t ldx, size_t rows, size_t k, uint8_t *dst, ptrdiff_t ldd,
+                int32_t *sums, int nthreads);
+size_t qg_panel_bytes(size_t n, size_t k, int store);
+void qg_pack_panels(const uint8_t *x, ptrdiff_t ldx, size_t rows, size_t k, int store, int zb, uint8_t *dst,
+                    int32_t *sums);
+
+/* ---- kernels: D for rows [i0, i1) of A x panels / rows [j0, j1) of B, raw into g->c ------------- */
+typedef void (*qg_kernel_fn)(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_bits_scalar(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_int8_scalar(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+#if BG_X86
+void qg_bits_popcnt(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_bits_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_int8_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+#endif
+
+#endif /* LOWBIT_QGEMM_H */

@@ -1,0 +1,121 @@
+/*
+ * qgemm_driver.c -- the k-bit GEMM's kernel table, threading and epilogue.
+ *
+ * The kernel table (ggml's type_traits in spirit): one row per (kind, path) naming the function that
+ * computes D. Kinds are chosen by the Python layer (lowbit/kernels/quant.py, its dispatch rule), which
+ * also makes the layouts they read; the path (portable .. avx512vnni) is bitgemm's one dispatch.
+ *
+ * Threads split the columns (rows of B: the weights, each thread then streams its own slice of them)
+ * in whole int8 panels; each thread runs the kernel on its columns and then the epilogue on the same
+ * columns while they are still in its cache. Binary x binary has no epilogue: bitgemm's XNOR kernel
+ * produces the +-1 product itself.
+ */
+#include "qgemm.h"
+
+typedef struct {
+    qg_kernel_fn bits, int8;
+} qg_traits;
+
+static qg_traits qg_traits_for(int path)
+{
+    qg_traits t = {qg_bits_scalar, qg_int8_scalar};
+#if BG_X86
+    switch (path) {
+    case BG_PATH_POPCNT: t.bits = qg_bits_popcnt; break;
+    case BG_PATH_AVX2: t.bits = qg_bits_avx2; t.int8 = qg_int8_avx2; break;
+    case BG_PATH_AVX512: t.bits = qg_bits_avx512; t.int8 = qg_int8_avx2; break; /* no VNNI assumed */
+    case BG_PATH_AVX512VNNI: t.bits = qg_bits_avx512; t.int8 = qg_int8_vnni; break;
+    default: break;
+    }
+#else
+    (void)path;
+#endif
+    return t;
+}
+
+/* C = sa*sb*D + ra_i + rb_j, in uint32 (see qgemm.h): ra_i = (sa*sb*zb + sa*ob)*SA_i + K*oa*ob,
+ * rb_j = oa*sb*SB_j */
+static void epilogue(const qg_args *g, size_t j0, size_t j1)
+{
+    const uint32_t sab = (uint32_t)g->sa * (uint32_t)g->sb;
+    const uint32_t ca = sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
+    const uint32_t k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
+    const uint32_t cb = (uint32_t)g->oa * (uint32_t)g->sb;
+    for (size_t i = 0; i < g->m; i++) {
+        const uint32_t ra = (g->suma ? ca * (uint32_t)g->suma[i] : 0u) + k0;
+        uint32_t *c = (uint32_t *)(g->c + (ptrdiff_t)i * g->ldc);
+        if (g->sumb) {
+            for (size_t j = j0; j < j1; j++)
+                c[j] = sab * c[j] + ra + cb * (uint32_t)g->sumb[j];
+        } else {
+            for (size_t j = j0; j < j1; j++)
+                c[j] = sab * c[j] + ra;
+        }
+    }
+}
+
+static double qg_work(const qg_args *g)
+{
+    /* in units of ~1 ns of single-core SIMD work */
+    if (g->kind == QG_INT8)
+        return (double)g->m * (double)g->n * (double)g->k / 32.0;
+    return (double)g->m * (double)g->n * (double)((g->k + 63) / 64) * (double)(g->abits * g->bbits) / 4.0;
+}
+
+int qg_plan_threads(const qg_args *g, int path, int nthreads)
+{
+    if (g->kind == QG_XNOR) {
+        bg_gemm_args b = {NULL, 0, NULL, 0, NULL, 0, g->m, g->n, g->k, NULL};
+        return bg_plan_threads(&b, path, nthreads);
+    }
+    /* a thread per ~100 us of work, several times its start and join */
+    int nt = (int)(qg_work(g) / 1e5);
+    const size_t panels = (g->n + QG_NR - 1) / QG_NR;
+    if (nt > nthreads) nt = nthreads;
+    if ((size_t)nt > panels) nt = (int)panels;
+    return nt < 1 ? 1 : nt;
+}
+
+typedef struct {
+    const qg_args *g;
+    qg_kernel_fn fn;
+} qg_ctx;
+
+static void qg_task(void *vctx, int t, int nthreads)
+{
+    const qg_ctx *ctx = (const qg_ctx *)vctx;
+    const qg_args *g = ctx->g;
+    const size_t panels = (g->n + QG_NR - 1) / QG_NR;
+    const size_t j0 = panels * (size_t)t / (size_t)nthreads * QG_NR;
+    size_t j1 = panels * (size_t)(t + 1) / (size_t)nthreads * QG_NR;
+    if (j1 > g->n)
+        j1 = g->n;
+    if (j0 >= j1)
+        return;
+    ctx->fn(g, 0, g->m, j0, j1);
+    epilogue(g, j0, j1);
+}
+
+void qg_gemm(const qg_args *g, int path, int nthreads)
+{
+    if (g->m == 0 || g->n == 0)
+        return;
+    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
+        path = bg_best_path();
+    if (g->kind == QG_XNOR) { /* +-1 planes: bit set = +1 here, = -1 in bitgemm; XOR does not care */
+        bg_gemm_args b = {(const uint64_t *)g->a, g->lda, (const uint64_t *)g->b, g->ldb, g->c, g->ldc,
+                          g->m, g->n, g->k, NULL};
+        bg_gemm(&b, path, nthreads);
+        return;
+    }
+    if (g->k == 0) { /* D = 0: the epilogue alone */
+        for (size_t i = 0; i < g->m; i++)
+            for (size_t j = 0; j < g->n; j++)
+                g->c[(ptrdiff_t)i * g->ldc + (ptrdiff_t)j] = 0;
+        epilogue(g, 0, g->n);
+        return;
+    }
+    const qg_traits t = qg_traits_for(path);
+    qg_ctx ctx = {g, g->kind == QG_INT8 ? t.int8 : t.bits};
+    bg_parallel(qg_plan_threads(g, path, nthreads), qg_task, &ctx);
+}

@@ -1,0 +1,214 @@
+/*
+ * qgemm_kernels_avx512.c -- AVX-512 k-bit kernels: bit-serial with VPOPCNTQ, int8 with VNNI vpdpbusd.
+ *
+ * Bit-serial: a register tile of MR rows of A x NR rows of B holds, for every output, one accumulator
+ * per *weight class* c = p + q (so 2^c is applied once, at the end, not per popcount): a plane pair
+ * then costs exactly vpandq + vpopcntq + vpaddq per 512 bits of K. The planes of a row are adjacent in
+ * memory (qgemm.h), so one pass over K reads all of them. Tiles per (KA, KB) are chosen to fit the 32
+ * zmm registers: MR * NR * (KA + KB - 1) accumulators + MR * KA planes of A + KB planes of B.
+ *
+ * int8 (VNNI): B in panels of 16 rows; a tile is MR rows of A x 2 panels (32 columns, 2 zmm per row);
+ * per k4 step each row's 4 codes are broadcast (embedded {1to16} operand) and vpdpbusd multiplies
+ * u8 x s8 and adds 4 products into each int32 lane, without the int16 saturation of vpmaddubsw. With
+ * 2-/4-bit storage the codes are decoded in registers (shift + and: 4 or 2 steps per 64-byte load),
+ * so ternary / 2-bit weights are read at 2 bits per value. Blocking: MC rows of A x KC steps, so the
+ * A block stays in L2 and the B chunk of a tile in L1; C is accumulated in place across K blocks.
+ *
+ * Compiled without -mavx512*: target attributes; the driver calls in only on CPUs that have them.
+ */
+#include "qgemm.h"
+
+#if BG_X86
+#include <immintrin.h>
+
+#define QGB_FN __attribute__((target("avx512f,avx512vpopcntdq")))
+#define QGB_INLINE static inline __attribute__((always_inline, target("avx512f,avx512vpopcntdq")))
+#define QGV_FN __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define QGV_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vnni")))
+
+/* ---- bit-serial ------------------------------------------------------------------------------- */
+QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR, const uint64_t *const ap[],
+                          const uint64_t *const bp[], size_t nv, int32_t *c, ptrdiff_t ldc, int mr, int nr)
+{
+    enum { CL_MAX = 7 };
+    __m512i acc[4][4][CL_MAX];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+#pragma GCC unroll 7
+            for (int cl = 0; cl < KA + KB - 1; cl++)
+                acc[i][j][cl] = _mm512_setzero_si512();
+    for (size_t v = 0; v < nv; v++) {
+        __m512i A[4][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int p = 0; p < KA; p++)
+                A[i][p] = _mm512_loadu_si512((const void *)(ap[i] + (v * KA + p) * 8));
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++) {
+#pragma GCC unroll 4
+            for (int q = 0; q < KB; q++) {
+                const __m512i B = _mm512_loadu_si512((const void *)(bp[j] + (v * KB + q) * 8));
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+                    for (int p = 0; p < KA; p++)
+                        acc[i][j][p + q] =
+                            _mm512_add_epi64(acc[i][j][p + q], _mm512_popcnt_epi64(_mm512_and_si512(A[i][p], B)));
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++) {
+            __m512i t = acc[i][j][0];
+#pragma GCC unroll 7
+            for (int cl = 1; cl < KA + KB - 1; cl++)
+                t = _mm512_add_epi64(t, _mm512_slli_epi64(acc[i][j][cl], (unsigned)cl));
+            if (i < mr && j < nr)
+                c[(ptrdiff_t)i * ldc + j] = (int32_t)(uint32_t)(uint64_t)_mm512_reduce_add_epi64(t);
+        }
+}
+
+/* all tiles of rows [i0, i1) x [j0, j1): groups of BG_C_GROUP rows of B (L1), all of A inside; edge
+ * tiles alias the last row and drop those results, except single rows of A (batch 1) which get
+ * their own MR = 1 tile instead of computing twice */
+QGB_INLINE void bits_macro(const int KA, const int KB, const int MR, const int NR, const qg_args *g, size_t i0,
+                           size_t i1, size_t j0, size_t j1)
+{
+    const uint64_t *A = (const uint64_t *)g->a, *B = (const uint64_t *)g->b;
+    const size_t nv = (g->k + 511) / 512;
+    for (size_t jg = j0; jg < j1; jg += BG_C_GROUP) {
+        const size_t jend = (j1 - jg > BG_C_GROUP) ? jg + BG_C_GROUP : j1;
+        for (size_t i = i0; i < i1; i += MR) {
+            const int mr = (i1 - i >= (size_t)MR) ? MR : (int)(i1 - i);
+            const uint64_t *ap[4];
+            for (int q = 0; q < MR; q++)
+                ap[q] = A + (ptrdiff_t)(i + (size_t)(q < mr ? q : mr - 1)) * g->lda;
+            for (size_t j = jg; j < jend; j += NR) {
+                const int nr = (jend - j >= (size_t)NR) ? NR : (int)(jend - j);
+                const uint64_t *bp[4];
+                for (int q = 0; q < NR; q++)
+                    bp[q] = B + (ptrdiff_t)(j + (size_t)(q < nr ? q : nr - 1)) * g->ldb;
+                int32_t *c = g->c + (ptrdiff_t)i * g->ldc + (ptrdiff_t)j;
+                if (mr == 1 && MR > 1)
+                    bits_tile(KA, KB, 1, NR, ap, bp, nv, c, g->ldc, 1, nr);
+                else
+                    bits_tile(KA, KB, MR, NR, ap, bp, nv, c, g->ldc, mr, nr);
+            }
+        }
+    }
+}
+
+#define QGB_CASE(KA, KB, MR, NR)                                                                           \
+    case (KA)*8 + (KB): bits_macro(KA, KB, MR, NR, g, i0, i1, j0, j1); return;
+
+QGB_FN void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
+{
+    /* tiles: MR * NR * (KA + KB - 1) accumulators <= 24 of the 32 registers */
+    switch (g->abits * 8 + g->bbits) {
+    QGB_CASE(1, 1, 4, 4) QGB_CASE(1, 2, 3, 3) QGB_CASE(2, 1, 3, 3) QGB_CASE(2, 2, 2, 4)
+    QGB_CASE(1, 3, 2, 3) QGB_CASE(3, 1, 2, 3) QGB_CASE(1, 4, 2, 2) QGB_CASE(4, 1, 2, 2)
+    QGB_CASE(2, 3, 2, 2) QGB_CASE(3, 2, 2, 2) QGB_CASE(2, 4, 2, 2) QGB_CASE(4, 2, 2, 2)
+    QGB_CASE(3, 3, 2, 2) QGB_CASE(3, 4, 1, 3) QGB_CASE(4, 3, 1, 3) QGB_CASE(4, 4, 1, 3)
+    default: qg_bits_scalar(g, i0, i1, j0, j1); return;
+    }
+}
+
+/* ---- int8 (VNNI) ------------------------------------------------------------------------------ */
+#define QGV_MR 8
+#define QGV_MC 256  /* rows of A per block: 256 x KC bytes in L2 */
+#define QGV_KC 256  /* k4 steps per block (1 KB of each A row, 16 KB of each panel at 8 bits) */
+
+/* one tile over steps [s0, s0 + ns): MR rows of A x 2 panels (p1 may alias p0: then only 16 columns
+ * are stored). STORE: bits per B code in the panels. */
+QGV_INLINE void i8_tile(const int MR, const int STORE, const uint8_t *a, ptrdiff_t lda, const uint8_t *p0,
+                        const uint8_t *p1, size_t s0, size_t ns, int first, int32_t *c, ptrdiff_t ldc,
+                        int ncols)
+{
+    __m512i acc[QGV_MR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    const int per = 8 / STORE;
+    const __m512i mask = _mm512_set1_epi8((char)((1 << STORE) - 1));
+    for (size_t s = s0; s < s0 + ns; s += (size_t)per) {
+        const size_t off = s / (size_t)per * 64;
+        const __m512i V0 = _mm512_load_si512((const void *)(p0 + off));
+        const __m512i V1 = _mm512_load_si512((const void *)(p1 + off));
+#pragma GCC unroll 4
+        for (int h = 0; h < per; h++) {
+            __m512i B0 = V0, B1 = V1;
+            if (STORE != 8) {
+                B0 = _mm512_and_si512(h ? _mm512_srli_epi16(V0, (unsigned)(STORE * h)) : V0, mask);
+                B1 = _mm512_and_si512(h ? _mm512_srli_epi16(V1, (unsigned)(STORE * h)) : V1, mask);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; i++) {
+                int32_t w;
+                __builtin_memcpy(&w, a + (ptrdiff_t)i * lda + 4 * (s + (size_t)h), 4);
+                const __m512i Ab = _mm512_set1_epi32(w);
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], Ab, B0);
+                acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], Ab, B1);
+            }
+        }
+    }
+    const __mmask16 m0 = ncols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << ncols) - 1u);
+    const __mmask16 m1 = ncols >= 32 ? (__mmask16)0xffff : ncols <= 16 ? 0 : (__mmask16)((1u << (ncols - 16)) - 1u);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        int32_t *ci = c + (ptrdiff_t)i * ldc;
+        if (!first) {
+            acc[i][0] = _mm512_add_epi32(acc[i][0], _mm512_maskz_loadu_epi32(m0, ci));
+            acc[i][1] = _mm512_add_epi32(acc[i][1], _mm512_maskz_loadu_epi32(m1, ci + 16));
+        }
+        _mm512_mask_storeu_epi32(ci, m0, acc[i][0]);
+        _mm512_mask_storeu_epi32(ci + 16, m1, acc[i][1]);
+    }
+}
+
+QGV_INLINE void i8_macro(const int STORE, const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
+{
+    const uint8_t *A = (const uint8_t *)g->a, *B = (const uint8_t *)g->b;
+    const size_t steps = qg_a8_stride(g->k) / 4;
+    const size_t panel_bytes = steps * (size_t)STORE / 8 * 64;
+    for (size_t mb = i0; mb < i1; mb += QGV_MC) {
+        const size_t me = (i1 - mb > QGV_MC) ? mb + QGV_MC : i1;
+        for (size_t kb = 0; kb < steps; kb += QGV_KC) {
+            const size_t ns = (steps - kb > QGV_KC) ? QGV_KC : steps - kb;
+            for (size_t j = j0; j < j1; j += 2 * QG_NR) {
+                const int ncols = (j1 - j >= 2 * QG_NR) ? 2 * QG_NR : (int)(j1 - j);
+                const uint8_t *p0 = B + (j / QG_NR) * panel_bytes;
+                const uint8_t *p1 = ncols > QG_NR ? p0 + panel_bytes : p0;
+                for (size_t i = mb; i < me; i += QGV_MR) {
+                    const uint8_t *a = A + (ptrdiff_t)i * g->lda;
+                    int32_t *c = g->c + (ptrdiff_t)i * g->ldc + (ptrdiff_t)j;
+                    switch (me - i >= QGV_MR ? QGV_MR : (int)(me - i)) {
+                    case 8: i8_tile(8, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    case 7: i8_tile(7, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    case 6: i8_tile(6, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    case 5: i8_tile(5, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    case 4: i8_tile(4, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    case 3: i8_tile(3, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    case 2: i8_tile(2, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    default: i8_tile(1, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
+{
+    switch (g->bstore) {
+    case 2: i8_macro(2, g, i0, i1, j0, j1); return;
+    case 4: i8_macro(4, g, i0, i1, j0, j1); return;
+    default: i8_macro(8, g, i0, i1, j0, j1); return;
+    }
+}
+
+#endif /* BG_X86 */
