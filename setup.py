@@ -19,7 +19,7 @@ ext_modules = [
         "lowbit.kernels._bitgemm",
         sources=["csrc/bitgemm_module.c", "csrc/bitgemm_driver.c", "csrc/bitgemm_pack.c", "csrc/bitgemm_kernels_scalar.c", "csrc/bitgemm_kernels_avx2.c", "csrc/bitgemm_kernels_avx512.c",
                  "csrc/qgemm_module.c", "csrc/qgemm_driver.c", "csrc/qgemm_pack.c", "csrc/qgemm_kernels_scalar.c",
-                 "csrc/qgemm_kernels_avx2.c", "csrc/qgemm_kernels_avx512.c"],
+                 "csrc/qgemm_kernels_avx2.c", "csrc/qgemm_kernels_avx512.c", "csrc/qgemm_probe.c"],
         include_dirs=["csrc"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,

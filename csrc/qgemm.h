@@ -87,4 +87,9 @@ void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1
 void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 #endif
 
+/* instruction-rate probe (qgemm_probe.c): seconds for iters iterations of probe kind (-1: not on this
+ * CPU), and the operations (2 per multiply-add) one iteration does */
+double qg_probe(int kind, long iters);
+double qg_probe_ops(int kind);
+
 #endif /* LOWBIT_QGEMM_H */

@@ -9,6 +9,7 @@
  *   qg_pack_panels(codes, store, zb, dst, sums)          -> int8 panels (64-byte aligned bytes)
  *   qg_gemm(kind, a, abits, b, bbits, bstore, n, k, sa, oa, sb, ob, zb, suma, sumb, out, path, nthreads)
  *   qg_plan_threads(kind, m, n, k, abits, bbits, path, nthreads) -> int
+ *   qg_probe(kind, iters) -> (seconds, operations)
  * sums: an int32 vector of one entry per row, or None.
  */
 #include "bitgemm_py.h"
@@ -343,7 +344,28 @@ static PyObject *py_qg_plan_threads(PyObject *self, PyObject *args)
     return PyLong_FromLong(qg_plan_threads(&g, path, nthreads));
 }
 
+static PyObject *py_qg_probe(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int kind;
+    long iters;
+    if (!PyArg_ParseTuple(args, "il:qg_probe", &kind, &iters))
+        return NULL;
+    if (iters < 1) {
+        PyErr_SetString(PyExc_ValueError, "iters must be >= 1");
+        return NULL;
+    }
+    double t;
+    Py_BEGIN_ALLOW_THREADS
+    t = qg_probe(kind, iters);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(dd)", t, qg_probe_ops(kind) * (double)iters);
+}
+
 PyMethodDef qg_methods[] = {
+    {"qg_probe", py_qg_probe, METH_VARARGS,
+     "qg_probe(kind, iters) -> (seconds, operations): instruction-rate probe (qgemm_probe.c); seconds < 0: "
+     "not on this CPU"},
     {"qg_plane_words", py_plane_words, METH_VARARGS, "qg_plane_words(k, bits) -> words per bit-plane row"},
     {"qg_a8_stride", py_a8_stride, METH_VARARGS, "qg_a8_stride(k) -> bytes per padded u8 row"},
     {"qg_panel_bytes", py_panel_bytes, METH_VARARGS, "qg_panel_bytes(n, k, store) -> bytes of the int8 panels"},

@@ -61,7 +61,7 @@ def cpu_info() -> dict:
                 model = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq") if f in have]
+                flags = [f for f in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni") if f in have]
     except OSError:
         pass
     return {"cpu": model, "dispatch_flags": flags, "kernel_path": kernels.active_path(),
