@@ -68,8 +68,8 @@ int qg_plan_threads(const qg_args *g, int path, int nthreads)
         bg_gemm_args b = {NULL, 0, NULL, 0, NULL, 0, g->m, g->n, g->k, NULL};
         return bg_plan_threads(&b, path, nthreads);
     }
-    /* a thread per ~100 us of work, several times its start and join */
-    int nt = (int)(qg_work(g) / 1e5);
+    /* a thread per ~50 us of work, several times its start and join */
+    int nt = (int)(qg_work(g) / 5e4);
     const size_t panels = (g->n + QG_NR - 1) / QG_NR;
     if (nt > nthreads) nt = nthreads;
     if ((size_t)nt > panels) nt = (int)panels;

@@ -3,6 +3,8 @@
  * the POPCNT instruction for the "popcnt" path. Plain loops over the packed layouts of qgemm.h: the
  * reference the SIMD kernels are tested against, and the fallback where they cannot run.
  */
+#include <stdlib.h>
+
 #include "qgemm.h"
 
 /* D[i][j] = sum_{p,q} 2^(p+q) popcount(A_p & B_q): all plane pairs of one 64-bit word together, so a
@@ -45,44 +47,41 @@ __attribute__((target("popcnt"))) void qg_bits_popcnt(const qg_args *g, size_t i
 }
 #endif
 
-/* the code of B (row j, K index kk) as the int8 kernels see it: cb - zb, or cb from 2-/4-bit storage */
-static inline int panel_code(const qg_args *g, size_t j, size_t kk)
+/* row j of B as the int8 kernels see it (cb - zb, or cb from 2-/4-bit storage) -> dst[0, kp) */
+static void panel_row(const qg_args *g, size_t j, int8_t *dst)
 {
     const size_t steps = qg_a8_stride(g->k) / 4;
     const size_t panel_bytes = steps * (size_t)g->bstore / 8 * 64;
-    const int per = 8 / g->bstore;
-    const size_t step = kk / 4;
-    const uint8_t byte = ((const uint8_t *)g->b)[(j / QG_NR) * panel_bytes + (step / (size_t)per) * 64 +
-                                                 4 * (j % QG_NR) + kk % 4];
-    if (g->bstore == 8)
-        return (int8_t)byte;
-    return (byte >> (g->bstore * (int)(step % (size_t)per))) & ((1 << g->bstore) - 1);
+    const int per = 8 / g->bstore, mask = (1 << g->bstore) - 1;
+    const uint8_t *p = (const uint8_t *)g->b + (j / QG_NR) * panel_bytes + 4 * (j % QG_NR);
+    for (size_t s = 0; s < steps; s++)
+        for (int q = 0; q < 4; q++) {
+            const uint8_t byte = p[(s / (size_t)per) * 64 + (size_t)q];
+            dst[4 * s + (size_t)q] = g->bstore == 8 ? (int8_t)byte
+                                                    : (int8_t)((byte >> (g->bstore * (int)(s % (size_t)per))) & mask);
+        }
 }
 
 void qg_int8_scalar(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
     const uint8_t *A = (const uint8_t *)g->a;
-    if (g->bstore == 8) { /* the common case without the per-element index arithmetic */
-        const size_t steps = qg_a8_stride(g->k) / 4, panel_bytes = steps * 64;
-        for (size_t j = j0; j < j1; j++) {
-            const int8_t *bp = (const int8_t *)g->b + (j / QG_NR) * panel_bytes + 4 * (j % QG_NR);
-            for (size_t i = i0; i < i1; i++) {
-                const uint8_t *a = A + (ptrdiff_t)i * g->lda;
-                uint32_t acc = 0;
-                for (size_t s = 0; s < steps; s++)
-                    for (int q = 0; q < 4; q++)
-                        acc += (uint32_t)((int32_t)a[4 * s + q] * (int32_t)bp[64 * s + q]);
-                g->c[(ptrdiff_t)i * g->ldc + (ptrdiff_t)j] = (int32_t)acc;
-            }
-        }
+    const size_t kp = qg_a8_stride(g->k);
+    int8_t *row = (int8_t *)malloc(kp ? kp : 1);
+    if (!row) { /* out of memory for a row of K bytes: nothing sensible to compute with */
+        for (size_t i = i0; i < i1; i++)
+            for (size_t j = j0; j < j1; j++)
+                g->c[(ptrdiff_t)i * g->ldc + (ptrdiff_t)j] = 0;
         return;
     }
-    for (size_t j = j0; j < j1; j++)
+    for (size_t j = j0; j < j1; j++) {
+        panel_row(g, j, row);
         for (size_t i = i0; i < i1; i++) {
             const uint8_t *a = A + (ptrdiff_t)i * g->lda;
             uint32_t acc = 0;
-            for (size_t kk = 0; kk < g->k; kk++)
-                acc += (uint32_t)((int32_t)a[kk] * panel_code(g, j, kk));
+            for (size_t kk = 0; kk < kp; kk++)
+                acc += (uint32_t)((int32_t)a[kk] * (int32_t)row[kk]);
             g->c[(ptrdiff_t)i * g->ldc + (ptrdiff_t)j] = (int32_t)acc;
         }
+    }
+    free(row);
 }

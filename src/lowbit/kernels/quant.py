@@ -119,7 +119,7 @@ def _codes(arr: np.ndarray, ls: LevelSet, name: str) -> np.ndarray:
         wide -= ls.offset
     if ls.step != 1:
         wide //= ls.step
-    return wide.astype(np.uint8)
+    return np.ascontiguousarray(wide, dtype=np.uint8)
 
 
 def _check_bound(k: int, la: LevelSet, lb: LevelSet) -> None:
