@@ -27,6 +27,20 @@
 #define QGV_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vnni")))
 
 /* ---- bit-serial ------------------------------------------------------------------------------- */
+/* the 8 horizontal sums of v[0..7] (64-bit lanes), in order, by a transpose-and-add tree */
+QGB_INLINE __m512i reduce8(const __m512i *v)
+{
+    __m512i s[4], u[2];
+    for (int p = 0; p < 4; p++) /* 128-bit lane L of s[p] = (partial of v[2p], partial of v[2p+1]) */
+        s[p] = _mm512_add_epi64(_mm512_unpacklo_epi64(v[2 * p], v[2 * p + 1]),
+                                _mm512_unpackhi_epi64(v[2 * p], v[2 * p + 1]));
+    for (int p = 0; p < 2; p++) /* lanes: s[2p] (L0+L1, L2+L3), s[2p+1] (L0+L1, L2+L3) */
+        u[p] = _mm512_add_epi64(_mm512_shuffle_i64x2(s[2 * p], s[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_i64x2(s[2 * p], s[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR, const uint64_t *const ap[],
                           const uint64_t *const bp[], size_t nv, int32_t *c, ptrdiff_t ldc, int mr, int nr)
 {
@@ -60,17 +74,29 @@ QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR
             }
         }
     }
+    /* weight the classes, then reduce the MR * NR accumulators 8 at a time (reduce8: 21 ops for 8
+     * sums instead of ~8 each; at K = 4096 a tile's K loop is only 8 vectors long) */
+    __m512i t[16];
+#pragma GCC unroll 16
+    for (int x = 0; x < 16; x++)
+        t[x] = _mm512_setzero_si512();
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < NR; j++) {
-            __m512i t = acc[i][j][0];
+            __m512i s = acc[i][j][0];
 #pragma GCC unroll 7
             for (int cl = 1; cl < KA + KB - 1; cl++)
-                t = _mm512_add_epi64(t, _mm512_slli_epi64(acc[i][j][cl], (unsigned)cl));
-            if (i < mr && j < nr)
-                c[(ptrdiff_t)i * ldc + j] = (int32_t)(uint32_t)(uint64_t)_mm512_reduce_add_epi64(t);
+                s = _mm512_add_epi64(s, _mm512_slli_epi64(acc[i][j][cl], (unsigned)cl));
+            t[i * NR + j] = s;
         }
+    int32_t sums[16];
+    _mm256_storeu_si256((__m256i *)sums, _mm512_cvtepi64_epi32(reduce8(t)));
+    if (MR * NR > 8)
+        _mm256_storeu_si256((__m256i *)(sums + 8), _mm512_cvtepi64_epi32(reduce8(t + 8)));
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            c[(ptrdiff_t)i * ldc + j] = sums[i * NR + j];
 }
 
 /* all tiles of rows [i0, i1) x [j0, j1): groups of BG_C_GROUP rows of B (L1), all of A inside; edge
@@ -121,7 +147,9 @@ QGB_FN void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, si
 /* ---- int8 (VNNI) ------------------------------------------------------------------------------ */
 #define QGV_MR 8
 #define QGV_MC 256  /* rows of A per block: 256 x KC bytes in L2 */
-#define QGV_KC 256  /* k4 steps per block (1 KB of each A row, 16 KB of each panel at 8 bits) */
+/* k4 steps per block: the tile's B chunk (2 panels x KC steps x STORE/8 x 64 bytes) stays at 16 KB,
+ * a third of L1 (at 32 KB the 8-bit panels ran at 2/3 of the speed of the 2-bit ones) */
+#define QGV_KC(STORE) ((size_t)(1024 / (STORE)))
 
 /* one tile over steps [s0, s0 + ns): MR rows of A x 2 panels (p1 may alias p0: then only 16 columns
  * are stored). STORE: bits per B code in the panels. */
@@ -129,10 +157,16 @@ QGV_INLINE void i8_tile(const int MR, const int STORE, const uint8_t *a, ptrdiff
                         const uint8_t *p1, size_t s0, size_t ns, int first, int32_t *c, ptrdiff_t ldc,
                         int ncols)
 {
-    __m512i acc[QGV_MR][2];
+    /* odd steps go to a second set of accumulators when the tile is thin (batch 1: vpdpbusd's 5-cycle
+     * latency, not its throughput, would bound 2 chains) */
+    enum { SETS = 2 };
+    const int sets = MR <= 2 ? 2 : 1;
+    __m512i acc[SETS][QGV_MR][2];
+#pragma GCC unroll 2
+    for (int e = 0; e < sets; e++)
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; i++)
-        acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+        for (int i = 0; i < MR; i++)
+            acc[e][i][0] = acc[e][i][1] = _mm512_setzero_si512();
     const int per = 8 / STORE;
     const __m512i mask = _mm512_set1_epi8((char)((1 << STORE) - 1));
     for (size_t s = s0; s < s0 + ns; s += (size_t)per) {
@@ -146,27 +180,34 @@ QGV_INLINE void i8_tile(const int MR, const int STORE, const uint8_t *a, ptrdiff
                 B0 = _mm512_and_si512(h ? _mm512_srli_epi16(V0, (unsigned)(STORE * h)) : V0, mask);
                 B1 = _mm512_and_si512(h ? _mm512_srli_epi16(V1, (unsigned)(STORE * h)) : V1, mask);
             }
+            const int e = sets == 2 ? (STORE == 8 ? (int)(s & 1) : h & 1) : 0;
 #pragma GCC unroll 8
             for (int i = 0; i < MR; i++) {
                 int32_t w;
                 __builtin_memcpy(&w, a + (ptrdiff_t)i * lda + 4 * (s + (size_t)h), 4);
                 const __m512i Ab = _mm512_set1_epi32(w);
-                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], Ab, B0);
-                acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], Ab, B1);
+                acc[e][i][0] = _mm512_dpbusd_epi32(acc[e][i][0], Ab, B0);
+                acc[e][i][1] = _mm512_dpbusd_epi32(acc[e][i][1], Ab, B1);
             }
         }
     }
+    if (sets == 2)
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            acc[0][i][0] = _mm512_add_epi32(acc[0][i][0], acc[1][i][0]);
+            acc[0][i][1] = _mm512_add_epi32(acc[0][i][1], acc[1][i][1]);
+        }
     const __mmask16 m0 = ncols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << ncols) - 1u);
     const __mmask16 m1 = ncols >= 32 ? (__mmask16)0xffff : ncols <= 16 ? 0 : (__mmask16)((1u << (ncols - 16)) - 1u);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++) {
         int32_t *ci = c + (ptrdiff_t)i * ldc;
         if (!first) {
-            acc[i][0] = _mm512_add_epi32(acc[i][0], _mm512_maskz_loadu_epi32(m0, ci));
-            acc[i][1] = _mm512_add_epi32(acc[i][1], _mm512_maskz_loadu_epi32(m1, ci + 16));
+            acc[0][i][0] = _mm512_add_epi32(acc[0][i][0], _mm512_maskz_loadu_epi32(m0, ci));
+            acc[0][i][1] = _mm512_add_epi32(acc[0][i][1], _mm512_maskz_loadu_epi32(m1, ci + 16));
         }
-        _mm512_mask_storeu_epi32(ci, m0, acc[i][0]);
-        _mm512_mask_storeu_epi32(ci + 16, m1, acc[i][1]);
+        _mm512_mask_storeu_epi32(ci, m0, acc[0][i][0]);
+        _mm512_mask_storeu_epi32(ci + 16, m1, acc[0][i][1]);
     }
 }
 
@@ -177,8 +218,8 @@ QGV_INLINE void i8_macro(const int STORE, const qg_args *g, size_t i0, size_t i1
     const size_t panel_bytes = steps * (size_t)STORE / 8 * 64;
     for (size_t mb = i0; mb < i1; mb += QGV_MC) {
         const size_t me = (i1 - mb > QGV_MC) ? mb + QGV_MC : i1;
-        for (size_t kb = 0; kb < steps; kb += QGV_KC) {
-            const size_t ns = (steps - kb > QGV_KC) ? QGV_KC : steps - kb;
+        for (size_t kb = 0; kb < steps; kb += QGV_KC(STORE)) {
+            const size_t ns = (steps - kb > QGV_KC(STORE)) ? QGV_KC(STORE) : steps - kb;
             for (size_t j = j0; j < j1; j += 2 * QG_NR) {
                 const int ncols = (j1 - j >= 2 * QG_NR) ? 2 * QG_NR : (int)(j1 - j);
                 const uint8_t *p0 = B + (j / QG_NR) * panel_bytes;

@@ -20,10 +20,15 @@ operand is packed). Three kernels (``KERNELS``), chosen per pair of level sets a
 sets have at most 4-bit codes and the number of plane pairs ``abits * bbits`` is at most the path's
 limit in ``BITSERIAL_MAX_PAIRS``; else ``int8``. The limits compare the cost of a plane pair with the
 cost of one int8 multiply-add on each path (the ratios measured by ``benchmarks/quant_gemm.py``; see
-the table there): AVX-512 + VNNI: a plane pair costs 3 ops per 512 values, a vpdpbusd 1 op per 64, so
-bit-serial wins up to 4 pairs (2 x 2 bits); without VNNI the int8 kernel is the AVX2 one and bit-serial
-wins further; on AVX2 a pair costs ~8 ops per 256 values against ~3 per 32 for int8: 2 pairs; on the
-scalar paths a 64-bit popcount beats any scalar multiply loop.
+the table there). Peak rates from the probe (``_bitgemm.qg_probe``) on a Sapphire/Emerald Rapids
+class Xeon, per core: AND + VPOPCNTQ + ADD ~4x the multiply-adds of VPDPBUSD (a 512-value plane pair
+per 3 uops on 2 ports, against 64 multiply-adds per vpdpbusd at 1 per cycle), so with VNNI 2 x 2-bit
+(4 pairs) only ties with int8 at peak and measured slower (the int8 kernel runs nearer its peak): the
+limit is 2 pairs. Without VNNI the int8 kernel is the AVX2 one (~8x fewer multiply-adds than the
+popcount mix): 8 pairs. On AVX2 a plane pair (vpand + Mula's nibble lookup, 8 ops per 256 values) is
+only ~1.5x the AVX2 int8 rate: 1 pair. On the scalar paths a 64-bit POPCNT beats any scalar
+multiply loop by far: 16 (every 1-4-bit pair). For batch 1 both kernels are bound by reading the
+weights, and both read 2-bit weights at 2 bits per value.
 
 **Packed operands.** :func:`pack_levels` packs a matrix once (codes as bit planes + row sums);
 :func:`prepare_levels` also lays it out now for the kernel a given activation level set will use with it
@@ -52,7 +57,7 @@ _KIND_ID = {"bitserial": 0, "int8": 1, "xnor": 2}
 KERNELS = tuple(_KIND_ID)
 
 # the dispatch rule: most plane pairs (abits * bbits) for which bit-serial beats int8, per path
-BITSERIAL_MAX_PAIRS = {"portable": 16, "popcnt": 16, "avx2": 2, "avx512": 8, "avx512vnni": 4}
+BITSERIAL_MAX_PAIRS = {"portable": 16, "popcnt": 16, "avx2": 1, "avx512": 8, "avx512vnni": 2}
 
 
 # ---------------------------------------------------------------------------------------------------
