@@ -91,8 +91,25 @@ def test_random_shapes_every_path_kernel_and_thread_count(an, bn, restore_path):
 
 def test_two_threads_are_used_on_the_larger_shapes():
     assert K.quant_planned_threads(250, 100, 300, "u8", "s8", num_threads=2) == 2
-    assert K.quant_planned_threads(250, 100, 300, "u2", "o2", num_threads=2) == 2
+    assert K.quant_planned_threads(250, 100, 300, "u2", "o2", num_threads=2, kernel="bitserial") == 2
     assert K.quant_planned_threads(1, 1, 10, "u2", "o2", num_threads=2) == 1
+
+
+@pytest.mark.parametrize("an,bn,kern,shape", [
+    ("binary", "binary", "xnor", (300, 260, 1000)), ("binary", "binary", "bitserial", (300, 130, 700)),
+    ("u2", "o2", "bitserial", (200, 100, 300)), ("u2", "o2", "int8", (200, 100, 300)),
+])
+def test_two_threads_every_path(an, bn, kern, shape, restore_path):
+    """Each kernel on 2 threads (a shape above its threading threshold) on every path."""
+    rng = np.random.default_rng(11)
+    m, n, k = shape
+    a, b = values(rng, an, (m, k)), values(rng, bn, (n, k))
+    ref = reference(a, b)
+    pa, pb = K.pack_levels(a, an), K.pack_levels(b, bn)
+    for path in PATHS:
+        K.set_kernel_path(path)
+        assert K.quant_planned_threads(m, n, k, an, bn, num_threads=2, kernel=kern) == 2, path
+        np.testing.assert_array_equal(K.quant_matmul_packed(pa, pb, kernel=kern, num_threads=2), ref, err_msg=path)
 
 
 def test_every_pair_of_level_sets():
@@ -182,6 +199,13 @@ def test_choose_kernel_rule():
             la, lb = LEVEL_SETS[an], LEVEL_SETS[bn]
             want = "bitserial" if la.bits * lb.bits <= K.BITSERIAL_MAX_PAIRS[path] else "int8"
             assert K.choose_kernel(an, bn, path=path) == want
+
+
+def test_choose_kernel_bad_path():
+    from lowbit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown kernel path"):
+        K.choose_kernel("u2", "o2", path="neon")
 
 
 def test_probe():

@@ -46,7 +46,7 @@ import threading
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 from . import _bitgemm
 from .binary import _aligned_bytes, _check_out, _to_numpy
 from .dispatch import active_path, path_id, resolve_threads
@@ -81,6 +81,8 @@ def choose_kernel(a_levels, b_levels, path: str | None = None) -> str:
     active one); see the module docstring for the rule."""
     la, lb = level_set(a_levels), level_set(b_levels)
     path = active_path() if path is None else path
+    if path not in BITSERIAL_MAX_PAIRS:
+        raise ConfigError(f"unknown kernel path {path!r}; choose one of {', '.join(BITSERIAL_MAX_PAIRS)}")
     if kernel_supported("xnor", la, lb):
         return "xnor"
     if la.bits <= 4 and lb.bits <= 4 and la.bits * lb.bits <= BITSERIAL_MAX_PAIRS[path]:
@@ -341,10 +343,12 @@ def quant_matmul_packed(pa: PackedLevels, pb: PackedLevels, *, out=None, kernel=
     return out
 
 
-def quant_planned_threads(m: int, n: int, k: int, a_levels, b_levels, num_threads=None) -> int:
-    """Threads :func:`quant_matmul` would use for an (M x K) . (N x K)^T product on the active path."""
+def quant_planned_threads(m: int, n: int, k: int, a_levels, b_levels, num_threads=None, *, kernel=None) -> int:
+    """Threads :func:`quant_matmul` would use for an (M x K) . (N x K)^T product on the active path
+    (with ``kernel``, or the one :func:`choose_kernel` picks): ``num_threads`` (or the default) capped
+    so that each thread gets ~50 us of work or more."""
     la, lb = level_set(a_levels), level_set(b_levels)
-    kind = choose_kernel(la, lb)
+    kind = _resolve_kernel(kernel, la, lb)
     bits = (1, 1) if kind == "xnor" else (la.bits, lb.bits)
     return _bitgemm.qg_plan_threads(_KIND_ID[kind], int(m), int(n), int(k), *bits, path_id(active_path()),
                                     resolve_threads(num_threads))
