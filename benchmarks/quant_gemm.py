@@ -192,15 +192,13 @@ def bench_shape(m, n, k, *, threads, repeats, min_time, peaks, rng):
         av = la.values[rng.integers(0, la.ncodes, (m, k))].astype(np.uint8 if la.min >= 0 else np.int8)
         bv = lw.values[rng.integers(0, lw.ncodes, (n, k))].astype(np.int8)
         pb = K.prepare_levels(bv, w, a, num_threads=threads)
-        pa = K.pack_levels(av, a, num_threads=threads)
+        pa = K.pack_levels(av, a, weights_levels=w, num_threads=threads)
         kern = K.choose_kernel(a, w)
-        if kern == "int8":
-            pa._layout("a8", threads)
         out = np.empty((m, n), np.int32)
         name = f"{w} x {a}"
         fns[name] = (lambda pa=pa, pb=pb, out=out: K.quant_matmul_packed(pa, pb, out=out, num_threads=threads))
         fns[name + " +pack"] = (lambda av=av, a=a, pb=pb, out=out: K.quant_matmul_packed(
-            K.pack_levels(av, a, num_threads=threads), pb, out=out, num_threads=threads))
+            K.pack_levels(av, a, weights_levels=w, num_threads=threads), pb, out=out, num_threads=threads))
         meta[name] = (w, a, kern)
     timed = interleaved(fns, min_repeats=repeats, min_time=min_time, warmup=1)
     ops = 2.0 * m * n * k

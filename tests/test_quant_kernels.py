@@ -184,6 +184,15 @@ def test_pack_prepare_and_pickle(restore_path):
         np.testing.assert_array_equal(K.quant_matmul_packed(pa, pb), ref, err_msg=path)
     pb2 = pickle.loads(pickle.dumps(pb))
     np.testing.assert_array_equal(K.quant_matmul_packed(pa, pb2), ref)
+    # activations packed for the int8 kernel (no planes), then multiplied bit-serially too
+    a4, b4 = values(rng, "u4", (5, 200)), values(rng, "o4", (6, 200), np.int8)
+    pa4 = K.pack_levels(a4, "u4", weights_levels="o4")
+    for path in PATHS:
+        K.set_kernel_path(path)
+        for kern in ("int8", "bitserial"):
+            np.testing.assert_array_equal(K.quant_matmul_packed(pa4, K.pack_levels(b4, "o4"), kernel=kern),
+                                          reference(a4, b4), err_msg=f"{path} {kern}")
+    np.testing.assert_array_equal(pa4.to_array(), a4)
     c = values(rng, "o3", (4, 600), np.int8)
     np.testing.assert_array_equal(K.pack_levels(c, "o3").to_array(), c)
     with pytest.raises(ShapeError, match="packed as"):

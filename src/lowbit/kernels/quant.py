@@ -148,7 +148,8 @@ class PackedLevels:
         levels: its :class:`~lowbit.kernels.levels.LevelSet`.
         rows, k: its shape.
         planes: the codes as bit planes, uint64 (rows, words): per 512 values of K, ``levels.bits``
-            planes of 8 words (``None`` for 5-8-bit codes, which only the int8 kernel multiplies).
+            planes of 8 words (``None`` for 5-8-bit codes, which only the int8 kernel multiplies, and
+            for activations packed for the int8 kernel: made when a bit-serial product needs them).
         sums: int32 (rows,), the sum of each row's codes.
         nbytes: bytes held (planes, sums and every cached kernel layout).
 
@@ -158,23 +159,36 @@ class PackedLevels:
 
     __slots__ = ("levels", "rows", "k", "planes", "sums", "_codes", "_layouts", "_lock")
 
-    def __init__(self, codes: np.ndarray, levels: LevelSet, *, keep_codes: bool, num_threads=None):
+    def __init__(self, codes: np.ndarray, levels: LevelSet, *, keep_codes: bool, num_threads=None,
+                 planes: bool = True):
         self.levels = levels
         self.rows, self.k = codes.shape
         self.sums = np.empty(self.rows, np.int32)
         self._layouts = {}
         self._lock = threading.Lock()
+        self.planes = None
         nt = resolve_threads(num_threads)
-        if levels.bits <= 4:
+        if levels.bits <= 4 and planes:
             self.planes = np.empty((self.rows, _bitgemm.qg_plane_words(self.k, levels.bits)), np.uint64)
             _bitgemm.qg_pack_planes(codes, levels.bits, self.planes, self.sums, nt)
             self.planes.flags.writeable = False
             self._codes = np.ascontiguousarray(codes) if keep_codes else None
-        else:
-            self.planes = None
+        else:  # the int8 kernel's padded u8 rows straight from the codes
             self._codes = np.ascontiguousarray(codes)
-            self.sums[:] = self._codes.sum(axis=1, dtype=np.int64).astype(np.int32)
+            a8 = np.empty((self.rows, _bitgemm.qg_a8_stride(self.k)), np.uint8)
+            _bitgemm.qg_pack_a8(self._codes, a8, self.sums, nt)
+            a8.flags.writeable = False
+            self._layouts["a8"] = a8
         self.sums.flags.writeable = False
+
+    def _planes(self, nthreads: int) -> np.ndarray:
+        with self._lock:
+            if self.planes is None:  # packed for the int8 kernel, now multiplied bit-serially
+                planes = np.empty((self.rows, _bitgemm.qg_plane_words(self.k, self.levels.bits)), np.uint64)
+                _bitgemm.qg_pack_planes(self._codes, self.levels.bits, planes, None, nthreads)
+                planes.flags.writeable = False
+                self.planes = planes
+            return self.planes
 
     @property
     def nbytes(self) -> int:
@@ -223,15 +237,21 @@ def _unpickle(codes, name):
     return PackedLevels(codes, level_set(name), keep_codes=False)
 
 
-def pack_levels(x, levels, *, num_threads=None) -> PackedLevels:
+def pack_levels(x, levels, *, weights_levels=None, num_threads=None) -> PackedLevels:
     """Pack a (rows, K) matrix of values of level set ``levels`` for :func:`quant_matmul_packed`.
+
+    Args:
+        weights_levels: for activations (the ``pa`` operand), the level set of the weights they will be
+            multiplied with: when that pair runs on the int8 kernel, its layout (padded u8 rows) is
+            made directly instead of bit planes. Default: bit planes (every 1-4-bit set).
 
     Raises:
         ShapeError: unknown level set, not a 2-D integer array, or a value outside the set.
     """
     ls = level_set(levels)
     arr = _int_matrix(x, "x")
-    return PackedLevels(_codes(arr, ls, "x"), ls, keep_codes=False, num_threads=num_threads)
+    planes = weights_levels is None or choose_kernel(ls, weights_levels) != "int8"
+    return PackedLevels(_codes(arr, ls, "x"), ls, keep_codes=False, num_threads=num_threads, planes=planes)
 
 
 def prepare_levels(b, b_levels, a_levels, *, num_threads=None) -> PackedLevels:
@@ -338,7 +358,7 @@ def quant_matmul_packed(pa: PackedLevels, pb: PackedLevels, *, out=None, kernel=
         a_op, b_op = pa._layout("a8", nt), pb._layout(("panels", store, zb), nt)
     else:
         store, zb = 8, 0
-        a_op, b_op = pa.planes, pb.planes
+        a_op, b_op = pa._planes(nt), pb._planes(nt)
     _gemm(kind, la, lb, m, n, k, a_op, pa.sums, b_op, pb.sums, store, zb, out, nt)
     return out
 
