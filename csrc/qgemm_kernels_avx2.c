@@ -161,21 +161,26 @@ QG2_INLINE void i8_tile2(const int MR, const int STORE, const int WIDE, const ui
     const __m256i mask = _mm256_set1_epi8((char)((1 << STORE) - 1));
     const __m256i ones = _mm256_set1_epi16(1), w128 = _mm256_set1_epi16(128);
     const __m256i lo7 = _mm256_set1_epi8(0x7f);
-    for (size_t s = s0; s < s0 + ns; s += (size_t)per) {
-        const size_t off = s / (size_t)per * 64;
-        const __m256i V0 = _mm256_load_si256((const __m256i *)(p + off));
-        const __m256i V1 = _mm256_load_si256((const __m256i *)(p + off + 32));
+    for (size_t s = s0; s < s0 + ns; s += 4) { /* 4 steps per iteration, as in the AVX-512 kernel */
+        const uint8_t *as = a + 4 * s;
+        __m256i V0 = _mm256_setzero_si256(), V1 = V0;
 #pragma GCC unroll 4
-        for (int h = 0; h < per; h++) {
+        for (int h = 0; h < 4; h++) {
+            if (h % per == 0) {
+                const size_t off = (s + (size_t)h) / (size_t)per * 64;
+                V0 = _mm256_load_si256((const __m256i *)(p + off));
+                V1 = _mm256_load_si256((const __m256i *)(p + off + 32));
+            }
             __m256i B0 = V0, B1 = V1;
             if (STORE != 8) {
-                B0 = _mm256_and_si256(h ? _mm256_srli_epi16(V0, STORE * h) : V0, mask);
-                B1 = _mm256_and_si256(h ? _mm256_srli_epi16(V1, STORE * h) : V1, mask);
+                const int sh = STORE * (h % per);
+                B0 = _mm256_and_si256(sh ? _mm256_srli_epi16(V0, sh) : V0, mask);
+                B1 = _mm256_and_si256(sh ? _mm256_srli_epi16(V1, sh) : V1, mask);
             }
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
                 int32_t w;
-                __builtin_memcpy(&w, a + (ptrdiff_t)i * lda + 4 * (s + (size_t)h), 4);
+                __builtin_memcpy(&w, as + (ptrdiff_t)i * lda + 4 * h, 4);
                 const __m256i Ab = _mm256_set1_epi32(w);
                 if (!WIDE) {
                     acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(Ab, B0), ones));
