@@ -41,8 +41,8 @@ QGB_INLINE __m512i reduce8(const __m512i *v)
                             _mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR, const uint64_t *const ap[],
-                          const uint64_t *const bp[], size_t nv, int32_t *c, ptrdiff_t ldc, int mr, int nr)
+QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR, const uint64_t *a, ptrdiff_t lda,
+                          const uint64_t *b, ptrdiff_t ldb, size_t nv, int32_t *c, ptrdiff_t ldc)
 {
     enum { CL_MAX = 7 };
     __m512i acc[4][4][CL_MAX];
@@ -54,17 +54,18 @@ QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR
             for (int cl = 0; cl < KA + KB - 1; cl++)
                 acc[i][j][cl] = _mm512_setzero_si512();
     for (size_t v = 0; v < nv; v++) {
+        const uint64_t *av = a + v * KA * 8, *bv = b + v * KB * 8;
         __m512i A[4][4];
 #pragma GCC unroll 4
         for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
             for (int p = 0; p < KA; p++)
-                A[i][p] = _mm512_loadu_si512((const void *)(ap[i] + (v * KA + p) * 8));
+                A[i][p] = _mm512_loadu_si512((const void *)(av + i * lda + p * 8));
 #pragma GCC unroll 4
         for (int j = 0; j < NR; j++) {
 #pragma GCC unroll 4
             for (int q = 0; q < KB; q++) {
-                const __m512i B = _mm512_loadu_si512((const void *)(bp[j] + (v * KB + q) * 8));
+                const __m512i B = _mm512_loadu_si512((const void *)(bv + j * ldb + q * 8));
 #pragma GCC unroll 4
                 for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
@@ -84,46 +85,64 @@ QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < NR; j++) {
-            __m512i s = acc[i][j][0];
+            __m512i u = acc[i][j][0];
 #pragma GCC unroll 7
             for (int cl = 1; cl < KA + KB - 1; cl++)
-                s = _mm512_add_epi64(s, _mm512_slli_epi64(acc[i][j][cl], (unsigned)cl));
-            t[i * NR + j] = s;
+                u = _mm512_add_epi64(u, _mm512_slli_epi64(acc[i][j][cl], (unsigned)cl));
+            t[i * NR + j] = u;
         }
     int32_t sums[16];
     _mm256_storeu_si256((__m256i *)sums, _mm512_cvtepi64_epi32(reduce8(t)));
     if (MR * NR > 8)
         _mm256_storeu_si256((__m256i *)(sums + 8), _mm512_cvtepi64_epi32(reduce8(t + 8)));
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nr; j++)
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
             c[(ptrdiff_t)i * ldc + j] = sums[i * NR + j];
 }
 
-/* all tiles of rows [i0, i1) x [j0, j1): groups of BG_C_GROUP rows of B (L1), all of A inside; edge
- * tiles alias the last row and drop those results, except single rows of A (batch 1) which get
- * their own MR = 1 tile instead of computing twice */
+/* all tiles of rows [i0, i1) x [j0, j1): groups of BG_C_GROUP rows of B (L1), all of A inside. A tile
+ * is addressed as base + row * stride (few registers: with a pointer per row the compiler ran out of
+ * general registers and moved pointers through vector registers, on the ports the popcounts need).
+ * Edge tiles are moved back to end at the last row, recomputing (and rewriting, identically) a few
+ * outputs of the previous tile; only ranges narrower than a tile fall back to 1-row / 1-column tiles. */
 QGB_INLINE void bits_macro(const int KA, const int KB, const int MR, const int NR, const qg_args *g, size_t i0,
                            size_t i1, size_t j0, size_t j1)
 {
     const uint64_t *A = (const uint64_t *)g->a, *B = (const uint64_t *)g->b;
+    const ptrdiff_t lda = g->lda, ldb = g->ldb, ldc = g->ldc;
     const size_t nv = (g->k + 511) / 512;
     for (size_t jg = j0; jg < j1; jg += BG_C_GROUP) {
         const size_t jend = (j1 - jg > BG_C_GROUP) ? jg + BG_C_GROUP : j1;
         for (size_t i = i0; i < i1; i += MR) {
-            const int mr = (i1 - i >= (size_t)MR) ? MR : (int)(i1 - i);
-            const uint64_t *ap[4];
-            for (int q = 0; q < MR; q++)
-                ap[q] = A + (ptrdiff_t)(i + (size_t)(q < mr ? q : mr - 1)) * g->lda;
+            if (i1 - i0 < (size_t)MR || i1 - i == 1) { /* thin: one row of A at a time */
+                for (size_t r = i; r < i1; r++)
+                    for (size_t j = jg; j < jend; j += NR) {
+                        if (jend - jg < (size_t)NR) {
+                            for (size_t q = j; q < jend; q++)
+                                bits_tile(KA, KB, 1, 1, A + (ptrdiff_t)r * lda, lda, B + (ptrdiff_t)q * ldb, ldb, nv,
+                                          g->c + (ptrdiff_t)r * ldc + (ptrdiff_t)q, ldc);
+                            break;
+                        }
+                        const size_t jj = (j + NR > jend) ? jend - NR : j;
+                        bits_tile(KA, KB, 1, NR, A + (ptrdiff_t)r * lda, lda, B + (ptrdiff_t)jj * ldb, ldb, nv,
+                                  g->c + (ptrdiff_t)r * ldc + (ptrdiff_t)jj, ldc);
+                    }
+                break;
+            }
+            const size_t ii = (i + MR > i1) ? i1 - MR : i;
+            const uint64_t *a = A + (ptrdiff_t)ii * lda;
             for (size_t j = jg; j < jend; j += NR) {
-                const int nr = (jend - j >= (size_t)NR) ? NR : (int)(jend - j);
-                const uint64_t *bp[4];
-                for (int q = 0; q < NR; q++)
-                    bp[q] = B + (ptrdiff_t)(j + (size_t)(q < nr ? q : nr - 1)) * g->ldb;
-                int32_t *c = g->c + (ptrdiff_t)i * g->ldc + (ptrdiff_t)j;
-                if (mr == 1 && MR > 1)
-                    bits_tile(KA, KB, 1, NR, ap, bp, nv, c, g->ldc, 1, nr);
-                else
-                    bits_tile(KA, KB, MR, NR, ap, bp, nv, c, g->ldc, mr, nr);
+                if (jend - jg < (size_t)NR) {
+                    for (size_t q = j; q < jend; q++)
+                        bits_tile(KA, KB, MR, 1, a, lda, B + (ptrdiff_t)q * ldb, ldb, nv,
+                                  g->c + (ptrdiff_t)ii * ldc + (ptrdiff_t)q, ldc);
+                    break;
+                }
+                const size_t jj = (j + NR > jend) ? jend - NR : j;
+                bits_tile(KA, KB, MR, NR, a, lda, B + (ptrdiff_t)jj * ldb, ldb, nv,
+                          g->c + (ptrdiff_t)ii * ldc + (ptrdiff_t)jj, ldc);
             }
         }
     }
