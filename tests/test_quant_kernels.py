@@ -24,8 +24,12 @@ N_SHAPES = 300
 def values(rng, name, shape, dtype=None):
     ls = LEVEL_SETS[name]
     x = ls.values[rng.integers(0, ls.ncodes, size=shape)]
-    if dtype is None:
-        dtype = np.uint8 if ls.min >= 0 and ls.max <= 255 else np.int16
+    if dtype is None:  # the byte-table fast path (int8 / uint8) and the general one, at random
+        fits_i8 = ls.min >= -128 and ls.max <= 127
+        if ls.min >= 0 and ls.max <= 255 and rng.integers(3) == 0:
+            dtype = np.uint8
+        else:
+            dtype = np.int8 if fits_i8 and rng.integers(2) else np.int16
     return x.astype(dtype)
 
 
