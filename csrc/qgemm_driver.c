@@ -5,11 +5,13 @@
  * computes D. Kinds are chosen by the Python layer (lowbit/kernels/quant.py, its dispatch rule), which
  * also makes the layouts they read; the path (portable .. avx512vnni) is bitgemm's one dispatch.
  *
- * Threads split the columns (rows of B: the weights, each thread then streams its own slice of them)
- * in whole int8 panels; each thread runs the kernel on its columns and then the epilogue on the same
- * columns while they are still in its cache. Binary x binary has no epilogue: bitgemm's XNOR kernel
+ * Threads split the columns (rows of B: the weights, each thread then streams its own slices of them)
+ * in chunks of whole int8 panels taken from a shared counter; each thread runs the kernel on a chunk
+ * and then the epilogue on the same columns while they are still in its cache. Binary x binary has no epilogue: bitgemm's XNOR kernel
  * produces the +-1 product itself.
  */
+#include <stdatomic.h>
+
 #include "qgemm.h"
 
 typedef struct {
@@ -79,21 +81,30 @@ int qg_plan_threads(const qg_args *g, int path, int nthreads)
 typedef struct {
     const qg_args *g;
     qg_kernel_fn fn;
+    size_t chunk;          /* columns per chunk, a multiple of QG_NR */
+    size_t nchunks;
+    atomic_size_t next;    /* the next chunk to take */
 } qg_ctx;
 
+/* Threads take chunks of columns from a shared counter instead of fixed halves: on a shared machine
+ * (or with one core busy elsewhere) the thread that runs takes the work of the one that waits, and
+ * the call ends with the slower core, not after its whole half. Chunks are large enough (>= 1/4 of a
+ * thread's share, >= 64 columns) that re-reading the A block per chunk stays small. */
 static void qg_task(void *vctx, int t, int nthreads)
 {
-    const qg_ctx *ctx = (const qg_ctx *)vctx;
+    (void)t;
+    (void)nthreads;
+    qg_ctx *ctx = (qg_ctx *)vctx;
     const qg_args *g = ctx->g;
-    const size_t panels = (g->n + QG_NR - 1) / QG_NR;
-    const size_t j0 = panels * (size_t)t / (size_t)nthreads * QG_NR;
-    size_t j1 = panels * (size_t)(t + 1) / (size_t)nthreads * QG_NR;
-    if (j1 > g->n)
-        j1 = g->n;
-    if (j0 >= j1)
-        return;
-    ctx->fn(g, 0, g->m, j0, j1);
-    epilogue(g, j0, j1);
+    for (;;) {
+        const size_t c = atomic_fetch_add(&ctx->next, 1);
+        if (c >= ctx->nchunks)
+            return;
+        const size_t j0 = c * ctx->chunk;
+        const size_t j1 = (g->n - j0 > ctx->chunk) ? j0 + ctx->chunk : g->n;
+        ctx->fn(g, 0, g->m, j0, j1);
+        epilogue(g, j0, j1);
+    }
 }
 
 void qg_gemm(const qg_args *g, int path, int nthreads)
@@ -116,6 +127,16 @@ void qg_gemm(const qg_args *g, int path, int nthreads)
         return;
     }
     const qg_traits t = qg_traits_for(path);
-    qg_ctx ctx = {g, g->kind == QG_INT8 ? t.int8 : t.bits};
-    bg_parallel(qg_plan_threads(g, path, nthreads), qg_task, &ctx);
+    const int nt = qg_plan_threads(g, path, nthreads);
+    const size_t panels = (g->n + QG_NR - 1) / QG_NR;
+    size_t per = panels / (4 * (size_t)nt); /* panels per chunk */
+    if (per < 4) per = 4;
+    if (nt == 1 || per > panels) per = panels;
+    qg_ctx ctx;
+    ctx.g = g;
+    ctx.fn = g->kind == QG_INT8 ? t.int8 : t.bits;
+    ctx.chunk = per * QG_NR;
+    ctx.nchunks = (panels + per - 1) / per;
+    atomic_init(&ctx.next, 0);
+    bg_parallel(nt, qg_task, &ctx);
 }
