@@ -10,7 +10,8 @@ round-robin in one process (medians, 2 threads unless ``--threads``):
 * torch fp32 ``matmul`` (MKL) on the same values
 * torch int8: ``quantize_dynamic`` of an ``nn.Linear`` (fbgemm / x86 engine; the activations are
   quantized per call, as that engine runs)
-* onnxruntime int8: ``MatMulInteger`` (uint8 x int8 -> int32; MLAS)
+* onnxruntime int8: ``MatMulInteger`` (uint8 x int8 -> int32; MLAS), its pool threads set not to
+  spin-wait between runs (they would take a core from the next contender)
 * NumPy / OpenBLAS fp32 in a subprocess with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from its
   environment (the best fp32 GEMM on these machines; only that process), timed separately
 
@@ -150,7 +151,7 @@ def numpy_fp32(shapes, threads: int, reps: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def interleaved(fns, *, min_repeats, min_time, settle=0.03):
+def interleaved(fns, *, min_repeats, min_time, settle=0.05):
     """Median wall time of each function, timed in rounds (a, b, c, a, b, c, ...) so that load from other
     processes hits all alike. Before each timed run the function runs untimed for at least `settle`
     seconds (and at least once): torch's OpenMP and onnxruntime's pool threads keep spinning for a
@@ -187,6 +188,10 @@ def ort_matmul_integer(b_int8_kn: np.ndarray, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # its pool threads otherwise spin-wait after each run, taking a core from whichever contender runs
+    # next in the round-robin (sub-millisecond GEMVs were timed 10x slow); a blocking wait costs it a
+    # futex wake-up per run, microseconds against its own >= 0.5 ms here
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda a_u8: sess.run(None, {"A": a_u8})[0]
 
