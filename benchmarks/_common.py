@@ -7,7 +7,7 @@ def training_machine() -> dict:
     """CPU model, accelerator, torch threads and versions, for a results file's ``machine`` entry."""
     import torch
 
-    from lowbit.runtime.bench import cpu_info
+    from lowbit.bench import cpu_info
 
     info = cpu_info()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

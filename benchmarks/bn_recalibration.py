@@ -3,7 +3,7 @@
     PYTHONPATH=src python benchmarks/bn_recalibration.py [CHECKPOINT ...] [--images 20000]
 
 For each checkpoint (default: W1A1 runs of qnn_ablation.py trained without recalibration), test accuracy
-on full MNIST as trained, then after :func:`lowbit.norm.recalibrate_batch_norm` over the first ``--images``
+on full MNIST as trained, then after :func:`lowbit.nn.norm.recalibrate_batch_norm` over the first ``--images``
 training images (the batch norms' running mean/variance := the average of their per-batch statistics;
 weights untouched). Writes
 benchmarks/results/bn_recalibration.{json,md}.
@@ -38,7 +38,7 @@ def accuracy(model, x, y, batch=500) -> float:
 def main(argv=None) -> int:
     import lowbit
     from lowbit.data import load_dataset
-    from lowbit.norm import recalibrate_batch_norm
+    from lowbit.nn.norm import recalibrate_batch_norm
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="*", default=DEFAULT)

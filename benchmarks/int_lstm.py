@@ -56,7 +56,7 @@ def float_source(args) -> Path:
     """A trained float LSTM checkpoint (trained here unless --checkpoint)."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
     from lowbit.train import run
 
     out = ROOT / "runs" / "bench" / ("int_lstm_quick" if args.quick else "int_lstm")
@@ -140,9 +140,9 @@ def main(argv=None) -> int:
             args.out = str(ROOT / "runs" / "bench" / "int_lstm_quick_result")
     torch.set_num_threads(args.threads)
     from lowbit.rnn import evaluate_lm, export_int_lstm, int_lstm as il, load_lm_checkpoint
-    from lowbit.rnn.lm import load_lm_data
-    from lowbit.rnn.text import batchify
-    from lowbit.config import TrainConfig
+    from lowbit.train.tasks.lm import load_lm_data
+    from lowbit.data.text import batchify
+    from lowbit.train.config import TrainConfig
 
     t_start = time.time()
     ckpt = float_source(args)

@@ -55,10 +55,10 @@ def step_time_ratio(recipe: str, overrides, repeats: int = 15) -> dict:
     the quantized model vs its fp32 twin, interleaved so machine noise hits both alike."""
     import torch
 
-    from lowbit.config import apply_overrides, get_recipe
-    from lowbit.losses import square_hinge
+    from lowbit.train.config import apply_overrides, get_recipe
+    from lowbit.train.losses import square_hinge
     from lowbit.models import build_model
-    from lowbit.optim import build_optimizer
+    from lowbit.train.optim import build_optimizer
     from lowbit.train import keep_freed_memory
 
     keep_freed_memory()
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
 
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
     from lowbit.train import run
 
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ CHAR_BITS = [2, 4, 32]
 
 def run_one(recipe: str, sets, runs_dir: Path, data_dir, force: bool, progress: bool):
     """Train (or reuse) one configuration; returns (metrics, run directory, seconds spent now)."""
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
     from lowbit.train import run
 
     cfg = apply_overrides(get_recipe(recipe), sets)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
                          "train_seconds": last.get("wall_time"), "run_dir": str(out.relative_to(ROOT))})
             print(f"  -> test bits per character {m['test_bpc']:.3f}")
 
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
 
     result = {
         "benchmark": "rnn_perplexity",

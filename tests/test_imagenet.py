@@ -16,12 +16,13 @@ from PIL import Image
 import lowbit
 from lowbit.cli import main as cli_main
 from lowbit.errors import ConfigError, DataError
-from lowbit.imagenet import (
-    ImageFolder, Normalize, alexnet_qnn, epoch_indices, eval_transform, find_imagenet_root,
-    random_resized_crop_box, resnet18_pact_sawb, train_transform,
+from lowbit.data.imagenet import (
+    ImageFolder, eval_transform, find_imagenet_root, random_resized_crop_box, train_transform,
 )
-from lowbit.layers import QuantConv2d
-from lowbit.pact_sawb import PACT, SAWB
+from lowbit.models.imagenet import Normalize, alexnet_qnn, resnet18_pact_sawb
+from lowbit.train.tasks.imagenet import epoch_indices
+from lowbit.nn.layers import QuantConv2d
+from lowbit.quant.pact_sawb import PACT, SAWB
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ALEXNET = ["--set", "model.widths=4,4,4,4,4", "--set", "model.fc=8,8", "--set", "model.num_classes=2"]

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from lowbit.errors import CheckpointError, ConfigError, DataError, ShapeError
-from lowbit.rnn import int_lstm as il
-from lowbit.rnn import QuantGRU, QuantLSTM, RNNLanguageModel, export_int_lstm, load_int_lstm
+from lowbit.export.lstm import export_int_lstm, export_int_lstm_checkpoint
+from lowbit.models.lm import RNNLanguageModel
+from lowbit.nn.recurrent import QuantGRU, QuantLSTM
+from lowbit.runtime import int_lstm as il
+from lowbit.runtime.int_lstm import load_int_lstm
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = il.available_paths()
@@ -166,7 +169,7 @@ def test_path_selection_env_and_errors(monkeypatch):
 def _trained_lm(bits=32):
     """A small 2-layer LSTM LM trained for 100 steps on a stream of repeated phrases (seconds); the last
     1500 ids are held out."""
-    from lowbit.rnn.text import batchify
+    from lowbit.data.text import batchify
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -194,8 +197,8 @@ def _trained_lm(bits=32):
 
 
 def _float_perplexity(model, ids, batch_size=4, bptt=20):
-    from lowbit.rnn import evaluate_lm
-    from lowbit.rnn.text import batchify
+    from lowbit.train.tasks.lm import evaluate_lm
+    from lowbit.data.text import batchify
 
     loss, _ = evaluate_lm(model, torch.from_numpy(batchify(ids, batch_size)), bptt, "cpu")
     return math.exp(loss)
@@ -285,8 +288,8 @@ def test_bad_input(tmp_path):
 def test_checkpoint_export_with_vocabulary_and_text(tmp_path):
     """A checkpoint of 'lowbit train' (task lm) exports with its vocabulary; text is encoded by the file's
     vocabulary and unknown characters are refused."""
-    from lowbit.config import TrainConfig
-    from lowbit.rnn.models import LM_SETTINGS
+    from lowbit.train.config import TrainConfig
+    from lowbit.models.lm import LM_SETTINGS
     from lowbit.train import run
 
     text = "to be or not to be that is the question\n" * 200
@@ -304,12 +307,16 @@ def test_checkpoint_export_with_vocabulary_and_text(tmp_path):
     with pytest.raises(DataError, match="characters are not in the model's vocabulary"):
         m.encode("xyz")
     # what 'lowbit export' calls for task "lm", and the torch-free text scorer
-    report = il.export_int_lstm_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "e.lbt", batches=2)
+    report = export_int_lstm_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "e.lbt", batches=2)
     assert report["kind"] == "int_lstm" and report["bytes"] == (tmp_path / "e.lbt").stat().st_size
     assert report["ratio"] > 0  # (tiny model: the activation tables, 16 KiB each, dominate the file)
-    (tmp_path / "bad.txt").write_text("XYZ\n")
-    assert il.main([str(tmp_path / "e.lbt"), str(tmp_path / "t.txt"), "--batch-size", "2"]) == 0
-    assert il.main([str(tmp_path / "e.lbt"), str(tmp_path / "bad.txt")]) == 2
+    # 'lowbit eval' scores the model file on the split its training used (torch-free), and the checkpoint too
+    from lowbit.cli import main as cli_main
+
+    assert cli_main(["eval", str(tmp_path / "e.lbt"), "--batch-size", "2"]) == 0
+    assert cli_main(["eval", str(tmp_path / "run" / "checkpoint.pt")]) == 0
+    (tmp_path / "t.txt").write_text("XYZ\n" * 50)  # the data changed under the model: refused by name
+    assert cli_main(["eval", str(tmp_path / "e.lbt")]) == 2
 
 
 def test_runtime_does_not_import_torch(tmp_path):
@@ -317,7 +324,7 @@ def test_runtime_does_not_import_torch(tmp_path):
     lstm = torch.nn.LSTM(6, 8)
     export_int_lstm(lstm, [torch.randn(10, 2, 6)], tmp_path / "m.lbt")
     code = ("import sys, numpy as np\n"
-            "from lowbit.rnn.int_lstm import load_int_lstm\n"
+            "from lowbit.runtime.int_lstm import load_int_lstm\n"
             f"m = load_int_lstm({str(tmp_path / 'm.lbt')!r})\n"
             "y, _ = m.run_float(np.zeros((3, 1, 6), np.float32))\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"

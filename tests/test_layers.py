@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.errors import ConfigError
-from lowbit.layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
-from lowbit.optim import build_optimizer, build_scheduler, exponential_decay, param_groups
+from lowbit.nn.layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
+from lowbit.train.optim import build_optimizer, build_scheduler, exponential_decay, param_groups
 
 
 def _binarize(t):

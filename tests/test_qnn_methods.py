@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowbit.bitplane import BitPlaneConv2d, BitPlaneLinear, bitplane_conv2d, bitplane_dot, bitplane_matmul
+from lowbit.nn.bitplane import BitPlaneConv2d, BitPlaneLinear, bitplane_conv2d, bitplane_dot, bitplane_matmul
 from lowbit.errors import ConfigError, ShapeError
-from lowbit.kbit import GradQuant, LinearQuant, LogQuant, ap2, ap2_scalar, linear_quantize, log_quantize, quantize_gradient
-from lowbit.layers import QuantAct, QuantConv2d, QuantLinear
+from lowbit.quant.kbit import GradQuant, LinearQuant, LogQuant, ap2, ap2_scalar, linear_quantize, log_quantize, quantize_gradient
+from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
 from lowbit.models import convnet, mlp
-from lowbit.norm import ShiftBatchNorm1d, ShiftBatchNorm2d
-from lowbit.optim import ShiftAdaMax, build_optimizer, build_scheduler
-from lowbit.pact_sawb import PACT, SAWB, SAWB_COEFFICIENTS, fit_sawb, pact, pact_l2_penalty, sawb_family, sawb_quantize, sawb_scale
-from lowbit.quantizers import get_quantizer, ste_sign
+from lowbit.nn.norm import ShiftBatchNorm1d, ShiftBatchNorm2d
+from lowbit.train.optim import ShiftAdaMax, build_optimizer, build_scheduler
+from lowbit.quant.pact_sawb import PACT, SAWB, SAWB_COEFFICIENTS, fit_sawb, pact, pact_l2_penalty, sawb_family, sawb_quantize, sawb_scale
+from lowbit.quant.base import get_quantizer, ste_sign
 
 
 def _ap2_ref(x: torch.Tensor) -> torch.Tensor:
@@ -322,7 +322,7 @@ def _ap2_f64(z: torch.Tensor) -> torch.Tensor:
 
 
 def test_recalibrate_batch_norm_matches_float64_per_batch_averages():
-    from lowbit.norm import recalibrate_batch_norm
+    from lowbit.nn.norm import recalibrate_batch_norm
 
     torch.manual_seed(0)
     lin1, bn1, drop, lin2, bn2 = (torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5),
@@ -526,8 +526,8 @@ def test_pact_l2_penalty_and_parameter():
 
 
 def test_training_loop_adds_pact_penalty(tmp_path):
-    from lowbit.config import apply_overrides, get_recipe
-    from lowbit import recipes  # noqa: F401
+    from lowbit.train.config import apply_overrides, get_recipe
+    from lowbit.train import recipes  # noqa: F401
     from lowbit.train import run
 
     def alphas(pact_l2):
@@ -605,9 +605,9 @@ def test_sawb_fit_reproduces_shipped_and_published_two_bit_coefficients():
 
 
 def test_spec_strings_and_overrides():
-    from lowbit.config import apply_overrides, get_recipe
-    from lowbit import recipes  # noqa: F401
-    from lowbit.checkpoint import model_from_config
+    from lowbit.train.config import apply_overrides, get_recipe
+    from lowbit.train import recipes  # noqa: F401
+    from lowbit.train.checkpoint import model_from_config
 
     q = get_quantizer("linear:bits=3,mode=unsigned,max_value=2,rounding=stochastic")
     assert (q.bits, q.mode, q.max_value, q.rounding) == (3, "unsigned", 2.0, "stochastic")

@@ -12,9 +12,9 @@ from torch import nn
 
 from lowbit.cli import main
 from lowbit.errors import CheckpointError, ShapeError
-from lowbit.layers import QuantAct, QuantConv2d
+from lowbit.nn.layers import QuantAct, QuantConv2d
 from lowbit.runtime import load, load_model_file, save_model_file
-from lowbit.runtime.export import export_model, thresholds
+from lowbit.export.image import export_model, thresholds
 
 
 def _randomize_bn(model, seed=0):

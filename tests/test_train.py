@@ -49,17 +49,17 @@ def _tiny_args(shared_data, out, epochs):
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(shared_data, tmp_path, monkeypatch):
-    import lowbit.train
+    import lowbit.train.engine
 
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(_tiny_args(shared_data, full, 3)) == 0
-    real_save = lowbit.train.save_checkpoint
+    real_save = lowbit.train.engine.save_checkpoint
 
     def save_then_die(path, state):  # the process is killed right after epoch 1's checkpoint
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lowbit.train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(lowbit.train.engine, "save_checkpoint", save_then_die)
     assert main(_tiny_args(shared_data, part, 3)) == 130
     monkeypatch.undo()
     assert torch.load(part / "checkpoint.pt", weights_only=True)["epoch"] == 1
@@ -80,7 +80,7 @@ def test_bn_recalibration_changes_only_the_running_statistics(shared_data, tmp_p
     their own statistics; no RNG is drawn): same weights as a run without it; the running statistics are
     those recomputed from the weights over the fixed image draw, and the recorded accuracy is theirs."""
     from lowbit.data import load_dataset
-    from lowbit.norm import recalibrate_batch_norm
+    from lowbit.nn.norm import recalibrate_batch_norm
 
     plain, recal = tmp_path / "plain", tmp_path / "recal"
     assert main(_tiny_args(shared_data, plain, 2)) == 0
@@ -120,7 +120,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(shared_data, tmp_path, ca
 
 
 def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
-    from lowbit.checkpoint import read_checkpoint, save_checkpoint
+    from lowbit.train.checkpoint import read_checkpoint, save_checkpoint
 
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"config": {"a": 1}, "model_state": {"w": torch.ones(3)}})
@@ -184,7 +184,7 @@ def test_bad_configuration_gives_one_line_errors(args, message, tmp_path, capsys
 
 
 def test_bn_recalibration_refused_by_tasks_without_it():
-    from lowbit.config import apply_overrides, get_recipe, validate
+    from lowbit.train.config import apply_overrides, get_recipe, validate
     from lowbit.errors import ConfigError
 
     for name in ("ptb-lstm", "imagenet-alexnet"):
