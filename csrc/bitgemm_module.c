@@ -315,16 +315,19 @@ done:
 }
 
 /* ---- threshold epilogue ----------------------------------------------------------------------- */
-/* A contiguous 1-D int32 vector of length n. */
+/* A contiguous 1-D int32 vector of length n (one message for every way to miss it: these come from the
+ * runtime's folded BN, never from a user). */
 static Py_buffer *get_vec_i32(lb_bufset *bs, PyObject *obj, Py_ssize_t n, const char *what)
 {
-    Py_buffer *v = lb_buf_get(bs, obj, what, LB_T_I32, 1, LB_BUF_CONTIG);
-    if (v && v->shape[0] != n) {
-        PyErr_Format(PyExc_ValueError, "%s must be a contiguous 1-D int32 array of length %zd, got length %zd", what,
-                     n, v->shape[0]);
+    Py_buffer *v = lb_buf_get(bs, obj, what, LB_T_ANY, -1, 0);
+    if (!v)
+        return NULL;
+    if (lb_buf_elem(v) != LB_T_I32 || v->ndim != 1 || v->shape[0] != n || !PyBuffer_IsContiguous(v, 'C')) {
+        PyErr_Format(PyExc_ValueError, "%s must be a contiguous 1-D int32 array of length %zd, got format '%s', "
+                     "%d-D, %zd bytes", what, n, v->format ? v->format : "B", v->ndim, v->len);
         return NULL;
     }
-    return v;
+    return lb_buf_check(v, what, LB_T_I32, 1, LB_BUF_CONTIG) < 0 ? NULL : v; /* (alignment) */
 }
 
 static PyObject *py_threshold_pack(PyObject *self, PyObject *args)

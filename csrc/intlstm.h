@@ -6,6 +6,7 @@
  *
  *   intlstm_gemm_scalar.c   int8 x int8 -> int32 GEMM, plain C
  *   intlstm_gemm_avx2.c     the same with vpmaddwd (2 x 4 register tiles, L2 blocks of weight rows)
+ *   intlstm_gemm_avx512.c   the same with AVX-512 VNNI vpdpwssd (4 x 4 tiles of zmm accumulators)
  *   intlstm_step_scalar.c   element-wise step: gate rescale, table activations, cell and hidden update
  *   intlstm_step_avx2.c     the same, 8 lanes
  *   intlstm_driver.c        per-path kernel table, the layer over a sequence (buffers, GEMM, step)
@@ -18,7 +19,9 @@
  *   portable   scalar   scalar
  *   popcnt     scalar   scalar   nothing here counts bits: the portable code
  *   avx2       avx2     avx2     weights widened to int16 once per layer run when batch >= 2
- *   avx512     avx2     avx2     no AVX-512 code: the AVX2 kernels (lb_path_supported(avx512) implies AVX2)
+ *   avx512     avx512   avx2     GEMM: needs AVX-512 BW, VL, VNNI besides the path's F + VPOPCNTDQ (every such
+ *                                CPU but Knights Mill, which runs the AVX2 GEMM); the step is bound by its
+ *                                table gathers, not its width, and stays AVX2 (the path implies AVX2)
  */
 #ifndef LOWBIT_INTLSTM_H
 #define LOWBIT_INTLSTM_H
@@ -89,6 +92,7 @@ typedef void (*intlstm_gemm_fn)(const intlstm_gemm_args *g);
 void intlstm_gemm_scalar(const intlstm_gemm_args *g);
 #if LB_X86
 void intlstm_gemm_avx2(const intlstm_gemm_args *g);
+void intlstm_gemm_avx512(const intlstm_gemm_args *g); /* needs AVX-512 BW, VL and VNNI besides the path */
 #endif
 
 /* ---- element-wise step -------------------------------------------------------------------------------- */

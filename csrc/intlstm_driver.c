@@ -31,12 +31,15 @@ static intlstm_kernel kernel_for(int path)
 {
     intlstm_kernel k = {intlstm_gemm_scalar, intlstm_rescale_rows_scalar, intlstm_step_rows_scalar, 0};
 #if LB_X86
-    if (path >= LB_PATH_AVX2) { /* avx2, and avx512 (no AVX-512 code of its own; the paths are nested) */
+    if (path >= LB_PATH_AVX2) { /* avx2 and avx512 (the paths are nested) */
         k.gemm = intlstm_gemm_avx2;
         k.rescale_rows = intlstm_rescale_rows_avx2;
         k.step_rows = intlstm_step_rows_avx2;
         k.widen_weights = 1;
     }
+    if (path >= LB_PATH_AVX512 && lb_cpu_has(LB_CPU_AVX512BW) && lb_cpu_has(LB_CPU_AVX512VL) &&
+        lb_cpu_has(LB_CPU_AVX512VNNI))
+        k.gemm = intlstm_gemm_avx512; /* the step stays AVX2: its table gathers, not its width, bound it */
 #else
     (void)path;
 #endif

@@ -22,8 +22,10 @@ path      binary GEMM (:mod:`~lowbit.kernels.binary`)         integer LSTM (:mod
 portable  scalar ``__builtin_popcountll``                     scalar GEMM and step
 popcnt    scalar, POPCNT instruction                          scalar GEMM and step (nothing to count)
 avx2      ``vpshufb`` nibble-lookup popcount (Mula), 2 x 4    AVX2 GEMM (``vpmaddwd``, 2 x 4) and step
-avx512    ``vpopcntq``, 4 x 4                                 the AVX2 code (no AVX-512 kernel of its own)
+avx512    ``vpopcntq``, 4 x 4                                 VNNI GEMM (``vpdpwssd``, 4 x 4) [#]_, AVX2 step
 ========  ==================================================  ================================================
+
+.. [#] with AVX-512 BW, VL and VNNI, which every CPU of the avx512 path has but Knights Mill (AVX2 GEMM there)
 
 By default the best path the CPU supports is used. ``LOWBIT_KERNEL_PATH=<name>`` in the environment,
 or :func:`set_kernel_path`, forces one (an error if the CPU lacks it). ``LOWBIT_NUM_THREADS`` or
