@@ -96,7 +96,7 @@ static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
     if ((path = resolve(path)) < 0)
         return NULL;
     if (T < 0 || B < 0 || I < 1 || H < 1 || I > INTLSTM_MAX_K || H > INTLSTM_MAX_K || B > INT32_MAX / 8 / H ||
-        T > INT32_MAX / 2) {
+        T > INT32_MAX / 2 || (double)T * (double)B * (double)(I > H ? I : H) > (double)INT32_MAX * 1024.0) {
         PyErr_Format(PyExc_ValueError, "lstm_layer: bad sizes T=%zd B=%zd I=%zd H=%zd", T, B, I, H);
         return NULL;
     }

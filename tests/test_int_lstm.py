@@ -128,7 +128,9 @@ def test_kernel_equals_numpy_reference_bit_for_bit(kernel_path):
         seen.update(np.unique(ref[0]).tolist())
         cells.update(np.unique(ref[2] // 256).tolist())
     assert len(seen) > 200 and len(cells) > 100  # the cases exercise a real spread of values
-    for M, N, K in [(1, 1, 1), (1, 9, 33), (2, 4, 16), (5, 7, 31), (37, 130, 200)]:
+    # M past every register-tile edge (4 / 2 / 1 rows), K with whole and half 32-value steps
+    for M, N, K in [(1, 1, 1), (1, 9, 33), (2, 4, 16), (5, 7, 31), (37, 130, 200), (3, 5, 47), (6, 13, 64),
+                    (7, 4, 48)]:
         a = rng.integers(-128, 128, (M, K), dtype=np.int8)
         w = rng.integers(-128, 128, (N, K), dtype=np.int8)
         b = rng.integers(-10 ** 6, 10 ** 6, N, dtype=np.int32)
