@@ -54,17 +54,15 @@ def _randomize_bn(model, seed: int = 0):
 def cpu_info() -> dict:
     from . import kernels
 
-    model, flags = "unknown", []
+    model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
+            if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq") if f in have]
+                break
     except OSError:
         pass
-    return {"cpu": model, "dispatch_flags": flags, "kernel_path": kernels.active_path(),
+    return {"cpu": model, "dispatch_flags": list(kernels.cpu_features()), "kernel_path": kernels.active_path(),
             "available_paths": list(kernels.available_paths()), "cores": os.cpu_count(),
             "python": platform.python_version()}
 
