@@ -36,6 +36,7 @@ device sync per operand (``check=False`` skips it).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -73,9 +74,7 @@ def _k():
                 f"lowbit.kernels.gpu needs triton ({e}); install it with: pip install 'lowbit[gpu]' "
                 "(or pip install 'triton>=3.0')"
             ) from None
-        from . import _triton_kernels
-
-        _kernels = _triton_kernels
+        _kernels = importlib.import_module(__package__ + "._triton_kernels")
     return _kernels
 
 
@@ -461,23 +460,31 @@ def _int_mm_fits(m: int, n: int, k: int) -> bool:
     return m > 16 and k >= 8 and k % 8 == 0 and n % 8 == 0
 
 
-def _wide_matmul(a: torch.Tensor, b: torch.Tensor, la: LevelSet, lb: LevelSet) -> Tuple[torch.Tensor, str]:
-    """The exact product for sets wider than 4 bits: (result int32, which path ran)."""
-    m, k = a.shape
-    n = b.shape[0]
-    if a.device.type == "cuda" and _int_mm_fits(m, n, k):
-        # a = a' + ca, b = b' + cb with a', b' in int8: a.b = a'.b' + cb sum(a') + ca sum(b') + K ca cb
-        ca, cb = _int8_shift(la), _int8_shift(lb)
-        a8 = (a.to(torch.int32) - ca).to(torch.int8)
-        b8 = (b.to(torch.int32) - cb).to(torch.int8)
-        acc = torch._int_mm(a8, b8.t())
-        if ca or cb:
-            acc = (acc.to(torch.int64) + cb * a8.sum(1, dtype=torch.int64)[:, None]
-                   + ca * b8.sum(1, dtype=torch.int64)[None, :] + k * ca * cb)
-        return acc.to(torch.int32), "torch._int_mm"
-    if a.device.type == "cuda":  # no integer matmul on CUDA: float64 is exact here (|a.b| < 2**31 << 2**53)
-        return (a.to(torch.float64) @ b.to(torch.float64).t()).to(torch.int32), "float64 matmul"
-    return (a.to(torch.int64) @ b.to(torch.int64).t()).to(torch.int32), "int64 matmul"
+def _int8_matmul(a: torch.Tensor, b: torch.Tensor, la: LevelSet, lb: LevelSet) -> torch.Tensor:
+    """``a @ b.T`` by ``torch._int_mm`` (int8 in, int32 out), values first shifted into int8.
+
+    With ``a = a' + ca`` and ``b = b' + cb`` (``c = 128`` for a set that does not fit int8, e.g. u8):
+    ``a.b = a'.b' + cb sum(a') + ca sum(b') + K ca cb``, exact in int64 before the int32 result.
+    """
+    k = a.shape[1]
+    ca, cb = _int8_shift(la), _int8_shift(lb)
+    a8 = (a.to(torch.int32) - ca).to(torch.int8)
+    b8 = (b.to(torch.int32) - cb).to(torch.int8)
+    acc = torch._int_mm(a8, b8.t())
+    if ca or cb:
+        acc = (acc.to(torch.int64) + cb * a8.sum(1, dtype=torch.int64)[:, None]
+               + ca * b8.sum(1, dtype=torch.int64)[None, :] + k * ca * cb)
+    return acc.to(torch.int32)
+
+
+def _wide_matmul(a: torch.Tensor, b: torch.Tensor, la: LevelSet, lb: LevelSet) -> torch.Tensor:
+    """The exact product when a set is wider than 4 bits (path named by :func:`wide_path`)."""
+    path = wide_path(la, lb, a.shape[0], b.shape[0], a.shape[1], a.device)
+    if path == "torch._int_mm":
+        return _int8_matmul(a, b, la, lb)
+    if path == "float64 matmul":  # no integer matmul on CUDA; float64 is exact (|a.b| < 2**31 << 2**53)
+        return (a.to(torch.float64) @ b.to(torch.float64).t()).to(torch.int32)
+    return (a.to(torch.int64) @ b.to(torch.int64).t()).to(torch.int32)
 
 
 def quant_matmul(a, b, a_levels, b_levels, *, check: bool = True, block: Optional[Block] = None) -> torch.Tensor:
@@ -511,14 +518,15 @@ def quant_matmul(a, b, a_levels, b_levels, *, check: bool = True, block: Optiona
         _check_levels(a, la, "a")
         _check_levels(b, lb, "b")
     if la.bits > 4 or lb.bits > 4:
-        return _wide_matmul(a, b, la, lb)[0]
+        return _wide_matmul(a, b, la, lb)
     pa = PackedLevels(*_launch_pack(a, sign=False, bits=la.bits, offset=la.offset, step=la.step), k, la)
     pb = PackedLevels(*_launch_pack(b, sign=False, bits=lb.bits, offset=lb.offset, step=lb.step), k, lb)
     return quant_matmul_packed(pa, pb, block=block)
 
 
 def wide_path(a_levels, b_levels, m: int, n: int, k: int, device) -> str:
-    """Which path :func:`quant_matmul` takes for these sets and shape: ``"bit-serial"`` or its fallback."""
+    """Which path :func:`quant_matmul` takes for these sets and shape: ``"bit-serial"``, or for a set wider
+    than 4 bits ``"torch._int_mm"`` / ``"float64 matmul"`` (CUDA) / ``"int64 matmul"`` (CPU)."""
     la, lb = level_set(a_levels), level_set(b_levels)
     if la.bits <= 4 and lb.bits <= 4:
         return "bit-serial"
