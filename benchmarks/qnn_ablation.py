@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import training_machine  # benchmarks/_common.py (the script's folder is on sys.path)
+from lowbit.benchmarking import machine_record, markdown_table, write_results
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -192,6 +192,12 @@ def by_seed(runs: dict, base: str) -> dict:
 
 
 def write_report(results: dict, stem: str, tag: str = "") -> None:
+    """``STEM.json`` (``results`` as they are), ``STEM.md`` and ``STEM.png`` in the results folder."""
+    write_results(RESULTS / stem, results, report(results, tag))
+    plot(results, RESULTS / f"{stem}.png")
+
+
+def report(results: dict, tag: str = "") -> str:
     runs = results["runs"]
     m = results.get("machine", {})
     data = ("QUICK SMOKE TEST: 3000 training / 1000 test images, small widths" if results.get("quick")
@@ -232,8 +238,7 @@ def write_report(results: dict, stem: str, tag: str = "") -> None:
                      + " ".join(f"--set {o}" for o in r["overrides"]) + "`")
     lines += ["", "Reproduce (the commands behind the committed results; one per core, `OMP_NUM_THREADS=1`):", "",
               "```bash", *(REPRODUCE if not tag else results.get("commands", [])), "```", ""]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
-    plot(results, RESULTS / f"{stem}.png")
+    return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -277,18 +282,16 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def save(path: Path, results: dict, name=None) -> dict:
-    """Write ``results`` (with run ``name`` updated) into the JSON, keeping runs that another process (e.g. the
-    ConvNet runs beside the MLP ones, one per core) added since this one read it."""
+def merge_latest(path: Path, results: dict, name=None) -> dict:
+    """``results`` (with run ``name`` updated) merged into the JSON as it is now, keeping runs that another
+    process (e.g. the ConvNet runs beside the MLP ones, one per core) added since this one read it; the caller
+    writes it (:func:`write_report`)."""
     latest = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     merged = {**latest, **{k: v for k, v in results.items() if k != "runs"}}
     merged["runs"] = {**results["runs"], **latest.get("runs", {})}
     merged["commands"] = list(dict.fromkeys(latest.get("commands", []) + results.get("commands", [])))
     if name is not None:
         merged["runs"][name] = results["runs"][name]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=2))
-    tmp.replace(path)
     return merged
 
 
@@ -367,7 +370,7 @@ def main(argv=None) -> int:
             write_report(results, stem, tag)
         return 0
 
-    results["machine"] = training_machine()
+    results["machine"] = machine_record()
     command = "PYTHONPATH=src python benchmarks/qnn_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["commands"] = list(dict.fromkeys(results.get("commands", []) + [command]))
     t_all = time.time()
@@ -389,9 +392,9 @@ def main(argv=None) -> int:
             "wall_time": m["wall_time"], "per_epoch": m["epochs"], "data_source": m.get("data_source"),
         }
         print(f"{name}: test accuracy {100 * m['test_accuracy']:.2f}% in {m['wall_time'] / 60:.1f} min", flush=True)
-        results = save(path, results, name)
+        results = merge_latest(path, results, name)
         write_report(results, stem, tag)
-    results = save(path, results)
+    results = merge_latest(path, results)
     write_report(results, stem, tag)
     print(f"done in {(time.time() - t_all) / 60:.1f} min; results in {RESULTS / stem}.{{json,md,png}}")
     return 0
