@@ -206,19 +206,13 @@ def report(results: dict, tag: str = "") -> str:
              f"Data: {data}; each run trains for the epochs shown with its recipe's batch size and LR schedule "
              f"(compare runs of equal epochs). Machine: {m.get('cpu')} / {m.get('device')}, "
              f"{m.get('threads')} threads, torch {m.get('torch')}.", "",
-             *(TAG_NOTES.get(tag, []) if tag else NOTES), "",
-             "| run | model | W | A | G | variant | epochs | test acc (final) | best test acc | time |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-    for name in sorted(runs, key=lambda n: (runs[n]["model"], runs[n].get("base", n), runs[n].get("seed", 0))):
-        r = runs[name]
-        w, a, g = r["bits"]
-        lines.append(f"| {name} | {r['model']} | {w} | {a} | {g} | {r['variant']} | {r['epochs']} | "
-                     f"{100 * r['test_accuracy']:.2f}% | "
-                     f"{100 * r['best_test_accuracy']:.2f}% | {r['wall_time'] / 60:.1f} min |")
-    lines += ["", "The paper's claims (difference = run - twin in accuracy points, final epoch, per seed; a claim "
-              "holds when the mean over the seeds both have is within its slack):", "",
-              "| model | claim | seeds | run (mean) | twin (mean) | difference per seed | mean | holds |",
-              "|---|---|---:|---:|---:|---|---:|:---:|"]
+             *(TAG_NOTES.get(tag, []) if tag else NOTES), ""]
+    rows = [[name, r["model"], *r["bits"], r["variant"], r["epochs"], f"{100 * r['test_accuracy']:.2f}%",
+             f"{100 * r['best_test_accuracy']:.2f}%", f"{r['wall_time'] / 60:.1f} min"]
+            for name, r in sorted(runs.items(), key=lambda i: (i[1]["model"], i[1].get("base", i[0]), i[1].get("seed", 0)))]
+    lines.append(markdown_table(["run", "model", "W", "A", "G", "variant", "epochs", "test acc (final)", "best test acc",
+                                 "time"], rows, "llrrrlrrrr"))
+    claims = []
     for model in sorted({r["model"] for r in runs.values()}):
         for run_key, twin_key, slack, text in CLAIMS:
             a, b = by_seed(runs, f"{model}-{run_key}"), by_seed(runs, f"{model}-{twin_key}")
@@ -227,10 +221,14 @@ def report(results: dict, tag: str = "") -> str:
                 continue
             diffs = [100 * (a[s] - b[s]) for s in seeds]
             mean = sum(diffs) / len(diffs)
-            lines.append(f"| {model} | {text} (may trail by {slack} at most) | {len(seeds)} | "
-                         f"{100 * sum(a[s] for s in seeds) / len(seeds):.2f}% | "
-                         f"{100 * sum(b[s] for s in seeds) / len(seeds):.2f}% | "
-                         f"{' / '.join(f'{d:+.2f}' for d in diffs)} | {mean:+.2f} | {'yes' if mean >= -slack else 'NO'} |")
+            claims.append([model, f"{text} (may trail by {slack} at most)", len(seeds),
+                           f"{100 * sum(a[s] for s in seeds) / len(seeds):.2f}%",
+                           f"{100 * sum(b[s] for s in seeds) / len(seeds):.2f}%",
+                           " / ".join(f"{d:+.2f}" for d in diffs), f"{mean:+.2f}", "yes" if mean >= -slack else "NO"])
+    lines += ["", "The paper's claims (difference = run - twin in accuracy points, final epoch, per seed; a claim "
+              "holds when the mean over the seeds both have is within its slack):", "",
+              markdown_table(["model", "claim", "seeds", "run (mean)", "twin (mean)", "difference per seed", "mean",
+                              "holds"], claims, "llrrrlrc")]
     lines += ["", "Settings (`lowbit train RECIPE --epochs N --set ...`):", ""]
     for name in sorted(runs):
         r = runs[name]
