@@ -194,3 +194,48 @@ def results_dir() -> Optional[Path]:
         return Path(env)
     checkout = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
     return checkout if checkout.is_dir() else None
+
+
+# ---- reading ------------------------------------------------------------------------------------------------
+
+_HEADLINE_WORDS = ("acc", "speed", "perplexity", "bpc", "ratio", "x ", "change")
+
+
+def _cells(line: str) -> List[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def headline(markdown: str, width: int = 110) -> str:
+    """One line from a results file: the first row of its first table, as ``label: header value, ...`` (its
+    bold cells, else those under a header about accuracy, speed or perplexity, else the first; three at
+    most), cut to ``width`` characters; else its title."""
+    lines = markdown.splitlines()
+    for i in range(len(lines) - 2):
+        if lines[i].lstrip().startswith("|") and set(lines[i + 1].strip()) <= set("|-: ") and \
+                lines[i + 2].lstrip().startswith("|"):
+            header, row = _cells(lines[i]), _cells(lines[i + 2])
+            labelled = any(c.isalpha() for c in row[0])  # a run's name, else the row starts with a figure
+            pairs = list(zip(header, row))[1 if labelled else 0:]
+            shown = ([(h, v.replace("**", "")) for h, v in pairs if "**" in v]
+                     or [(h, v) for h, v in pairs if v and labelled and any(w in h.lower() for w in _HEADLINE_WORDS)]
+                     or [(h, v) for h, v in pairs if v])[:3]
+            text = (f"{row[0]}: " if labelled else "") + ", ".join(f"{h} {v}" for h, v in shown)
+            break
+    else:
+        title = next((x.lstrip("# ").strip() for x in lines if x.startswith("#")), "")
+        text = title or next((x.strip() for x in lines if x.strip()), "")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def summarize_results(folder: Path, files: Sequence[Path]) -> str:
+    """What ``lowbit bench`` prints: one line per results file (name, its headline)."""
+    folder = Path(folder)
+    width = max(len(f.name) for f in files)
+    lines = [f"Benchmark results in {folder} ({len(files)} files; 'lowbit bench --show NAME' prints one in full):"]
+    for f in files:
+        try:
+            text = headline(f.read_text(errors="replace"))
+        except OSError as e:
+            text = f"(unreadable: {e.strerror})"
+        lines.append(f"  {f.name:{width}s}  {text}")
+    return "\n".join(lines)
