@@ -659,7 +659,7 @@ def test_cpu_feature_report():
     """One report for every extension: the features the kernels test, consistent with the paths and (on
     Linux) with the flags the kernel lists in /proc/cpuinfo (cpuid masked by what the OS saves)."""
     from lowbit.kernels import _intlstm
-    from lowbit.bench import cpu_info
+    from lowbit.benchmarking import machine_record
 
     feats = K.cpu_features()
     known = ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq", "avx512vnni", "avx512bitalg",
@@ -671,7 +671,7 @@ def test_cpu_feature_report():
     assert ("avx512" in PATHS) == ({"popcnt", "avx2", "avx512f", "avx512vpopcntdq"} <= set(feats))
     assert _intlstm.cpu_features() == _bitgemm.cpu_features() and _intlstm.path_names() == K.PATHS
     assert _intlstm.supported_paths() == PATHS and _intlstm.best_path() == _bitgemm.best_path()
-    assert cpu_info()["dispatch_flags"] == list(feats)
+    assert machine_record()["dispatch_flags"] == list(feats)
     try:
         flags_line = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
     except (OSError, StopIteration):

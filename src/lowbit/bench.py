@@ -17,24 +17,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from .benchmarking import machine_record, markdown_table, medians, results_dir, time_interleaved, write_results
 
 
 def _randomize_bn(model, seed: int = 0):
@@ -49,22 +35,6 @@ def _randomize_bn(model, seed: int = 0):
             m.running_var.copy_(torch.rand(n, generator=g) * 50 + 1)
             m.weight.data.copy_(torch.randn(n, generator=g))
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
-
-
-def cpu_info() -> dict:
-    from . import kernels
-
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "dispatch_flags": list(kernels.cpu_features()), "kernel_path": kernels.active_path(),
-            "available_paths": list(kernels.available_paths()), "cores": os.cpu_count(),
-            "python": platform.python_version()}
 
 
 def bench_network(name, model, input_shape, batch, repeats, binary_input=False, output="logits", seed=0):
@@ -114,9 +84,9 @@ def bench_network(name, model, input_shape, batch, repeats, binary_input=False, 
                 m(x)
         return run
 
-    t_ours = _median_time(lambda: net.predict(xn), repeats)
-    t_plain = _median_time(timer(plain), repeats)
-    t_fake = _median_time(timer(model), repeats)
+    t = medians(time_interleaved({"ours": lambda: net.predict(xn), "plain": timer(plain), "fake": timer(model)},
+                                 min_repeats=repeats, max_repeats=repeats, warmup=2))
+    t_ours, t_plain, t_fake = t["ours"], t["plain"], t["fake"]
     return {"network": name, "batch": batch, "torch_fp32_ms": 1e3 * t_plain, "torch_fake_quant_ms": 1e3 * t_fake,
             "lowbit_ms": 1e3 * t_ours, "speedup": t_plain / t_ours, "speedup_vs_fake_quant": t_fake / t_ours,
             "agreement": agree, "max_abs_diff": max_diff,
@@ -143,11 +113,34 @@ def plain_fp32_twin(model):
     return twin
 
 
+def markdown(report: dict) -> str:
+    """runtime.md from the report (the JSON)."""
+    m, threads = report["machine"], report["threads"]
+    rows = [[r["network"], r["batch"], f"{r['torch_fp32_ms']:.2f} ms", f"{r['torch_fake_quant_ms']:.2f} ms",
+             f"{r['lowbit_ms']:.2f} ms", f"**{r['speedup']:.1f}x**", f"{r['speedup_vs_fake_quant']:.1f}x",
+             f"{100 * r['agreement']:.1f}%", f"{r['model_file_bytes'] / 1e6:.2f} MB",
+             f"{r['fp32_state_dict_bytes'] / 1e6:.2f} MB", f"{r['size_ratio']:.1f}x"] for r in report["results"]]
+    lines = ["# Runtime: lowbit bit-packed inference vs PyTorch fp32 eval (same network)", "",
+             f"Machine: {m['cpu']}, {threads} threads, kernel path `{m['kernel_path']}` "
+             f"(CPU flags used by dispatch: {', '.join(m.get('cpu_flags', m.get('dispatch_flags', [])))}); "
+             f"torch {report['torch']}. Median of {report.get('reps', 15)} interleaved runs. *torch fp32*: the same "
+             "network with its weights binarized ahead of time, run by PyTorch's fp32 kernels in eval mode (the fair "
+             "baseline); *fake-quant*: the lowbit training model in eval mode, which re-binarizes its latent weights "
+             "on every call.", "",
+             markdown_table(["network", "batch", "torch fp32", "fake-quant", "lowbit", "speedup vs fp32",
+                             "vs fake-quant", "outputs agree", "model file", "fp32 state_dict", "smaller"],
+                            rows, "l" + "r" * 10),
+             "", "Reproduce: `lowbit bench --run` (or `python benchmarks/bench_runtime.py`)."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller conv input (a smoke test)")
-    p.add_argument("--out", default="benchmarks/results", help="where to write runtime.json / runtime.md")
+    p.add_argument("--out", default=None,
+                   help="folder for runtime.json / runtime.md (default: the committed results of the source "
+                        "checkout, $LOWBIT_BENCH_RESULTS, else ./lowbit-bench-results)")
     args = p.parse_args(argv)
 
     import torch
@@ -182,28 +175,12 @@ def main(argv=None) -> int:
           f"{r['torch_fake_quant_ms']:.2f} ms), lowbit {r['lowbit_ms']:.2f} ms, speedup {r['speedup']:.1f}x "
           f"(output agreement {r['agreement']:.4f})", flush=True)
 
-    report = {"machine": cpu_info(), "threads": args.threads, "torch": torch.__version__, "quick": args.quick,
-              "results": results}
+    report = {"machine": machine_record(args.threads), "threads": args.threads, "torch": torch.__version__,
+              "quick": args.quick, "reps": reps, "results": results}
     if not args.quick:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "runtime.json").write_text(json.dumps(report, indent=2))
-        m = report["machine"]
-        lines = ["# Runtime: lowbit bit-packed inference vs PyTorch fp32 eval (same network)", "",
-                 f"Machine: {m['cpu']}, {args.threads} threads, kernel path `{m['kernel_path']}` "
-                 f"(CPU flags used by dispatch: {', '.join(m['dispatch_flags'])}); torch {torch.__version__}. "
-                 f"Median of {reps} runs. *torch fp32*: the same network with its weights binarized ahead of "
-                 "time, run by PyTorch's fp32 kernels in eval mode (the fair baseline); *fake-quant*: the lowbit "
-                 "training model in eval mode, which re-binarizes its latent weights on every call.", "",
-                 "| network | batch | torch fp32 | fake-quant | lowbit | speedup vs fp32 | vs fake-quant | outputs agree | model file | fp32 state_dict | smaller |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in results:
-            lines.append(f"| {r['network']} | {r['batch']} | {r['torch_fp32_ms']:.2f} ms | {r['torch_fake_quant_ms']:.2f} ms | "
-                         f"{r['lowbit_ms']:.2f} ms | **{r['speedup']:.1f}x** | {r['speedup_vs_fake_quant']:.1f}x | "
-                         f"{100 * r['agreement']:.1f}% | {r['model_file_bytes'] / 1e6:.2f} MB | "
-                         f"{r['fp32_state_dict_bytes'] / 1e6:.2f} MB | {r['size_ratio']:.1f}x |")
-        lines += ["", "Reproduce: `lowbit bench --run` (or `python benchmarks/bench_runtime.py`)."]
-        (out / "runtime.md").write_text("\n".join(lines) + "\n")
+        out = Path(args.out) if args.out else (results_dir() or Path("lowbit-bench-results"))
+        paths = write_results(out / "runtime", report, markdown(report))
+        print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 
 

@@ -5,7 +5,7 @@
     lowbit export CHECKPOINT -o MODEL.lbt
     lowbit eval MODEL.lbt|CHECKPOINT.pt [--data-dir DIR]     (accuracy, perplexity or bits per character)
     lowbit summary RECIPE|CHECKPOINT
-    lowbit bench [--run]
+    lowbit bench [--show NAME] [--results DIR] | --run [--quick]
 
 Each subcommand is a function ``(parser) -> run(args)`` registered with ``@command`` in this file: the
 one command line of both halves. Everything heavy is imported inside ``run`` so ``lowbit --help`` is fast.
@@ -254,10 +254,14 @@ def _summary(p):
     return run
 
 
-@command("bench", "print the committed benchmark results, or run the runtime benchmark (--run)")
+@command("bench", "summarize the committed benchmark results (--show NAME: one in full), or run the runtime "
+                  "benchmark (--run)")
 def _bench(p):
     p.add_argument("--run", action="store_true", help="measure now (minutes) instead of printing committed results")
-    p.add_argument("--results", default="benchmarks/results", help="where committed results live")
+    p.add_argument("--show", metavar="NAME", help="print one results file in full (e.g. runtime, gemm)")
+    p.add_argument("--results", default=None,
+                   help="folder of results (default: $LOWBIT_BENCH_RESULTS, else benchmarks/results of the source "
+                        "checkout lowbit is imported from); with --run, where to write")
     p.add_argument("--threads", type=int, default=None, help="threads for our kernels and for torch")
     p.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats (with --run)")
 
@@ -265,14 +269,30 @@ def _bench(p):
         if args.run:
             from .bench import main as bench_main
 
-            argv = (["--quick"] if args.quick else []) + ([f"--threads={args.threads}"] if args.threads else [])
+            argv = (["--quick"] if args.quick else []) + ([f"--threads={args.threads}"] if args.threads else []) \
+                + ([f"--out={args.results}"] if args.results else [])
             return bench_main(argv)
-        folder = Path(args.results)
-        files = sorted(folder.glob("*.md")) if folder.is_dir() else []
+        from .benchmarking import RESULTS_ENV, results_dir, summarize_results
+
+        folder = Path(args.results) if args.results else results_dir()
+        files = sorted(folder.glob("*.md")) if folder is not None and folder.is_dir() else []
         if not files:
-            raise ConfigError(f"no benchmark results in {folder}; run 'lowbit bench --run' or the scripts in benchmarks/")
-        for f in files:
-            print(f.read_text())
+            where = (f"{folder}" if folder is not None else
+                     f"${RESULTS_ENV} (not set) and benchmarks/results beside the lowbit package "
+                     f"({Path(__file__).resolve().parents[2] / 'benchmarks' / 'results'}: not there; lowbit is "
+                     "installed without its source tree)")
+            raise ConfigError(f"no benchmark results in {where}. Measure them with 'lowbit bench --run' (writes "
+                              "runtime.json/.md; --results DIR chooses where), or clone the repository and run the "
+                              "scripts in benchmarks/; point --results or $" + RESULTS_ENV + " at the folder")
+        if args.show:
+            name = args.show[:-3] if args.show.endswith(".md") else args.show
+            chosen = [f for f in files if f.stem == name]
+            if not chosen:
+                raise ConfigError(f"no results named {args.show!r} in {folder}; there are: "
+                                  + ", ".join(f.stem for f in files))
+            print(chosen[0].read_text(), end="")
+            return 0
+        print(summarize_results(folder, files))
         return 0
 
     return run
