@@ -20,3 +20,15 @@ def _no_download(monkeypatch):
     """Tests never reach the network: point the default data directory somewhere empty."""
     monkeypatch.setenv("LOWBIT_NO_DOWNLOAD", "1")
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small ops: one torch thread is faster, and the machine is shared. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -34,12 +34,7 @@ def kernel_path(request):
     K.set_kernel_path(previous)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- fixed point -------------------------------------------------------------------------------------------
