@@ -359,7 +359,7 @@ def test_ptx_uses_popc_sm90_ahead_of_time():
     """The SWAR count must become PTX popc (LLVM's idiom recognition); no GPU needed to compile."""
     code = (
         "import json\nfrom lowbit.kernels import gpu\n"
-        "print(json.dumps(gpu.ptx_report(capability=(9, 0))))\n"
+        "print(json.dumps(gpu.ptx_report(capability=(9, 0), compile_all=True)))\n"
     )
     r = _run_compiled(code)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -367,6 +367,7 @@ def test_ptx_uses_popc_sm90_ahead_of_time():
     assert report["target"] == "sm_90"
     for name in ("xnor_gemm_kernel", "xnor_naive_kernel", "bitserial_gemm_kernel", "popcount_kernel"):
         assert report[name]["popc"] > 0, (name, report)
+    assert report["also_compiled"] == ["pack_kernel", "pack_kernel", "float_gemm_kernel"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")

@@ -193,14 +193,16 @@ def bitserial_gemm_kernel(
             a = tl.load(A + i * stride_ap + rm[:, None] * stride_am + kw[None, :], mask=mmask[:, None] & wmask, other=0)
             a = a.to(tl.uint32, bitcast=True)
             for j in tl.static_range(BITS_B):
-                b = tl.load(B + j * stride_bp + rn[:, None] * stride_bn + kw[None, :], mask=nmask[:, None] & wmask, other=0)
+                b_ptr = B + j * stride_bp + rn[:, None] * stride_bn + kw[None, :]
+                b = tl.load(b_ptr, mask=nmask[:, None] & wmask, other=0)
                 b = b.to(tl.uint32, bitcast=True)
                 both = popcount32(a[:, None, :] & b[None, :, :])
                 acc += tl.sum(both.to(tl.int32), axis=2) << (i + j)
     rsa = tl.load(RSA + rm, mask=mmask, other=0).to(tl.int64)
     rsb = tl.load(RSB + rn, mask=nmask, other=0).to(tl.int64)
     c = SA * SB * acc.to(tl.int64) + (SA * OB) * rsa[:, None] + (OA * SB) * rsb[None, :] + K.to(tl.int64) * (OA * OB)
-    tl.store(C + rm[:, None] * stride_cm + rn[None, :] * stride_cn, c.to(tl.int32), mask=mmask[:, None] & nmask[None, :])
+    c_ptr = C + rm[:, None] * stride_cm + rn[None, :] * stride_cn
+    tl.store(c_ptr, c.to(tl.int32), mask=mmask[:, None] & nmask[None, :])
 
 
 # ---------------------------------------------------------------------------------------------------

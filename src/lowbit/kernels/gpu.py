@@ -155,7 +155,9 @@ def _check_levels(x: torch.Tensor, ls: LevelSet, name: str) -> None:
 
 def _check_same_k(ka: int, kb: int, fn: str) -> None:
     if ka != kb:
-        raise ShapeError(f"a has K={ka} columns but b has K={kb}: {fn}(a, b) computes a @ b.T with a (M, K) and b (N, K)")
+        raise ShapeError(
+            f"a has K={ka} columns but b has K={kb}: {fn}(a, b) computes a @ b.T with a (M, K) and b (N, K)"
+        )
 
 
 def _words(k: int) -> int:
@@ -351,7 +353,9 @@ def _packed_operands(pa, pb, k) -> Tuple[torch.Tensor, torch.Tensor, int]:
     if isinstance(k, bool) or not isinstance(k, int):
         raise ShapeError(f"k must be an integer number of bits, got {k!r}")
     if k < 0 or k > _WORD * pa.shape[1]:
-        raise ShapeError(f"k={k} does not fit the packed rows: {pa.shape[1]} word(s) of 32 bits hold 0..{_WORD * pa.shape[1]}")
+        raise ShapeError(
+            f"k={k} does not fit the packed rows: {pa.shape[1]} word(s) of 32 bits hold 0..{_WORD * pa.shape[1]}"
+        )
     if k > _INT32_MAX:
         raise ShapeError(f"k={k} is too large: results are int32")
     return pa, pb, k
@@ -615,14 +619,35 @@ def _signatures(block: Block, bits=(2, 2)):
     ]
 
 
-def ptx_report(capability: Optional[Tuple[int, int]] = None, block: Optional[Block] = None) -> dict:
+def _other_signatures():
+    """Ahead-of-time builds of the kernels without popcount: packing (signs of float32, codes of int8)
+    and the float GEMM (float16 in)."""
+    pack_sig = {"X": "*fp32", "P": "*i32", "RS": "*i32"}
+    pack_sig.update({n: "i32" for n in ("rows", "K", "W", "stride_xr", "stride_xk", "stride_pp", "stride_pr")})
+    pack_tile = {"BLOCK_R": 8, "BLOCK_W": 4}
+    float_sig = {"A": "*fp16", "B": "*fp16", "C": "*fp32"}
+    float_sig.update({n: "i32" for n in ("M", "N", "K", "stride_am", "stride_ak", "stride_bn", "stride_bk",
+                                         "stride_cm", "stride_cn")})
+    return [
+        ("pack_kernel", pack_sig, dict(pack_tile, SIGN=True, BITS=1, OFFSET=0, STEP_SHIFT=0)),
+        ("pack_kernel", dict(pack_sig, X="*i8"), dict(pack_tile, SIGN=False, BITS=2, OFFSET=-3, STEP_SHIFT=1)),
+        ("float_gemm_kernel", float_sig, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 8}),
+    ]
+
+
+def ptx_report(capability: Optional[Tuple[int, int]] = None, block: Optional[Block] = None,
+               compile_all: bool = False) -> dict:
     """Compile each popcount kernel ahead of time and count ``popc`` instructions in its PTX.
 
     Needs the compiled (not interpreted) kernels and triton's CUDA backend, but no GPU: ``capability``
     defaults to the current CUDA device's, or (9, 0) (H100/H200) without one.
 
+    ``compile_all`` also builds the kernels without popcount (packing, float GEMM) to check that they
+    compile.
+
     Returns:
-        ``{kernel name: {"popc": count, "ptx_lines": n}}`` plus ``"target": "sm_XY"``.
+        ``{kernel name: {"popc": count, "ptx_lines": n}}`` plus ``"target": "sm_XY"`` (and
+        ``"also_compiled"``: the names of the other kernels built).
     """
     k = _k()
     if interpreted():
@@ -636,12 +661,17 @@ def ptx_report(capability: Optional[Tuple[int, int]] = None, block: Optional[Blo
     arch = 10 * capability[0] + capability[1]
     blk = block or Block(64, 64, 4, 8)
     report = {"target": f"sm_{arch}"}
-    for name, sig, const in _signatures(blk):
-        fn = getattr(k, name)
+    target = GPUTarget("cuda", arch, 32)
+
+    def build(name, sig, const):
         sig = dict(sig, **{c: "constexpr" for c in const})
-        compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", arch, 32))
-        ptx = compiled.asm["ptx"]
+        return triton.compile(ASTSource(fn=getattr(k, name), signature=sig, constexprs=const), target=target)
+
+    for name, sig, const in _signatures(blk):
+        ptx = build(name, sig, const).asm["ptx"]
         report[name] = {"popc": count_popc(ptx), "ptx_lines": ptx.count("\n")}
+    if compile_all:
+        report["also_compiled"] = [build(*spec) and spec[0] for spec in _other_signatures()]
     return report
 
 
