@@ -170,7 +170,7 @@ def test_pack_levels_planes_and_rowsums(name):
 # ---------------------------------------------------------------------------------------------------
 # binary products
 # ---------------------------------------------------------------------------------------------------
-SHAPES = [(1, 1, 1), (1, 5, 31), (3, 1, 33), (7, 9, 64), (18, 17, 100), (5, 20, 257)]
+SHAPES = [(1, 1, 1), (1, 5, 31), (3, 1, 33), (7, 9, 64), (18, 17, 100), (5, 3, 257)]
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -183,7 +183,7 @@ def test_binary_matmul_exact(m, n, k):
     np.testing.assert_array_equal(got.numpy(), ref_matmul(a.numpy(), b.numpy()))
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 5, 31), (9, 7, 100), (20, 3, 257)])
+@pytest.mark.parametrize("m,n,k", [(1, 5, 31), (6, 4, 100)])
 def test_binary_naive_kernel_exact(m, n, k):
     rng = np.random.default_rng(k)
     a, b = pm1(rng, (m, k)), pm1(rng, (n, k))
@@ -194,8 +194,8 @@ def test_binary_naive_kernel_exact(m, n, k):
 @pytest.mark.parametrize("block", [gpu.Block(16, 16, 1, 1), gpu.Block(16, 32, 4, 2), gpu.Block(32, 16, 2, 4)])
 def test_binary_blocks_and_dtypes(block):
     rng = np.random.default_rng(7)
-    a = pm1(rng, (37, 130), torch.int16)
-    b = pm1(rng, (21, 130), torch.float64).t().contiguous().t()  # column-major view
+    a = pm1(rng, (20, 70), torch.int16)
+    b = pm1(rng, (18, 70), torch.float64).t().contiguous().t()  # column-major view
     got = gpu.binary_matmul(a, b, block=block)
     np.testing.assert_array_equal(got.numpy(), ref_matmul(a.numpy(), b.numpy()))
 
