@@ -34,7 +34,6 @@ Usage on a GPU machine: ``pip install -e '.[gpu]' && python benchmarks/gpu_gemm.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -44,9 +43,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from lowbit.benchmarking import machine_record, write_results
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
 
 FULL = {
     "square": (8192, 8192, 8192),
@@ -215,7 +215,7 @@ def bench_gemm(torch, gpu, timer, dev, name, m, n, k, naive_budget_s, smoke):
 # 2. MNIST MLP end to end
 # ---------------------------------------------------------------------------------------------------
 def _mlp_model(torch, cfg, dev):
-    from lowbit.models import mlp
+    from lowbit.models.image import mlp
 
     n_in, hidden, depth, classes = cfg
     torch.manual_seed(0)
@@ -233,7 +233,7 @@ def _mlp_model(torch, cfg, dev):
 
 def _binary_pipeline(torch, gpu, model, dev, float_kernel=False):
     """A forward function running the model's layers on lowbit's GPU kernels (weights prepared once)."""
-    from lowbit.layers import PIXEL_GAIN, QuantLinear
+    from lowbit.nn.layers import PIXEL_GAIN, QuantLinear
 
     linears = [mod for mod in model if isinstance(mod, QuantLinear)]
     norms = [mod for mod in model if isinstance(mod, torch.nn.BatchNorm1d)]
@@ -264,7 +264,7 @@ def _binary_pipeline(torch, gpu, model, dev, float_kernel=False):
 def _prebinarized_fp32(torch, model):
     """The model's forward in plain PyTorch fp32 with the weights binarized once (a fair fp32 baseline)."""
     import torch.nn.functional as F
-    from lowbit.layers import PIXEL_GAIN, QuantLinear
+    from lowbit.nn.layers import PIXEL_GAIN, QuantLinear
 
     linears = [mod for mod in model if isinstance(mod, QuantLinear)]
     norms = [mod for mod in model if isinstance(mod, torch.nn.BatchNorm1d)]
@@ -313,7 +313,7 @@ def bench_mlp(torch, gpu, timer, dev, cfg, batch):
 # 3. ConvNet training step
 # ---------------------------------------------------------------------------------------------------
 def bench_conv_step(torch, timer, dev, conv):
-    from lowbit.models import convnet
+    from lowbit.models.image import convnet
 
     kw = {key: conv[key] for key in ("channels", "fc") if key in conv}
     out = {"batch": conv["batch"], "in_shape": list(conv["in_shape"]), "ms": {}}
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(0) if not args.smoke else f"CPU ({platform.processor() or 'interpreter'})",
         "capability": list(torch.cuda.get_device_capability()) if not args.smoke else None,
         "smoke": bool(args.smoke), "torch": torch.__version__, "triton": triton.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "gemm": [], "mlp": [],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_record(), "gemm": [], "mlp": [],
     }
     m, n, k = cfg["square"]
     cases = [(f"square {m}x{n}x{k}", m, n, k)]
@@ -435,9 +435,7 @@ def main(argv=None) -> int:
     res["seconds"] = round(time.time() - t0, 1)
 
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="gpu_gemm_smoke_")) if args.smoke else RESULTS)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gpu_gemm.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out_dir / "gpu_gemm.md").write_text(_markdown(res))
+    write_results(out_dir / "gpu_gemm", res, _markdown(res))
     print(f"wrote {out_dir / 'gpu_gemm.json'} and gpu_gemm.md in {res['seconds']} s"
           + (" (smoke run: not GPU figures)" if args.smoke else ""))
     return 0
