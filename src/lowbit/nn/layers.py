@@ -40,6 +40,12 @@ def check_quantizer_role(q: nn.Module, role: str, where: str) -> None:
         )
 
 
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when autocast left it in bfloat16/float16 (exact), so quantizers compute their
+    levels in float32 whatever precision the GEMMs run in (``TrainConfig.amp``)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
 class QuantLayerMixin:
     """What every quantized weight layer shares: quantizers, latent-weight clip, Glorot LR scale."""
 
@@ -90,6 +96,7 @@ class QuantLayerMixin:
         front of each quantizer (identity forward): backward, the gradient first goes through the
         quantizer's STE, then is quantized, so what reaches x and W takes only the k-bit levels."""
         w = self.weight
+        x = full_precision(x)
         gq = self.grad_quantizer
         if gq is not None:
             if getattr(gq, "input_grad", True):
@@ -283,7 +290,7 @@ class QuantAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.quantizer, Identity):
             return self.float_activation(x)
-        return self.quantizer(x)
+        return self.quantizer(full_precision(x))
 
     def extra_repr(self) -> str:
         if isinstance(self.quantizer, Identity):

@@ -39,6 +39,8 @@ class TrainConfig:
     pact_l2: float = 0.0  # L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)
     bn_recalibrate: int = 0  # before each evaluation, re-estimate BN running statistics over this many training images (0: off)
     data_workers: int = 2  # DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process
+    amp: str = "none"  # "bf16": forward under bfloat16 autocast (GEMMs/convs in bf16; quantizers stay float32)
+    compile: str = ""  # a torch.compile backend for the training forward ("inductor", "aot_eager"); "": eager
 
     def to_dict(self) -> Dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -159,6 +161,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.bn_recalibrate and cfg.task != "image":
         raise ConfigError(f"bn_recalibrate is supported by the image task only; recipe {cfg.recipe!r} has task "
                           f"{cfg.task!r}: set bn_recalibrate=0")
+    if cfg.amp not in ("none", "bf16"):
+        raise ConfigError(f"amp must be 'none' or 'bf16', got {cfg.amp!r}")
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; known: {', '.join(TASKS)}")
     if cfg.data_workers < 0:

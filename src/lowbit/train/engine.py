@@ -133,6 +133,20 @@ def regularization(model: nn.Module, cfg: TrainConfig) -> Any:
     return total
 
 
+def mixed_precision(cfg: TrainConfig, device: torch.device):
+    """The training forward's autocast context: bfloat16 for ``amp="bf16"`` (on CUDA or CPU), else none.
+
+    Autocast casts only the GEMM-like ops (linear, conv, LSTM cells) to bf16; the quantizers are
+    element-wise and keep float32, so their levels (+-1, k-bit grids, PACT codes) are exactly those of an
+    fp32 run (``tests/test_train.py`` checks this). The backward runs in the forward's dtypes, and the
+    optimizer updates float32 latent weights, so no loss scaling is needed with bf16."""
+    import contextlib
+
+    if cfg.amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _check_resume(saved: Dict, cfg: TrainConfig, path: Path) -> None:
     """A checkpoint only continues the run it came from: same recipe, model and model arguments."""
     old = saved["config"]
@@ -197,6 +211,9 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
         saved, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
         task.check_resume(saved, ckpt_path)
     train_model = data_parallel(model, ctx)
+    if cfg.compile:  # compiles the forward of the (DDP-wrapped) model; eager evaluation and checkpoints
+        train_model = torch.compile(train_model, backend=cfg.compile)
+    autocast = mixed_precision(cfg, ctx.device)
 
     # ---- epochs ---------------------------------------------------------------------------------------
     t0 = time.time() - elapsed_before
@@ -207,8 +224,9 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
         bar = tqdm(task.batches(epoch, ctx), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not (progress and ctx.is_main), dynamic_ncols=True, mininterval=0.5)
         for batch in bar:
-            loss, count, batch_correct = task.loss(train_model, model, batch)
-            objective = loss + regularization(model, cfg)
+            with autocast:
+                loss, count, batch_correct = task.loss(train_model, model, batch)
+                objective = loss + regularization(model, cfg)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if task.clip_grad > 0:
