@@ -70,22 +70,22 @@ def svhn_cnn() -> TrainConfig:
 QNN_KNOBS = dict(grad_quantizer=None, norm="bn")
 
 
+def _with_qnn_knobs(base: TrainConfig, name: str) -> TrainConfig:
+    base.recipe = name
+    base.model_args.update(QNN_KNOBS)
+    return base
+
+
 @recipe("mnist-mlp-qnn")
 def mnist_mlp_qnn() -> TrainConfig:
     """mnist-mlp with the QNN knobs (k-bit quantizers, grad_quantizer, norm) open to --set."""
-    cfg = mnist_mlp()
-    cfg.recipe = "mnist-mlp-qnn"
-    cfg.model_args.update(QNN_KNOBS)
-    return cfg
+    return _with_qnn_knobs(mnist_mlp(), "mnist-mlp-qnn")
 
 
 @recipe("mnist-cnn-qnn")
 def mnist_cnn_qnn() -> TrainConfig:
     """mnist-cnn with the QNN knobs (k-bit quantizers, grad_quantizer, norm) open to --set."""
-    cfg = mnist_cnn()
-    cfg.recipe = "mnist-cnn-qnn"
-    cfg.model_args.update(QNN_KNOBS)
-    return cfg
+    return _with_qnn_knobs(mnist_cnn(), "mnist-cnn-qnn")
 
 
 # --------------------------------------------------------------------------------------------------------
