@@ -21,7 +21,7 @@ def _ptb(name: str, cell: str) -> TrainConfig:
         model_args=dict(
             vocab_size=0, cell=cell, emb_size=300, hidden_size=300, num_layers=2, dropout=0.5,
             tie_weights=False, weight_bits=4, act_bits=4, weight_quantizer="auto", act_quantizer="auto",
-            weight_scale="max", quantize_embedding=False, quantize_decoder=False,
+            weight_scale="max", quantize_embedding=False, quantize_decoder=False, init="torch",
             **{**LM_SETTINGS, "level": "word", "bptt": 35, "clip_grad": 0.25},
         ),
         epochs=12, batch_size=20, eval_batch_size=10, optimizer="adam", lr_start=2e-3, lr_end=2e-4,
@@ -57,7 +57,7 @@ def shakespeare_lstm() -> TrainConfig:
         model_args=dict(
             vocab_size=0, cell="lstm", emb_size=64, hidden_size=256, num_layers=2, dropout=0.1,
             tie_weights=False, weight_bits=4, act_bits=4, weight_quantizer="auto", act_quantizer="auto",
-            weight_scale="max", quantize_embedding=False, quantize_decoder=False,
+            weight_scale="max", quantize_embedding=False, quantize_decoder=False, init="torch",
             **{**LM_SETTINGS, "level": "char", "bptt": 100, "clip_grad": 1.0},
         ),
         epochs=4, batch_size=32, eval_batch_size=32, optimizer="adam", lr_start=3e-3, lr_end=3e-4,
