@@ -38,7 +38,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write
 from ..optim import build_optimizer, build_scheduler
 from ..plotting import plot_curves
-from ..train import data_parallel, resume_run
+from ..train import data_parallel, keep_freed_memory, resume_run
 from . import models as _models  # noqa: F401  (registers "rnn_lm")
 from .models import split_model_args
 from .text import TextCorpus, batchify, load_char_corpus, load_ptb, resolve_data_dir
@@ -116,6 +116,7 @@ def train_lm(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, pro
     clip = float(settings["clip_grad"])
     if bptt < 1:
         raise ConfigError(f"model.bptt must be >= 1, got {bptt}")
+    keep_freed_memory()  # each step's (T, B, 4H) temporaries: reuse the heap instead of fresh page-faulted mmaps
     ctx = distributed.setup()
     log = print if ctx.is_main else (lambda *a, **k: None)
     out_dir = Path(out_dir)

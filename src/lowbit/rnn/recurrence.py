@@ -40,9 +40,12 @@ class _Act:
     """What the fast recurrence needs of an activation quantizer: the no-grad forward (``None``: identity),
     the STE range ``a`` (gradient passes where ``|x| <= a``)."""
 
-    def __init__(self, fn: Optional[Callable], a: float):
+    def __init__(self, fn: Optional[Callable], a: float, bounded: Optional[Callable] = None):
         self.fn = fn
         self.a = a
+        # bounded(x, out): the same values for inputs known to lie in [-1, 1] (fewer ops), the result written
+        # into ``out``; None: fn, then a copy
+        self.bounded = bounded
 
     def __call__(self, x):
         return x if self.fn is None else self.fn(x)
@@ -62,7 +65,19 @@ def _linear_nearest(bits: int, a: float):
         v.mul_(2.0).add_(1.0).div_(n)
         return v.mul_(a) if a != 1.0 else v
 
-    return q
+    two = torch.tensor(2.0)
+    one = torch.tensor(1.0)
+
+    def bounded(x, out):
+        # |x| <= 1 <= a: x * s lies in [-n/2, n/2], so floor(x * s) is already in [-half, half - 1] (n/2 =
+        # half - 1/2, and x * s = +-n/2 exactly only at x = +-1); 2 j + 1 as one exact addcmul.
+        v = x * scale
+        v.floor_()
+        v = torch.addcmul(one, v, two)
+        torch.div(v, n, out=out)
+        return out.mul_(a) if a != 1.0 else out
+
+    return q, bounded
 
 
 def fast_act(q) -> Optional[_Act]:
@@ -75,7 +90,8 @@ def fast_act(q) -> Optional[_Act]:
         if q.mode != "symmetric" or q.max_value < 1.0:
             return None
         if q.rounding == "nearest" or not q.training:
-            return _Act(_linear_nearest(q.bits, q.max_value), q.max_value)
+            fn, bounded = _linear_nearest(q.bits, q.max_value)
+            return _Act(fn, q.max_value, bounded)
         return _Act(q, q.max_value)  # stochastic rounding: the module itself (same RNG draws, same order)
     if type(q) is SymmetricUniform:
         return _Act(q, 1.0)
@@ -93,53 +109,61 @@ class LSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xproj, h0, c0, w_hh, mult, aa, bb, act):
-        T = xproj.size(0)
-        wt = w_hh.t()
+        T, B = xproj.shape[:2]
+        H = h0.size(-1)
+        # (xproj + h W^T) * mult with mult in {1/2, 1}: scaling by a power of two commutes with every rounding
+        # of the sum and the GEMM, so xproj * mult + h (W * mult)^T is the same tensor, bit for bit
+        xs = xproj * mult
+        wt = (w_hh * mult.unsqueeze(1)).t()
+        # what the backward needs, written in place step by step (no lists to stack, no fresh big buffers)
+        out = xproj.new_empty(T, B, H)
+        cs = xproj.new_empty(T, B, H)
+        vs = xproj.new_empty(T, B, 4 * H)
+        gs = xproj.new_empty(T, B, 4 * H)
+        tcs = xproj.new_empty(T, B, H)
+        ug = xproj.new_empty(B, 4 * H)
         h, c = h0, c0
-        hs, cs, vs, gs, tcs = [], [], [], [], []
+        qb = act.bounded
         for t in range(T):
-            gates = torch.addmm(xproj[t], h, wt)
-            v = torch.tanh(gates * mult)
-            u = act(v)
-            gv = torch.addcmul(bb, u, aa)
+            v = torch.tanh(torch.addmm(xs[t], h, wt), out=vs[t])
+            u = act(v) if qb is None else qb(v, ug)
+            gv = torch.addcmul(bb, u, aa, out=gs[t])
             i, f, g, o = gv.chunk(4, 1)
-            c = torch.addcmul(f * c, i, g)
-            tc = torch.tanh(c)
-            h = act(o * tc)
-            hs.append(h)
-            cs.append(c)
-            vs.append(v)
-            gs.append(gv)
-            tcs.append(tc)
-        out = torch.stack(hs)
-        ctx.save_for_backward(w_hh, h0, c0, out, torch.stack(cs), torch.stack(vs), torch.stack(gs), torch.stack(tcs),
-                              mult, aa)
-        return out, c
+            c = torch.addcmul(f * c, i, g, out=cs[t])
+            tc = torch.tanh(c, out=tcs[t])
+            if qb is None:
+                h = act(o * tc)
+                out[t].copy_(h)
+            else:
+                h = qb(o * tc, out[t])
+        ctx.save_for_backward(w_hh, h0, c0, out, cs, vs, gs, tcs, mult, aa)
+        return out, cs[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_cn):
         w_hh, h0, c0, out, cs, vs, gs, tcs, mult, aa = ctx.saved_tensors
         T, B, H = out.shape
-        # time-independent factors, all steps at once
-        fac = (1.0 - vs * vs) * (mult * aa)             # d gate value / d pre-activation
-        i, f, g, o = gs.chunk(4, 2)
-        c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
-        A = torch.stack([g, c_prev, i], 2) * fac[:, :, :3 * H].reshape(T, B, 3, H)
-        P = tcs * fac[:, :, 3 * H:]
-        Q = o * (1.0 - tcs * tcs)
+        ma = mult * aa                                   # d gate value / d u * d (x mult) / d x
         dG = torch.empty_like(gs)
         dc = d_cn
         for t in range(T - 1, -1, -1):
+            # per step, on cache-resident (B, 4H) tensors: fewer passes over memory than whole-sequence factors
             dh = d_out[t] if t == T - 1 else torch.addmm(d_out[t], dG[t + 1], w_hh)
-            dc = torch.addcmul(dc, dh, Q[t])
-            torch.mul(dc.unsqueeze(1), A[t], out=dG[t, :, :3 * H].view(B, 3, H))
-            torch.mul(dh, P[t], out=dG[t, :, 3 * H:])
-            dc = dc * f[t]
+            i, f, g, o = gs[t].chunk(4, 1)
+            tc = tcs[t]
+            dc = torch.addcmul(dc, dh * o, 1.0 - tc * tc)
+            dGt = dG[t]
+            torch.mul(dc, g, out=dGt[:, :H])
+            torch.mul(dc, c0 if t == 0 else cs[t - 1], out=dGt[:, H:2 * H])
+            torch.mul(dc, i, out=dGt[:, 2 * H:3 * H])
+            torch.mul(dh, tc, out=dGt[:, 3 * H:])
+            v = vs[t]
+            dGt.mul_(torch.addcmul(ma, v * v, ma, value=-1.0))  # * ma (1 - v^2)
+            dc = dc * f
         dh0 = dG[0] @ w_hh if ctx.needs_input_grad[1] else None
         dw = None
-        if ctx.needs_input_grad[3]:
-            h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])
-            dw = dG.reshape(T * B, 4 * H).t() @ h_prev.reshape(T * B, H)
+        if ctx.needs_input_grad[3]:  # sum_t dG_t^T h_{t-1}: one GEMM over steps 1..T-1, one for step 0
+            dw = torch.addmm(dG[0].t() @ h0, dG[1:].reshape(-1, 4 * H).t(), out[:-1].reshape(-1, H))
         return dG, dh0, dc, dw, None, None, None, None
 
 
