@@ -113,29 +113,31 @@ class LSTMRecurrence(torch.autograd.Function):
         H = h0.size(-1)
         # (xproj + h W^T) * mult with mult in {1/2, 1}: scaling by a power of two commutes with every rounding
         # of the sum and the GEMM, so xproj * mult + h (W * mult)^T is the same tensor, bit for bit
-        xs = xproj * mult
+        xs = (xproj * mult).unbind(0)
         wt = (w_hh * mult.unsqueeze(1)).t()
-        # what the backward needs, written in place step by step (no lists to stack, no fresh big buffers)
+        # what the backward needs, written in place step by step (no lists to stack, no fresh big buffers);
+        # the per-step views are made once (unbind), not by indexing in the loop: on small tensors every op,
+        # even a view, costs about as much as the arithmetic
         out = xproj.new_empty(T, B, H)
         cs = xproj.new_empty(T, B, H)
         vs = xproj.new_empty(T, B, 4 * H)
         gs = xproj.new_empty(T, B, 4 * H)
         tcs = xproj.new_empty(T, B, H)
         ug = xproj.new_empty(B, 4 * H)
+        out_t, cs_t, vs_t, gs_t, tcs_t = out.unbind(0), cs.unbind(0), vs.unbind(0), gs.unbind(0), tcs.unbind(0)
+        i_t, f_t, g_t, o_t = (gs[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
         h, c = h0, c0
         qb = act.bounded
         for t in range(T):
-            v = torch.tanh(torch.addmm(xs[t], h, wt), out=vs[t])
-            u = act(v) if qb is None else qb(v, ug)
-            gv = torch.addcmul(bb, u, aa, out=gs[t])
-            i, f, g, o = gv.chunk(4, 1)
-            c = torch.addcmul(f * c, i, g, out=cs[t])
-            tc = torch.tanh(c, out=tcs[t])
+            v = torch.tanh(torch.addmm(xs[t], h, wt), out=vs_t[t])
+            torch.addcmul(bb, act(v) if qb is None else qb(v, ug), aa, out=gs_t[t])
+            c = torch.addcmul(f_t[t] * c, i_t[t], g_t[t], out=cs_t[t])
+            tc = torch.tanh(c, out=tcs_t[t])
             if qb is None:
-                h = act(o * tc)
-                out[t].copy_(h)
+                h = act(o_t[t] * tc)
+                out_t[t].copy_(h)
             else:
-                h = qb(o * tc, out[t])
+                h = qb(o_t[t] * tc, out_t[t])
         ctx.save_for_backward(w_hh, h0, c0, out, cs, vs, gs, tcs, mult, aa)
         return out, cs[-1].clone()
 
@@ -145,21 +147,24 @@ class LSTMRecurrence(torch.autograd.Function):
         T, B, H = out.shape
         ma = mult * aa                                   # d gate value / d u * d (x mult) / d x
         dG = torch.empty_like(gs)
+        dG_t = dG.unbind(0)
+        dGk = [dG[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4)]
+        i_t, f_t, g_t, o_t = (gs[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
+        d_out_t, vs_t, tcs_t = d_out.unbind(0), vs.unbind(0), tcs.unbind(0)
+        c_prev = (c0,) + cs[:-1].unbind(0)
         dc = d_cn
         for t in range(T - 1, -1, -1):
             # per step, on cache-resident (B, 4H) tensors: fewer passes over memory than whole-sequence factors
-            dh = d_out[t] if t == T - 1 else torch.addmm(d_out[t], dG[t + 1], w_hh)
-            i, f, g, o = gs[t].chunk(4, 1)
-            tc = tcs[t]
-            dc = torch.addcmul(dc, dh * o, 1.0 - tc * tc)
-            dGt = dG[t]
-            torch.mul(dc, g, out=dGt[:, :H])
-            torch.mul(dc, c0 if t == 0 else cs[t - 1], out=dGt[:, H:2 * H])
-            torch.mul(dc, i, out=dGt[:, 2 * H:3 * H])
-            torch.mul(dh, tc, out=dGt[:, 3 * H:])
-            v = vs[t]
-            dGt.mul_(torch.addcmul(ma, v * v, ma, value=-1.0))  # * ma (1 - v^2)
-            dc = dc * f
+            dh = d_out_t[t] if t == T - 1 else torch.addmm(d_out_t[t], dG_t[t + 1], w_hh)
+            tc = tcs_t[t]
+            dc = torch.addcmul(dc, dh * o_t[t], 1.0 - tc * tc)
+            torch.mul(dc, g_t[t], out=dGk[0][t])
+            torch.mul(dc, c_prev[t], out=dGk[1][t])
+            torch.mul(dc, i_t[t], out=dGk[2][t])
+            torch.mul(dh, tc, out=dGk[3][t])
+            v = vs_t[t]
+            dG_t[t].mul_(torch.addcmul(ma, v * v, ma, value=-1.0))  # * ma (1 - v^2)
+            dc = dc * f_t[t]
         dh0 = dG[0] @ w_hh if ctx.needs_input_grad[1] else None
         dw = None
         if ctx.needs_input_grad[3]:  # sum_t dG_t^T h_{t-1}: one GEMM over steps 1..T-1, one for step 0
@@ -171,36 +176,39 @@ class LSTMRecurrence(torch.autograd.Function):
 
 
 class GRURecurrence(torch.autograd.Function):
-    """``(xproj (T, B, 3H) with b_ih, h0, w_hh (3H, H), b_hh or None, gate_quantized, act) -> out (T, B, H)``;
-    the cell is :meth:`QuantRNNBase._cell`'s GRU branch."""
+    """``(xproj (T, B, 3H) with b_ih, h0, w_hh (3H, H), b_hh or None, act) -> out (T, B, H)``; the cell is
+    :meth:`QuantRNNBase._cell`'s GRU branch."""
 
     @staticmethod
     def forward(ctx, xproj, h0, w_hh, b_hh, act):
         import torch.nn.functional as F
 
-        T = xproj.size(0)
+        T, B = xproj.shape[:2]
+        H = h0.size(-1)
+        out = xproj.new_empty(T, B, H)
+        hns = xproj.new_empty(T, B, H)
+        ss = xproj.new_empty(T, B, 2 * H)
+        rzs = xproj.new_empty(T, B, 2 * H) if act.fn is not None else ss
+        tns = xproj.new_empty(T, B, H)
+        ns = xproj.new_empty(T, B, H)
+        out_t, hns_t, ss_t, rzs_t, tns_t, ns_t = (a.unbind(0) for a in (out, hns, ss, rzs, tns, ns))
+        xr_t, xz_t, xn_t = (xproj[:, :, k * H:(k + 1) * H].unbind(0) for k in range(3))
+        r_t, z_t = rzs[:, :, :H].unbind(0), rzs[:, :, H:].unbind(0)
         h = h0
-        hs, hns, ss, rzs, tns, ns = [], [], [], [], [], []
         for t in range(T):
             hp = F.linear(h, w_hh, b_hh)
-            xr, xz, xn = xproj[t].chunk(3, 1)
             hr, hz, hn = hp.chunk(3, 1)
-            s = torch.sigmoid(torch.cat([xr + hr, xz + hz], 1))
-            rz = s if act.fn is None else (act(2.0 * s - 1.0) + 1.0) * 0.5
-            r, z = rz.chunk(2, 1)
-            tn = torch.tanh(torch.addcmul(xn, r, hn))
+            s = torch.sigmoid(torch.cat([xr_t[t] + hr, xz_t[t] + hz], 1), out=ss_t[t])
+            if act.fn is not None:
+                torch.mul(act(2.0 * s - 1.0) + 1.0, 0.5, out=rzs_t[t])
+            hns_t[t].copy_(hn)
+            tn = torch.tanh(torch.addcmul(xn_t[t], r_t[t], hn), out=tns_t[t])
             n = act(tn)
-            h = act(torch.lerp(n, h, z))
-            hs.append(h)
-            hns.append(hn)
-            ss.append(s)
-            rzs.append(rz)
-            tns.append(tn)
-            ns.append(n)
-        out = torch.stack(hs)
+            ns_t[t].copy_(n)
+            h = act(torch.lerp(n, h, z_t[t]))
+            out_t[t].copy_(h)
         ctx.has_bias = b_hh is not None
-        ctx.save_for_backward(w_hh, h0, out, torch.stack(hns), torch.stack(ss), torch.stack(rzs), torch.stack(tns),
-                              torch.stack(ns))
+        ctx.save_for_backward(w_hh, h0, out, hns, ss, rzs, tns, ns)
         return out
 
     @staticmethod
@@ -208,25 +216,28 @@ class GRURecurrence(torch.autograd.Function):
         w_hh, h0, out, hns, ss, rzs, tns, ns = ctx.saved_tensors
         T, B, H = out.shape
         S = ss * (1.0 - ss)                              # d rz / d pre (the gate mapping's STE slope is 1)
-        r, z = rzs.chunk(2, 2)
+        r, z = rzs[:, :, :H], rzs[:, :, H:]
         h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])
-        K1 = (1.0 - z) * (1.0 - tns * tns)
-        hnS = hns * S[:, :, :H]
-        hmnS = (h_prev - ns) * S[:, :, H:]
+        K1 = ((1.0 - z) * (1.0 - tns * tns)).unbind(0)  # d h / d (pre-activation of n)
+        hnS = (hns * S[:, :, :H]).unbind(0)
+        hmnS = (h_prev - ns).mul_(S[:, :, H:]).unbind(0)
         dX = torch.empty(T, B, 3 * H, dtype=out.dtype, device=out.device)
         dP = torch.empty_like(dX)
+        dX_rz, dX_r, dX_z, dX_n = (dX[:, :, a:b].unbind(0) for a, b in ((0, 2 * H), (0, H), (H, 2 * H), (2 * H, 3 * H)))
+        dP_t, dP_rz, dP_n = dP.unbind(0), dP[:, :, :2 * H].unbind(0), dP[:, :, 2 * H:].unbind(0)
+        z_t, r_t, d_out_t = z.unbind(0), r.unbind(0), d_out.unbind(0)
         dh = None
         for t in range(T - 1, -1, -1):
             if t == T - 1:
-                dh = d_out[t]
+                dh = d_out_t[t]
             else:
-                dh = torch.addmm(torch.addcmul(d_out[t], dh, z[t + 1]), dP[t + 1], w_hh)
-            dpn = torch.mul(dh, K1[t], out=dX[t, :, 2 * H:])
-            torch.mul(dpn, r[t], out=dP[t, :, 2 * H:])
-            torch.mul(dpn, hnS[t], out=dX[t, :, :H])
-            torch.mul(dh, hmnS[t], out=dX[t, :, H:2 * H])
-            dP[t, :, :2 * H].copy_(dX[t, :, :2 * H])
-        dh0 = torch.addmm(dh * z[0], dP[0], w_hh) if ctx.needs_input_grad[1] else None
+                dh = torch.addmm(torch.addcmul(d_out_t[t], dh, z_t[t + 1]), dP_t[t + 1], w_hh)
+            dpn = torch.mul(dh, K1[t], out=dX_n[t])
+            torch.mul(dpn, r_t[t], out=dP_n[t])
+            torch.mul(dpn, hnS[t], out=dX_r[t])
+            torch.mul(dh, hmnS[t], out=dX_z[t])
+            dP_rz[t].copy_(dX_rz[t])
+        dh0 = torch.addmm(dh * z_t[0], dP[0], w_hh) if ctx.needs_input_grad[1] else None
         dw = dP.reshape(T * B, 3 * H).t() @ h_prev.reshape(T * B, H) if ctx.needs_input_grad[2] else None
         db = dP.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return dX, dh0, dw, db, None
@@ -242,17 +253,19 @@ class RNNRecurrence(torch.autograd.Function):
     def forward(ctx, xproj, h0, w_hh, relu, act):
         T = xproj.size(0)
         wt = w_hh.t()
+        out = torch.empty_like(h0).unsqueeze(0).expand(T, -1, -1).contiguous()
+        ys = torch.empty_like(out)
+        xs, out_t, ys_t = xproj.unbind(0), out.unbind(0), ys.unbind(0)
         h = h0
-        hs, ys = [], []
         for t in range(T):
-            pre = torch.addmm(xproj[t], h, wt)
-            y = torch.relu(pre) if relu else torch.tanh(pre)
+            pre = torch.addmm(xs[t], h, wt)
+            y = torch.relu(pre) if relu else torch.tanh(pre, out=ys_t[t])
+            if relu:
+                ys_t[t].copy_(y)
             h = act(y)
-            hs.append(h)
-            ys.append(y)
-        out = torch.stack(hs)
+            out_t[t].copy_(h)
         ctx.relu, ctx.a = relu, act.a
-        ctx.save_for_backward(w_hh, h0, out, torch.stack(ys))
+        ctx.save_for_backward(w_hh, h0, out, ys)
         return out
 
     @staticmethod
@@ -267,9 +280,10 @@ class RNNRecurrence(torch.autograd.Function):
         else:
             fac = 1.0 - ys * ys
         dP = torch.empty_like(out)
+        dP_t, d_out_t, fac_t = dP.unbind(0), d_out.unbind(0), fac.unbind(0)
         for t in range(T - 1, -1, -1):
-            dh = d_out[t] if t == T - 1 else torch.addmm(d_out[t], dP[t + 1], w_hh)
-            torch.mul(dh, fac[t], out=dP[t])
+            dh = d_out_t[t] if t == T - 1 else torch.addmm(d_out_t[t], dP_t[t + 1], w_hh)
+            torch.mul(dh, fac_t[t], out=dP_t[t])
         dh0 = dP[0] @ w_hh if ctx.needs_input_grad[1] else None
         dw = None
         if ctx.needs_input_grad[2]:
