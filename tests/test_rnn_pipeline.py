@@ -132,14 +132,15 @@ def test_fast_path_is_taken_and_falls_back_for_unsupported_quantizers():
 def _short_shakespeare(tmp_path, init):
     cfg = apply_overrides(get_recipe("shakespeare-lstm"), [
         "epochs=1", "model.weight_bits=32", "model.act_bits=32", f"model.init={init}", "model.hidden_size=128",
-        "model.bptt=50", f"train_subset={32 * 50 * 60 + 1}", "test_subset=20000", "seed=0"])
+        "model.bptt=50", "batch_size=16", f"train_subset={16 * 50 * 150 + 1}", "test_subset=20000", "seed=0"])
     return run(cfg, tmp_path / init, data_dir=DATA, progress=False)["test_bpc"]
 
 
 def test_short_shakespeare_run_reaches_the_bound(tmp_path):
-    """60 steps of the shakespeare-lstm recipe (2 x 128, BPTT 50, 32 bits): the fixed pipeline reaches
-    BOUND bits per character on the first 20k test characters; the old one (init="uniform") stays above it."""
+    """150 steps of the shakespeare-lstm recipe's settings (2 x 128, batch 16, BPTT 50, 32 bits, seed 0): the fixed
+    pipeline reaches BOUND bits per character on the first 20k test characters (measured 3.78); the old one
+    (``model.init=uniform``, lowbit before issue 17) ends at 4.49, above the unigram entropy (4.7) by little."""
     if not (DATA / "tinyshakespeare" / "input.txt").is_file():
         pytest.skip(f"Tiny Shakespeare not found under {DATA}")
-    BOUND = 3.3
+    BOUND = 4.1
     assert _short_shakespeare(tmp_path, "torch") <= BOUND
