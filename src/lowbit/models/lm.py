@@ -45,6 +45,13 @@ class RNNLanguageModel(nn.Module):
         emb_size, hidden_size, num_layers: sizes.
         dropout: on the embedding output, between recurrent layers and before the decoder.
         tie_weights: share the embedding table with the decoder (needs ``emb_size == hidden_size``).
+        init: ``"torch"`` (default): every module keeps torch's own initialisation, drawn in the order a plain
+            ``nn.Embedding -> nn.LSTM -> nn.Linear`` model draws it (embedding N(0, 1), recurrent weights
+            U(+-1/sqrt(H)), decoder weight and bias U(+-1/sqrt(H))), so with one seed a 32-bit model starts
+            from the weights of the plain PyTorch model; with ``tie_weights`` the shared table is U(+-0.1).
+            ``"uniform"``: the PyTorch word-language-model example's embedding and decoder U(+-0.1), decoder
+            bias 0 (lowbit's init before issue 17; with a 64-wide embedding its inputs are ~15x smaller than
+            torch's and a one-epoch Tiny Shakespeare run ends ~0.2 bits per character worse).
         weight_bits, act_bits, weight_quantizer, act_quantizer, *_quantizer_args, weight_scale: the
             recurrent layers' quantization (see :class:`lowbit.nn.QuantLSTM`).
         quantize_embedding, quantize_decoder: give the embedding table / the decoder weights the same weight
@@ -71,12 +78,15 @@ class RNNLanguageModel(nn.Module):
         weight_scale: str = "max",
         quantize_embedding: bool = False,
         quantize_decoder: bool = False,
+        init: str = "torch",
     ):
         super().__init__()
         if not isinstance(vocab_size, int) or vocab_size < 1:
             raise ConfigError(f"rnn_lm: vocab_size must be >= 1 (training fills it from the data), got {vocab_size!r}")
         if tie_weights and emb_size != hidden_size:
             raise ConfigError(f"rnn_lm: tie_weights needs emb_size == hidden_size, got {emb_size} and {hidden_size}")
+        if init not in ("torch", "uniform"):
+            raise ConfigError(f"rnn_lm: init must be 'torch' or 'uniform', got {init!r}")
         self.vocab_size = vocab_size
         self.cell = str(cell).lower()
         wq = dict(weight_quantizer=weight_quantizer, weight_bits=weight_bits,
@@ -95,10 +105,14 @@ class RNNLanguageModel(nn.Module):
                 self.decoder = QuantLinear(hidden_size, vocab_size, bias=True, weight_quantizer=q, weight_clip=None)
         else:
             self.decoder = nn.Linear(hidden_size, vocab_size)
-        with torch.no_grad():  # the PyTorch word-language-model example's initialisation
-            self.encoder.weight.uniform_(-0.1, 0.1)
-            self.decoder.weight.uniform_(-0.1, 0.1)
-            self.decoder.bias.zero_()
+        if init == "uniform":
+            with torch.no_grad():  # the PyTorch word-language-model example's initialisation
+                self.encoder.weight.uniform_(-0.1, 0.1)
+                self.decoder.weight.uniform_(-0.1, 0.1)
+                self.decoder.bias.zero_()
+        elif tie_weights:
+            with torch.no_grad():  # N(0, 1) would give logits of size sqrt(H) through the shared table
+                self.encoder.weight.uniform_(-0.1, 0.1)
         if tie_weights:
             self.decoder.weight = self.encoder.weight
         self.tie_weights = bool(tie_weights)

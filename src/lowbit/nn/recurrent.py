@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import ConfigError, DataError, ShapeError
 from ..quant.base import QuantizerSpec
 from ..quant.recurrent import ScaledWeightQuantizer, describe, is_identity, make_quantizer, quantize_gate
+from .recurrence import GRURecurrence, LSTMRecurrence, RNNRecurrence, fast_act
 
 try:  # the fused kernels torch.nn.LSTM/GRU/RNN call
     from torch import _VF
@@ -99,6 +100,7 @@ class QuantRNNBase(nn.Module):
             make_quantizer(weight_quantizer, weight_bits, weight_quantizer_args), weight_scale)
         self.act_quantizer = make_quantizer(act_quantizer, act_bits, act_quantizer_args)
         self.use_fused = True  # full-precision activations: one call of the ATen kernel
+        self.fast_recurrence = True  # quantized activations: lowbit.nn.recurrence (False: the _cell loop)
 
         gate_size = _GATES[self.mode] * hidden_size
         factory = {"device": device, "dtype": dtype}
@@ -204,7 +206,10 @@ class QuantRNNBase(nn.Module):
         return self._forward_impl(input, hx)
 
     def _forward_impl(self, input: torch.Tensor, hx=None, force_loop: bool = False,
-                      observer: Optional[Observer] = None):
+                      observer: Optional[Observer] = None, reference: bool = False):
+        """``force_loop``: the step loop even with full-precision activations; ``reference``: the loop of
+        :meth:`_cell` (every op recorded by autograd) rather than :mod:`lowbit.nn.recurrence` (an observer
+        implies it)."""
         if not isinstance(input, torch.Tensor):
             raise ShapeError(f"{type(self).__name__}: input must be a tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -222,11 +227,11 @@ class QuantRNNBase(nn.Module):
         batch = input.size(0 if self.batch_first else 1)
         hx = self._check_hx(hx, batch, unbatched, input)
 
-        if self.use_fused and not force_loop and observer is None and not self.activations_quantized and _VF is not None:
+        if self.use_fused and not force_loop and not reference and observer is None and not self.activations_quantized and _VF is not None:
             output, h_n = self._fused(input, hx)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
-            output, h_n = self._loop(x, hx, observer)
+            output, h_n = self._loop(x, hx, observer, fast=False if reference else None)
             if self.batch_first:
                 output = output.transpose(0, 1)
         if unbatched:
@@ -244,8 +249,9 @@ class QuantRNNBase(nn.Module):
         out = fn(input, hx, *args)
         return out[0], out[1]
 
-    def _loop(self, x: torch.Tensor, hx, observer: Optional[Observer]):
+    def _loop(self, x: torch.Tensor, hx, observer: Optional[Observer], fast: Optional[bool] = None):
         lstm = self.mode == "LSTM"
+        fast = (self.fast_recurrence if fast is None else fast) and observer is None
         h0_all, c0_all = (hx if lstm else (hx, None))
         layer_input = x
         h_n, c_n = [], []
@@ -261,11 +267,15 @@ class QuantRNNBase(nn.Module):
                     b_hh = None
                 h = h0_all[k]
                 c = c0_all[k] if lstm else None
-                steps = []
-                for t in range(xproj.size(0)):
-                    h, c = self._cell(xproj[t], h, c, w_hh, b_hh, k, observer)
-                    steps.append(h)
-                out = torch.stack(steps) if steps else xproj.new_zeros(0, xproj.size(1), self.hidden_size)
+                act = fast_act(self.act_quantizer) if fast and xproj.size(0) > 0 else None
+                if act is not None:  # one autograd node per layer and direction (lowbit.nn.recurrence)
+                    out, h, c = self._fast_recurrence(xproj, h, c, w_hh, b_hh, act)
+                else:  # the reference: every op of every step recorded by autograd
+                    steps = []
+                    for t in range(xproj.size(0)):
+                        h, c = self._cell(xproj[t], h, c, w_hh, b_hh, k, observer)
+                        steps.append(h)
+                    out = torch.stack(steps) if steps else xproj.new_zeros(0, xproj.size(1), self.hidden_size)
                 outs.append(out.flip(0) if d == 1 else out)
                 h_n.append(h)
                 if lstm:
@@ -275,6 +285,20 @@ class QuantRNNBase(nn.Module):
                 layer_input = F.dropout(layer_input, self.dropout, True)
         hn = torch.stack(h_n)
         return layer_input, ((hn, torch.stack(c_n)) if lstm else hn)
+
+    def _fast_recurrence(self, xproj, h, c, w_hh, b_hh, act):
+        """The recurrence of one layer and direction as one :mod:`lowbit.nn.recurrence` Function: outputs
+        bit for bit those of the :meth:`_cell` loop, with a hand-written backward."""
+        if self.mode == "LSTM":
+            mult = self._gate_mult(xproj)
+            aa, bb = self._gate_affine(xproj)
+            out, c = LSTMRecurrence.apply(xproj, h, c, w_hh, mult, aa, bb, act)
+            return out, out[-1], c
+        if self.mode == "GRU":
+            out = GRURecurrence.apply(xproj, h, w_hh, b_hh, act)
+        else:
+            out = RNNRecurrence.apply(xproj, h, w_hh, self.mode == "RNN_RELU", act)
+        return out, out[-1], None
 
     def _cell(self, xp, h, c, w_hh, b_hh, k, observer):
         q = self.act_quantizer

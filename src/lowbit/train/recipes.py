@@ -106,7 +106,8 @@ def _lm(name: str, dataset: str, cell: str, size: int, emb_size: int, dropout: f
         model_args=dict(
             vocab_size=0, cell=cell, emb_size=emb_size, hidden_size=size, num_layers=2, dropout=dropout,
             tie_weights=False, weight_bits=4, act_bits=4, weight_quantizer="auto", act_quantizer="auto",
-            weight_scale="max", quantize_embedding=False, quantize_decoder=False, **{**LM_SETTINGS, **data},
+            weight_scale="max", quantize_embedding=False, quantize_decoder=False, init="torch",
+            **{**LM_SETTINGS, **data},
         ),
         optimizer="adam", lr_scale=False, **schedule,
     )
