@@ -165,7 +165,7 @@ def _level_index(t: torch.Tensor, bits: int) -> torch.Tensor:
 def test_quantize_gradient_levels_scale_and_zero():
     torch.manual_seed(0)
     g = torch.randn(64, 33) * 1e-3
-    q = quantize_gradient(g, 4)
+    q = quantize_gradient(g, 4, per_sample=False)  # one scale: the whole tensor on one 16-level grid
     idx = _level_index(q, 4)
     assert len(q.unique()) <= 16 and idx.min() >= 0 and idx.max() <= 15
     assert q.abs().max() == g.abs().max()  # the largest entry is a level: the scale is max|g|
@@ -175,10 +175,45 @@ def test_quantize_gradient_levels_scale_and_zero():
     assert torch.allclose(draws.mean(0), g[:4, :5], atol=0.03 * step)
 
 
+def _dorefa_fg(g: torch.Tensor, bits: int, noise: torch.Tensor) -> torch.Tensor:
+    """DoReFa-Net's fg, written from the paper's code in float64: per-sample max, uniform noise of half a
+    step, round, rescale. ``noise`` are U(0, 1) draws (shifted here to DoReFa's U(-1/2n, 1/2n))."""
+    g = g.double()
+    n = 2.0 ** bits - 1
+    maxx = g.abs().amax(dim=tuple(range(1, g.dim())), keepdim=True)
+    x = g / maxx
+    x = x * 0.5 + 0.5 + (noise.double() - 0.5) / n
+    x = x.clamp(0.0, 1.0)
+    x = torch.round(x * n) / n - 0.5
+    return x * maxx * 2
+
+
+def test_gradient_quantizer_is_dorefa_fg_per_sample():
+    """Against an independent float64 re-implementation of DoReFa's formula, on a batch where one sample's
+    gradients are 1000x smaller: it keeps its own grid (whole-tensor scaling would round it to +-M/n)."""
+    torch.manual_seed(0)
+    g = torch.randn(8, 3, 5, 5)
+    g[3] *= 1e-3
+    bits = 6
+    q = quantize_gradient(g, bits, generator=torch.Generator().manual_seed(7))
+    noise = torch.rand(g.shape, generator=torch.Generator().manual_seed(7))
+    ref = _dorefa_fg(g, bits, noise)
+    close = torch.isclose(q.double(), ref, rtol=1e-5, atol=0)
+    assert close.float().mean() > 0.999  # float32 vs float64 may round differently exactly at a level edge
+    small = q[3]
+    assert small.abs().max() <= g[3].abs().max() * (1 + 1e-6) and small.abs().max() > 0
+    assert len(small.unique()) > 10  # a real 6-bit grid, not two values
+    whole = quantize_gradient(g, bits, per_sample=False)
+    step = 2 * float(g.abs().max()) / (2 ** bits - 1)
+    assert whole[3].abs().min() >= step / 2 - 1e-6  # the old scaling: every entry of sample 3 is at least a half step
+    with pytest.raises(ConfigError, match="scale"):
+        GradQuant(6, scale="batch")
+
+
 def test_layer_grad_quantizer_low_bit_gradients_and_unbiased():
     torch.manual_seed(0)
     bits = 3
-    layer = QuantLinear(6, 4, bias=False, grad_quantizer=f"grad:bits={bits}")
+    layer = QuantLinear(6, 4, bias=False, grad_quantizer=f"grad:bits={bits},scale=tensor")
     ref = QuantLinear(6, 4, bias=False)
     ref.load_state_dict(layer.state_dict())
     x0 = torch.randn(5, 6)
@@ -208,13 +243,13 @@ def test_layer_grad_quantizer_low_bit_gradients_and_unbiased():
 def test_output_gradient_entering_the_products_is_low_bit():
     # With x = I the weight gradient is g_q^T itself: the output gradient after quantization.
     torch.manual_seed(1)
-    layer = QuantLinear(8, 3, bias=False, grad_quantizer="grad:bits=2,weight_grad=False,input_grad=False")
+    layer = QuantLinear(8, 3, bias=False, grad_quantizer="grad:bits=2,weight_grad=False,input_grad=False,scale=tensor")
     layer(torch.eye(8)).backward(torch.randn(8, 3))
     gq = layer.weight.grad
     assert len(gq.unique()) <= 4
     _level_index(gq, 2)
     # a conv layer too: forward unchanged, weight gradient on the k-bit grid
-    conv = QuantConv2d(2, 3, 3, padding=1, pad_value=1.0, grad_quantizer="grad:bits=2")
+    conv = QuantConv2d(2, 3, 3, padding=1, pad_value=1.0, grad_quantizer="grad:bits=2")  # weight grads: one scale
     plain = QuantConv2d(2, 3, 3, padding=1, pad_value=1.0)
     plain.load_state_dict(conv.state_dict())
     x = torch.randn(2, 2, 5, 5)

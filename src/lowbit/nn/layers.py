@@ -6,7 +6,7 @@ updates and what is saved; the forward pass uses ``weight_quantizer(weight)`` an
 optimizer step by the hook that :func:`lowbit.optim.build_optimizer` installs (BinaryConnect: beyond the
 clip a latent weight would only drift away from the point where its sign can flip).
 
-With a ``grad_quantizer`` (e.g. ``"grad:bits=6"``, :class:`lowbit.kbit.GradQuant`) a layer also quantizes
+With a ``grad_quantizer`` (e.g. ``"grad:bits=6"``, :class:`lowbit.quant.kbit.GradQuant`) a layer also quantizes
 its gradients: the gradient w.r.t. its output before it enters the two backward products (so with low-bit
 weights and inputs, every product of the forward and the backward pass has low-bit operands), and, as the
 gradient quantizer says, the weight gradient and the gradient passed to its input.
@@ -102,7 +102,7 @@ class QuantLayerMixin:
             if getattr(gq, "input_grad", True):
                 x = gq(x)
             if getattr(gq, "weight_grad", True):
-                w = gq(w)
+                w = gq.weight_gradient(w) if hasattr(gq, "weight_gradient") else gq(w)
         return self.input_quantizer(x), self.weight_quantizer(w)
 
     def _quant_output(self, y: torch.Tensor) -> torch.Tensor:

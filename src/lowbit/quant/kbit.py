@@ -269,20 +269,25 @@ class LogQuant(Quantizer):
 # --------------------------------------------------------------------------------------------------------
 
 
-def quantize_gradient(g: torch.Tensor, bits: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """DoReFa-Net's k-bit gradient quantizer (a function of the gradient tensor, no autograd):
+def quantize_gradient(g: torch.Tensor, bits: int, generator: Optional[torch.Generator] = None,
+                      per_sample: bool = True) -> torch.Tensor:
+    """DoReFa-Net's k-bit gradient quantizer ``fg`` (a function of the gradient tensor, no autograd):
 
-        M = max|g| over the whole tensor,  q = 2M * (Q_k(g / (2M) + 1/2) - 1/2)
+        M = max|g| over every axis but the batch axis 0 (per sample; ``per_sample=False``: over the whole
+            tensor; a tensor of fewer than 2 dimensions is always one sample)
+        q = 2M * (Q_k(g / (2M) + 1/2) - 1/2)
 
-    with Q_k unbiased stochastic rounding to the 2^k levels {0, 1/n, ..., 1}, n = 2^k - 1. Equivalently:
-    the symmetric linear quantizer over [-M, M] with stochastic rounding, so q takes at most 2^k values
-    M (2j + 1) / n, j = -2^(k-1) .. 2^(k-1) - 1, and E[q] = g. An entry with |g| = M stays exactly +-M.
-    A tensor of zeros stays zeros (M = 0); otherwise a zero entry becomes +-M/n at random (no zero level,
-    as in DoReFa-Net; unbiased all the same).
+    with Q_k unbiased stochastic rounding to the 2^k levels {0, 1/n, ..., 1}, n = 2^k - 1 (DoReFa adds
+    U(-1/2n, 1/2n) noise and rounds: the same as floor(n y + U(0, 1)) / n). So each sample's q takes at most
+    2^k values M (2j + 1) / n, j = -2^(k-1) .. 2^(k-1) - 1, and E[q] = g. An entry with |g| = M stays
+    exactly +-M. A sample of zeros stays zeros (M = 0); otherwise a zero entry becomes +-M/n at random (no
+    zero level, as in DoReFa-Net; unbiased all the same). Per-sample scaling keeps a sample whose gradients
+    are 1000x smaller than the others' on its own grid instead of drowning it in the largest sample's noise.
     """
     bits = _check_bits("grad", bits, 1, 16)
     n = 2 ** bits - 1
-    m = g.detach().abs().amax()
+    a = g.detach().abs()
+    m = a.amax(dim=tuple(range(1, g.dim())), keepdim=True) if per_sample and g.dim() >= 2 else a.amax()
     # Level index k = floor((g/M + 1) n/2 + u) in 0..n, value M (2k - n) / n (the same levels and rounding
     # as _uniform_levels' symmetric stochastic mode, in fewer passes: this runs on every backward).
     p = g / torch.clamp(m, min=torch.finfo(g.dtype).tiny)
@@ -293,53 +298,71 @@ def quantize_gradient(g: torch.Tensor, bits: int, generator: Optional[torch.Gene
 
 class _GradQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, bits, generator):
+    def forward(ctx, x, bits, generator, per_sample):
         ctx.bits = bits
         ctx.generator = generator
+        ctx.per_sample = per_sample
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return quantize_gradient(grad_output, ctx.bits, ctx.generator), None, None
+        return quantize_gradient(grad_output, ctx.bits, ctx.generator, ctx.per_sample), None, None, None
 
 
-def grad_quantize(x: torch.Tensor, bits: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def grad_quantize(x: torch.Tensor, bits: int, generator: Optional[torch.Generator] = None,
+                  per_sample: bool = True) -> torch.Tensor:
     """Identity in the forward pass; the gradient flowing back through it is quantized.
 
     forward:  y = x
-    backward: g_r = quantize_gradient(g_y, bits)  (per-tensor max scaling, unbiased stochastic rounding)
+    backward: g_r = quantize_gradient(g_y, bits, per_sample)  (DoReFa's fg: per-sample max scaling,
+              unbiased stochastic rounding)
     """
-    return _GradQuant.apply(x, _check_bits("grad", bits, 1, 16), generator)
+    return _GradQuant.apply(x, _check_bits("grad", bits, 1, 16), generator, bool(per_sample))
 
 
 @register_quantizer("grad", "dorefa_grad")
 class GradQuant(Quantizer):
     """k-bit gradient quantizer for a layer's ``grad_quantizer`` argument; see :func:`quantize_gradient`.
 
-    A layer that has one applies it (each time with its own per-tensor scale and random draws) to
+    A layer that has one applies it (each time with its own scale and random draws) to
 
-    1. the gradient w.r.t. the layer's output, before it enters both backward products
-       (dx = g_q W_q, dW = g_q^T x_q): with k-bit weights and inputs, every product of the forward and
-       the backward pass then has low-bit operands (the paper's quantized-gradient experiment);
+    1. the gradient w.r.t. the layer's output (the back-propagated activation gradient, which is what
+       DoReFa-Net's ``fg`` quantizes), before it enters both backward products (dx = g_q W_q,
+       dW = g_q^T x_q): with k-bit weights and inputs, every product of the forward and the backward pass
+       then has low-bit operands (the paper's quantized-gradient experiment) -- always;
     2. the weight gradient, after those products and the weight quantizer's STE (``weight_grad=True``), so
-       what the optimizer sees is k-bit too;
+       what the optimizer sees is k-bit too (lowbit's addition; one scale for the whole tensor: a weight has
+       no batch axis);
     3. the gradient passed on to the layer's input (``input_grad=True``), so what travels between layers
        is k-bit (the next layer down quantizes its own output gradient again, after its batch norm).
 
-    Args: bits 1..16 (the paper's experiment: 6), weight_grad, input_grad.
+    ``weight_grad=False, input_grad=False`` is DoReFa-Net's ``fg`` alone. Activation gradients (1 and 3) are
+    scaled per sample by default, as ``fg`` does (``scale="tensor"``: one max over the whole tensor, lowbit's
+    behaviour before).
+
+    Args: bits 1..16 (the paper's experiment: 6), weight_grad, input_grad, scale ("sample" or "tensor").
     Forward: identity (``bits`` here is the precision of the gradient, not of a forward value).
     """
 
     roles = frozenset({"gradient"})
 
-    def __init__(self, bits: int = 6, weight_grad: bool = True, input_grad: bool = True):
+    def __init__(self, bits: int = 6, weight_grad: bool = True, input_grad: bool = True, scale: str = "sample"):
         super().__init__()
         self.bits = _check_bits("grad", bits, 1, 16)
         self.weight_grad = bool(weight_grad)
         self.input_grad = bool(input_grad)
+        if scale not in ("sample", "tensor"):
+            raise ConfigError(f"grad: scale must be 'sample' or 'tensor', got {scale!r}")
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _GradQuant.apply(x, self.bits, None)
+        """Quantize the gradient of an activation-shaped ``x`` (batch first)."""
+        return _GradQuant.apply(x, self.bits, None, self.scale == "sample")
+
+    def weight_gradient(self, w: torch.Tensor) -> torch.Tensor:
+        """Quantize the gradient of a weight (one scale for the tensor)."""
+        return _GradQuant.apply(w, self.bits, None, False)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, weight_grad={self.weight_grad}, input_grad={self.input_grad}"
+        return (f"bits={self.bits}, weight_grad={self.weight_grad}, input_grad={self.input_grad}, "
+                f"scale={self.scale}")
