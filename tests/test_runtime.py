@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from lowbit.cli import main
+import lowbit
+import lowbit.quant
 from lowbit.errors import CheckpointError, ShapeError
 from lowbit.nn.layers import QuantAct, QuantConv2d
 from lowbit.runtime import load, load_model_file, save_model_file
@@ -244,3 +246,37 @@ def test_summary_of_the_paper_mlp_by_hand(capsys):
     assert main(["summary", "mnist-mlp"]) == 0
     out = capsys.readouterr().out
     assert "binary 91.3%" in out and "Horowitz" in out and "smaller" in out
+
+
+def test_shift_bn_convnet_deploys_with_identical_predictions(shared_data, tmp_path):
+    """Shift-based BN in eval mode is an affine map with power-of-two factors: it folds into the same integer
+    thresholds. A shift-BN MNIST ConvNet trained one (short) epoch on real data gives the runtime the same
+    class as PyTorch on all 10,000 test images."""
+    from lowbit.data import load_dataset
+    from lowbit.nn.norm import ShiftBatchNorm2d
+
+    d = tmp_path / "sbn"
+    assert main(["train", "mnist-cnn-qnn", "--epochs", "1", "--data-dir", str(shared_data), "--out", str(d),
+                 "--set", "train_subset=3000", "--set", "model.channels=16,M,32,M", "--set", "model.fc=64",
+                 "--set", "model.norm=shift_bn", "--set", "bn_recalibrate=2000", "--no-progress"]) == 0
+    assert main(["export", str(d / "checkpoint.pt"), "-o", str(d / "model.lbt")]) == 0
+    model = lowbit.load_checkpoint(d / "checkpoint.pt")
+    assert any(isinstance(m, ShiftBatchNorm2d) for m in model.modules())
+    test = load_dataset("mnist", "test", data_dir=shared_data)
+    with torch.no_grad():
+        ref = torch.cat([model(torch.from_numpy(test.images[i:i + 2000]).float()).argmax(1)
+                         for i in range(0, 10000, 2000)]).numpy()
+    ours = load(d / "model.lbt").classify(test.images)
+    assert (ours == ref).all() and (ref == test.labels).mean() > 0.6  # a trained network (chance: 0.1)
+
+
+def test_export_refuses_a_quantized_pixel_input():
+    """A first layer on 8-bit pixels whose input quantizer is not the identity would run on other values in
+    the runtime (it multiplies the pixels themselves): refused, naming the layer and the quantizer."""
+    from lowbit.models import mlp
+
+    m = mlp(in_shape=(1, 4, 4), hidden=8, depth=1).eval()
+    first = m[1]
+    first.input_quantizer = lowbit.quant.get_quantizer("linear:bits=4,mode=unsigned")
+    with pytest.raises(CheckpointError, match="takes 8-bit pixels through a 4-bit input quantizer"):
+        export_model(m, (1, 4, 4), 10)

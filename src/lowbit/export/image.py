@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..errors import CheckpointError
 from ..nn.layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
+from ..nn.norm import ShiftBatchNorm1d, ShiftBatchNorm2d
 from ..quant.base import Identity, is_binary
+from ..quant.kbit import ap2
 from ..runtime.modelfile import save_model_file
 
 KIND = "binary_sequential"
@@ -53,14 +56,28 @@ def pack_rows(pm1: np.ndarray) -> np.ndarray:
     return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm1d, ShiftBatchNorm2d)
+
+
 def _bn_params(bn: nn.Module) -> Tuple[np.ndarray, np.ndarray]:
-    """(c, d) with BN(z) = c * z + d, in float64, from eval-mode statistics."""
-    if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or not bn.track_running_stats:
+    """(c, d) with BN(z) = c * z + d, in float64, from eval-mode statistics.
+
+    Shift-based BN in eval mode is the same kind of affine map, with both factors powers of two:
+    c = AP2(gamma) * AP2(1 / sqrt(running_var + eps)). The AP2s are taken with the module's own float32
+    ops (as its forward does), so a value next to a rounding boundary lands on the same power of two."""
+    if not isinstance(bn, NORMS) or not bn.track_running_stats:
         raise CheckpointError(f"runtime export: expected a BatchNorm with running statistics, got {bn}")
     mean = bn.running_mean.detach().double().numpy()
+    beta = bn.bias.detach().double().numpy() if bn.affine else np.zeros_like(mean)
+    if isinstance(bn, (ShiftBatchNorm1d, ShiftBatchNorm2d)):
+        with torch.no_grad():
+            c_t = ap2(torch.rsqrt(bn.running_var + bn.eps))
+            if bn.affine:
+                c_t = c_t * ap2(bn.weight)  # a product of powers of two: exact
+        c = c_t.double().numpy()
+        return c, beta - c * mean
     var = bn.running_var.detach().double().numpy()
     gamma = bn.weight.detach().double().numpy() if bn.affine else np.ones_like(mean)
-    beta = bn.bias.detach().double().numpy() if bn.affine else np.zeros_like(mean)
     c = gamma / np.sqrt(var + bn.eps)
     return c, beta - c * mean
 
@@ -137,6 +154,11 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             raise CheckpointError(f"runtime export: layer {i} has a {m.input_bits}-bit input quantizer")
         if domain == "float":
             raise CheckpointError(f"runtime export: layer {i} receives real-valued activations; put a binary QuantAct before it")
+        if domain == "pixels" and not isinstance(m.input_quantizer, Identity):
+            raise CheckpointError(
+                f"runtime export: layer {i} takes 8-bit pixels through a {m.input_bits}-bit input quantizer "
+                f"({type(m.input_quantizer).__name__}); the runtime multiplies the pixels themselves: use "
+                f"input_quantizer=None on a pixel_input layer")
         w = m.weight.detach().double().numpy()
         wsign = np.where(w >= 0, 1.0, -1.0)
         name = f"l{n_layers}"
@@ -209,8 +231,8 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             op["maxpool"] = 2
             shape = [shape[0], shape[1] // 2, shape[2] // 2]
             i += 1
-        if i >= len(mods) or not isinstance(mods[i], (nn.BatchNorm1d, nn.BatchNorm2d)):
-            raise CheckpointError(f"runtime export: layer {i - 1} must be followed by BatchNorm")
+        if i >= len(mods) or not isinstance(mods[i], NORMS):
+            raise CheckpointError(f"runtime export: layer {i - 1} must be followed by BatchNorm (or shift-based BN)")
         c, d = _bn_params(mods[i])
         i += 1
         if i < len(mods) and isinstance(mods[i], QuantAct):
