@@ -3,15 +3,14 @@ calibration/export, torch-free loading, bad input."""
 
 import functools
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import subprocess_env
 from lowbit.errors import CheckpointError, ConfigError, DataError, ShapeError
 from lowbit.export.lstm import export_int_lstm, export_int_lstm_checkpoint
 from lowbit.models.lm import RNNLanguageModel
@@ -19,17 +18,11 @@ from lowbit.nn.recurrent import QuantGRU, QuantLSTM
 from lowbit.runtime import int_lstm as il
 from lowbit.runtime.int_lstm import load_int_lstm
 
-REPO = Path(__file__).resolve().parents[1]
 PATHS = il.available_paths()
 needs_ext = pytest.mark.skipif(not PATHS, reason=f"C extension not available: {il.extension_error()}")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- fixed point -------------------------------------------------------------------------------------------
@@ -330,6 +323,6 @@ def test_runtime_does_not_import_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "print(m.backend)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                       env=subprocess_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("numpy", *(f"c/{p}" for p in PATHS))

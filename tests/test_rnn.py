@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO, SHARED_DATA, subprocess_env
 from lowbit.train.config import TrainConfig, apply_overrides, get_recipe
 from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.models.lm import RNNLanguageModel
@@ -22,17 +23,8 @@ from lowbit.data.text import (
 from lowbit.registry import TASKS
 from lowbit.train import run
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one thread is faster, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+DATA = SHARED_DATA
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- full precision == torch ---------------------------------------------------------------------------
@@ -393,6 +385,6 @@ def test_cli_reports_bad_text_data(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lowbit", "train", "ptb-lstm", "--data-dir", str(tmp_path),
                         "--out", str(tmp_path / "out"), "--no-progress"],
                        capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+                       env=subprocess_env())
     assert r.returncode == 2, r.stderr
     assert "ptb.valid.txt is not UTF-8 text" in r.stderr and "Traceback" not in r.stderr
