@@ -12,8 +12,34 @@ SHARED_DATA = Path(os.environ.get("LOWBIT_DATA") or REPO.parent / "shared" / "da
 
 
 def subprocess_env(**extra) -> dict:
-    """The environment for a child ``python -m lowbit ...``: this one, with the source tree importable."""
-    return {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
+    """The environment for a child ``python -m lowbit ...``: this one, with the source tree first on
+    PYTHONPATH, and ``extra`` set."""
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def _kernel_paths() -> list:
+    try:
+        from lowbit.kernels import available_paths
+    except ImportError:  # the C extension is not built: the parametrized tests have no cases
+        return []
+    return list(available_paths())
+
+
+def pytest_generate_tests(metafunc):
+    if "kernel_path" in metafunc.fixturenames:
+        metafunc.parametrize("kernel_path", _kernel_paths(), indirect=True)
+
+
+@pytest.fixture()
+def kernel_path(request):
+    """Every kernel path this CPU runs (one test case each), forced the way a user does
+    (``lowbit.kernels.set_kernel_path``) and restored afterwards."""
+    import lowbit.kernels as K
+
+    previous = K.set_kernel_path(request.param)
+    yield request.param
+    K.set_kernel_path(previous)
 
 
 @pytest.fixture(scope="session")

@@ -92,11 +92,11 @@ def _random_layer(rng, I, H):
 
 
 @needs_ext
-@pytest.mark.parametrize("path", PATHS)
-def test_kernel_equals_numpy_reference_bit_for_bit(path):
+def test_kernel_equals_numpy_reference_bit_for_bit(kernel_path):
+    path = kernel_path
     rng = np.random.default_rng(0)  # fixed: hash(str) changes per process, and a few seeds spread too little
     sig, th = il.standard_luts()
-    k = il._Kernels("c", path)
+    k = il._Kernels("c")
     assert k.resolved_path == path
     shapes = [(1, 1, 1, 1), (0, 2, 3, 4), (1, 3, 16, 16), (2, 1, 17, 33)] + \
         [tuple(int(v) for v in rng.integers(1, 60, 4)) for _ in range(10)]
@@ -114,7 +114,9 @@ def test_kernel_equals_numpy_reference_bit_for_bit(path):
         seen.update(np.unique(ref[0]).tolist())
         cells.update(np.unique(ref[2] // 256).tolist())
     assert len(seen) > 200 and len(cells) > 100  # the cases exercise a real spread of values
-    for M, N, K in [(1, 1, 1), (1, 9, 33), (2, 4, 16), (5, 7, 31), (37, 130, 200)]:
+    # M past every register-tile edge (4 / 2 / 1 rows), K with whole and half 32-value steps
+    for M, N, K in [(1, 1, 1), (1, 9, 33), (2, 4, 16), (5, 7, 31), (37, 130, 200), (3, 5, 47), (6, 13, 64),
+                    (7, 4, 48)]:
         a = rng.integers(-128, 128, (M, K), dtype=np.int8)
         w = rng.integers(-128, 128, (N, K), dtype=np.int8)
         b = rng.integers(-10 ** 6, 10 ** 6, N, dtype=np.int32)
@@ -122,8 +124,7 @@ def test_kernel_equals_numpy_reference_bit_for_bit(path):
 
 
 @needs_ext
-@pytest.mark.parametrize("path", PATHS)
-def test_kernel_primitives_equal_numpy(path):
+def test_kernel_primitives_equal_numpy(kernel_path):
     ext = il.extension()
     x = np.arange(-32768, 32768, dtype=np.int16)
     for table in (*il.standard_luts(), il.cell_lut(13)):
@@ -141,18 +142,55 @@ def test_kernel_primitives_equal_numpy(path):
 
 @needs_ext
 def test_path_selection_env_and_errors(monkeypatch):
+    from lowbit.kernels import _intlstm, dispatch
+    import lowbit.kernels as K
+
     ext = il.extension()
-    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "portable")
+    monkeypatch.setitem(dispatch._state, "path", None)  # re-read LOWBIT_KERNEL_PATH, the one path setting
+    monkeypatch.setenv("LOWBIT_KERNEL_PATH", "portable")
     assert ext.resolve_path("auto") == "portable" and il._Kernels("c").resolved_path == "portable"
-    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "sse9")
-    with pytest.raises(ConfigError, match="LOWBIT_INTLSTM_PATH=sse9"):
-        il._Kernels("c")
-    monkeypatch.delenv("LOWBIT_INTLSTM_PATH")
-    assert ext.resolve_path("auto") == PATHS[-1]
+    monkeypatch.setitem(dispatch._state, "path", None)
+    monkeypatch.setenv("LOWBIT_KERNEL_PATH", "sse9")
+    with pytest.raises(ConfigError, match="LOWBIT_KERNEL_PATH"):
+        il._Kernels("c").resolved_path
+    monkeypatch.setitem(dispatch._state, "path", None)
+    monkeypatch.delenv("LOWBIT_KERNEL_PATH")
+    assert ext.resolve_path("auto") == PATHS[-1] == K.active_path()
+    k = il._Kernels("c")  # "auto" follows the setting at each call
+    previous = K.set_kernel_path(PATHS[0])
+    try:
+        assert k.resolved_path == PATHS[0]
+    finally:
+        K.set_kernel_path(previous)
     with pytest.raises(ConfigError):
         il._Kernels("c", "neon")
+    for p in set(K.PATHS) - set(PATHS):  # (none on a CPU that runs every path)
+        with pytest.raises(ConfigError, match="not supported by this CPU"):
+            il._Kernels("c", p)
     with pytest.raises(ValueError, match="bytes"):  # buffer sizes are checked in C
-        ext.gemm(np.zeros(3, np.int8), np.zeros(16, np.int8), np.zeros(1, np.int32), np.zeros(2, np.int32), 1, 1, 4)
+        _intlstm.gemm(np.zeros(3, np.int8), np.zeros(16, np.int8), np.zeros(1, np.int32), np.zeros(2, np.int32), 1, 1,
+                      4, dispatch.path_id(PATHS[0]))
+    with pytest.raises(ValueError, match="not available"):
+        _intlstm.gemm(np.zeros(4, np.int8), np.zeros(16, np.int8), np.zeros(1, np.int32), np.zeros(1, np.int32), 1, 1,
+                      4, 99)
+
+
+@needs_ext
+def test_legacy_path_variable_is_ignored_with_a_warning(monkeypatch):
+    from lowbit.kernels import intlstm
+
+    monkeypatch.setattr(intlstm, "_warned", [])
+    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "portable")
+    with pytest.warns(DeprecationWarning, match="LOWBIT_KERNEL_PATH"):
+        assert intlstm.resolve_path() == il._Kernels("c").resolved_path
+
+
+@needs_ext
+def test_kernel_path_environment_in_a_fresh_process():
+    env = subprocess_env(LOWBIT_KERNEL_PATH=PATHS[0])
+    code = "from lowbit.runtime import int_lstm as il; print(il._Kernels('c').resolved_path)"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == PATHS[0], res.stderr
 
 
 # ---- export ----------------------------------------------------------------------------------------------------

@@ -661,3 +661,24 @@ def test_quantizers_refused_where_they_cannot_work():
         ShiftAdaMax([torch.nn.Parameter(torch.zeros(2))], lr=-1)
     with pytest.raises(ConfigError, match="ShiftBatchNorm1d: eps.*0"):
         ShiftBatchNorm1d(3, eps=0)
+
+
+def test_pact_alpha_is_regularized_once_not_also_by_weight_decay():
+    """imagenet-resnet18-pact-sawb trains with SGD weight decay 5e-5 and pact_l2: alpha gets the L2 penalty
+    only. With zero gradients, one SGD step decays an ordinary weight by lr * wd and leaves alpha alone."""
+    from lowbit.models.imagenet import resnet18_pact_sawb
+    from lowbit.train.optim import build_optimizer
+
+    model = resnet18_pact_sawb(num_classes=3, widths=[4, 4, 8, 8], blocks=[1, 1, 1, 1])
+    opt = build_optimizer(model, "sgd_momentum", lr=0.1, lr_scale=False)
+    alphas = [m.alpha for m in model.modules() if isinstance(m, PACT)]
+    assert alphas
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert all(by_id[id(a)]["weight_decay"] == 0.0 for a in alphas)
+    other = next(p for p in model.parameters() if p.dim() == 4 and by_id[id(p)]["weight_decay"] > 0)
+    before_a, before_w = [a.detach().clone() for a in alphas], other.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(alphas, before_a))
+    assert torch.allclose(other, before_w * (1 - 0.1 * 5e-5))

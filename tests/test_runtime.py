@@ -142,6 +142,33 @@ def test_thresholds_by_hand():
     assert t.tolist() == [1467]
 
 
+def test_tiny_bn_scale_saturates_instead_of_wrapping():
+    """gamma = +-1e-22 puts the real-valued threshold far outside int64: the channel is a constant (+1 where
+    the BN output's sign is that of beta), exactly as PyTorch computes it; no channel may invert."""
+    from lowbit.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(in_shape=(1, 8, 8), hidden=64, depth=2, num_classes=10)
+    _randomize_bn(model, seed=1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d) and m.num_features == 64:
+            m.weight.data[1::2] = 1e-22
+            m.weight.data[2::2] = -1e-22
+    model.eval()
+    t, flip = thresholds(np.array([1e-22, -1e-22, 1e-22, -1e-22]), np.array([0.5, 0.5, -0.5, -0.5]),
+                         1.0, np.zeros(4))
+    i32 = np.iinfo(np.int32)
+    # sign(c a + d): +1 always when d > 0 (ge at -inf / le at +inf), never when d < 0
+    assert t.tolist() == [i32.min, i32.max, i32.max, i32.min] and flip.tolist() == [False, True, False, True]
+    meta, arrays = export_model(model, (1, 8, 8), 10)
+    x = torch.randint(0, 256, (200, 1, 8, 8)).float()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = _roundtrip(meta, arrays).predict(x.numpy().astype(np.uint8))
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
 def _roundtrip(meta, arrays):
     import tempfile
     from pathlib import Path

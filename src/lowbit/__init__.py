@@ -12,7 +12,7 @@ Two halves meet in the model file (see docs/architecture.md):
 Importing ``lowbit`` itself imports neither torch nor the kernels.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 from .errors import CheckpointError, ConfigError, DataError, LowbitError, ShapeError  # noqa: F401
 

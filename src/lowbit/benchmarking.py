@@ -118,12 +118,13 @@ def machine_record(threads: Optional[int] = None) -> dict:
     unless torch is already imported: this never imports it) and ``loadavg``."""
     fields = _cpuinfo()
     have = set(fields.get("flags", "").split())
-    kernel_path = available = None
+    kernel_path = available = dispatch_flags = None
     kernel_threads = None
     try:
         from . import kernels
 
         kernel_path, available = kernels.active_path(), list(kernels.available_paths())
+        dispatch_flags = list(kernels.cpu_features())  # what the kernels' own cpuid check found
         kernel_threads = kernels.get_num_threads()
     except Exception:  # the C extension is not built, or a bad LOWBIT_KERNEL_PATH: record, do not fail
         pass
@@ -146,6 +147,7 @@ def machine_record(threads: Optional[int] = None) -> dict:
     return {
         "cpu": cpu_model(fields),
         "cpu_flags": [f for f in DISPATCH_FLAGS if f in have],
+        "dispatch_flags": dispatch_flags,
         "kernel_path": kernel_path,
         "available_paths": available,
         "cpus": os.cpu_count(),

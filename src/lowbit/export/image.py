@@ -67,16 +67,19 @@ def _bn_params(bn: nn.Module) -> Tuple[np.ndarray, np.ndarray]:
 
 def thresholds(c: np.ndarray, d: np.ndarray, scale: float, offset: np.ndarray):
     """Integer thresholds on the accumulator for sign(c * (scale * a + offset) + d) = +1; see module doc."""
-    t = np.empty(c.shape, dtype=np.int64)
+    t = np.empty(c.shape, dtype=np.float64)
     flip = c < 0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         bound = (-d / c - offset) / scale  # the real-valued a where the BN output crosses 0
     ge = c > 0
     t[ge] = np.ceil(bound[ge] - 1e-9 * np.abs(bound[ge]))
     t[flip] = np.floor(bound[flip] + 1e-9 * np.abs(bound[flip]))
     zero = c == 0
     # c == 0: output is sign(d), constant. "ge" with threshold -inf (always +1) or +inf (never).
-    t[zero] = np.where(d[zero] >= 0, INT32_MIN, INT32_MAX)
+    t[zero] = np.where(d[zero] >= 0, -np.inf, np.inf)
+    # Saturate in float before the integer cast: a tiny BN scale puts the crossing far outside any reachable
+    # accumulator (|a| <= K < 2^31), where the answer is exactly "always +1" or "never"; casting such a
+    # float straight to an integer would wrap and invert the channel.
     return np.clip(t, INT32_MIN, INT32_MAX).astype(np.int32), flip
 
 

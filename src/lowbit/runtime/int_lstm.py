@@ -69,9 +69,10 @@ make tanh too steep for the table's segments, so c is first shifted to 12 fracti
 cell table is built on the scale 2^-max(cs, 12). Tables live in the model file, so the C kernel and the
 NumPy reference read the same bytes.
 
-Backends: the C extension ``lowbit.kernels._intlstm`` (int8 GEMM and element-wise step, AVX2 chosen at run time,
-``LOWBIT_INTLSTM_PATH=portable|avx2`` forces one) and the NumPy reference in this module, which computes
-exactly the same integers (the tests compare them bit for bit).
+Backends: the C kernels of :mod:`lowbit.kernels.intlstm` (int8 GEMM and element-wise step, on the code path of
+every lowbit kernel: the best the CPU runs, ``LOWBIT_KERNEL_PATH`` or ``lowbit.kernels.set_kernel_path`` forces
+one) and the NumPy reference in this module, which computes exactly the same integers (the tests compare them
+bit for bit).
 """
 
 from __future__ import annotations
@@ -302,77 +303,44 @@ def gemm_reference(a: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray
 # Kernels
 # ======================================================================================================
 
-_EXT = None
-_EXT_ERROR: Optional[str] = None
-
-
-EXT_ABI_VERSION = 3
-EXT_NAME = "lowbit.kernels._intlstm"
-
-
-def _load_extension_file():
-    """Load ``_intlstm`` straight from its file when the package import fails: ``lowbit.kernels``' own
-    ``__init__`` needs the other extension, and a source checkout on ``PYTHONPATH`` has no built file while
-    an installed copy of lowbit (``pip install .``) has; the ABI version guards against a stale build."""
-    import importlib.machinery
-    import importlib.util
-    import sys
-
-    roots = [Path(__file__).resolve().parents[1] / "kernels"] + [Path(p) / "lowbit" / "kernels" for p in sys.path if p]
-    for root in roots:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            f = root / f"_intlstm{suffix}"
-            if not f.is_file():
-                continue
-            spec = importlib.util.spec_from_file_location(EXT_NAME, f)
-            if spec is None or spec.loader is None:
-                continue
-            try:
-                mod = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(mod)
-            except ImportError:
-                continue
-            if getattr(mod, "ABI_VERSION", None) == EXT_ABI_VERSION:
-                return mod
-    return None
+_KERNELS = None
+_KERNELS_ERROR: Optional[str] = None
 
 
 def extension():
-    """The C extension module, or None (with :func:`extension_error` saying why)."""
-    global _EXT, _EXT_ERROR
-    if _EXT is None and _EXT_ERROR is None:
-        import importlib
-
+    """The C kernels (module :mod:`lowbit.kernels.intlstm`), or None (with :func:`extension_error` saying why)."""
+    global _KERNELS, _KERNELS_ERROR
+    if _KERNELS is None and _KERNELS_ERROR is None:
         try:
-            ext = importlib.import_module(EXT_NAME)
-            if getattr(ext, "ABI_VERSION", None) != EXT_ABI_VERSION:
-                raise ImportError(f"{EXT_NAME} has ABI version {getattr(ext, 'ABI_VERSION', None)}, "
-                                  f"expected {EXT_ABI_VERSION} (stale build)")
+            from ..kernels import intlstm
         except ImportError as exc:
-            ext = _load_extension_file()
-            if ext is None:
-                _EXT_ERROR = f"{EXT_NAME} is not available ({exc}); run 'pip install .' to build it"
-        _EXT = ext
-    return _EXT
+            _KERNELS_ERROR = str(exc)
+        else:
+            _KERNELS = intlstm
+    return _KERNELS
 
 
 def extension_error() -> Optional[str]:
     extension()
-    return _EXT_ERROR
+    return _KERNELS_ERROR
 
 
 def available_paths() -> List[str]:
-    """Dispatch paths of the C kernel on this CPU (``[]`` without the extension)."""
-    ext = extension()
-    return list(ext.paths()) if ext is not None else []
+    """Kernel paths the C backend runs on this CPU (``[]`` without the extension)."""
+    if extension() is None:
+        return []
+    from ..kernels import available_paths as kernel_paths
+
+    return list(kernel_paths())
 
 
 BACKENDS = ("auto", "c", "numpy")
+_KERNEL_PATH_NAMES = ("portable", "popcnt", "avx2", "avx512")  # lowbit.kernels.PATHS, for the NumPy-only case
 
 
 class _Kernels:
-    """Backend selection: "c" (the extension, ``path`` "auto"/"portable"/"avx2"), "numpy" (reference), or
-    "auto" (C when built)."""
+    """Backend selection: "c" (:mod:`lowbit.kernels.intlstm`; ``path`` "auto" follows the kernel path of
+    :mod:`lowbit.kernels` at each call, or one of its path names), "numpy" (reference), or "auto" (C when built)."""
 
     def __init__(self, backend: str = "auto", path: str = "auto"):
         if backend not in BACKENDS:
@@ -382,16 +350,18 @@ class _Kernels:
             raise ConfigError(extension_error())
         self.ext = ext
         self.backend = "c" if ext is not None else "numpy"
-        if path not in ("auto", "portable", "avx2"):
-            raise ConfigError(f"path must be auto, portable or avx2, got {path!r}")
-        self.path = path
-        if ext is not None:
-            try:
-                self.resolved_path = ext.resolve_path(path)
-            except (ValueError, RuntimeError) as exc:
-                raise ConfigError(str(exc)) from None
-        else:
-            self.resolved_path = "numpy"
+        auto = path is None or (isinstance(path, str) and path.strip().lower() == "auto")
+        self.path = None if auto else path  # None: follow lowbit.kernels.active_path() at each call
+        if ext is not None and not auto:
+            self.path = ext.resolve_path(path)  # ConfigError for a path this CPU does not run
+        elif not auto and path not in _KERNEL_PATH_NAMES:
+            raise ConfigError(f"path must be auto or one of {', '.join(_KERNEL_PATH_NAMES)}, got {path!r}")
+
+    @property
+    def resolved_path(self) -> str:
+        if self.ext is None:
+            return "numpy"
+        return self.ext.resolve_path(self.path)
 
     def lstm_layer(self, layer: IntLSTMLayer, x, h, c, lut_sig, lut_tanh):
         if self.ext is None:
@@ -407,8 +377,8 @@ class _Kernels:
             packed = layer._packed = (pack_rows(layer.w_ih), pack_rows(layer.w_hh))
         self.ext.lstm_layer(
             x, packed[0], packed[1], layer.bias_x, layer.bias_h, layer.qmul, lut_sig, lut_tanh, layer.lut_cell,
-            h, c, y, (T, B, I, H), (layer.z_h, layer.cell_frac_bits, layer.hid_m0, layer.hid_shift, layer.cell_clip),
-            self.path)
+            h, c, y, z_h=layer.z_h, cell_frac_bits=layer.cell_frac_bits, hid_m0=layer.hid_m0,
+            hid_shift=layer.hid_shift, cell_clip=layer.cell_clip, path=self.path)
         return y, h, c
 
     def gemm(self, a, w, bias, w_packed=None):
@@ -418,10 +388,7 @@ class _Kernels:
         a = np.ascontiguousarray(a, dtype=np.int8)
         if w_packed is None:
             w_packed = pack_rows(w)
-        out = np.empty((a.shape[0], w.shape[0]), dtype=np.int32)
-        self.ext.gemm(a, w_packed, np.ascontiguousarray(bias, dtype=np.int32), out, a.shape[0], w.shape[0],
-                      a.shape[1], self.path)
-        return out
+        return self.ext.gemm(a, w_packed, np.ascontiguousarray(bias, dtype=np.int32), path=self.path)
 
 
 # ======================================================================================================
@@ -667,7 +634,8 @@ def load_int_lstm(path: PathLike, backend: str = "auto", kernel_path: str = "aut
     """Load an integer LSTM model file (kind ``"int_lstm"``, written by :func:`lowbit.export.lstm.export_int_lstm`).
 
     ``backend``: "auto" (the C kernel when built, else the NumPy reference), "c" or "numpy";
-    ``kernel_path``: "auto" (``$LOWBIT_INTLSTM_PATH`` or the best the CPU supports), "portable" or "avx2".
+    ``kernel_path``: "auto" (the path of every lowbit kernel: ``$LOWBIT_KERNEL_PATH`` or the best the CPU
+    supports) or one of ``lowbit.kernels.PATHS`` ("portable", "popcnt", "avx2", "avx512").
     Raises CheckpointError for a missing, corrupt or foreign file.
     """
     from .modelfile import load_model_file

@@ -16,7 +16,7 @@ from typing import Any, Dict, Union
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CheckpointError
 from ..fileio import atomic_write
 

@@ -123,6 +123,14 @@ def param_groups(model: nn.Module, lr: float, lr_scale: bool = True) -> List[dic
                 }
             )
             seen.add(id(module.weight))
+    # Parameters of modules that carry their own penalty (PACT's alpha: ``regularizer = "pact_l2"``) get no
+    # optimizer weight decay on top of it: the paper regularizes alpha once.
+    own_penalty = [p for m in model.modules() if getattr(m, "regularizer", None)
+                   for p in m.parameters(recurse=False) if id(p) not in seen and p.requires_grad]
+    seen.update(id(p) for p in own_penalty)
+    if own_penalty:
+        groups.append({"params": own_penalty, "lr": lr, "lr_scale": 1.0, "weight_clip": None, "weight_decay": 0.0,
+                       "name": "own_penalty"})
     rest = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
     if rest:
         groups.append({"params": rest, "lr": lr, "lr_scale": 1.0, "weight_clip": None, "name": "other"})

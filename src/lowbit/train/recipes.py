@@ -39,28 +39,27 @@ def mnist_cnn() -> TrainConfig:
     )
 
 
+def _paper_convnet(name: str, dataset: str, width: int, epochs: int, lr_end: float) -> TrainConfig:
+    """The BNN paper's 32x32 ConvNet: 2x(w)C3-MP2-2x(2w)C3-MP2-2x(4w)C3-MP2-2x1024FC-10, batch 50, W1A1."""
+    return TrainConfig(
+        recipe=name, dataset=dataset, model="convnet",
+        model_args=dict(in_shape=[3, 32, 32], num_classes=10,
+                        channels=[width, width, "M", 2 * width, 2 * width, "M", 4 * width, 4 * width, "M"],
+                        fc=[1024, 1024], pad_value=1.0, dropout_hidden=0.0, **BINARY),
+        epochs=epochs, batch_size=50, lr_start=1e-3, lr_end=lr_end,
+    )
+
+
 @recipe("cifar10-cnn")
 def cifar10_cnn() -> TrainConfig:
     """Paper CIFAR-10 ConvNet 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x1024FC-10 (W1A1)."""
-    return TrainConfig(
-        recipe="cifar10-cnn", dataset="cifar10", model="convnet",
-        model_args=dict(in_shape=[3, 32, 32], num_classes=10,
-                        channels=[128, 128, "M", 256, 256, "M", 512, 512, "M"], fc=[1024, 1024],
-                        pad_value=1.0, dropout_hidden=0.0, **BINARY),
-        epochs=100, batch_size=50, lr_start=1e-3, lr_end=3e-7,
-    )
+    return _paper_convnet("cifar10-cnn", "cifar10", 128, epochs=100, lr_end=3e-7)
 
 
 @recipe("svhn-cnn")
 def svhn_cnn() -> TrainConfig:
     """Paper SVHN ConvNet: the CIFAR-10 one at half the conv widths (W1A1)."""
-    return TrainConfig(
-        recipe="svhn-cnn", dataset="svhn", model="convnet",
-        model_args=dict(in_shape=[3, 32, 32], num_classes=10,
-                        channels=[64, 64, "M", 128, 128, "M", 256, 256, "M"], fc=[1024, 1024],
-                        pad_value=1.0, dropout_hidden=0.0, **BINARY),
-        epochs=50, batch_size=50, lr_start=1e-3, lr_end=1e-6,
-    )
+    return _paper_convnet("svhn-cnn", "svhn", 64, epochs=50, lr_end=1e-6)
 
 
 # ---- QNN ablations (benchmarks/qnn_ablation.py) ---------------------------------------------------------
