@@ -57,9 +57,10 @@ def _no_download(monkeypatch):
     yield
 
 
-@pytest.fixture()
+@pytest.fixture
 def one_torch_thread():
-    """Small ops: one torch thread is faster, and the machine is shared (restored afterwards)."""
+    """Small ops: one torch thread is faster, and the machine is shared. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
     import torch
 
     n = torch.get_num_threads()

@@ -14,19 +14,16 @@ from lowbit.cli import main
 from lowbit.errors import CheckpointError, ShapeError
 from lowbit.nn.layers import QuantAct, QuantConv2d
 from lowbit.runtime import load, load_model_file, save_model_file
+from lowbit.bench import randomize_bn
 from lowbit.export.image import export_model, thresholds
 
 
 def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    """lowbit.bench's random BN statistics, plus one channel whose output is the constant sign(beta)."""
+    randomize_bn(model, seed)
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 3)
-            m.running_var.copy_(torch.rand(n, generator=g) * 20 + 0.5)
-            m.weight.data.copy_(torch.randn(n, generator=g))  # about half negative: the flipped thresholds
-            m.weight.data[0] = 0.0  # a channel whose output is constant sign(beta)
-            m.bias.data.copy_(torch.randn(n, generator=g))
+            m.weight.data[0] = 0.0
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,9 @@ from pathlib import Path
 from .benchmarking import machine_record, markdown_table, medians, results_dir, time_interleaved, write_results
 
 
-def _randomize_bn(model, seed: int = 0):
+def randomize_bn(model, seed: int = 0):
+    """Random running statistics and affine parameters for every batch norm (about half the scales
+    negative): a trained network's BN, for speed and exactness checks that do not train."""
     import torch
     from torch import nn
 
@@ -47,7 +49,7 @@ def bench_network(name, model, input_shape, batch, repeats, binary_input=False, 
     from .runtime.modelfile import save_model_file
 
     torch.manual_seed(seed)
-    _randomize_bn(model, seed)
+    randomize_bn(model, seed)
     model.eval()
     meta, arrays = export_model(model, input_shape, 10, binary_input=binary_input, output=output)
     with tempfile.TemporaryDirectory() as d:

@@ -22,6 +22,10 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
 * :func:`get_num_threads`, :func:`set_num_threads` -- default thread count (env ``LOWBIT_NUM_THREADS``)
 
 See :mod:`lowbit.kernels.binary` for the packed layout.
+
+GPU kernels (Triton, torch tensors) live in :mod:`lowbit.kernels.gpu`, which is not imported here (it
+needs torch, and triton on first use): ``binary_matmul``, ``quant_matmul`` (named level sets, 1-4 bits
+bit-serial), packing, the naive XNOR kernel and a float baseline GEMM; ``pip install 'lowbit[gpu]'``.
 """
 from .binary import (  # noqa: F401
     PreparedMatrix,

@@ -14,7 +14,7 @@ The GPU counterpart of :mod:`lowbit.kernels` (CPU, NumPy/C), for torch tensors:
 * :func:`float_matmul` -- a tiled float32 GEMM of the XNOR kernel's structure (CUDA cores, no tensor
   cores): the paper's "baseline" for its 23x claim
 * :func:`popcount` -- the SWAR bit count, elementwise on int32 words (test hook)
-* :func:`available`, :func:`interpreted`, :func:`ptx_report`
+* :func:`available`, :func:`interpreted`, :func:`ptx_report`, :func:`launched_ptx`
 
 **Devices.** Compiled kernels need CUDA tensors. With ``TRITON_INTERPRET=1`` set before the first call
 (the kernels module is imported then), they run through Triton's interpreter on CPU tensors -- slowly,
@@ -155,7 +155,9 @@ def _check_levels(x: torch.Tensor, ls: LevelSet, name: str) -> None:
 
 def _check_same_k(ka: int, kb: int, fn: str) -> None:
     if ka != kb:
-        raise ShapeError(f"a has K={ka} columns but b has K={kb}: {fn}(a, b) computes a @ b.T with a (M, K) and b (N, K)")
+        raise ShapeError(
+            f"a has K={ka} columns but b has K={kb}: {fn}(a, b) computes a @ b.T with a (M, K) and b (N, K)"
+        )
 
 
 def _words(k: int) -> int:
@@ -207,6 +209,24 @@ def default_block(m: int, n: int, words: int, kind: str = "xnor") -> Block:
     return Block(bm, bn, bk, warps)
 
 
+_LAUNCHED: dict = {}  # kernel name -> the compiled kernel of its latest launch (None when interpreted)
+
+
+def _remember(name: str, handle) -> None:
+    _LAUNCHED[name] = handle
+
+
+def launched_ptx() -> dict:
+    """``{kernel name: popc count}`` in the PTX of each kernel's latest compiled launch in this process
+    (what actually ran, as opposed to :func:`ptx_report`'s ahead-of-time builds); empty when interpreted."""
+    out = {}
+    for name, handle in _LAUNCHED.items():
+        asm = getattr(handle, "asm", None)
+        if asm is not None and "ptx" in asm:
+            out[name] = count_popc(asm["ptx"])
+    return out
+
+
 def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -223,7 +243,8 @@ def popcount(words: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(flat)
     if flat.numel():
         block = 256
-        _k().popcount_kernel[(_cdiv(flat.numel(), block),)](flat, out, flat.numel(), BLOCK=block)
+        grid = (_cdiv(flat.numel(), block),)
+        _remember("popcount_kernel", _k().popcount_kernel[grid](flat, out, flat.numel(), BLOCK=block))
     return out.view(words.shape)
 
 
@@ -243,12 +264,12 @@ def _launch_pack(x: torch.Tensor, *, sign: bool, bits: int = 1, offset: int = 0,
     rowsum = torch.zeros((rows,), dtype=torch.int32, device=x.device)
     if rows and w:
         br, bw = _pack_block(rows, w)
-        _k().pack_kernel[(_cdiv(rows, br),)](
+        _remember("pack_kernel", _k().pack_kernel[(_cdiv(rows, br),)](
             x, planes, rowsum, rows, k, w,
             x.stride(0), x.stride(1), planes.stride(0), planes.stride(1),
             SIGN=sign, BITS=bits, OFFSET=offset, STEP_SHIFT=step.bit_length() - 1,
             BLOCK_R=br, BLOCK_W=bw,
-        )
+        ))
     return planes, rowsum
 
 
@@ -332,7 +353,9 @@ def _packed_operands(pa, pb, k) -> Tuple[torch.Tensor, torch.Tensor, int]:
     if isinstance(k, bool) or not isinstance(k, int):
         raise ShapeError(f"k must be an integer number of bits, got {k!r}")
     if k < 0 or k > _WORD * pa.shape[1]:
-        raise ShapeError(f"k={k} does not fit the packed rows: {pa.shape[1]} word(s) of 32 bits hold 0..{_WORD * pa.shape[1]}")
+        raise ShapeError(
+            f"k={k} does not fit the packed rows: {pa.shape[1]} word(s) of 32 bits hold 0..{_WORD * pa.shape[1]}"
+        )
     if k > _INT32_MAX:
         raise ShapeError(f"k={k} is too large: results are int32")
     return pa, pb, k
@@ -358,11 +381,11 @@ def binary_matmul_packed(pa, pb, k: int, *, block: Optional[Block] = None) -> to
     if w == 0:
         return out.zero_()
     blk = (block or default_block(m, n, w, "xnor")).check()
-    _k().xnor_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
+    _remember("xnor_gemm_kernel", _k().xnor_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
         pa, pb, out, m, n, w, k,
         pa.stride(0), pb.stride(0), out.stride(0), out.stride(1),
         BLOCK_M=blk.m, BLOCK_N=blk.n, BLOCK_KW=blk.k, num_warps=blk.num_warps,
-    )
+    ))
     return out
 
 
@@ -372,12 +395,14 @@ def binary_matmul_naive(pa, pb, k: int) -> torch.Tensor:
     :func:`binary_matmul_packed`, except that pad bits past ``k`` must be 0 (as the packers write)."""
     pa, pb, k = _packed_operands(pa, pb, k)
     m, n, w = pa.shape[0], pb.shape[0], _words(k)
+    if n > 65535:
+        raise ShapeError(f"binary_matmul_naive launches one program per output on an (M, N) grid: N={n} > 65535")
     out = torch.empty((m, n), dtype=torch.int32, device=pa.device)
     if m == 0 or n == 0:
         return out
-    _k().xnor_naive_kernel[(m, n)](
+    _remember("xnor_naive_kernel", _k().xnor_naive_kernel[(m, n)](
         pa, pb, out, w, k, pa.stride(0), pb.stride(0), out.stride(0), out.stride(1), num_warps=1,
-    )
+    ))
     return out
 
 
@@ -441,12 +466,12 @@ def quant_matmul_packed(pa: PackedLevels, pb: PackedLevels, *, block: Optional[B
         return out.zero_()
     blk = (block or default_block(m, n, w, "bitserial")).check()
     A, B = pa.planes, pb.planes
-    _k().bitserial_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
+    _remember("bitserial_gemm_kernel", _k().bitserial_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
         A, B, out, pa.rowsum, pb.rowsum, m, n, w, k,
         A.stride(0), A.stride(1), B.stride(0), B.stride(1), out.stride(0), out.stride(1),
         SA=la.step, OA=la.offset, SB=lb.step, OB=lb.offset, BITS_A=la.bits, BITS_B=lb.bits,
         BLOCK_M=blk.m, BLOCK_N=blk.n, BLOCK_KW=blk.k, num_warps=blk.num_warps,
-    )
+    ))
     return out
 
 
@@ -563,11 +588,11 @@ def float_matmul(a, b, *, block: Optional[Block] = None) -> torch.Tensor:
     if k == 0:
         return out.zero_()
     blk = (block or default_block(m, n, k, "float")).check()
-    _k().float_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
+    _remember("float_gemm_kernel", _k().float_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
         a, b, out, m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         BLOCK_M=blk.m, BLOCK_N=blk.n, BLOCK_K=blk.k, num_warps=blk.num_warps,
-    )
+    ))
     return out
 
 
@@ -594,14 +619,35 @@ def _signatures(block: Block, bits=(2, 2)):
     ]
 
 
-def ptx_report(capability: Optional[Tuple[int, int]] = None, block: Optional[Block] = None) -> dict:
+def _other_signatures():
+    """Ahead-of-time builds of the kernels without popcount: packing (signs of float32, codes of int8)
+    and the float GEMM (float16 in)."""
+    pack_sig = {"X": "*fp32", "P": "*i32", "RS": "*i32"}
+    pack_sig.update({n: "i32" for n in ("rows", "K", "W", "stride_xr", "stride_xk", "stride_pp", "stride_pr")})
+    pack_tile = {"BLOCK_R": 8, "BLOCK_W": 4}
+    float_sig = {"A": "*fp16", "B": "*fp16", "C": "*fp32"}
+    float_sig.update({n: "i32" for n in ("M", "N", "K", "stride_am", "stride_ak", "stride_bn", "stride_bk",
+                                         "stride_cm", "stride_cn")})
+    return [
+        ("pack_kernel", pack_sig, dict(pack_tile, SIGN=True, BITS=1, OFFSET=0, STEP_SHIFT=0)),
+        ("pack_kernel", dict(pack_sig, X="*i8"), dict(pack_tile, SIGN=False, BITS=2, OFFSET=-3, STEP_SHIFT=1)),
+        ("float_gemm_kernel", float_sig, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 8}),
+    ]
+
+
+def ptx_report(capability: Optional[Tuple[int, int]] = None, block: Optional[Block] = None,
+               compile_all: bool = False) -> dict:
     """Compile each popcount kernel ahead of time and count ``popc`` instructions in its PTX.
 
     Needs the compiled (not interpreted) kernels and triton's CUDA backend, but no GPU: ``capability``
     defaults to the current CUDA device's, or (9, 0) (H100/H200) without one.
 
+    ``compile_all`` also builds the kernels without popcount (packing, float GEMM) to check that they
+    compile.
+
     Returns:
-        ``{kernel name: {"popc": count, "ptx_lines": n}}`` plus ``"target": "sm_XY"``.
+        ``{kernel name: {"popc": count, "ptx_lines": n}}`` plus ``"target": "sm_XY"`` (and
+        ``"also_compiled"``: the names of the other kernels built).
     """
     k = _k()
     if interpreted():
@@ -615,12 +661,17 @@ def ptx_report(capability: Optional[Tuple[int, int]] = None, block: Optional[Blo
     arch = 10 * capability[0] + capability[1]
     blk = block or Block(64, 64, 4, 8)
     report = {"target": f"sm_{arch}"}
-    for name, sig, const in _signatures(blk):
-        fn = getattr(k, name)
+    target = GPUTarget("cuda", arch, 32)
+
+    def build(name, sig, const):
         sig = dict(sig, **{c: "constexpr" for c in const})
-        compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", arch, 32))
-        ptx = compiled.asm["ptx"]
+        return triton.compile(ASTSource(fn=getattr(k, name), signature=sig, constexprs=const), target=target)
+
+    for name, sig, const in _signatures(blk):
+        ptx = build(name, sig, const).asm["ptx"]
         report[name] = {"popc": count_popc(ptx), "ptx_lines": ptx.count("\n")}
+    if compile_all:
+        report["also_compiled"] = [build(*spec) and spec[0] for spec in _other_signatures()]
     return report
 
 
@@ -640,6 +691,7 @@ __all__ = [
     "default_block",
     "float_matmul",
     "interpreted",
+    "launched_ptx",
     "pack_bits",
     "pack_levels",
     "pack_signs",

@@ -97,18 +97,24 @@ def mnist_cnn_qnn() -> TrainConfig:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _ptb(name: str, cell: str) -> TrainConfig:
+def _lm(name: str, dataset: str, cell: str, size: int, emb_size: int, dropout: float, data: dict,
+        **schedule) -> TrainConfig:
+    """A W4A4 ``rnn_lm`` recipe: 2 layers of ``size`` units, Adam, no Glorot LR scale; ``data`` overrides the
+    LM data settings (level, files, bptt, gradient clip)."""
     return TrainConfig(
-        recipe=name, dataset="ptb", model="rnn_lm", task="lm", loss="cross_entropy",
+        recipe=name, dataset=dataset, model="rnn_lm", task="lm", loss="cross_entropy",
         model_args=dict(
-            vocab_size=0, cell=cell, emb_size=300, hidden_size=300, num_layers=2, dropout=0.5,
+            vocab_size=0, cell=cell, emb_size=emb_size, hidden_size=size, num_layers=2, dropout=dropout,
             tie_weights=False, weight_bits=4, act_bits=4, weight_quantizer="auto", act_quantizer="auto",
-            weight_scale="max", quantize_embedding=False, quantize_decoder=False,
-            **{**LM_SETTINGS, "level": "word", "bptt": 35, "clip_grad": 0.25},
+            weight_scale="max", quantize_embedding=False, quantize_decoder=False, **{**LM_SETTINGS, **data},
         ),
-        epochs=12, batch_size=20, eval_batch_size=10, optimizer="adam", lr_start=2e-3, lr_end=2e-4,
-        lr_scale=False,
+        optimizer="adam", lr_scale=False, **schedule,
     )
+
+
+def _ptb(name: str, cell: str) -> TrainConfig:
+    return _lm(name, "ptb", cell, 300, 300, 0.5, {"level": "word", "bptt": 35, "clip_grad": 0.25},
+               epochs=12, batch_size=20, eval_batch_size=10, lr_start=2e-3, lr_end=2e-4)
 
 
 @recipe("ptb-lstm")
@@ -134,17 +140,11 @@ def ptb_rnn() -> TrainConfig:
 @recipe("shakespeare-lstm")
 def shakespeare_lstm() -> TrainConfig:
     """Tiny Shakespeare char LM, 2x256 LSTM, 4-bit weights and activations, 90/10 split."""
-    return TrainConfig(
-        recipe="shakespeare-lstm", dataset="tinyshakespeare", model="rnn_lm", task="lm", loss="cross_entropy",
-        model_args=dict(
-            vocab_size=0, cell="lstm", emb_size=64, hidden_size=256, num_layers=2, dropout=0.1,
-            tie_weights=False, weight_bits=4, act_bits=4, weight_quantizer="auto", act_quantizer="auto",
-            weight_scale="max", quantize_embedding=False, quantize_decoder=False,
-            **{**LM_SETTINGS, "level": "char", "bptt": 100, "clip_grad": 1.0},
-        ),
-        epochs=4, batch_size=32, eval_batch_size=32, optimizer="adam", lr_start=3e-3, lr_end=3e-4,
-        lr_scale=False,
-    )
+    # the word-level file names do not apply to a character corpus: left empty so the config says so
+    data = {"level": "char", "bptt": 100, "clip_grad": 1.0, "train_file": "", "valid_file": "", "test_file": "",
+            "vocab_from": ""}
+    return _lm("shakespeare-lstm", "tinyshakespeare", "lstm", 256, 64, 0.1, data,
+               epochs=4, batch_size=32, eval_batch_size=32, lr_start=3e-3, lr_end=3e-4)
 
 
 # --------------------------------------------------------------------------------------------------------
