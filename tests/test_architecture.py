@@ -4,12 +4,13 @@ and on torch reaching the deployment half."""
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import subprocess_env
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "lowbit"
@@ -179,7 +180,7 @@ def test_importing_every_deployment_module_leaves_torch_unloaded():
             "import lowbit\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(SRC)})
+                       env=subprocess_env())
     assert r.returncode == 0, r.stderr
 
 

@@ -3,15 +3,14 @@ calibration/export, torch-free loading, bad input."""
 
 import functools
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import subprocess_env
 from lowbit.errors import CheckpointError, ConfigError, DataError, ShapeError
 from lowbit.export.lstm import export_int_lstm, export_int_lstm_checkpoint
 from lowbit.models.lm import RNNLanguageModel
@@ -19,19 +18,8 @@ from lowbit.nn.recurrent import QuantGRU, QuantLSTM
 from lowbit.runtime import int_lstm as il
 from lowbit.runtime.int_lstm import load_int_lstm
 
-REPO = Path(__file__).resolve().parents[1]
 PATHS = il.available_paths()
 needs_ext = pytest.mark.skipif(not PATHS, reason=f"C extension not available: {il.extension_error()}")
-
-
-@pytest.fixture(params=PATHS)
-def kernel_path(request):
-    """Every kernel path this CPU runs, forced the way a user does (lowbit.kernels.set_kernel_path)."""
-    import lowbit.kernels as K
-
-    previous = K.set_kernel_path(request.param)
-    yield request.param
-    K.set_kernel_path(previous)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -199,7 +187,7 @@ def test_legacy_path_variable_is_ignored_with_a_warning(monkeypatch):
 
 @needs_ext
 def test_kernel_path_environment_in_a_fresh_process():
-    env = dict(os.environ, LOWBIT_KERNEL_PATH=PATHS[0], PYTHONPATH=str(REPO / "src"))
+    env = subprocess_env(LOWBIT_KERNEL_PATH=PATHS[0])
     code = "from lowbit.runtime import int_lstm as il; print(il._Kernels('c').resolved_path)"
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == PATHS[0], res.stderr
@@ -373,6 +361,6 @@ def test_runtime_does_not_import_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "print(m.backend)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                       env=subprocess_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("numpy", *(f"c/{p}" for p in PATHS))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO, SHARED_DATA, subprocess_env
 from lowbit.train.config import TrainConfig, apply_overrides, get_recipe
 from lowbit.errors import ConfigError, DataError, ShapeError
 from lowbit.models.lm import RNNLanguageModel
@@ -22,10 +23,7 @@ from lowbit.data.text import (
 from lowbit.registry import TASKS
 from lowbit.train import run
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REPO = Path(__file__).resolve().parents[1]
-
-
+DATA = SHARED_DATA
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -387,6 +385,6 @@ def test_cli_reports_bad_text_data(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lowbit", "train", "ptb-lstm", "--data-dir", str(tmp_path),
                         "--out", str(tmp_path / "out"), "--no-progress"],
                        capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+                       env=subprocess_env())
     assert r.returncode == 2, r.stderr
     assert "ptb.valid.txt is not UTF-8 text" in r.stderr and "Traceback" not in r.stderr
