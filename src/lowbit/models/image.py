@@ -48,6 +48,7 @@ def mlp(
     bn_momentum: float = 0.1,
     grad_quantizer: QuantizerSpec = None,
     norm: str = "bn",
+    init: str = "reference",
 ) -> nn.Sequential:
     """The BNN MNIST MLP: 784 -> depth x (quantized FC(hidden) -> BN -> QuantAct) -> FC(10) -> BN.
 
@@ -66,7 +67,7 @@ def mlp(
     width = in_features
     for d in range(depth):
         layers += [
-            QuantLinear(width, hidden, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer,
+            QuantLinear(width, hidden, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init,
                         pixel_input=d == 0),
             _bn1d(hidden, bn_eps, bn_momentum, norm),
             QuantAct(act_quantizer),
@@ -75,7 +76,7 @@ def mlp(
             layers.append(nn.Dropout(dropout_hidden))
         width = hidden
     layers += [
-        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init),
         _bn1d(num_classes, bn_eps, bn_momentum, norm),
     ]
     return nn.Sequential(*layers)
@@ -98,6 +99,7 @@ def convnet(
     bn_momentum: float = 0.1,
     grad_quantizer: QuantizerSpec = None,
     norm: str = "bn",
+    init: str = "reference",
 ) -> nn.Sequential:
     """The BNN ConvNet: ``channels`` lists conv widths, ``"M"`` a 2x2 max-pool after the preceding conv.
 
@@ -126,7 +128,7 @@ def convnet(
             QuantConv2d(
                 c, width, kernel_size, padding=kernel_size // 2, bias=False,
                 weight_quantizer=weight_quantizer, pad_value=-1.0 if first else pad_value,
-                grad_quantizer=grad_quantizer, pixel_input=first,
+                grad_quantizer=grad_quantizer, init=init, pixel_input=first,
             )
         )
         first = False
@@ -141,7 +143,7 @@ def convnet(
     width = c * h * w
     for f in fc:
         layers += [
-            QuantLinear(width, int(f), bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+            QuantLinear(width, int(f), bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init),
             _bn1d(int(f), bn_eps, bn_momentum, norm),
             QuantAct(act_quantizer),
         ]
@@ -149,7 +151,7 @@ def convnet(
             layers.append(nn.Dropout(dropout_hidden))
         width = int(f)
     layers += [
-        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init),
         _bn1d(num_classes, bn_eps, bn_momentum, norm),
     ]
     return nn.Sequential(*layers)

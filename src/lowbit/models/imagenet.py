@@ -56,6 +56,7 @@ def alexnet_qnn(
     grad_quantizer: QuantizerSpec = None,
     bn_eps: float = 1e-5,
     bn_momentum: float = 0.1,
+    init: str = "reference",
 ) -> nn.Sequential:
     """The QNN paper's ImageNet AlexNet: BinaryNet.pytorch's AlexNet widened x3.
 
@@ -74,7 +75,7 @@ def alexnet_qnn(
 
     def conv(cin, cout, k, stride=1, padding=0):
         return QuantConv2d(cin, cout, k, stride=stride, padding=padding, bias=False, weight_quantizer=weight_quantizer,
-                           pad_value=pad_value, grad_quantizer=grad_quantizer)
+                           pad_value=pad_value, grad_quantizer=grad_quantizer, init=init)
 
     def act():
         return QuantAct(_fresh(act_quantizer), float_activation="hardtanh")
@@ -94,12 +95,12 @@ def alexnet_qnn(
     width = w[4] * 36
     for f in fc:
         layers += [
-            QuantLinear(width, int(f), bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+            QuantLinear(width, int(f), bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init),
             batch_norm(norm, 1, int(f), eps=bn_eps, momentum=bn_momentum), act(),
         ]
         width = int(f)
     layers += [
-        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer),
+        QuantLinear(width, num_classes, bias=False, weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init),
         batch_norm(norm, 1, num_classes, eps=bn_eps, momentum=bn_momentum),
     ]
     return nn.Sequential(*layers)
@@ -113,14 +114,15 @@ class BasicBlock(nn.Module):
     full precision, as the SAWB paper recommends.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, weight_quantizer, act_quantizer, norm: str, grad_quantizer):
+    def __init__(self, cin: int, cout: int, stride: int, weight_quantizer, act_quantizer, norm: str, grad_quantizer,
+                 init: str = "reference"):
         super().__init__()
         self.conv1 = QuantConv2d(cin, cout, 3, stride=stride, padding=1, bias=False,
-                                 weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer)
+                                 weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init)
         self.bn1 = batch_norm(norm, 2, cout)
         self.act1 = QuantAct(_fresh(act_quantizer), float_activation="relu")
         self.conv2 = QuantConv2d(cout, cout, 3, stride=1, padding=1, bias=False,
-                                 weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer)
+                                 weight_quantizer=weight_quantizer, grad_quantizer=grad_quantizer, init=init)
         self.bn2 = batch_norm(norm, 2, cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
@@ -136,7 +138,8 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet with basic blocks; full-precision stem (7x7/2 conv) and classifier, quantized blocks."""
 
-    def __init__(self, num_classes, widths, blocks, weight_quantizer, act_quantizer, norm, grad_quantizer):
+    def __init__(self, num_classes, widths, blocks, weight_quantizer, act_quantizer, norm, grad_quantizer,
+                 init: str = "reference"):
         super().__init__()
         self.normalize = Normalize()
         self.stem = nn.Sequential(
@@ -147,7 +150,7 @@ class ResNet(nn.Module):
         for i, (width, n) in enumerate(zip(widths, blocks)):
             for b in range(n):
                 stride = 2 if (i > 0 and b == 0) else 1
-                stages.append(BasicBlock(cin, width, stride, weight_quantizer, act_quantizer, norm, grad_quantizer))
+                stages.append(BasicBlock(cin, width, stride, weight_quantizer, act_quantizer, norm, grad_quantizer, init))
                 cin = width
         self.blocks = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -166,6 +169,7 @@ def resnet18_pact_sawb(
     act_quantizer: QuantizerSpec = "pact:bits=2,alpha=10.0",
     norm: str = "bn",
     grad_quantizer: QuantizerSpec = None,
+    init: str = "reference",
 ) -> ResNet:
     """ResNet-18 with 2-bit SAWB weights and 2-bit PACT activations in every block; full-precision first
     convolution, last (fully connected) layer and shortcuts. ``weight_quantizer="identity"`` and
@@ -174,7 +178,7 @@ def resnet18_pact_sawb(
         raise ConfigError(f"resnet18_pact_sawb: widths and blocks must be equally long lists of positive "
                           f"integers, got {list(widths)} and {list(blocks)}")
     return ResNet(num_classes, [int(v) for v in widths], [int(v) for v in blocks], weight_quantizer,
-                  act_quantizer, norm, grad_quantizer)
+                  act_quantizer, norm, grad_quantizer, init)
 
 
 MODELS.register("alexnet_qnn", obj=alexnet_qnn)

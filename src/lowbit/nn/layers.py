@@ -59,7 +59,10 @@ class QuantLayerMixin:
         w = self.weight
         return f"{type(self).__name__}({w.shape[1]}, {w.shape[0]})"
 
-    def _init_quant(self, weight_quantizer, input_quantizer, weight_clip, grad_quantizer=None):
+    def _init_quant(self, weight_quantizer, input_quantizer, weight_clip, grad_quantizer=None, init="reference"):
+        if init not in ("reference", "glorot"):
+            raise ConfigError(f"{type(self).__name__}: init must be 'reference' or 'glorot', got {init!r}")
+        self.init = init
         self.weight_quantizer = get_quantizer(weight_quantizer)
         self.input_quantizer = get_quantizer(input_quantizer)
         check_quantizer_role(self.weight_quantizer, "weight", f"{self._layer_name()} weight_quantizer")
@@ -126,11 +129,22 @@ class QuantLayerMixin:
         return 1.0 / math.sqrt(1.5 / (fan_in + fan_out))
 
     def _reset_latent(self):
+        """Latent-weight initialisation (``self.init``):
+
+        * ``"reference"`` (default): as the BinaryNet Theano code (``H = 1.``, ``binary_net.py``): binary
+          weights start uniform in [-H, H] = [-1, 1], the clip range; only their signs enter the product, so
+          the start's scale only sets how far a weight is from flipping (with the Glorot LR scale, which that
+          code also uses, a step moves it by about lr * 1/H_glorot). k-bit weights keep the Glorot range even
+          here: their values enter the product, and U[-1, 1] would make a layer's outputs sqrt(fan_in / 3)
+          times larger than Glorot's and saturate the next activation quantizer.
+        * ``"glorot"``: BinaryConnect's "Glorot" initialisation for every quantized weight: uniform in
+          [-H, H], H = sqrt(1.5 / (fan_in + fan_out)), the same H whose inverse is the LR scale.
+        """
         if isinstance(self.weight_quantizer, Identity):
             return False
-        # BinaryConnect's "Glorot" initialisation: uniform in [-H, H], H = sqrt(1.5 / (fan_in + fan_out)),
-        # the same H whose inverse scales the learning rate.
         h = 1.0 / self.glorot_lr_scale
+        if self.init == "reference" and is_binary(self.weight_quantizer):
+            h = float(self.weight_clip) if self.weight_clip is not None else 1.0
         with torch.no_grad():
             self.weight.uniform_(-h, h)
             if self.bias is not None:
@@ -158,6 +172,8 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
             quantized weight and no clip for a full-precision one.
         grad_quantizer: a gradient quantizer (``"grad:bits=6"``) or ``None`` (default: gradients stay
             full precision); see the module docstring.
+        init: latent-weight initialisation, ``"reference"`` (BinaryNet's U[-1, 1] for binary weights) or
+            ``"glorot"`` (BinaryConnect's Glorot range); see :meth:`_reset_latent`.
     """
 
     def __init__(
@@ -172,9 +188,10 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
         dtype=None,
         grad_quantizer: QuantizerSpec = None,
         pixel_input: bool = False,
+        init: str = "reference",
     ):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer)
+        self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer, init)
         self.pixel_input = bool(pixel_input)
         self.reset_parameters()
 
@@ -222,12 +239,13 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
         dtype=None,
         grad_quantizer: QuantizerSpec = None,
         pixel_input: bool = False,
+        init: str = "reference",
     ):
         nn.Conv2d.__init__(
             self, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
             device=device, dtype=dtype,
         )
-        self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer)
+        self._init_quant(weight_quantizer, input_quantizer, weight_clip, grad_quantizer, init)
         self.pixel_input = bool(pixel_input)
         self.reset_parameters()
         if isinstance(self.padding, str):
