@@ -14,19 +14,29 @@ if sys.platform != "win32":
     extra_compile_args.append("-pthread")
     extra_link_args.append("-pthread")
 
+# The one kernel-path enum and CPU detection (csrc/lowbit_cpu.h), compiled into every extension: each module
+# carries its own copy, so either loads alone. Hidden visibility keeps those copies (and every other internal
+# symbol) private to their module; only PyInit_* is exported.
+LOWBIT_CPU = "csrc/lowbit_cpu.c"
+if sys.platform != "win32":
+    extra_compile_args.append("-fvisibility=hidden")
+
 ext_modules = [
     Extension(
         "lowbit.kernels._bitgemm",
-        sources=["csrc/bitgemm_module.c", "csrc/bitgemm_driver.c", "csrc/bitgemm_pack.c", "csrc/bitgemm_kernels_scalar.c", "csrc/bitgemm_kernels_avx2.c", "csrc/bitgemm_kernels_avx512.c",
+        sources=["csrc/bitgemm_module.c", "csrc/bitgemm_driver.c", "csrc/bitgemm_pack.c", "csrc/bitgemm_kernels_scalar.c",
+                 "csrc/bitgemm_kernels_avx2.c", "csrc/bitgemm_kernels_avx512.c",
                  "csrc/qgemm_module.c", "csrc/qgemm_driver.c", "csrc/qgemm_pack.c", "csrc/qgemm_kernels_scalar.c",
-                 "csrc/qgemm_kernels_avx2.c", "csrc/qgemm_kernels_avx512.c", "csrc/qgemm_probe.c"],
+                 "csrc/qgemm_kernels_avx2.c", "csrc/qgemm_kernels_avx512.c", "csrc/qgemm_probe.c", LOWBIT_CPU],
         include_dirs=["csrc"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
     ),
     Extension(
         "lowbit.kernels._intlstm",
-        sources=["csrc/intlstm_module.c", "csrc/intlstm_kernels.c"],
+        sources=["csrc/intlstm_module.c", "csrc/intlstm_driver.c", "csrc/intlstm_gemm_scalar.c",
+                 "csrc/intlstm_gemm_avx2.c", "csrc/intlstm_gemm_avx512.c",
+                 "csrc/intlstm_step_scalar.c", "csrc/intlstm_step_avx2.c", LOWBIT_CPU],
         include_dirs=["csrc"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,

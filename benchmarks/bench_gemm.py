@@ -24,18 +24,14 @@ gemm.md. The machine may be shared: medians are taken and the load average is re
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+from lowbit.benchmarking import loadavg, machine_record, markdown_table, median, time_interleaved, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 CASES = [
     ("square 4096^3", 4096, 4096, 4096),
@@ -48,70 +44,10 @@ CASES = [
 ]
 
 
-def timeit(fn, *, min_repeats=5, min_time=0.3, max_repeats=500, warmup=1):
-    """Median wall time of fn() over at least min_repeats runs and min_time seconds."""
-    return interleaved({"fn": fn}, min_repeats=min_repeats, min_time=min_time, max_repeats=max_repeats,
-                       warmup=warmup)["fn"]
-
-
-def interleaved(fns, *, min_repeats=5, min_time=0.3, max_repeats=500, warmup=1):
-    """Median wall time of each function, measured in rounds (a, b, c, a, b, c, ...) so that load from
-    other processes on a shared machine hits all of them alike. Within a round each function first
-    runs `warmup` times untimed, so it is timed with its own data in cache, not with whatever the
-    previous contender left there (torch's fp32 operands evict our packed ones from L3).
-    Returns {name: (median, count)}."""
-    times = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < min_repeats or (time.perf_counter() - start < min_time and rounds < max_repeats):
-        for name, fn in fns.items():
-            for _ in range(warmup):
-                fn()
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-        rounds += 1
-    return {name: (statistics.median(ts), len(ts)) for name, ts in times.items()}
-
-
-def cpu_model() -> str:
-    """'model name' from /proc/cpuinfo, with family / model / stepping (VMs often hide the exact
-    model name: family 25 model 1 is AMD Zen 3 "Milan")."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "cpu family", "model", "stepping") and key not in fields:
-                    fields[key] = value.strip()
-                if not line.strip() and fields:
-                    break
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')}, stepping {fields.get('stepping', '?')})"
-    return name
-
-
-def cpu_flags() -> list:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [x for x in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq") if x in have]
-    except OSError:
-        pass
-    return []
-
-
-def loadavg():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
+def timeit(fn, repeats, warm_each=1):
+    """Median wall time of ``repeats`` runs of fn() (each after ``warm_each`` untimed runs)."""
+    return median(time_interleaved({"fn": fn}, min_repeats=repeats, max_repeats=repeats, warmup=0,
+                                   warm_each=warm_each)["fn"])
 
 
 def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_time, rng):
@@ -126,7 +62,9 @@ def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_ti
     row = {"case": name, "M": m, "N": n, "K": k, "threads": threads}
 
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    timed = interleaved(
+    # round-robin; each contender warmed up right before its timed run, so it is timed with its own data in
+    # cache, not with what the previous one left there (torch's fp32 operands evict our packed ones from L3)
+    timed = time_interleaved(
         {
             "ours_gemm_s": lambda: K.binary_matmul_packed(pa, pb, k, out=out, num_threads=threads),
             "ours_gemm_1thread_s": lambda: K.binary_matmul_packed(pa, pb, k, out=out, num_threads=1),
@@ -139,10 +77,12 @@ def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_ti
         min_repeats=repeats,
         min_time=min_time,
         max_repeats=1000,
+        warmup=0,
+        warm_each=1,
     )
-    for key, (median, count) in timed.items():
-        row[key] = median
-    row["repeats"] = timed["ours_gemm_s"][1]
+    for key, times in timed.items():
+        row[key] = median(times)
+    row["repeats"] = len(timed["ours_gemm_s"])
     # exact check: fp32 sums of +-1 products are exact integers below 2^24
     ours = K.binary_matmul_packed(pa, pb, k, num_threads=threads)
     row["verified_equal_to_torch"] = bool(np.array_equal(ours, torch.matmul(ta, tb.T).numpy().astype(np.int32))) \
@@ -156,12 +96,12 @@ def bench_case(name, m, n, k, *, threads, torch, naive_budget_s, repeats, min_ti
 
     def time_naive(hw):
         one = lambda rows: K.binary_matmul_naive(pa[:rows], pb, k, hw_popcount=hw)  # noqa: E731
-        t_share, _ = timeit(lambda: one(share), min_repeats=1, min_time=0.0, warmup=0)
+        t_share = timeit(lambda: one(share), 1, warm_each=0)
         estimate = t_share * m / share
         if estimate <= 1.0:
-            return timeit(lambda: one(m), min_repeats=3, min_time=0.0)[0], "full run, median of 3"
+            return timeit(lambda: one(m), 3), "full run, median of 3"
         if estimate <= naive_budget_s:
-            return timeit(lambda: one(m), min_repeats=1, min_time=0.0, warmup=0)[0], "full run, once"
+            return timeit(lambda: one(m), 1, warm_each=0), "full run, once"
         return estimate, f"{share} of {m} rows of A timed once, scaled x{m / share:g}"
 
     row["naive_s"], row["naive_method"] = time_naive(False)
@@ -185,16 +125,24 @@ def fmt_ms(s):
     return f"{s * 1e3:.3f}" if s < 0.01 else f"{s * 1e3:.1f}"
 
 
-def write_markdown(path, report):
+def markdown(report) -> str:
     m = report["machine"]
+    rows = [[r["case"], f"{r['M']}x{r['N']}x{r['K']}", f"{fmt_ms(r['ours_gemm_s'])} ({r['ours_gemm_gops']:.0f})",
+             f"{fmt_ms(r['ours_prepared_s'])} ({r['ours_prepared_gops']:.0f})", fmt_ms(r["ours_gemm_1thread_s"]),
+             fmt_ms(r["ours_pack_act_s"]), fmt_ms(r["ours_pack_both_s"]),
+             f"{fmt_ms(r['torch_fp32_s'])} ({r['torch_fp32_gflops']:.1f})", fmt_ms(r["naive_s"]),
+             f"**{r['speedup_vs_torch']:.1f}x**",
+             f"{r['speedup_vs_torch_incl_pack_act']:.1f}x / {r['speedup_vs_torch_incl_pack_both']:.1f}x",
+             f"**{r['speedup_vs_naive']:.0f}x**", f"{r['speedup_vs_naive_1thread_each']:.0f}x",
+             f"{r.get('speedup_vs_naive_popcnt', float('nan')):.0f}x"] for r in report["results"]]
     lines = [
         "# Binary GEMM benchmark",
         "",
-        f"CPU: {m['cpu_model']} ({m['logical_cpus']} logical CPUs; flags: {', '.join(m['cpu_flags'])}); "
+        f"CPU: {m['cpu']} ({m['cpus']} logical CPUs; flags: {', '.join(m['cpu_flags'])}); "
         f"dispatch path **{m['kernel_path']}** (available: {', '.join(m['available_paths'])}); "
         f"{report['threads']} threads for ours and torch; naive: 1 thread.",
         f"Build: {m['build_flags']}. torch {m['torch']} (fp32, {report['threads']} threads), numpy {m['numpy']}, "
-        f"Python {m['python']}. Load average at start / end: {m['loadavg_start']} / {m['loadavg_end']}.",
+        f"Python {m['python']}. Load average at start / end: {m['loadavg']} / {m['loadavg_end']}.",
         "",
         "Times are medians in ms; GOPS = 2*M*N*K / time. *ours* = `binary_matmul_packed` on pre-packed operands; "
         "*prepared*: the same with B from `prepare_packed` (laid out once in the kernel's native layout); "
@@ -203,26 +151,15 @@ def write_markdown(path, report):
         "(GEMM only unless noted) and naive time / our GEMM time; *1 thread each* compares our GEMM on one "
         "thread with the (one-thread) naive kernel, which stays meaningful when other processes occupy cores.",
         "",
-        "| case | M x N x K | ours ms (GOPS) | prepared ms (GOPS) | ours 1 thread ms | +pack act ms | +pack both ms | "
-        "torch fp32 ms (GFLOP/s) | naive ms | x torch | x torch incl. pack act / both | x naive | "
-        "x naive, 1 thread each | x naive (POPCNT) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(["case", "M x N x K", "ours ms (GOPS)", "prepared ms (GOPS)", "ours 1 thread ms", "+pack act ms",
+                        "+pack both ms", "torch fp32 ms (GFLOP/s)", "naive ms", "x torch",
+                        "x torch incl. pack act / both", "x naive", "x naive, 1 thread each", "x naive (POPCNT)"], rows),
     ]
-    for r in report["results"]:
-        lines.append(
-            f"| {r['case']} | {r['M']}x{r['N']}x{r['K']} | {fmt_ms(r['ours_gemm_s'])} ({r['ours_gemm_gops']:.0f}) | "
-            f"{fmt_ms(r['ours_prepared_s'])} ({r['ours_prepared_gops']:.0f}) | "
-            f"{fmt_ms(r['ours_gemm_1thread_s'])} | {fmt_ms(r['ours_pack_act_s'])} | {fmt_ms(r['ours_pack_both_s'])} | "
-            f"{fmt_ms(r['torch_fp32_s'])} ({r['torch_fp32_gflops']:.1f}) | {fmt_ms(r['naive_s'])} | "
-            f"**{r['speedup_vs_torch']:.1f}x** | {r['speedup_vs_torch_incl_pack_act']:.1f}x / "
-            f"{r['speedup_vs_torch_incl_pack_both']:.1f}x | **{r['speedup_vs_naive']:.0f}x** | "
-            f"{r['speedup_vs_naive_1thread_each']:.0f}x | {r.get('speedup_vs_naive_popcnt', float('nan')):.0f}x |"
-        )
     lines += ["", f"Statistic: {report['statistic']}.", "", "Naive kernel timing per case (portable popcount / POPCNT):"]
     lines += [f"- {r['case']}: {r['naive_method']} / {r.get('naive_popcnt_method', 'n/a')}" for r in report["results"]]
     lines += ["", f"All results checked equal to torch's: {all(r['verified_equal_to_torch'] for r in report['results'])}.",
               "", f"Reproduce: `{report['command']}`", ""]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -239,25 +176,13 @@ def main(argv=None):
 
     import torch
 
-    import lowbit.kernels as K
-
     torch.set_num_threads(args.threads)
     cases = [c for c in CASES if c[1] * c[2] * c[3] <= 256 * 4096 * 784] if args.quick else CASES
-    machine = {
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "logical_cpus": os.cpu_count(),
-        "kernel_path": K.active_path(),
-        "available_paths": list(K.available_paths()),
-        "build_flags": "-O3 -std=c11 -pthread, no -march; AVX2 / AVX-512 code via __attribute__((target)) "
-                       "picked at run time with __builtin_cpu_supports",
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "loadavg_start": loadavg(),
-    }
-    print(f"CPU {machine['cpu_model']}, path {machine['kernel_path']}, {args.threads} threads, "
-          f"load {machine['loadavg_start']}", flush=True)
+    machine = machine_record(args.threads)
+    machine["build_flags"] = ("-O3 -std=c11 -pthread, no -march; AVX2 / AVX-512 code via __attribute__((target)) "
+                              "picked at run time with __builtin_cpu_supports")
+    print(f"CPU {machine['cpu']}, path {machine['kernel_path']}, {args.threads} threads, "
+          f"load {machine['loadavg']}", flush=True)
     rng = np.random.default_rng(0)
     results = []
     for name, m, n, k in cases:
@@ -285,10 +210,8 @@ def main(argv=None):
         "results": results,
     }
     if not args.quick:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "gemm.json").write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown(args.out_dir / "gemm.md", report)
-        print(f"wrote {args.out_dir / 'gemm.json'} and {args.out_dir / 'gemm.md'}")
+        paths = write_results(args.out_dir / "gemm", report, markdown(report))
+        print(f"wrote {paths[0]} and {paths[1]}")
     return report
 
 

@@ -1,7 +1,7 @@
-"""End-to-end runtime benchmark; see lowbit.runtime.bench (also `lowbit bench --run`)."""
+"""End-to-end runtime benchmark; see lowbit.bench (also `lowbit bench --run`)."""
 import sys
 
-from lowbit.runtime.bench import main
+from lowbit.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -1,9 +1,9 @@
 """Does a shift-BN network lose accuracy to its running statistics? Re-estimate them and see.
 
-    PYTHONPATH=src python benchmarks/bn_recalibration.py [CHECKPOINT ...] [--images 20000]
+    python benchmarks/bn_recalibration.py [CHECKPOINT ...] [--images 20000]
 
 For each checkpoint (default: W1A1 runs of qnn_ablation.py trained without recalibration), test accuracy
-on full MNIST as trained, then after :func:`lowbit.norm.recalibrate_batch_norm` over the first ``--images``
+on full MNIST as trained, then after :func:`lowbit.nn.norm.recalibrate_batch_norm` over the first ``--images``
 training images (the batch norms' running mean/variance := the average of their per-batch statistics;
 weights untouched). Writes
 benchmarks/results/bn_recalibration.{json,md}.
@@ -12,14 +12,14 @@ benchmarks/results/bn_recalibration.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from lowbit.benchmarking import machine_record, markdown_table, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "benchmarks" / "results"
 # W1A1 ConvNet runs of qnn_ablation.py trained WITHOUT recalibration (bn_recalibrate=0):
 #   PYTHONPATH=src python benchmarks/qnn_ablation.py --tag norecal --models cnn --epochs 2 \
@@ -38,7 +38,7 @@ def accuracy(model, x, y, batch=500) -> float:
 def main(argv=None) -> int:
     import lowbit
     from lowbit.data import load_dataset
-    from lowbit.norm import recalibrate_batch_norm
+    from lowbit.nn.norm import recalibrate_batch_norm
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="*", default=DEFAULT)
@@ -62,13 +62,12 @@ def main(argv=None) -> int:
         after = accuracy(model, x, y)
         rows.append({"checkpoint": ck, "as_trained": before, "recalibrated": after})
         print(f"{ck}: {100 * before:.2f}% -> {100 * after:.2f}%")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bn_recalibration.json").write_text(json.dumps({"images": args.images, "runs": rows}, indent=2))
     lines = ["# Batch-norm running statistics: as trained vs recalibrated (full MNIST test set)", "",
              f"Recalibrated = running mean/variance replaced by the average over the first {args.images} training "
              "images; weights untouched.", "",
-             "| checkpoint | test acc as trained | recalibrated |", "|---|---:|---:|"]
-    lines += [f"| {r['checkpoint']} | {100 * r['as_trained']:.2f}% | {100 * r['recalibrated']:.2f}% |" for r in rows]
+             markdown_table(["checkpoint", "test acc as trained", "recalibrated"],
+                            [[r["checkpoint"], f"{100 * r['as_trained']:.2f}%", f"{100 * r['recalibrated']:.2f}%"]
+                             for r in rows], "lrr")]
     lines += ["", "The checkpoints: W1A1 half-width ConvNets of `qnn_ablation.py` (2 epochs) trained without "
               "recalibration; since `bn_recalibrate` exists the ablation recalibrates every run before each evaluation.",
               "", "Reproduce:", "", "```bash",
@@ -76,7 +75,8 @@ def main(argv=None) -> int:
               "--only 'cnn-w1a1g32,cnn-w1a1g32-shift,cnn-w1a1g32-shift-bn' "
               "--cnn-set model.channels=16,16,M,32,32,M,64,64,M --cnn-set model.fc=256",
               "PYTHONPATH=src python benchmarks/bn_recalibration.py", "```", ""]
-    (RESULTS / "bn_recalibration.md").write_text("\n".join(lines))
+    write_results(RESULTS / "bn_recalibration", {"images": args.images, "runs": rows, "machine": machine_record()},
+                  "\n".join(lines))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Integer-only LSTM vs its float source: perplexity and speed.
 
-    PYTHONPATH=src python benchmarks/int_lstm.py [--checkpoint runs/ptb-lstm-fp32/checkpoint.pt]
-                                                 [--data-dir ../shared/data] [--quick]
+    python benchmarks/int_lstm.py [--checkpoint runs/ptb-lstm-fp32/checkpoint.pt]
+                                     [--data-dir ../shared/data] [--quick]
 
 1. Source model: ``--checkpoint`` (a ``lowbit train`` language-model checkpoint with an LSTM), else a float
    (W32A32) ``ptb-lstm`` is trained here (train on ptb.valid.txt, cached under runs/bench/int_lstm/).
@@ -11,7 +11,7 @@
 4. Speed of the recurrent part (the LSTM layers on a ``--seq-len`` sequence, inputs already embedded;
    float32 for torch, int8 for the integer kernel) at batch 1 and 32: ``torch.nn.LSTM`` (fp32),
    ``torch.ao.nn.quantized.dynamic.LSTM`` (int8 weights, float activations) and the integer LSTM (each kernel
-   path), median of ``--repeats`` runs after a warm-up, all single-threaded (``--threads``). Also the whole
+   path), median of ``--repeats`` interleaved runs after a warm-up, all single-threaded (``--threads``). Also the whole
    language model (embedding -> LSTM -> decoder -> log-softmax) and, with ``--extra-hidden 650``, a
    random-weight 2x650 LSTM (speed only).
 
@@ -22,41 +22,34 @@ Writes benchmarks/results/int_lstm.json and .md. Full run: about 3-5 minutes on 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from lowbit.benchmarking import machine_record, medians, time_interleaved, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
+def medians_ms(fns, repeats: int, warmup: int = 2) -> dict:
+    """Median ms of each contender, run round-robin (torch's under no_grad)."""
+    with torch.no_grad():
+        times = time_interleaved(fns, min_repeats=repeats, max_repeats=repeats, warmup=warmup)
+    return {k: 1e3 * v for k, v in medians(times).items()}
 
 
 def float_source(args) -> Path:
     """A trained float LSTM checkpoint (trained here unless --checkpoint)."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
     from lowbit.train import run
 
     out = ROOT / "runs" / "bench" / ("int_lstm_quick" if args.quick else "int_lstm")
@@ -83,7 +76,7 @@ def float_source(args) -> Path:
 
 def speed_rows(args, lstm_f: torch.nn.LSTM, int_model, x_float: np.ndarray, label: str):
     """Rows of the speed table for one LSTM (float module + its integer export) and input (T, B, I)."""
-    from lowbit.rnn import int_lstm as il
+    from lowbit.runtime import int_lstm as il
 
     rows = []
     with warnings.catch_warnings():
@@ -93,21 +86,15 @@ def speed_rows(args, lstm_f: torch.nn.LSTM, int_model, x_float: np.ndarray, labe
         xf = torch.from_numpy(np.ascontiguousarray(x_float[:, :batch])).float()
         xq = int_model.quantize_input(xf.numpy())
         reps = args.repeats if batch == 1 else max(3, args.repeats // 4)
-        with torch.no_grad():
-            t_fp = median_ms(lambda: lstm_f(xf), reps)
-            t_dq = median_ms(lambda: qlstm(xf), reps)
-        row = {"model": label, "batch": batch, "seq_len": int(xf.shape[0]), "torch_fp32_ms": t_fp,
-               "torch_dynamic_int8_ms": t_dq}
+        contenders = {"torch_fp32_ms": lambda: lstm_f(xf), "torch_dynamic_int8_ms": lambda: qlstm(xf)}
         for path in il.available_paths() or []:
-            k = il._Kernels("c", path)
-            old = int_model.kernels
-            int_model.kernels = k
-            try:
-                row[f"int_{path}_ms"] = median_ms(lambda: int_model.run_quantized(xq), reps)
-            finally:
-                int_model.kernels = old
+            contenders[f"int_{path}_ms"] = lambda k=il._Kernels("c", path): run_with(int_model, k, xq)
+        t = medians_ms(contenders, reps)
+        t_fp, t_dq = t["torch_fp32_ms"], t["torch_dynamic_int8_ms"]
+        row = {"model": label, "batch": batch, "seq_len": int(xf.shape[0]), **t}
         if not il.available_paths():
-            row["int_numpy_ms"] = median_ms(lambda: int_model.run_quantized(xq), max(1, reps // 4), warmup=0)
+            row["int_numpy_ms"] = medians_ms({"n": lambda: int_model.run_quantized(xq)}, max(1, reps // 4),
+                                             warmup=0)["n"]
         best = min(v for k, v in row.items() if k.startswith("int_"))
         row["speedup_vs_fp32"] = t_fp / best
         row["speedup_vs_dynamic_int8"] = t_dq / best
@@ -116,6 +103,16 @@ def speed_rows(args, lstm_f: torch.nn.LSTM, int_model, x_float: np.ndarray, labe
               + ", ".join(f"{k[4:-3]} {v:.2f} ms" for k, v in row.items() if k.startswith("int_"))
               + f"  (x{row['speedup_vs_fp32']:.2f} vs fp32)")
     return rows
+
+
+def run_with(int_model, kernels, xq):
+    """The integer LSTM on ``xq`` with the given kernels (one code path), the model's own kept."""
+    old = int_model.kernels
+    int_model.kernels = kernels
+    try:
+        return int_model.run_quantized(xq)
+    finally:
+        int_model.kernels = old
 
 
 def main(argv=None) -> int:
@@ -139,10 +136,11 @@ def main(argv=None) -> int:
         if args.out == str(RESULTS / "int_lstm"):
             args.out = str(ROOT / "runs" / "bench" / "int_lstm_quick_result")
     torch.set_num_threads(args.threads)
-    from lowbit.rnn import evaluate_lm, export_int_lstm, int_lstm as il, load_lm_checkpoint
-    from lowbit.rnn.lm import load_lm_data
-    from lowbit.rnn.text import batchify
-    from lowbit.config import TrainConfig
+    from lowbit.export.lstm import export_int_lstm
+    from lowbit.runtime import int_lstm as il
+    from lowbit.train.tasks.lm import evaluate_lm, load_lm_checkpoint, load_lm_data
+    from lowbit.data.text import batchify
+    from lowbit.train.config import TrainConfig
 
     t_start = time.time()
     ckpt = float_source(args)
@@ -196,9 +194,9 @@ def main(argv=None) -> int:
     for batch in (1, 32):
         x = torch.from_numpy(ids[:, :batch])
         reps = args.repeats if batch == 1 else max(3, args.repeats // 4)
-        with torch.no_grad():
-            t_fp = median_ms(lambda: torch.log_softmax(model(x)[0], -1), reps)
-        t_int = median_ms(lambda: int_model.log_probs(x.numpy()), reps)
+        t = medians_ms({"fp32": lambda: torch.log_softmax(model(x)[0], -1),
+                        "int": lambda: int_model.log_probs(x.numpy())}, reps)
+        t_fp, t_int = t["fp32"], t["int"]
         lm_rows.append({"batch": batch, "seq_len": args.seq_len, "torch_fp32_ms": t_fp, "integer_ms": t_int,
                         "speedup": t_fp / t_int})
         print(f"  whole LM batch {batch}: fp32 {t_fp:.2f} ms, integer {t_int:.2f} ms")
@@ -218,15 +216,12 @@ def main(argv=None) -> int:
         "batch1_at_least_2x_fp32": all(rw["speedup_vs_fp32"] >= 2 for rw in rows[:2] if rw["batch"] == 1),
         "kernel_paths": il.available_paths(),
         "threads": args.threads,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "numpy": np.__version__},
+        "machine": machine_record(args.threads),
         "export_seconds": export_s,
         "wall_seconds": time.time() - t_start,
     }
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')} ({result['wall_seconds']:.0f}s)")
+    paths = write_results(stem, result, markdown(result))
+    print(f"wrote {paths[0]} and {paths[1]} ({result['wall_seconds']:.0f}s)")
     return 0
 
 
@@ -238,7 +233,7 @@ def markdown(r) -> str:
         f"Source: `{r['source_checkpoint']}` (recipe {r['source']['recipe']}, {r['source']['epochs']} epochs); "
         f"data: {r['data'].get('note') or r['data']['files']}.",
         f"Calibration: {r['calibration_batches']} training batches. Threads: {r['threads']}. "
-        f"Kernel paths: {', '.join(r['kernel_paths']) or 'none (NumPy reference)'}. Machine: {r['machine']['processor'] or r['machine']['platform']}, "
+        f"Kernel paths: {', '.join(r['kernel_paths']) or 'none (NumPy reference)'}. Machine: {r['machine']['cpu']}, "
         f"{r['machine']['cpus']} CPUs, torch {r['machine']['torch']}.",
         "",
         f"## Test {t['metric']}",

@@ -16,21 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 
-from _common import training_machine  # benchmarks/_common.py (the script's folder is on sys.path)
+from lowbit.benchmarking import machine_record, markdown_table, medians, time_interleaved, write_results
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 MLP_SETTINGS = ["model.hidden=2048", "model.depth=3", "model.dropout_in=0.0", "model.dropout_hidden=0.15",
                 "lr_start=0.003", "lr_end=0.000003", "batch_size=100"]
-# Binary latent weights live in [-1, 1] here (the paper's clip), so the Glorot LR scale (x14..x33 per layer)
-# made Adam move them 0.04-0.1 per step: the 7-epoch ConvNet kept flipping weights and underfit (98.87%).
-# The Theano BNN code trains with W_LR_scale = 1 and H = 1, which is what the ConvNet runs use.
+# These runs start binary latent weights in the Glorot range (the recipes' init="glorot"), so the Glorot LR
+# scale (x14..x33 per layer) made Adam move them 0.04-0.1 per step: the 7-epoch ConvNet kept flipping weights
+# and underfit (98.87%); the ConvNet runs turn the scale off. (The Theano BNN code keeps the scale,
+# W_LR_scale = "Glorot", but starts the latent weights in U[-1, 1]: H = 1; lowbit's layer default.)
 CNN_SETTINGS = ["lr_scale=false", "lr_start=0.01", "lr_end=0.00001", "batch_size=100"]
 FP32 = ["model.weight_quantizer=identity", "model.act_quantizer=identity"]
 
@@ -55,11 +53,11 @@ def step_time_ratio(recipe: str, overrides, repeats: int = 15) -> dict:
     the quantized model vs its fp32 twin, interleaved so machine noise hits both alike."""
     import torch
 
-    from lowbit.config import apply_overrides, get_recipe
-    from lowbit.losses import square_hinge
+    from lowbit.train.config import apply_overrides, get_recipe
+    from lowbit.train.losses import square_hinge
     from lowbit.models import build_model
-    from lowbit.optim import build_optimizer
-    from lowbit.train import keep_freed_memory
+    from lowbit.train.optim import build_optimizer
+    from lowbit.train.engine import keep_freed_memory
 
     keep_freed_memory()
     cfgs = {"quantized": apply_overrides(get_recipe(recipe), overrides),
@@ -71,50 +69,46 @@ def step_time_ratio(recipe: str, overrides, repeats: int = 15) -> dict:
     for k, cfg in cfgs.items():
         m = build_model(cfg.model, **cfg.model_args)
         setups[k] = (m, build_optimizer(m, lr=1e-3))
-    times = {k: [] for k in setups}
-    for i in range(repeats + 3):
-        for k, (m, opt) in setups.items():
-            t = time.perf_counter()
-            loss = square_hinge(m(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if i >= 3:
-                times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    def step(m, opt):
+        loss = square_hinge(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    med = medians(time_interleaved({k: (lambda m=m, opt=opt: step(m, opt)) for k, (m, opt) in setups.items()},
+                                   min_repeats=repeats, max_repeats=repeats, warmup=3))
     return {"quantized_ms": 1e3 * med["quantized"], "fp32_ms": 1e3 * med["fp32"],
             "ratio": med["quantized"] / med["fp32"], "repeats": repeats, "torch_threads": torch_threads()}
 
 
-def write_markdown(results: dict) -> None:
-    lines = ["# MNIST accuracy: W1A1 vs fp32 twins (full real MNIST, 60k train / 10k test)", "",
-             f"Machine: {results['machine']['cpu']}, 2 cores, torch {results['machine']['torch']}. "
-             "Runs with 1 torch thread ran two at a time, one per core.", "",
-             "| run | recipe | epochs | torch threads | test accuracy (last epoch) | best epoch | target | training time | met |",
-             "|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
+def markdown(results: dict) -> str:
+    rows = []
     for name, r in results["runs"].items():
         target = RUNS[name][3]
         met = "" if target is None else ("yes" if r["test_accuracy"] >= target and r["wall_time"] <= BUDGET_S else "NO")
         tgt = "" if target is None else f">= {100 * target:.1f}% in <= 45 min"
-        lines.append(f"| {name} | {r['recipe']} | {r['epochs']} | {r.get('torch_threads', '')} | "
-                     f"{100 * r['test_accuracy']:.2f}% | {100 * r['best_test_accuracy']:.2f}% | {tgt} | "
-                     f"{r['wall_time'] / 60:.1f} min | {met} |")
+        rows.append([name, r["recipe"], r["epochs"], r.get("torch_threads", ""), f"{100 * r['test_accuracy']:.2f}%",
+                     f"{100 * r['best_test_accuracy']:.2f}%", tgt, f"{r['wall_time'] / 60:.1f} min", met])
+    lines = ["# MNIST accuracy: W1A1 vs fp32 twins (full real MNIST, 60k train / 10k test)", "",
+             f"Machine: {results['machine']['cpu']}, 2 cores, torch {results['machine']['torch']}. "
+             "Runs with 1 torch thread ran two at a time, one per core.", "",
+             markdown_table(["run", "recipe", "epochs", "torch threads", "test accuracy (last epoch)", "best epoch",
+                             "target", "training time", "met"], rows, "llrrrrrrc")]
     if results.get("step_ratio"):
         lines += ["", "Training-step time (forward, backward, optimizer step, latent clip), fake-quantized vs fp32 "
                   "(median of interleaved repeats, batch 100, goal <= 1.5x):", "",
-                  "| model | torch threads | quantized step | fp32 step | ratio |", "|---|---:|---:|---:|---:|"]
-        for name, r in results["step_ratio"].items():
-            lines.append(f"| {name} | {r.get('torch_threads', 1)} | {r['quantized_ms']:.1f} ms | {r['fp32_ms']:.1f} ms | "
-                         f"{r['ratio']:.2f}x |")
+                  markdown_table(["model", "torch threads", "quantized step", "fp32 step", "ratio"],
+                                 [[name, r.get("torch_threads", 1), f"{r['quantized_ms']:.1f} ms", f"{r['fp32_ms']:.1f} ms",
+                                   f"{r['ratio']:.2f}x"] for name, r in results["step_ratio"].items()], "lrrrr")]
     lines += ["", "Settings of each run (`lowbit train RECIPE --epochs N --set ...`):", ""]
     for name, (recipe, epochs, overrides, _) in RUNS.items():
         lines.append(f"- {name}: `lowbit train {recipe} --epochs {epochs} " + " ".join(f"--set {o}" for o in overrides) + "`")
     lines += ["", "Reproduce: `python benchmarks/mnist_accuracy.py --data-dir ../shared/data --force` "
               "(this session: two processes with `--threads 1`, one per core)."]
-    history = HERE / "results" / "mnist_accuracy_history.md"
+    history = RESULTS / "mnist_accuracy_history.md"
     if history.exists():
         lines += ["", history.read_text().strip()]
-    (RESULTS / "mnist_accuracy.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -133,7 +127,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
 
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
     from lowbit.train import run
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -148,11 +142,10 @@ def main(argv=None) -> int:
         for key in ("machine", "step_ratio"):
             if key in results:
                 latest[key] = results[key]
-        path.write_text(json.dumps(latest, indent=2))
-        write_markdown(latest)
+        write_results(RESULTS / "mnist_accuracy", latest, markdown(latest))
         return latest
 
-    results["machine"] = training_machine()
+    results["machine"] = machine_record()
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         if name not in RUNS:
             p.error(f"unknown run {name!r}; known: {', '.join(RUNS)}")

@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import training_machine  # benchmarks/_common.py (the script's folder is on sys.path)
+from lowbit.benchmarking import machine_record, markdown_table, write_results
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -192,6 +192,12 @@ def by_seed(runs: dict, base: str) -> dict:
 
 
 def write_report(results: dict, stem: str, tag: str = "") -> None:
+    """``STEM.json`` (``results`` as they are), ``STEM.md`` and ``STEM.png`` in the results folder."""
+    write_results(RESULTS / stem, results, report(results, tag))
+    plot(results, RESULTS / f"{stem}.png")
+
+
+def report(results: dict, tag: str = "") -> str:
     runs = results["runs"]
     m = results.get("machine", {})
     data = ("QUICK SMOKE TEST: 3000 training / 1000 test images, small widths" if results.get("quick")
@@ -200,19 +206,13 @@ def write_report(results: dict, stem: str, tag: str = "") -> None:
              f"Data: {data}; each run trains for the epochs shown with its recipe's batch size and LR schedule "
              f"(compare runs of equal epochs). Machine: {m.get('cpu')} / {m.get('device')}, "
              f"{m.get('threads')} threads, torch {m.get('torch')}.", "",
-             *(TAG_NOTES.get(tag, []) if tag else NOTES), "",
-             "| run | model | W | A | G | variant | epochs | test acc (final) | best test acc | time |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-    for name in sorted(runs, key=lambda n: (runs[n]["model"], runs[n].get("base", n), runs[n].get("seed", 0))):
-        r = runs[name]
-        w, a, g = r["bits"]
-        lines.append(f"| {name} | {r['model']} | {w} | {a} | {g} | {r['variant']} | {r['epochs']} | "
-                     f"{100 * r['test_accuracy']:.2f}% | "
-                     f"{100 * r['best_test_accuracy']:.2f}% | {r['wall_time'] / 60:.1f} min |")
-    lines += ["", "The paper's claims (difference = run - twin in accuracy points, final epoch, per seed; a claim "
-              "holds when the mean over the seeds both have is within its slack):", "",
-              "| model | claim | seeds | run (mean) | twin (mean) | difference per seed | mean | holds |",
-              "|---|---|---:|---:|---:|---|---:|:---:|"]
+             *(TAG_NOTES.get(tag, []) if tag else NOTES), ""]
+    rows = [[name, r["model"], *r["bits"], r["variant"], r["epochs"], f"{100 * r['test_accuracy']:.2f}%",
+             f"{100 * r['best_test_accuracy']:.2f}%", f"{r['wall_time'] / 60:.1f} min"]
+            for name, r in sorted(runs.items(), key=lambda i: (i[1]["model"], i[1].get("base", i[0]), i[1].get("seed", 0)))]
+    lines.append(markdown_table(["run", "model", "W", "A", "G", "variant", "epochs", "test acc (final)", "best test acc",
+                                 "time"], rows, "llrrrlrrrr"))
+    claims = []
     for model in sorted({r["model"] for r in runs.values()}):
         for run_key, twin_key, slack, text in CLAIMS:
             a, b = by_seed(runs, f"{model}-{run_key}"), by_seed(runs, f"{model}-{twin_key}")
@@ -221,10 +221,14 @@ def write_report(results: dict, stem: str, tag: str = "") -> None:
                 continue
             diffs = [100 * (a[s] - b[s]) for s in seeds]
             mean = sum(diffs) / len(diffs)
-            lines.append(f"| {model} | {text} (may trail by {slack} at most) | {len(seeds)} | "
-                         f"{100 * sum(a[s] for s in seeds) / len(seeds):.2f}% | "
-                         f"{100 * sum(b[s] for s in seeds) / len(seeds):.2f}% | "
-                         f"{' / '.join(f'{d:+.2f}' for d in diffs)} | {mean:+.2f} | {'yes' if mean >= -slack else 'NO'} |")
+            claims.append([model, f"{text} (may trail by {slack} at most)", len(seeds),
+                           f"{100 * sum(a[s] for s in seeds) / len(seeds):.2f}%",
+                           f"{100 * sum(b[s] for s in seeds) / len(seeds):.2f}%",
+                           " / ".join(f"{d:+.2f}" for d in diffs), f"{mean:+.2f}", "yes" if mean >= -slack else "NO"])
+    lines += ["", "The paper's claims (difference = run - twin in accuracy points, final epoch, per seed; a claim "
+              "holds when the mean over the seeds both have is within its slack):", "",
+              markdown_table(["model", "claim", "seeds", "run (mean)", "twin (mean)", "difference per seed", "mean",
+                              "holds"], claims, "llrrrlrc")]
     lines += ["", "Settings (`lowbit train RECIPE --epochs N --set ...`):", ""]
     for name in sorted(runs):
         r = runs[name]
@@ -232,8 +236,7 @@ def write_report(results: dict, stem: str, tag: str = "") -> None:
                      + " ".join(f"--set {o}" for o in r["overrides"]) + "`")
     lines += ["", "Reproduce (the commands behind the committed results; one per core, `OMP_NUM_THREADS=1`):", "",
               "```bash", *(REPRODUCE if not tag else results.get("commands", [])), "```", ""]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
-    plot(results, RESULTS / f"{stem}.png")
+    return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -277,18 +280,16 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def save(path: Path, results: dict, name=None) -> dict:
-    """Write ``results`` (with run ``name`` updated) into the JSON, keeping runs that another process (e.g. the
-    ConvNet runs beside the MLP ones, one per core) added since this one read it."""
+def merge_latest(path: Path, results: dict, name=None) -> dict:
+    """``results`` (with run ``name`` updated) merged into the JSON as it is now, keeping runs that another
+    process (e.g. the ConvNet runs beside the MLP ones, one per core) added since this one read it; the caller
+    writes it (:func:`write_report`)."""
     latest = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     merged = {**latest, **{k: v for k, v in results.items() if k != "runs"}}
     merged["runs"] = {**results["runs"], **latest.get("runs", {})}
     merged["commands"] = list(dict.fromkeys(latest.get("commands", []) + results.get("commands", [])))
     if name is not None:
         merged["runs"][name] = results["runs"][name]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=2))
-    tmp.replace(path)
     return merged
 
 
@@ -328,8 +329,8 @@ def main(argv=None) -> int:
     if epochs < 1:
         p.error("--epochs must be >= 1")
 
-    from lowbit import recipes  # noqa: F401  (registers the -qnn recipes)
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train import recipes  # noqa: F401  (registers the -qnn recipes)
+    from lowbit.train.config import apply_overrides, get_recipe
 
     tag = "quick" if args.quick else args.tag
     if tag and not tag.replace("-", "").replace("_", "").isalnum():
@@ -367,7 +368,7 @@ def main(argv=None) -> int:
             write_report(results, stem, tag)
         return 0
 
-    results["machine"] = training_machine()
+    results["machine"] = machine_record()
     command = "PYTHONPATH=src python benchmarks/qnn_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["commands"] = list(dict.fromkeys(results.get("commands", []) + [command]))
     t_all = time.time()
@@ -389,9 +390,9 @@ def main(argv=None) -> int:
             "wall_time": m["wall_time"], "per_epoch": m["epochs"], "data_source": m.get("data_source"),
         }
         print(f"{name}: test accuracy {100 * m['test_accuracy']:.2f}% in {m['wall_time'] / 60:.1f} min", flush=True)
-        results = save(path, results, name)
+        results = merge_latest(path, results, name)
         write_report(results, stem, tag)
-    results = save(path, results)
+    results = merge_latest(path, results)
     write_report(results, stem, tag)
     print(f"done in {(time.time() - t_all) / 60:.1f} min; results in {RESULTS / stem}.{{json,md,png}}")
     return 0

@@ -35,10 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_gemm import cpu_model, loadavg  # noqa: E402
+from lowbit.benchmarking import loadavg, machine_record, write_results
 
+HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHAPES = [(256, 4096, 4096), (1, 4096, 4096), (4096, 4096, 4096)]
 FORMATS = [  # (weights, activations)
@@ -48,18 +47,6 @@ FORMATS = [  # (weights, activations)
 # probe kinds (csrc/qgemm_probe.c)
 PROBE_NAMES = {0: "vpdpbusd zmm", 1: "vpand+vpopcntq+vpaddq zmm", 2: "vpxor+vpopcntq+vpaddq zmm",
                3: "vpmaddubsw+vpmaddwd+vpaddd ymm", 4: "vpand+nibble-lut popcount ymm", 5: "vfmadd231ps zmm"}
-
-
-def cpu_flags() -> list:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni",
-                                    "avx_vnni", "avx512_bitalg") if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def probe_peaks(threads: int, seconds: float = 0.15) -> dict:
@@ -262,7 +249,7 @@ def markdown(res: dict) -> str:
     lines = [
         "# k-bit GEMM vs fp32 and int8 engines",
         "",
-        f"Machine: {m['cpu']}; flags {', '.join(m['flags'])}; kernel path `{m['kernel_path']}`; {res['threads']} threads; "
+        f"Machine: {m['cpu']}; flags {', '.join(m.get('cpu_flags', m.get('flags', [])))}; kernel path `{m['kernel_path']}`; {res['threads']} threads; "
         f"load average before / after: {m['loadavg_before']} / {m['loadavg_after']}"
         + (" (shared machine: other jobs were running, figures are noisy)" if (m['loadavg_before'] or [0])[0] > 0.5 else ""),
         f"Command: `{res['command']}`. Medians of round-robin runs; GOPS = 2*M*N*K / s.",
@@ -330,8 +317,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     res = {"command": "PYTHONPATH=src python benchmarks/quant_gemm.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
            "threads": args.threads,
-           "machine": {"cpu": cpu_model(), "flags": cpu_flags(), "kernel_path": K.active_path(),
-                       "torch": torch.__version__, "torch_quantized_engine": torch.backends.quantized.engine,
+           "machine": {**machine_record(args.threads), "torch_quantized_engine": torch.backends.quantized.engine,
                        "loadavg_before": loadavg()},
            "dispatch_rule": {"bitserial_max_pairs": K.BITSERIAL_MAX_PAIRS}, "shapes": []}
     res["numpy_fp32"] = numpy_fp32([list(s) for s in shapes], args.threads, args.repeats)
@@ -352,10 +338,7 @@ def main(argv=None):
         got = s["rows"][fmt][vs]
         res["targets"].append({"shape": f"{s['M']}x{s['N']}x{s['K']}", "format": fmt, "versus": vs, "target": target,
                                "measured": got, "met": got >= target})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
+    write_results(args.out, res, markdown(res))
     print(markdown(res))
 
 

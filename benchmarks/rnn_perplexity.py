@@ -28,17 +28,16 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from lowbit.benchmarking import machine_record, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-import torch  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results"
 PTB_BITS = [(2, 2), (2, 3), (3, 3), (3, 4), (4, 4), (32, 32)]
 CHAR_BITS = [2, 4, 32]
@@ -46,7 +45,7 @@ CHAR_BITS = [2, 4, 32]
 
 def run_one(recipe: str, sets, runs_dir: Path, data_dir, force: bool, progress: bool):
     """Train (or reuse) one configuration; returns (metrics, run directory, seconds spent now)."""
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
     from lowbit.train import run
 
     cfg = apply_overrides(get_recipe(recipe), sets)
@@ -132,7 +131,7 @@ def main(argv=None) -> int:
                          "train_seconds": last.get("wall_time"), "run_dir": str(out.relative_to(ROOT))})
             print(f"  -> test bits per character {m['test_bpc']:.3f}")
 
-    from lowbit.config import apply_overrides, get_recipe
+    from lowbit.train.config import apply_overrides, get_recipe
 
     result = {
         "benchmark": "rnn_perplexity",
@@ -144,14 +143,12 @@ def main(argv=None) -> int:
         "shakespeare": {"data": "Tiny Shakespeare, first 90 % train, last 10 % test", "hidden": args.char_hidden,
                         "epochs": args.char_epochs, "train_subset": args.char_subset, "runs": char},
         "threads": args.threads,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": machine_record(args.threads),
         "wall_seconds": time.time() - t0,
         "command": "python benchmarks/rnn_perplexity.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')} ({result['wall_seconds']:.0f}s)")
+    paths = write_results(stem, result, markdown(result))
+    print(f"wrote {paths[0]} and {paths[1]} ({result['wall_seconds']:.0f}s)")
     return 0
 
 

@@ -30,29 +30,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define BG_X86 1
-#else
-#define BG_X86 0
-#endif
+#include "lowbit_cpu.h"
 
 /* ------------------------------------------------------------------------------------------------
- * Dispatch paths, best last. BG_PATH_AUTO is only an argument value ("pick the best").
+ * Dispatch paths: the shared enum of lowbit_cpu.h. What each runs here:
+ *
+ *   LB_PATH_PORTABLE   scalar __builtin_popcountll, compiled for the baseline ISA
+ *   LB_PATH_POPCNT     scalar, hardware POPCNT instruction
+ *   LB_PATH_AVX2       256-bit vpshufb nibble-lookup popcount (Mula)
+ *   LB_PATH_AVX512     512-bit VPOPCNTQ (AVX-512 VPOPCNTDQ); the threshold and u8 passes run AVX2 code
+ *   LB_PATH_AVX512VNNI the avx512 kernels (VNNI is for the k-bit GEMM's int8 kernel, qgemm.h)
+ *
+ * The bg_ / BG_ names below are aliases kept for code written against the enum this header once had.
  * ---------------------------------------------------------------------------------------------- */
-typedef enum {
-    BG_PATH_PORTABLE = 0, /* scalar __builtin_popcountll, compiled for the baseline ISA */
-    BG_PATH_POPCNT = 1,   /* scalar, hardware POPCNT instruction */
-    BG_PATH_AVX2 = 2,     /* 256-bit vpshufb nibble-lookup popcount (Mula) */
-    BG_PATH_AVX512 = 3,   /* 512-bit VPOPCNTQ (AVX-512 VPOPCNTDQ) */
-    BG_PATH_AVX512VNNI = 4, /* avx512 plus VNNI (vpdpbusd) and BW: the int8 kernels of qgemm; binary
-                             * products run the avx512 kernels */
-    BG_NPATHS = 5,
-    BG_PATH_AUTO = -1
-} bg_path;
-
-const char *bg_path_name(int path);
-int bg_path_supported(int path); /* 1 if this CPU (and OS) can run the path */
-int bg_best_path(void);
+#define BG_X86 LB_X86
+typedef lb_path bg_path;
+#define BG_PATH_PORTABLE LB_PATH_PORTABLE
+#define BG_PATH_POPCNT LB_PATH_POPCNT
+#define BG_PATH_AVX2 LB_PATH_AVX2
+#define BG_PATH_AVX512 LB_PATH_AVX512
+#define BG_PATH_AVX512VNNI LB_PATH_AVX512VNNI
+#define BG_NPATHS LB_NPATHS
+#define BG_PATH_AUTO LB_PATH_AUTO
+#define bg_path_name lb_path_name
+#define bg_path_supported lb_path_supported
+#define bg_best_path lb_best_path
 
 /* ------------------------------------------------------------------------------------------------
  * One cache block of the GEMM, as handed from the driver to a macro-kernel.
@@ -120,7 +122,7 @@ typedef struct {
 
 /* Macro-kernels (one per path; the x86 ones exist only where the compiler can target them). */
 void bg_macro_portable(const bg_block *blk);
-#if BG_X86
+#if LB_X86
 void bg_macro_popcnt(const bg_block *blk);
 void bg_macro_avx2(const bg_block *blk);
 void bg_macro_avx512(const bg_block *blk);
@@ -151,7 +153,7 @@ typedef struct {
     const void *bprep;
 } bg_gemm_args;
 
-/* C = A x B^T for +-1 matrices stored packed. path must be supported (or BG_PATH_AUTO). With
+/* C = A x B^T for +-1 matrices stored packed. path must be supported (or LB_PATH_AUTO). With
  * g->bprep, path must be the one it was prepared for (bg_gemm ignores bprep otherwise). */
 void bg_gemm(const bg_gemm_args *g, int path, int nthreads);
 
@@ -196,7 +198,7 @@ typedef struct {
 
 typedef void (*bg_threshold_rows_fn)(const bg_threshold_args *t, size_t r0, size_t r1);
 void bg_threshold_rows_scalar(const bg_threshold_args *t, size_t r0, size_t r1);
-#if BG_X86
+#if LB_X86
 void bg_threshold_rows_avx2(const bg_threshold_args *t, size_t r0, size_t r1);
 #endif
 void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads);
@@ -234,10 +236,10 @@ void bg_u8_prepare(const int8_t *w, ptrdiff_t s0, ptrdiff_t s1, size_t n, size_t
 /* the panels [p0, p1) of the product, all rows of x; per ISA */
 typedef void (*bg_u8_panels_fn)(const bg_u8_args *g, size_t p0, size_t p1);
 void bg_u8_panels_scalar(const bg_u8_args *g, size_t p0, size_t p1);
-#if BG_X86
+#if LB_X86
 void bg_u8_panels_avx2(const bg_u8_args *g, size_t p0, size_t p1);
 #endif
-/* path: BG_PATH_AVX2 or better runs the AVX2 kernel, the others the scalar loops */
+/* path: LB_PATH_AVX2 or better runs the AVX2 kernel, the others the scalar loops */
 void bg_u8_gemm(const bg_u8_args *g, int path, int nthreads);
 
 /* ------------------------------------------------------------------------------------------------

@@ -43,53 +43,14 @@
  * starting: about 100 us of single-core AVX2 work, several times a thread's start + join */
 #define BG_MIN_WORK_PER_THREAD ((double)(1 << 19))
 
-/* ---- dispatch --------------------------------------------------------------------------------- */
-static const char *const bg_names[BG_NPATHS] = {"portable", "popcnt", "avx2", "avx512", "avx512vnni"};
-
-const char *bg_path_name(int path)
-{
-    return (path >= 0 && path < BG_NPATHS) ? bg_names[path] : "?";
-}
-
-int bg_path_supported(int path)
-{
-    switch (path) {
-    case BG_PATH_PORTABLE:
-        return 1;
-#if BG_X86
-    case BG_PATH_POPCNT:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("popcnt") != 0;
-    case BG_PATH_AVX2:
-        __builtin_cpu_init(); /* libgcc also checks the OS saves ymm state (XGETBV) */
-        return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("popcnt") != 0;
-    case BG_PATH_AVX512:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512vpopcntdq") != 0;
-    case BG_PATH_AVX512VNNI:
-        return bg_path_supported(BG_PATH_AVX512) && __builtin_cpu_supports("avx512bw") != 0 &&
-               __builtin_cpu_supports("avx512vnni") != 0;
-#endif
-    default:
-        return 0;
-    }
-}
-
-int bg_best_path(void)
-{
-    for (int p = BG_NPATHS - 1; p > 0; p--)
-        if (bg_path_supported(p))
-            return p;
-    return BG_PATH_PORTABLE;
-}
-
+/* ---- dispatch (the paths and the CPU checks are lowbit_cpu.c's) ------------------------------ */
 static bg_kernel bg_kernel_for(int path)
 {
     bg_kernel k = {bg_macro_portable, 2, 4, BG_KC, BG_NC, BG_MC, NULL, NULL, NULL, NULL};
-#if BG_X86
+#if LB_X86
     switch (path) {
-    case BG_PATH_POPCNT: k.macro = bg_macro_popcnt; break;
-    case BG_PATH_AVX2:
+    case LB_PATH_POPCNT: k.macro = bg_macro_popcnt; break;
+    case LB_PATH_AVX2:
         k.macro = bg_macro_avx2;
         k.kc = BG_AVX2_KC;
         k.nc = BG_AVX2_NC;
@@ -99,8 +60,8 @@ static bg_kernel bg_kernel_for(int path)
         k.prep_bytes = bg_avx2_prep_bytes;
         k.prep_block = bg_avx2_prep_block;
         break;
-    case BG_PATH_AVX512:
-    case BG_PATH_AVX512VNNI: k.macro = bg_macro_avx512; k.mr = 4; break;
+    case LB_PATH_AVX512:
+    case LB_PATH_AVX512VNNI: k.macro = bg_macro_avx512; k.mr = 4; break; /* + VNNI: nothing more to use */
     default: break;
     }
 #else
@@ -318,8 +279,8 @@ void bg_gemm(const bg_gemm_args *g, int path, int nthreads)
                 g->c[(ptrdiff_t)i * g->ldc + (ptrdiff_t)j] = 0;
         return;
     }
-    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
-        path = bg_best_path();
+    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
+        path = lb_best_path();
     const bg_kernel kern = bg_kernel_for(path);
     gemm_ctx ctx;
     ctx.g = g;
@@ -390,11 +351,11 @@ void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads)
 {
     if (t->m == 0 || t->n == 0)
         return;
-    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
-        path = bg_best_path();
+    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
+        path = lb_best_path();
     thr_ctx c = {t, bg_threshold_rows_scalar};
-#if BG_X86
-    if (path >= BG_PATH_AVX2) /* AVX-512 CPUs run the AVX2 version: this pass is memory bound */
+#if LB_X86
+    if (path >= LB_PATH_AVX2) /* AVX-512 CPUs run the AVX2 version: this pass is memory bound */
         c.rows = bg_threshold_rows_avx2;
 #endif
     /* memory bound, ~0.1-0.2 ns per accumulator (AVX2): a thread per 512 K of them (~4 x its start) */
@@ -440,11 +401,11 @@ void bg_u8_gemm(const bg_u8_args *g, int path, int nthreads)
 {
     if (g->m == 0 || g->n == 0)
         return;
-    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
-        path = bg_best_path();
+    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
+        path = lb_best_path();
     u8_ctx c = {g, bg_u8_panels_scalar};
-#if BG_X86
-    if (path >= BG_PATH_AVX2)
+#if LB_X86
+    if (path >= LB_PATH_AVX2)
         c.panels = bg_u8_panels_avx2;
 #endif
     /* ~40 multiply-adds per cycle (AVX2): a thread per 8 M of them (~70 us) */

@@ -2,7 +2,7 @@
  * bitgemm_kernels_avx2.c -- the AVX2 macro-kernel (256-bit vpshufb popcount).
  *
  * Compiled without -mavx2: every function here carries target("avx2,popcnt") and the driver only
- * calls in after __builtin_cpu_supports("avx2") said yes.
+ * calls in after lb_path_supported(LB_PATH_AVX2) said yes (lowbit_cpu.c: cpuid + xgetbv).
  *
  * Popcount (Mula, "Faster population counts using AVX2"): split each byte of x = a XOR b into its
  * two nibbles, look both up in a 16-entry table with vpshufb and add both into a per-byte counter
@@ -35,7 +35,7 @@
 
 #include "bitgemm.h"
 
-#if BG_X86
+#if LB_X86
 #include <immintrin.h>
 
 #define BG_AVX2_FN __attribute__((target("avx2,popcnt")))
@@ -622,4 +622,4 @@ BG_AVX2_FN void bg_u8_panels_avx2(const bg_u8_args *g, size_t p0, size_t p1)
     }
 }
 
-#endif /* BG_X86 */
+#endif /* LB_X86 */

@@ -13,11 +13,11 @@
  * lane holding the partial word is ANDed with the pad-bit mask.
  *
  * Compiled without -mavx512*: the functions carry target("avx512f,avx512vpopcntdq") and the driver
- * calls in only after __builtin_cpu_supports said the CPU has both.
+ * calls in only after lb_path_supported(LB_PATH_AVX512) said the CPU has both (lowbit_cpu.c).
  */
 #include "bitgemm.h"
 
-#if BG_X86
+#if LB_X86
 #include <immintrin.h>
 
 #define BG_AVX512_FN __attribute__((target("avx512f,avx512vpopcntdq")))
@@ -133,4 +133,4 @@ BG_AVX512_FN void bg_macro_avx512(const bg_block *blk)
     }
 }
 
-#endif /* BG_X86 */
+#endif /* LB_X86 */

@@ -76,7 +76,7 @@ void bg_macro_portable(const bg_block *blk)
     scalar_macro(blk);
 }
 
-#if BG_X86
+#if LB_X86
 __attribute__((target("popcnt"))) void bg_macro_popcnt(const bg_block *blk)
 {
     scalar_macro(blk);
@@ -111,7 +111,7 @@ static void naive_portable(const bg_gemm_args *g)
     naive_body(g);
 }
 
-#if BG_X86
+#if LB_X86
 __attribute__((target("popcnt"))) static void naive_popcnt(const bg_gemm_args *g)
 {
     naive_body(g);
@@ -120,7 +120,7 @@ __attribute__((target("popcnt"))) static void naive_popcnt(const bg_gemm_args *g
 
 void bg_gemm_naive(const bg_gemm_args *g, int hw_popcount)
 {
-#if BG_X86
+#if LB_X86
     if (hw_popcount) {
         naive_popcnt(g);
         return;

@@ -1,10 +1,36 @@
-/* Integer-only LSTM kernels (TensorFlow Lite "8x8_16" design); see src/lowbit/rnn/int_lstm.py for the
- * number formats and the arithmetic, which the NumPy reference there reproduces bit for bit. */
+/*
+ * intlstm.h -- internal interface of lowbit's integer-only LSTM (TensorFlow Lite "8x8_16" design).
+ *
+ * The number formats and the arithmetic are documented in src/lowbit/rnn/int_lstm.py, whose NumPy reference
+ * computes exactly the same integers. Split like the binary GEMM (bitgemm.h), one file per concern:
+ *
+ *   intlstm_gemm_scalar.c   int8 x int8 -> int32 GEMM, plain C
+ *   intlstm_gemm_avx2.c     the same with vpmaddwd (2 x 4 register tiles, L2 blocks of weight rows)
+ *   intlstm_gemm_avx512.c   the same with AVX-512 VNNI vpdpwssd (4 x 4 tiles of zmm accumulators)
+ *   intlstm_step_scalar.c   element-wise step: gate rescale, table activations, cell and hidden update
+ *   intlstm_step_avx2.c     the same, 8 lanes
+ *   intlstm_driver.c        per-path kernel table, the layer over a sequence (buffers, GEMM, step)
+ *   intlstm_module.c        CPython bindings (buffer protocol through pybuf.h, no NumPy headers)
+ *
+ * Paths are the shared enum of lowbit_cpu.h; each runs (integer sums are exact and the element-wise code
+ * computes the same integers in every variant, so all paths give the same bits):
+ *
+ *   path       GEMM     step     note
+ *   portable   scalar   scalar
+ *   popcnt     scalar   scalar   nothing here counts bits: the portable code
+ *   avx2       avx2     avx2     weights widened to int16 once per layer run when batch >= 2
+ *   avx512     avx512   avx2     GEMM: needs AVX-512 BW, VL, VNNI besides the path's F + VPOPCNTDQ (every such
+ *                                CPU but Knights Mill, which runs the AVX2 GEMM); the step is bound by its
+ *                                table gathers, not its width, and stays AVX2 (the path implies AVX2)
+ *   avx512vnni avx512   avx2     as avx512 (the path guarantees BW, VL and VNNI)
+ */
 #ifndef LOWBIT_INTLSTM_H
 #define LOWBIT_INTLSTM_H
 
-#include <stdint.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "lowbit_cpu.h"
 
 #define INTLSTM_GATE_FRAC_BITS 12
 #define INTLSTM_LUT_SEGMENTS 4096
@@ -12,37 +38,121 @@
 #define INTLSTM_LUT_FRAC_BITS 23
 #define INTLSTM_MAX_K 65536
 
-typedef enum { INTLSTM_PATH_PORTABLE = 1, INTLSTM_PATH_AVX2 = 2 } intlstm_path;
-
-/* 1 if the CPU (and this build) can run the path. */
-int intlstm_path_supported(intlstm_path p);
-
+/* Weight rows are zero-padded to a multiple of 16 columns ("packed"): every kernel step is whole. */
 #define INTLSTM_KP(K) (((K) + 15) & ~15)
 
-/* C[m*N + n] = bias[n] + sum_k A[m*K + k] * W[n*Kp + k]   (int8 x int8 -> int32, exact for K <= 65536).
- * W is "packed": rows of Kp = INTLSTM_KP(K) columns, zeros beyond K. bias may be NULL.
- * scratch: at least M * Kp int16 (used by the AVX2 path). */
-void intlstm_gemm(intlstm_path p, const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C,
-                  int M, int N, int K, int16_t *scratch);
+/* ---- fixed point (scalar; shared by every file, and exposed to Python for the tests) ------------------- */
 
+static inline int32_t intlstm_sat16(int64_t v) { return v > 32767 ? 32767 : (v < -32768 ? -32768 : (int32_t)v); }
+
+static inline int32_t intlstm_sat32(int64_t v)
+{
+    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+}
+
+/* round(x / 2^e) with ties going up (towards +inf): floor((x + 2^(e-1)) / 2^e), e in 0..62.
+ * (>> on a negative int64 is an arithmetic shift, i.e. floor, with GCC/Clang/MSVC.) */
+static inline int64_t intlstm_rshift_round(int64_t x, int e) { return e > 0 ? (x + ((int64_t)1 << (e - 1))) >> e : x; }
+
+/* x * M for the real multiplier M = m0 * 2^(shift - 31), m0 in [2^30, 2^31), shift in -31..30: one 32x32 ->
+ * 64-bit product and one rounding right shift by 31 - shift (1..62), saturated to int32 (TFLite's
+ * single-rounding MultiplyByQuantizedMultiplier). |x * m0| < 2^62, so adding the rounding constant (<= 2^61)
+ * cannot overflow. */
+static inline int32_t intlstm_rescale(int64_t x, int32_t m0, int shift)
+{
+    return intlstm_sat32(intlstm_rshift_round(x * (int64_t)m0, 31 - shift));
+}
+
+/* Interpolated table: int16 x -> int16 Q0.15 (table entries Q0.23 at x = -32768 + 16 i). */
+static inline int32_t intlstm_lut16(const int32_t *T, int32_t x)
+{
+    int32_t u = x + 32768;
+    int32_t i = u >> INTLSTM_LUT_STEP_BITS;
+    int32_t t = u & ((1 << INTLSTM_LUT_STEP_BITS) - 1);
+    int32_t a = T[i];
+    int32_t v = a + (((T[i + 1] - a) * t + (1 << (INTLSTM_LUT_STEP_BITS - 1))) >> INTLSTM_LUT_STEP_BITS);
+    const int s = INTLSTM_LUT_FRAC_BITS - 15;
+    return intlstm_sat16((v + (1 << (s - 1))) >> s);
+}
+
+/* ---- GEMM ------------------------------------------------------------------------------------------------
+ *   c[m*n_ + j] = bias[j] + sum_k a[m*K + k] * w[j*Kp + k]     int8 x int8 -> int32, exact for K <= 65536
+ * w rows hold Kp = INTLSTM_KP(K) weights, zeros beyond K: int8 (wsz 1, as packed) or int16 (wsz 2, the copy
+ * intlstm_layer_run widens once when the batch reads every row several times). */
+typedef struct {
+    const int8_t *a;
+    const void *w;
+    int wsz;
+    const int32_t *bias; /* NULL: none */
+    int32_t *c;
+    int m, n, k;
+    int16_t *scratch; /* at least m * Kp int16: the AVX2 kernel's sign-extended copy of a */
+} intlstm_gemm_args;
+
+typedef void (*intlstm_gemm_fn)(const intlstm_gemm_args *g);
+void intlstm_gemm_scalar(const intlstm_gemm_args *g);
+#if LB_X86
+void intlstm_gemm_avx2(const intlstm_gemm_args *g);
+void intlstm_gemm_avx512(const intlstm_gemm_args *g); /* needs AVX-512 BW, VL and VNNI besides the path */
+#endif
+
+/* ---- element-wise step -------------------------------------------------------------------------------- */
 typedef struct {
     const int8_t *w_ih;     /* (4H, Ip) packed, Ip = INTLSTM_KP(I) */
     const int8_t *w_hh;     /* (4H, Hp) packed */
     const int32_t *bias_x;  /* (4H) effective input bias (zero point folded in) */
     const int32_t *bias_h;  /* (4H) effective recurrent bias */
     const int32_t *qmul;    /* (4, 4H): m0_x, shift_x, m0_h, shift_h */
-    const int32_t *lut_sig, *lut_tanh, *lut_cell;  /* (LUT_SEGMENTS + 1) Q0.23 */
+    const int32_t *lut_sig, *lut_tanh, *lut_cell; /* (LUT_SEGMENTS + 1) Q0.23 */
     int I, H;
-    int z_h;                /* hidden zero point */
-    int cell_frac_bits;     /* cs: cell scale 2^-cs */
-    int32_t hid_m0;         /* Q0.30 -> int8 hidden multiplier */
+    int z_h;            /* hidden zero point */
+    int cell_frac_bits; /* cs: cell scale 2^-cs */
+    int32_t hid_m0;     /* Q0.30 -> int8 hidden multiplier */
     int hid_shift;
-    int cell_clip;          /* 0: none */
+    int cell_clip; /* 0: none */
 } intlstm_layer;
+
+/* What every step of one layer run shares. */
+typedef struct {
+    const intlstm_layer *L;
+    int H;
+    int ig_shift;  /* i g (Q0.30) -> cell scale: 30 - cs */
+    int cell_left; /* cell -> Q3.12 table input: max(0, 12 - cs) */
+} intlstm_step_ctx;
+
+/* Input contributions: out[r*G + j] = sat16(rescale(acc[r*G + j], m0[j], sh[j])), r < rows, j < G (Q3.12). */
+typedef void (*intlstm_rescale_rows_fn)(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out,
+                                        size_t rows, int G);
+/* One time step of B batch rows: acch (B, 4H) recurrent accumulators, gx (B, 4H) input contributions; c (B, H)
+ * is updated in place, y (B, H) receives the new hidden state. */
+typedef void (*intlstm_step_rows_fn)(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c,
+                                     int8_t *y, int B);
+
+void intlstm_rescale_rows_scalar(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out, size_t rows,
+                                 int G);
+void intlstm_step_rows_scalar(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
+                              int B);
+/* the scalar code from column j0 (rescale) / hidden unit j0 (step) on: the vector kernels' tails */
+void intlstm_rescale_rows_scalar_from(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out,
+                                      size_t rows, int G, int j0);
+void intlstm_step_row_scalar_from(const intlstm_step_ctx *s, const int32_t *ah, const int16_t *ax, int16_t *c,
+                                  int8_t *y, int j0);
+#if LB_X86
+void intlstm_rescale_rows_avx2(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out, size_t rows,
+                               int G);
+void intlstm_step_rows_avx2(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
+                            int B);
+#endif
+
+/* ---- driver (intlstm_driver.c); path: a supported lb_path (the caller resolves LB_PATH_AUTO) ------------ */
+
+/* The GEMM above with int8 packed weights W; scratch as intlstm_gemm_args.scratch. */
+void intlstm_gemm(int path, const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N, int K,
+                  int16_t *scratch);
 
 /* Run one layer over a sequence. x (T, B, I) int8; h (B, H) int8 and c (B, H) int16 are read as the initial
  * state and overwritten with the final one; y (T, B, H) int8. Returns 0, or -1 if out of memory. */
-int intlstm_layer_run(intlstm_path p, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h,
-                      int16_t *c, int8_t *y);
+int intlstm_layer_run(int path, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h, int16_t *c,
+                      int8_t *y);
 
-#endif
+#endif /* LOWBIT_INTLSTM_H */

@@ -12,34 +12,30 @@
  *   qg_probe(kind, iters) -> (seconds, operations)
  * sums: an int32 vector of one entry per row, or None.
  */
-#include "bitgemm_py.h"
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "lowbit_cpu_py.h"
+#include "pybuf.h"
 #include "qgemm.h"
 
-/* a 2-D uint8 buffer with unit inner stride */
-static int get_codes(PyObject *obj, Py_buffer *v, int writable, ptrdiff_t *ld, const char *what)
-{
-    if (get_2d(obj, v, writable, what) < 0)
-        return -1;
-    bg_dtype t;
-    if (parse_dtype(v, &t) < 0 || t != BG_T_U8 || (v->shape[1] > 1 && v->strides[1] != 1)) {
-        PyErr_Format(PyExc_ValueError, "%s must be a 2-D uint8 array with contiguous rows", what);
-        PyBuffer_Release(v);
-        return -1;
-    }
-    *ld = v->shape[0] > 1 ? (ptrdiff_t)v->strides[0] : 0;
-    return 0;
-}
+/* a 2-D uint8 buffer with contiguous rows (codes, or padded u8 rows) */
+#define CODES(bs, obj, name, flags) lb_buf_get(bs, obj, name, LB_T_U8, 2, LB_BUF_ROWS | (flags))
 
-/* an optional int32 vector: None -> *have = 0, ptr NULL */
-static int get_sums(PyObject *obj, Py_buffer *v, Py_ssize_t n, int *have, const char *what)
+/* An optional int32 vector of n entries: None -> NULL with *ok = 1; else the view, or NULL with *ok = 0 and
+ * an exception set. */
+static int32_t *get_sums(lb_bufset *bs, PyObject *obj, Py_ssize_t n, unsigned flags, const char *what, int *ok)
 {
-    *have = 0;
+    *ok = 1;
     if (obj == Py_None)
-        return 0;
-    if (get_vec_i32(obj, v, n, what) < 0)
-        return -1;
-    *have = 1;
-    return 0;
+        return NULL;
+    Py_buffer *v = lb_buf_get(bs, obj, what, LB_T_I32, 1, LB_BUF_CONTIG | flags);
+    if (v && v->shape[0] != n) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries, need %zd", what, v->shape[0], n);
+        v = NULL;
+    }
+    *ok = v != NULL;
+    return v ? (int32_t *)v->buf : NULL;
 }
 
 static PyObject *py_plane_words(PyObject *self, PyObject *args)
@@ -76,51 +72,41 @@ static PyObject *py_pack_planes(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *ox, *odst, *osums;
-    int bits, nthreads;
+    int bits, nthreads, ok;
     if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &bits, &odst, &osums, &nthreads))
         return NULL;
     if (bits < 1 || bits > 8 || nthreads < 1) {
         PyErr_SetString(PyExc_ValueError, "qg_pack_planes: bits must be 1..8, nthreads >= 1");
         return NULL;
     }
-    Py_buffer x, dst, sums;
-    ptrdiff_t ldx, ldd;
-    int have_sums = 0;
+    lb_bufset bs;
+    lb_bufset_init(&bs);
     PyObject *result = NULL;
-    if (get_codes(ox, &x, 0, &ldx, "codes") < 0)
-        return NULL;
-    if (get_2d(odst, &dst, 1, "dst") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
-    const size_t rows = (size_t)x.shape[0], k = (size_t)x.shape[1];
-    if (check_matrix(&dst, 8, 0, &ldd, "dst") < 0)
+    Py_buffer *x = CODES(&bs, ox, "codes", 0);
+    Py_buffer *dst = x ? lb_buf_get(&bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
+    if (!dst)
         goto done;
-    if ((size_t)dst.shape[0] != rows || (size_t)dst.shape[1] < qg_plane_words(k, bits)) {
-        PyErr_Format(PyExc_ValueError, "dst has shape (%zd, %zd), need (%zu, >= %zu)", dst.shape[0], dst.shape[1],
-                     rows, qg_plane_words(k, bits));
+    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1], words = qg_plane_words(k, bits);
+    const ptrdiff_t ldd = lb_buf_ld(dst);
+    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < words) {
+        PyErr_Format(PyExc_ValueError, "dst has shape (%zd, %zd), need (%zu, >= %zu)", dst->shape[0], dst->shape[1],
+                     rows, words);
         goto done;
     }
-    if (rows > 1 && (ldd < (ptrdiff_t)qg_plane_words(k, bits))) {
+    if (rows > 1 && ldd < (ptrdiff_t)words) {
         PyErr_SetString(PyExc_ValueError, "dst rows overlap");
         goto done;
     }
-    if (get_sums(osums, &sums, (Py_ssize_t)rows, &have_sums, "sums") < 0)
+    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
+    if (!ok)
         goto done;
-    if (have_sums && sums.readonly) {
-        PyErr_SetString(PyExc_ValueError, "sums is read-only");
-        goto done;
-    }
     Py_BEGIN_ALLOW_THREADS
-    qg_pack_planes((const uint8_t *)x.buf, ldx, rows, k, bits, (uint64_t *)dst.buf, ldd,
-                   have_sums ? (int32_t *)sums.buf : NULL, nthreads);
+    qg_pack_planes((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, bits, (uint64_t *)dst->buf, ldd, sums, nthreads);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (have_sums) PyBuffer_Release(&sums);
-    PyBuffer_Release(&dst);
-    PyBuffer_Release(&x);
+    lb_bufset_release(&bs);
     return result;
 }
 
@@ -128,45 +114,37 @@ static PyObject *py_pack_a8(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *ox, *odst, *osums;
-    int nthreads;
+    int nthreads, ok;
     if (!PyArg_ParseTuple(args, "OOOi:qg_pack_a8", &ox, &odst, &osums, &nthreads))
         return NULL;
     if (nthreads < 1) {
         PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
         return NULL;
     }
-    Py_buffer x, dst, sums;
-    ptrdiff_t ldx, ldd;
-    int have_sums = 0;
+    lb_bufset bs;
+    lb_bufset_init(&bs);
     PyObject *result = NULL;
-    if (get_codes(ox, &x, 0, &ldx, "codes") < 0)
-        return NULL;
-    if (get_codes(odst, &dst, 1, &ldd, "dst") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
-    const size_t rows = (size_t)x.shape[0], k = (size_t)x.shape[1];
-    if ((size_t)dst.shape[0] != rows || (size_t)dst.shape[1] < qg_a8_stride(k) ||
+    Py_buffer *x = CODES(&bs, ox, "codes", 0);
+    Py_buffer *dst = x ? CODES(&bs, odst, "dst", LB_BUF_WRITABLE) : NULL;
+    if (!dst)
+        goto done;
+    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1];
+    const ptrdiff_t ldd = lb_buf_ld(dst);
+    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < qg_a8_stride(k) ||
         (rows > 1 && ldd < (ptrdiff_t)qg_a8_stride(k))) {
         PyErr_Format(PyExc_ValueError, "dst must have shape (%zu, >= %zu) and disjoint rows", rows, qg_a8_stride(k));
         goto done;
     }
-    if (get_sums(osums, &sums, (Py_ssize_t)rows, &have_sums, "sums") < 0)
+    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
+    if (!ok)
         goto done;
-    if (have_sums && sums.readonly) {
-        PyErr_SetString(PyExc_ValueError, "sums is read-only");
-        goto done;
-    }
     Py_BEGIN_ALLOW_THREADS
-    qg_pack_a8((const uint8_t *)x.buf, ldx, rows, k, (uint8_t *)dst.buf, ldd, have_sums ? (int32_t *)sums.buf : NULL,
-               nthreads);
+    qg_pack_a8((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, (uint8_t *)dst->buf, ldd, sums, nthreads);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (have_sums) PyBuffer_Release(&sums);
-    PyBuffer_Release(&dst);
-    PyBuffer_Release(&x);
+    lb_bufset_release(&bs);
     return result;
 }
 
@@ -174,40 +152,33 @@ static PyObject *py_pack_panels(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *ox, *odst, *osums;
-    int store, zb;
+    int store, zb, ok;
     if (!PyArg_ParseTuple(args, "OiiOO:qg_pack_panels", &ox, &store, &zb, &odst, &osums))
         return NULL;
     if ((store != 2 && store != 4 && store != 8) || zb < 0 || zb > 255 || (store != 8 && zb != 0)) {
         PyErr_SetString(PyExc_ValueError, "qg_pack_panels: store must be 2, 4 or 8; zb 0..255 (0 below 8)");
         return NULL;
     }
-    Py_buffer x, dst, sums;
-    ptrdiff_t ldx;
-    int have_sums = 0;
+    lb_bufset bs;
+    lb_bufset_init(&bs);
     PyObject *result = NULL;
-    if (get_codes(ox, &x, 0, &ldx, "codes") < 0)
-        return NULL;
-    const size_t rows = (size_t)x.shape[0], k = (size_t)x.shape[1];
-    if (get_prep(odst, &dst, 1, qg_panel_bytes(rows, k, store), "dst") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
-    if (get_sums(osums, &sums, (Py_ssize_t)rows, &have_sums, "sums") < 0)
+    Py_buffer *x = CODES(&bs, ox, "codes", 0);
+    if (!x)
         goto done;
-    if (have_sums && sums.readonly) {
-        PyErr_SetString(PyExc_ValueError, "sums is read-only");
+    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1];
+    Py_buffer *dst = lb_buf_get_prep(&bs, odst, "dst", 1, qg_panel_bytes(rows, k, store));
+    if (!dst)
         goto done;
-    }
+    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
+    if (!ok)
+        goto done;
     Py_BEGIN_ALLOW_THREADS
-    qg_pack_panels((const uint8_t *)x.buf, ldx, rows, k, store, zb, (uint8_t *)dst.buf,
-                   have_sums ? (int32_t *)sums.buf : NULL);
+    qg_pack_panels((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, store, zb, (uint8_t *)dst->buf, sums);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (have_sums) PyBuffer_Release(&sums);
-    PyBuffer_Release(&dst);
-    PyBuffer_Release(&x);
+    lb_bufset_release(&bs);
     return result;
 }
 
@@ -232,56 +203,56 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "iOiOiinniiiiiOOOii:qg_gemm", &kind, &oa, &abits, &ob, &bbits, &bstore, &n, &k, &sa,
                           &oa_, &sb, &ob_, &zb, &osa, &osb, &oc, &path, &nthreads))
         return NULL;
-    if (check_path_arg(path) < 0 || check_kind_bits(kind, abits, bbits, bstore) < 0)
+    if (lb_check_path_arg(path) < 0 || check_kind_bits(kind, abits, bbits, bstore) < 0)
         return NULL;
     if (nthreads < 1 || n < 0 || k < 0 || k > 0x7fffffffL) {
         PyErr_SetString(PyExc_ValueError, "qg_gemm: nthreads >= 1, 0 <= n, 0 <= k < 2^31");
         return NULL;
     }
-    Py_buffer a, b, suma, sumb, c;
-    int have_b = 0, have_suma = 0, have_sumb = 0, have_c = 0;
+    lb_bufset bs;
+    lb_bufset_init(&bs);
     PyObject *result = NULL;
-    ptrdiff_t lda, ldb = 0, ldc;
-    if (kind == QG_INT8 ? get_codes(oa, &a, 0, &lda, "a") < 0 : get_2d(oa, &a, 0, "a") < 0)
-        return NULL;
-    const size_t m = (size_t)a.shape[0];
+    int ok;
+    ptrdiff_t ldb = 0;
+    Py_buffer *a = kind == QG_INT8 ? CODES(&bs, oa, "a", 0)
+                                   : lb_buf_get(&bs, oa, "a", LB_T_WORD64, 2, LB_BUF_ROWS);
+    if (!a)
+        goto done;
+    const size_t m = (size_t)a->shape[0];
+    Py_buffer *b;
     if (kind == QG_INT8) {
-        if ((size_t)a.shape[1] < qg_a8_stride((size_t)k)) {
-            PyErr_Format(PyExc_ValueError, "a has %zd bytes per row, need >= %zu", a.shape[1], qg_a8_stride((size_t)k));
+        if ((size_t)a->shape[1] < qg_a8_stride((size_t)k)) {
+            PyErr_Format(PyExc_ValueError, "a has %zd bytes per row, need >= %zu", a->shape[1], qg_a8_stride((size_t)k));
             goto done;
         }
-        if (get_prep(ob, &b, 0, qg_panel_bytes((size_t)n, (size_t)k, bstore), "b") < 0)
+        if (!(b = lb_buf_get_prep(&bs, ob, "b", 0, qg_panel_bytes((size_t)n, (size_t)k, bstore))))
             goto done;
-        have_b = 1;
     } else {
-        if (check_matrix(&a, 8, 0, &lda, "a") < 0)
-            goto done;
-        if ((size_t)a.shape[1] < qg_plane_words((size_t)k, abits)) {
-            PyErr_Format(PyExc_ValueError, "a has %zd words per row, need >= %zu", a.shape[1],
+        if ((size_t)a->shape[1] < qg_plane_words((size_t)k, abits)) {
+            PyErr_Format(PyExc_ValueError, "a has %zd words per row, need >= %zu", a->shape[1],
                          qg_plane_words((size_t)k, abits));
             goto done;
         }
-        if (get_2d(ob, &b, 0, "b") < 0)
+        if (!(b = lb_buf_get(&bs, ob, "b", LB_T_WORD64, 2, LB_BUF_ROWS)))
             goto done;
-        have_b = 1;
-        if (check_matrix(&b, 8, 0, &ldb, "b") < 0)
-            goto done;
-        if (b.shape[0] != n || (size_t)b.shape[1] < qg_plane_words((size_t)k, bbits)) {
-            PyErr_Format(PyExc_ValueError, "b has shape (%zd, %zd), need (%zd, >= %zu)", b.shape[0], b.shape[1], n,
+        ldb = lb_buf_ld(b);
+        if (b->shape[0] != n || (size_t)b->shape[1] < qg_plane_words((size_t)k, bbits)) {
+            PyErr_Format(PyExc_ValueError, "b has shape (%zd, %zd), need (%zd, >= %zu)", b->shape[0], b->shape[1], n,
                          qg_plane_words((size_t)k, bbits));
             goto done;
         }
     }
-    if (get_sums(osa, &suma, (Py_ssize_t)m, &have_suma, "suma") < 0 ||
-        get_sums(osb, &sumb, n, &have_sumb, "sumb") < 0)
+    const int32_t *suma = get_sums(&bs, osa, (Py_ssize_t)m, 0, "suma", &ok);
+    if (!ok)
         goto done;
-    if (get_2d(oc, &c, 1, "out") < 0)
+    const int32_t *sumb = get_sums(&bs, osb, n, 0, "sumb", &ok);
+    if (!ok)
         goto done;
-    have_c = 1;
-    if (check_matrix(&c, 4, 1, &ldc, "out") < 0)
+    Py_buffer *c = lb_buf_get(&bs, oc, "out", LB_T_I32, 2, LB_BUF_WRITABLE | LB_BUF_ROWS);
+    if (!c)
         goto done;
-    if ((size_t)c.shape[0] != m || c.shape[1] != n) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zu, %zd)", c.shape[0], c.shape[1], m, n);
+    if ((size_t)c->shape[0] != m || c->shape[1] != n) {
+        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zu, %zd)", c->shape[0], c->shape[1], m, n);
         goto done;
     }
     {
@@ -290,10 +261,10 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
         g.m = m;
         g.n = (size_t)n;
         g.k = (size_t)k;
-        g.a = a.buf;
-        g.lda = lda;
+        g.a = a->buf;
+        g.lda = lb_buf_ld(a);
         g.abits = abits;
-        g.b = b.buf;
+        g.b = b->buf;
         g.ldb = ldb;
         g.bbits = bbits;
         g.bstore = bstore;
@@ -302,10 +273,10 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
         g.sb = sb;
         g.ob = ob_;
         g.zb = zb;
-        g.suma = have_suma ? (const int32_t *)suma.buf : NULL;
-        g.sumb = have_sumb ? (const int32_t *)sumb.buf : NULL;
-        g.c = (int32_t *)c.buf;
-        g.ldc = ldc;
+        g.suma = suma;
+        g.sumb = sumb;
+        g.c = (int32_t *)c->buf;
+        g.ldc = lb_buf_ld(c);
         Py_BEGIN_ALLOW_THREADS
         qg_gemm(&g, path, nthreads);
         Py_END_ALLOW_THREADS
@@ -313,11 +284,7 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (have_c) PyBuffer_Release(&c);
-    if (have_sumb) PyBuffer_Release(&sumb);
-    if (have_suma) PyBuffer_Release(&suma);
-    if (have_b) PyBuffer_Release(&b);
-    PyBuffer_Release(&a);
+    lb_bufset_release(&bs);
     return result;
 }
 
@@ -328,7 +295,7 @@ static PyObject *py_qg_plan_threads(PyObject *self, PyObject *args)
     Py_ssize_t m, n, k;
     if (!PyArg_ParseTuple(args, "innniiii:qg_plan_threads", &kind, &m, &n, &k, &abits, &bbits, &path, &nthreads))
         return NULL;
-    if (check_path_arg(path) < 0 || m < 0 || n < 0 || k < 0 || nthreads < 1 || abits < 1 || abits > 8 ||
+    if (lb_check_path_arg(path) < 0 || m < 0 || n < 0 || k < 0 || nthreads < 1 || abits < 1 || abits > 8 ||
         bbits < 1 || bbits > 8) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "qg_plan_threads: bad argument");

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python scripts/fit_sawb.py [--bits 1-8] [--points 131072] [--verbose]
 
-For each bit width: for every distribution of ``lowbit.pact_sawb.sawb_family`` (generalized Gaussians from
+For each bit width: for every distribution of ``lowbit.quant.pact_sawb.sawb_family`` (generalized Gaussians from
 Laplace to near-uniform, the uniform, mixtures), find the MSE-optimal clipping scale of the symmetric k-bit
 quantizer by a 1-D search, then least-squares regress alpha* = c1 sqrt(E[w^2]) - c2 E|w|. Prints a table,
 the largest relative error of the fit, and the ``SAWB_COEFFICIENTS`` dict to paste into
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from lowbit.pact_sawb import SAWB_COEFFICIENTS, fit_sawb, sawb_family
+from lowbit.quant.pact_sawb import SAWB_COEFFICIENTS, fit_sawb, sawb_family
 
 PUBLISHED = {2: (3.212, 2.178), 3: (7.509, 6.892), 4: (12.68, 12.80), 5: (17.74, 18.64), 8: (31.76, 35.04)}
 

@@ -1,15 +1,50 @@
+"""Fixtures and paths shared by the test modules (the one place for them).
+
+Module-level names (``REPO``, ``SHARED_DATA``) are importable: ``from conftest import REPO``.
+"""
 import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("LOWBIT_DATA") or REPO.parent / "shared" / "data")
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment for a child ``python -m lowbit ...``: this one, with the source tree first on
+    PYTHONPATH, and ``extra`` set."""
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def _kernel_paths() -> list:
+    try:
+        from lowbit.kernels import available_paths
+    except ImportError:  # the C extension is not built: the parametrized tests have no cases
+        return []
+    return list(available_paths())
+
+
+def pytest_generate_tests(metafunc):
+    if "kernel_path" in metafunc.fixturenames:
+        metafunc.parametrize("kernel_path", _kernel_paths(), indirect=True)
+
+
+@pytest.fixture()
+def kernel_path(request):
+    """Every kernel path this CPU runs (one test case each), forced the way a user does
+    (``lowbit.kernels.set_kernel_path``) and restored afterwards."""
+    import lowbit.kernels as K
+
+    previous = K.set_kernel_path(request.param)
+    yield request.param
+    K.set_kernel_path(previous)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real datasets beside the repository (../shared/data)."""
+    """The real datasets beside the repository (../shared/data, or $LOWBIT_DATA)."""
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
@@ -20,3 +55,15 @@ def _no_download(monkeypatch):
     """Tests never reach the network: point the default data directory somewhere empty."""
     monkeypatch.setenv("LOWBIT_NO_DOWNLOAD", "1")
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small ops: one torch thread is faster, and the machine is shared. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA
 import lowbit.data as data
 from lowbit.data import DATASETS, ImageDataset, load_dataset, resolve_data_dir
 from lowbit.data import download as dl
@@ -23,7 +24,7 @@ from lowbit.data import svhn as svhn_mod
 from lowbit.data.idx import write_idx
 from lowbit.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 MNIST_DIR = SHARED / "mnist"
 needs_mnist = pytest.mark.skipif(
     not all((MNIST_DIR / f).is_file() for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

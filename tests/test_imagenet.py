@@ -2,7 +2,6 @@
 on a tiny JPEG folder written here (one process and torchrun with 2 processes)."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,16 +13,17 @@ import torch
 from PIL import Image
 
 import lowbit
+from conftest import subprocess_env
 from lowbit.cli import main as cli_main
 from lowbit.errors import ConfigError, DataError
-from lowbit.imagenet import (
-    ImageFolder, Normalize, alexnet_qnn, epoch_indices, eval_transform, find_imagenet_root,
-    random_resized_crop_box, resnet18_pact_sawb, train_transform,
+from lowbit.data.imagenet import (
+    ImageFolder, eval_transform, find_imagenet_root, random_resized_crop_box, train_transform,
 )
-from lowbit.layers import QuantConv2d
-from lowbit.pact_sawb import PACT, SAWB
+from lowbit.models.imagenet import Normalize, alexnet_qnn, resnet18_pact_sawb
+from lowbit.train.tasks.imagenet import epoch_indices
+from lowbit.nn.layers import QuantConv2d
+from lowbit.quant.pact_sawb import PACT, SAWB
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_ALEXNET = ["--set", "model.widths=4,4,4,4,4", "--set", "model.fc=8,8", "--set", "model.num_classes=2"]
 TINY_RESNET = ["--set", "model.widths=4,4,8,8", "--set", "model.blocks=1,1,1,1", "--set", "model.num_classes=2",
                "--set", "train_subset=4", "--set", "test_subset=2"]
@@ -182,7 +182,7 @@ def _free_port():
 
 def test_torchrun_two_processes(folder, tmp_path):
     out = tmp_path / "ddp"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env = subprocess_env(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "lowbit", "train", "imagenet-alexnet", "--data-dir", str(folder),
            "--out", str(out), "--epochs", "1", "--no-progress", "--set", "batch_size=4", "--set", "data_workers=0",

@@ -3,30 +3,26 @@ calibration/export, torch-free loading, bad input."""
 
 import functools
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import subprocess_env
 from lowbit.errors import CheckpointError, ConfigError, DataError, ShapeError
-from lowbit.rnn import int_lstm as il
-from lowbit.rnn import QuantGRU, QuantLSTM, RNNLanguageModel, export_int_lstm, load_int_lstm
+from lowbit.export.lstm import export_int_lstm, export_int_lstm_checkpoint
+from lowbit.models.lm import RNNLanguageModel
+from lowbit.nn.recurrent import QuantGRU, QuantLSTM
+from lowbit.runtime import int_lstm as il
+from lowbit.runtime.int_lstm import load_int_lstm
 
-REPO = Path(__file__).resolve().parents[1]
 PATHS = il.available_paths()
 needs_ext = pytest.mark.skipif(not PATHS, reason=f"C extension not available: {il.extension_error()}")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- fixed point -------------------------------------------------------------------------------------------
@@ -96,11 +92,11 @@ def _random_layer(rng, I, H):
 
 
 @needs_ext
-@pytest.mark.parametrize("path", PATHS)
-def test_kernel_equals_numpy_reference_bit_for_bit(path):
+def test_kernel_equals_numpy_reference_bit_for_bit(kernel_path):
+    path = kernel_path
     rng = np.random.default_rng(0)  # fixed: hash(str) changes per process, and a few seeds spread too little
     sig, th = il.standard_luts()
-    k = il._Kernels("c", path)
+    k = il._Kernels("c")
     assert k.resolved_path == path
     shapes = [(1, 1, 1, 1), (0, 2, 3, 4), (1, 3, 16, 16), (2, 1, 17, 33)] + \
         [tuple(int(v) for v in rng.integers(1, 60, 4)) for _ in range(10)]
@@ -118,7 +114,9 @@ def test_kernel_equals_numpy_reference_bit_for_bit(path):
         seen.update(np.unique(ref[0]).tolist())
         cells.update(np.unique(ref[2] // 256).tolist())
     assert len(seen) > 200 and len(cells) > 100  # the cases exercise a real spread of values
-    for M, N, K in [(1, 1, 1), (1, 9, 33), (2, 4, 16), (5, 7, 31), (37, 130, 200)]:
+    # M past every register-tile edge (4 / 2 / 1 rows), K with whole and half 32-value steps
+    for M, N, K in [(1, 1, 1), (1, 9, 33), (2, 4, 16), (5, 7, 31), (37, 130, 200), (3, 5, 47), (6, 13, 64),
+                    (7, 4, 48)]:
         a = rng.integers(-128, 128, (M, K), dtype=np.int8)
         w = rng.integers(-128, 128, (N, K), dtype=np.int8)
         b = rng.integers(-10 ** 6, 10 ** 6, N, dtype=np.int32)
@@ -126,8 +124,7 @@ def test_kernel_equals_numpy_reference_bit_for_bit(path):
 
 
 @needs_ext
-@pytest.mark.parametrize("path", PATHS)
-def test_kernel_primitives_equal_numpy(path):
+def test_kernel_primitives_equal_numpy(kernel_path):
     ext = il.extension()
     x = np.arange(-32768, 32768, dtype=np.int16)
     for table in (*il.standard_luts(), il.cell_lut(13)):
@@ -145,18 +142,55 @@ def test_kernel_primitives_equal_numpy(path):
 
 @needs_ext
 def test_path_selection_env_and_errors(monkeypatch):
+    from lowbit.kernels import _intlstm, dispatch
+    import lowbit.kernels as K
+
     ext = il.extension()
-    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "portable")
+    monkeypatch.setitem(dispatch._state, "path", None)  # re-read LOWBIT_KERNEL_PATH, the one path setting
+    monkeypatch.setenv("LOWBIT_KERNEL_PATH", "portable")
     assert ext.resolve_path("auto") == "portable" and il._Kernels("c").resolved_path == "portable"
-    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "sse9")
-    with pytest.raises(ConfigError, match="LOWBIT_INTLSTM_PATH=sse9"):
-        il._Kernels("c")
-    monkeypatch.delenv("LOWBIT_INTLSTM_PATH")
-    assert ext.resolve_path("auto") == PATHS[-1]
+    monkeypatch.setitem(dispatch._state, "path", None)
+    monkeypatch.setenv("LOWBIT_KERNEL_PATH", "sse9")
+    with pytest.raises(ConfigError, match="LOWBIT_KERNEL_PATH"):
+        il._Kernels("c").resolved_path
+    monkeypatch.setitem(dispatch._state, "path", None)
+    monkeypatch.delenv("LOWBIT_KERNEL_PATH")
+    assert ext.resolve_path("auto") == PATHS[-1] == K.active_path()
+    k = il._Kernels("c")  # "auto" follows the setting at each call
+    previous = K.set_kernel_path(PATHS[0])
+    try:
+        assert k.resolved_path == PATHS[0]
+    finally:
+        K.set_kernel_path(previous)
     with pytest.raises(ConfigError):
         il._Kernels("c", "neon")
+    for p in set(K.PATHS) - set(PATHS):  # (none on a CPU that runs every path)
+        with pytest.raises(ConfigError, match="not supported by this CPU"):
+            il._Kernels("c", p)
     with pytest.raises(ValueError, match="bytes"):  # buffer sizes are checked in C
-        ext.gemm(np.zeros(3, np.int8), np.zeros(16, np.int8), np.zeros(1, np.int32), np.zeros(2, np.int32), 1, 1, 4)
+        _intlstm.gemm(np.zeros(3, np.int8), np.zeros(16, np.int8), np.zeros(1, np.int32), np.zeros(2, np.int32), 1, 1,
+                      4, dispatch.path_id(PATHS[0]))
+    with pytest.raises(ValueError, match="not available"):
+        _intlstm.gemm(np.zeros(4, np.int8), np.zeros(16, np.int8), np.zeros(1, np.int32), np.zeros(1, np.int32), 1, 1,
+                      4, 99)
+
+
+@needs_ext
+def test_legacy_path_variable_is_ignored_with_a_warning(monkeypatch):
+    from lowbit.kernels import intlstm
+
+    monkeypatch.setattr(intlstm, "_warned", [])
+    monkeypatch.setenv("LOWBIT_INTLSTM_PATH", "portable")
+    with pytest.warns(DeprecationWarning, match="LOWBIT_KERNEL_PATH"):
+        assert intlstm.resolve_path() == il._Kernels("c").resolved_path
+
+
+@needs_ext
+def test_kernel_path_environment_in_a_fresh_process():
+    env = subprocess_env(LOWBIT_KERNEL_PATH=PATHS[0])
+    code = "from lowbit.runtime import int_lstm as il; print(il._Kernels('c').resolved_path)"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == PATHS[0], res.stderr
 
 
 # ---- export ----------------------------------------------------------------------------------------------------
@@ -166,7 +200,7 @@ def test_path_selection_env_and_errors(monkeypatch):
 def _trained_lm(bits=32):
     """A small 2-layer LSTM LM trained for 100 steps on a stream of repeated phrases (seconds); the last
     1500 ids are held out."""
-    from lowbit.rnn.text import batchify
+    from lowbit.data.text import batchify
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -194,8 +228,8 @@ def _trained_lm(bits=32):
 
 
 def _float_perplexity(model, ids, batch_size=4, bptt=20):
-    from lowbit.rnn import evaluate_lm
-    from lowbit.rnn.text import batchify
+    from lowbit.train.tasks.lm import evaluate_lm
+    from lowbit.data.text import batchify
 
     loss, _ = evaluate_lm(model, torch.from_numpy(batchify(ids, batch_size)), bptt, "cpu")
     return math.exp(loss)
@@ -285,8 +319,8 @@ def test_bad_input(tmp_path):
 def test_checkpoint_export_with_vocabulary_and_text(tmp_path):
     """A checkpoint of 'lowbit train' (task lm) exports with its vocabulary; text is encoded by the file's
     vocabulary and unknown characters are refused."""
-    from lowbit.config import TrainConfig
-    from lowbit.rnn.models import LM_SETTINGS
+    from lowbit.train.config import TrainConfig
+    from lowbit.models.lm import LM_SETTINGS
     from lowbit.train import run
 
     text = "to be or not to be that is the question\n" * 200
@@ -304,12 +338,16 @@ def test_checkpoint_export_with_vocabulary_and_text(tmp_path):
     with pytest.raises(DataError, match="characters are not in the model's vocabulary"):
         m.encode("xyz")
     # what 'lowbit export' calls for task "lm", and the torch-free text scorer
-    report = il.export_int_lstm_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "e.lbt", batches=2)
+    report = export_int_lstm_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "e.lbt", batches=2)
     assert report["kind"] == "int_lstm" and report["bytes"] == (tmp_path / "e.lbt").stat().st_size
     assert report["ratio"] > 0  # (tiny model: the activation tables, 16 KiB each, dominate the file)
-    (tmp_path / "bad.txt").write_text("XYZ\n")
-    assert il.main([str(tmp_path / "e.lbt"), str(tmp_path / "t.txt"), "--batch-size", "2"]) == 0
-    assert il.main([str(tmp_path / "e.lbt"), str(tmp_path / "bad.txt")]) == 2
+    # 'lowbit eval' scores the model file on the split its training used (torch-free), and the checkpoint too
+    from lowbit.cli import main as cli_main
+
+    assert cli_main(["eval", str(tmp_path / "e.lbt"), "--batch-size", "2"]) == 0
+    assert cli_main(["eval", str(tmp_path / "run" / "checkpoint.pt")]) == 0
+    (tmp_path / "t.txt").write_text("XYZ\n" * 50)  # the data changed under the model: refused by name
+    assert cli_main(["eval", str(tmp_path / "e.lbt")]) == 2
 
 
 def test_runtime_does_not_import_torch(tmp_path):
@@ -317,12 +355,12 @@ def test_runtime_does_not_import_torch(tmp_path):
     lstm = torch.nn.LSTM(6, 8)
     export_int_lstm(lstm, [torch.randn(10, 2, 6)], tmp_path / "m.lbt")
     code = ("import sys, numpy as np\n"
-            "from lowbit.rnn.int_lstm import load_int_lstm\n"
+            "from lowbit.runtime.int_lstm import load_int_lstm\n"
             f"m = load_int_lstm({str(tmp_path / 'm.lbt')!r})\n"
             "y, _ = m.run_float(np.zeros((3, 1, 6), np.float32))\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "print(m.backend)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                       env=subprocess_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("numpy", *(f"c/{p}" for p in PATHS))

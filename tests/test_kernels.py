@@ -36,11 +36,9 @@ def pm1(rng, shape, dtype=np.int8) -> np.ndarray:
     return rng.choice(np.array([-1, 1], dtype=dtype), size=shape)
 
 
-@pytest.fixture(params=PATHS)
-def path(request):
-    previous = K.set_kernel_path(request.param)
-    yield request.param
-    K.set_kernel_path(previous)
+@pytest.fixture()
+def path(kernel_path):  # conftest's kernel_path, under the name these tests use
+    return kernel_path
 
 
 # Shapes: K = 1, 63, 64, 65, K not a multiple of 64, M or N = 1, tails of every length in the AVX2
@@ -653,6 +651,87 @@ def test_read_only_out():
     out.flags.writeable = False
     with pytest.raises(ShapeError, match="out is read-only"):
         K.binary_matmul_packed(pok, pok, 70, out=out)
+
+
+def test_cpu_feature_report():
+    """One report for every extension: the features the kernels test, consistent with the paths and (on
+    Linux) with the flags the kernel lists in /proc/cpuinfo (cpuid masked by what the OS saves)."""
+    from lowbit.kernels import _intlstm
+    from lowbit.benchmarking import machine_record
+
+    feats = K.cpu_features()
+    known = ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq", "avx512vnni", "avx512bitalg",
+             "avxvnni")
+    assert isinstance(feats, tuple) and set(feats) <= set(known)
+    assert list(feats) == [f for f in known if f in feats]  # a fixed order
+    assert ("popcnt" in PATHS) == ("popcnt" in feats)
+    assert ("avx2" in PATHS) == ({"popcnt", "avx2"} <= set(feats))
+    assert ("avx512" in PATHS) == ({"popcnt", "avx2", "avx512f", "avx512vpopcntdq"} <= set(feats))
+    assert ("avx512vnni" in PATHS) == ("avx512" in PATHS and {"avx512bw", "avx512vl", "avx512vnni"} <= set(feats))
+    assert _intlstm.cpu_features() == _bitgemm.cpu_features() and _intlstm.path_names() == K.PATHS
+    assert _intlstm.supported_paths() == PATHS and _intlstm.best_path() == _bitgemm.best_path()
+    assert machine_record()["dispatch_flags"] == list(feats)
+    try:
+        flags_line = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return
+    linux = {"avx512vpopcntdq": "avx512_vpopcntdq", "avx512vnni": "avx512_vnni", "avx512bitalg": "avx512_bitalg",
+             "avxvnni": "avx_vnni"}
+    have = set(flags_line.split(":", 1)[1].split())
+    assert set(feats) == {f for f in known if linux.get(f, f) in have}
+
+
+def test_buffer_argument_errors_name_the_argument():
+    """pybuf.h, shared by both bindings: wrong element type, read-only output and non-contiguous input raise
+    errors that name the argument, and every buffer acquired before the error is released."""
+    from lowbit.kernels import _intlstm
+
+    path = dispatch.path_id("portable")
+    out = np.zeros((3, 3), np.int32)
+    with pytest.raises(TypeError, match="out must hold int32, got format 'l'"):
+        _bitgemm.gemm(pok, pok, 70, np.zeros((3, 3), np.int64), path, 1)
+    with pytest.raises(TypeError, match="b must hold 64-bit words"):
+        _bitgemm.gemm(pok, pok.view(np.float64), 70, out, path, 1)
+    ro = np.zeros((3, 3), np.int32)
+    ro.flags.writeable = False
+    with pytest.raises(BufferError, match="out is an output and must be writable"):
+        _bitgemm.gemm(pok, pok, 70, ro, path, 1)
+    with pytest.raises(ValueError, match="a must have contiguous rows"):
+        _bitgemm.gemm(np.zeros((3, 4), np.uint64)[:, ::2], pok, 70, out, path, 1)
+    with pytest.raises(TypeError, match="b must be an array"):
+        _bitgemm.gemm(pok, [[1, 2]], 70, out, path, 1)
+
+    a, w, bias, res = np.zeros((2, 5), np.int8), np.zeros((3, 16), np.int8), np.zeros(3, np.int32), np.zeros((2, 3), np.int32)
+    _intlstm.gemm(a, w, bias, res, 2, 3, 5, path)
+    with pytest.raises(TypeError, match="a must hold int8, got format 'f'"):
+        _intlstm.gemm(a.astype(np.float32), w, bias, res, 2, 3, 5, path)
+    with pytest.raises(TypeError, match="bias must hold int32"):
+        _intlstm.gemm(a, w, bias.astype(np.int64), res, 2, 3, 5, path)
+    res_ro = res.copy()
+    res_ro.flags.writeable = False
+    with pytest.raises(BufferError, match="out is an output and must be writable"):
+        _intlstm.gemm(a, w, bias, res_ro, 2, 3, 5, path)
+    with pytest.raises(ValueError, match="a must be C-contiguous"):
+        _intlstm.gemm(np.zeros((2, 10), np.int8)[:, ::2], w, bias, res, 2, 3, 5, path)
+    with pytest.raises(ValueError, match="out has 24 bytes, expected 36"):
+        _intlstm.gemm(np.zeros((3, 5), np.int8), w, bias, res, 3, 3, 5, path)
+    x16 = np.zeros(8, np.int16)
+    with pytest.raises(BufferError, match="out is an output"):
+        _intlstm.lut(np.zeros(4097, np.int32), x16, b"\0" * 16)
+    with pytest.raises(TypeError, match="x must hold int32"):
+        _intlstm.rescale(x16, 2**30, 0, np.zeros(8, np.int32))
+    # the views taken before the failing argument are released (a memoryview with a live export cannot be)
+    mv_a = memoryview(bytearray(10)).cast("b", (2, 5))
+    mv_w = memoryview(bytearray(48)).cast("b", (3, 16))
+    for bad_out in (res_ro, np.zeros((2, 3), np.float32), np.zeros((2, 6), np.int32)[:, ::2]):
+        with pytest.raises((BufferError, TypeError, ValueError), match="out"):
+            _intlstm.gemm(mv_a, mv_w, bias, bad_out, 2, 3, 5, path)
+    mv_w.release()
+    mv_a.release()
+    mv_p = memoryview(bytearray(3 * 2 * 8)).cast("Q", (3, 2))
+    with pytest.raises(BufferError, match="out"):
+        _bitgemm.gemm(mv_p, mv_p, 70, ro, path, 1)
+    mv_p.release()
 
 
 def test_c_layer_is_defensive():

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.errors import ConfigError
-from lowbit.layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
-from lowbit.optim import build_optimizer, build_scheduler, exponential_decay, param_groups
+from lowbit.nn.layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
+from lowbit.train.optim import build_optimizer, build_scheduler, exponential_decay, param_groups
 
 
 def _binarize(t):
@@ -74,8 +74,25 @@ def test_lr_scale_equals_glorot_formula():
     assert groups[0]["params"][0] is lin.weight
     assert groups[0]["lr"] == pytest.approx(0.01 / math.sqrt(1.5 / (784 + 4096)))
     assert groups[-1]["lr"] == 0.01 and len(groups[-1]["params"]) == 2  # BN weight and bias: plain lr
-    # initial latent weights uniform in [-H, H], H = sqrt(1.5 / (fan_in + fan_out))
-    assert lin.weight.abs().max() <= math.sqrt(1.5 / (784 + 4096)) + 1e-7
+    # init="glorot": initial latent weights uniform in [-H, H], H = sqrt(1.5 / (fan_in + fan_out))
+    glorot = QuantLinear(784, 4096, bias=False, init="glorot")
+    assert glorot.weight.abs().max() <= math.sqrt(1.5 / (784 + 4096)) + 1e-7
+
+
+def test_reference_init_is_binarynet_h_equal_one():
+    """The BinaryNet Theano code's H = 1: binary latent weights start uniform over the whole clip range
+    [-1, 1] (mean |w| = 1/2); k-bit weights keep the Glorot range (their values enter the product)."""
+    torch.manual_seed(0)
+    w = QuantLinear(784, 4096, bias=False).weight.detach()
+    assert w.abs().max() <= 1.0 and w.abs().max() > 0.999
+    assert abs(w.abs().mean().item() - 0.5) < 0.002 and abs(w.mean().item()) < 0.002
+    h = math.sqrt(1.5 / (9 * 8 + 9 * 16))
+    conv = QuantConv2d(8, 16, 3, bias=False).weight.detach()
+    assert conv.abs().max() > 10 * h  # binary conv: the reference range too
+    k_bit = QuantLinear(784, 4096, bias=False, weight_quantizer="linear:bits=2").weight.detach()
+    assert k_bit.abs().max() <= math.sqrt(1.5 / (784 + 4096)) + 1e-7
+    with pytest.raises(ConfigError, match="init"):
+        QuantLinear(4, 4, init="xavier")
 
 
 def test_exponential_decay_hits_end_value():

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowbit.bitplane import BitPlaneConv2d, BitPlaneLinear, bitplane_conv2d, bitplane_dot, bitplane_matmul
+from lowbit.nn.bitplane import BitPlaneConv2d, BitPlaneLinear, bitplane_conv2d, bitplane_dot, bitplane_matmul
 from lowbit.errors import ConfigError, ShapeError
-from lowbit.kbit import GradQuant, LinearQuant, LogQuant, ap2, ap2_scalar, linear_quantize, log_quantize, quantize_gradient
-from lowbit.layers import QuantAct, QuantConv2d, QuantLinear
+from lowbit.quant.kbit import GradQuant, LinearQuant, LogQuant, ap2, ap2_scalar, linear_quantize, log_quantize, quantize_gradient
+from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
 from lowbit.models import convnet, mlp
-from lowbit.norm import ShiftBatchNorm1d, ShiftBatchNorm2d
-from lowbit.optim import ShiftAdaMax, build_optimizer, build_scheduler
-from lowbit.pact_sawb import PACT, SAWB, SAWB_COEFFICIENTS, fit_sawb, pact, pact_l2_penalty, sawb_family, sawb_quantize, sawb_scale
-from lowbit.quantizers import get_quantizer, ste_sign
+from lowbit.nn.norm import ShiftBatchNorm1d, ShiftBatchNorm2d
+from lowbit.train.optim import ShiftAdaMax, build_optimizer, build_scheduler
+from lowbit.quant.pact_sawb import PACT, SAWB, SAWB_COEFFICIENTS, fit_sawb, pact, pact_l2_penalty, sawb_family, sawb_quantize, sawb_scale
+from lowbit.quant.base import get_quantizer, ste_sign
 
 
 def _ap2_ref(x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,7 @@ def _level_index(t: torch.Tensor, bits: int) -> torch.Tensor:
 def test_quantize_gradient_levels_scale_and_zero():
     torch.manual_seed(0)
     g = torch.randn(64, 33) * 1e-3
-    q = quantize_gradient(g, 4)
+    q = quantize_gradient(g, 4, per_sample=False)  # one scale: the whole tensor on one 16-level grid
     idx = _level_index(q, 4)
     assert len(q.unique()) <= 16 and idx.min() >= 0 and idx.max() <= 15
     assert q.abs().max() == g.abs().max()  # the largest entry is a level: the scale is max|g|
@@ -175,10 +175,45 @@ def test_quantize_gradient_levels_scale_and_zero():
     assert torch.allclose(draws.mean(0), g[:4, :5], atol=0.03 * step)
 
 
+def _dorefa_fg(g: torch.Tensor, bits: int, noise: torch.Tensor) -> torch.Tensor:
+    """DoReFa-Net's fg, written from the paper's code in float64: per-sample max, uniform noise of half a
+    step, round, rescale. ``noise`` are U(0, 1) draws (shifted here to DoReFa's U(-1/2n, 1/2n))."""
+    g = g.double()
+    n = 2.0 ** bits - 1
+    maxx = g.abs().amax(dim=tuple(range(1, g.dim())), keepdim=True)
+    x = g / maxx
+    x = x * 0.5 + 0.5 + (noise.double() - 0.5) / n
+    x = x.clamp(0.0, 1.0)
+    x = torch.round(x * n) / n - 0.5
+    return x * maxx * 2
+
+
+def test_gradient_quantizer_is_dorefa_fg_per_sample():
+    """Against an independent float64 re-implementation of DoReFa's formula, on a batch where one sample's
+    gradients are 1000x smaller: it keeps its own grid (whole-tensor scaling would round it to +-M/n)."""
+    torch.manual_seed(0)
+    g = torch.randn(8, 3, 5, 5)
+    g[3] *= 1e-3
+    bits = 6
+    q = quantize_gradient(g, bits, generator=torch.Generator().manual_seed(7))
+    noise = torch.rand(g.shape, generator=torch.Generator().manual_seed(7))
+    ref = _dorefa_fg(g, bits, noise)
+    close = torch.isclose(q.double(), ref, rtol=1e-5, atol=0)
+    assert close.float().mean() > 0.999  # float32 vs float64 may round differently exactly at a level edge
+    small = q[3]
+    assert small.abs().max() <= g[3].abs().max() * (1 + 1e-6) and small.abs().max() > 0
+    assert len(small.unique()) > 10  # a real 6-bit grid, not two values
+    whole = quantize_gradient(g, bits, per_sample=False)
+    step = 2 * float(g.abs().max()) / (2 ** bits - 1)
+    assert whole[3].abs().min() >= step / 2 - 1e-6  # the old scaling: every entry of sample 3 is at least a half step
+    with pytest.raises(ConfigError, match="scale"):
+        GradQuant(6, scale="batch")
+
+
 def test_layer_grad_quantizer_low_bit_gradients_and_unbiased():
     torch.manual_seed(0)
     bits = 3
-    layer = QuantLinear(6, 4, bias=False, grad_quantizer=f"grad:bits={bits}")
+    layer = QuantLinear(6, 4, bias=False, grad_quantizer=f"grad:bits={bits},scale=tensor")
     ref = QuantLinear(6, 4, bias=False)
     ref.load_state_dict(layer.state_dict())
     x0 = torch.randn(5, 6)
@@ -208,13 +243,13 @@ def test_layer_grad_quantizer_low_bit_gradients_and_unbiased():
 def test_output_gradient_entering_the_products_is_low_bit():
     # With x = I the weight gradient is g_q^T itself: the output gradient after quantization.
     torch.manual_seed(1)
-    layer = QuantLinear(8, 3, bias=False, grad_quantizer="grad:bits=2,weight_grad=False,input_grad=False")
+    layer = QuantLinear(8, 3, bias=False, grad_quantizer="grad:bits=2,weight_grad=False,input_grad=False,scale=tensor")
     layer(torch.eye(8)).backward(torch.randn(8, 3))
     gq = layer.weight.grad
     assert len(gq.unique()) <= 4
     _level_index(gq, 2)
     # a conv layer too: forward unchanged, weight gradient on the k-bit grid
-    conv = QuantConv2d(2, 3, 3, padding=1, pad_value=1.0, grad_quantizer="grad:bits=2")
+    conv = QuantConv2d(2, 3, 3, padding=1, pad_value=1.0, grad_quantizer="grad:bits=2")  # weight grads: one scale
     plain = QuantConv2d(2, 3, 3, padding=1, pad_value=1.0)
     plain.load_state_dict(conv.state_dict())
     x = torch.randn(2, 2, 5, 5)
@@ -322,7 +357,7 @@ def _ap2_f64(z: torch.Tensor) -> torch.Tensor:
 
 
 def test_recalibrate_batch_norm_matches_float64_per_batch_averages():
-    from lowbit.norm import recalibrate_batch_norm
+    from lowbit.nn.norm import recalibrate_batch_norm
 
     torch.manual_seed(0)
     lin1, bn1, drop, lin2, bn2 = (torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5),
@@ -526,8 +561,8 @@ def test_pact_l2_penalty_and_parameter():
 
 
 def test_training_loop_adds_pact_penalty(tmp_path):
-    from lowbit.config import apply_overrides, get_recipe
-    from lowbit import recipes  # noqa: F401
+    from lowbit.train.config import apply_overrides, get_recipe
+    from lowbit.train import recipes  # noqa: F401
     from lowbit.train import run
 
     def alphas(pact_l2):
@@ -605,9 +640,9 @@ def test_sawb_fit_reproduces_shipped_and_published_two_bit_coefficients():
 
 
 def test_spec_strings_and_overrides():
-    from lowbit.config import apply_overrides, get_recipe
-    from lowbit import recipes  # noqa: F401
-    from lowbit.checkpoint import model_from_config
+    from lowbit.train.config import apply_overrides, get_recipe
+    from lowbit.train import recipes  # noqa: F401
+    from lowbit.train.checkpoint import model_from_config
 
     q = get_quantizer("linear:bits=3,mode=unsigned,max_value=2,rounding=stochastic")
     assert (q.bits, q.mode, q.max_value, q.rounding) == (3, "unsigned", 2.0, "stochastic")
@@ -661,3 +696,24 @@ def test_quantizers_refused_where_they_cannot_work():
         ShiftAdaMax([torch.nn.Parameter(torch.zeros(2))], lr=-1)
     with pytest.raises(ConfigError, match="ShiftBatchNorm1d: eps.*0"):
         ShiftBatchNorm1d(3, eps=0)
+
+
+def test_pact_alpha_is_regularized_once_not_also_by_weight_decay():
+    """imagenet-resnet18-pact-sawb trains with SGD weight decay 5e-5 and pact_l2: alpha gets the L2 penalty
+    only. With zero gradients, one SGD step decays an ordinary weight by lr * wd and leaves alpha alone."""
+    from lowbit.models.imagenet import resnet18_pact_sawb
+    from lowbit.train.optim import build_optimizer
+
+    model = resnet18_pact_sawb(num_classes=3, widths=[4, 4, 8, 8], blocks=[1, 1, 1, 1])
+    opt = build_optimizer(model, "sgd_momentum", lr=0.1, lr_scale=False)
+    alphas = [m.alpha for m in model.modules() if isinstance(m, PACT)]
+    assert alphas
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert all(by_id[id(a)]["weight_decay"] == 0.0 for a in alphas)
+    other = next(p for p in model.parameters() if p.dim() == 4 and by_id[id(p)]["weight_decay"] > 0)
+    before_a, before_w = [a.detach().clone() for a in alphas], other.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(alphas, before_a))
+    assert torch.allclose(other, before_w * (1 - 0.1 * 5e-5))

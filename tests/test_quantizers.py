@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lowbit.errors import ConfigError
-from lowbit.quantizers import (
+from lowbit.quant.base import (
     QUANTIZERS, Identity, SteSign, StochasticSign, get_quantizer, hard_sigmoid, ste_sign, stochastic_sign,
 )
 

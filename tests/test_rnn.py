@@ -1,4 +1,4 @@
-"""Quantized recurrent layers, text loaders, the language-model training loop (lowbit.rnn)."""
+"""Quantized recurrent layers, text loaders, the language-model task (lowbit.nn.recurrent, lowbit.train.tasks.lm)."""
 
 import json
 import math
@@ -10,27 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from lowbit.config import TrainConfig, apply_overrides, get_recipe
+from conftest import REPO, SHARED_DATA, subprocess_env
+from lowbit.train.config import TrainConfig, apply_overrides, get_recipe
 from lowbit.errors import ConfigError, DataError, ShapeError
-from lowbit.rnn import QuantGRU, QuantLSTM, QuantRNN, RNNLanguageModel
-from lowbit.rnn.models import LM_SETTINGS
-from lowbit.rnn.quant import SymmetricUniform, make_quantizer, quantize_gate
-from lowbit.rnn.text import (
+from lowbit.models.lm import RNNLanguageModel
+from lowbit.nn.recurrent import QuantGRU, QuantLSTM, QuantRNN
+from lowbit.models.lm import LM_SETTINGS
+from lowbit.quant.recurrent import make_quantizer, quantize_gate
+from lowbit.data.text import (
     EOS, Vocabulary, batchify, encode_file, load_char_corpus, load_ptb, read_tokens, unigram_entropy_bits,
 )
-from lowbit.train import TASKS, run
+from lowbit.registry import TASKS
+from lowbit.train import run
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one thread is faster, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+DATA = SHARED_DATA
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- full precision == torch ---------------------------------------------------------------------------
@@ -153,14 +147,15 @@ def test_lstm_gates_on_level_sets():
         return y
 
     layer.act_quantizer.forward = spy
-    layer(torch.randn(3, 2, 4) * 4)
+    layer._forward_impl(torch.randn(3, 2, 4) * 4, reference=True)  # the _cell loop calls the module
     gates = seen["calls"][0]  # first call of a step: the four gates (u = q(tanh(.)))
-    levels = _levels(SymmetricUniform(3))
+    levels = torch.tensor([-7.0, -5.0, -3.0, -1.0, 1.0, 3.0, 5.0, 7.0]) / 7.0  # 3-bit symmetric, written out
+    assert torch.equal(_levels(make_quantizer(None, 3)), levels.float())
     assert gates.shape == (2, 20) and _on(gates, levels)
     mapped = (levels + 1) / 2
     assert torch.allclose(mapped, torch.arange(8) / 7.0, atol=1e-6)
     s = torch.sigmoid(torch.randn(1000) * 3)
-    assert _on(quantize_gate(SymmetricUniform(3), s), mapped)
+    assert _on(quantize_gate(make_quantizer(None, 3), s), mapped)
 
 
 def test_quantizer_specs_resolve_through_the_registry():
@@ -174,10 +169,14 @@ def test_quantizer_specs_resolve_through_the_registry():
         make_quantizer("no_such_quantizer", 2)
     layer = QuantLSTM(3, 4, weight_quantizer="ste_sign", act_quantizer="linear", act_bits=2)
     assert layer.weight_bits == 1 and layer.act_bits == 2
-    # the fallback quantizer is the same function as the registry's "linear"
+    # a bit count alone is the QNN paper's k-bit uniform quantizer on [-1, 1]: -1 + 2 round((x + 1) / 2 * n) / n,
+    # n = 2^k - 1, ties up (float64 reference written from the formula)
     x = torch.linspace(-1.3, 1.3, 10001)
+    xd = x.double()
     for bits in (1, 2, 3, 4):
-        assert torch.equal(SymmetricUniform(bits)(x), make_quantizer("linear", bits)(x))
+        n = 2 ** bits - 1
+        ref = -1.0 + 2.0 * torch.floor(((xd.clamp(-1, 1) + 1) * n + 1) / 2).clamp(0, n) / n
+        assert torch.allclose(make_quantizer(None, bits)(x).double(), ref, atol=1e-6)
 
 
 def test_bad_shapes_and_config():
@@ -339,16 +338,16 @@ def test_char_training_beats_unigram_and_resumes(tmp_path, monkeypatch):
     assert metrics["task"] == "lm" and len(metrics["epochs"]) == 2 and "character level" in metrics["data"]["note"]
     assert {"train_bpc", "test_bpc", "test_loss", "test_accuracy", "lr", "wall_time"} <= set(metrics["epochs"][0])
     assert (out / "checkpoint.pt").is_file() and (out / "curves.png").stat().st_size > 1000
-    import lowbit.rnn.lm
+    import lowbit.train.engine
 
     part = tmp_path / "part"
-    real_save = lowbit.rnn.lm.save_checkpoint
+    real_save = lowbit.train.engine.save_checkpoint
 
     def save_then_die(path, state):  # the process is killed right after epoch 1's checkpoint
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lowbit.rnn.lm, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(lowbit.train.engine, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(_char_cfg(text, 2), part, progress=False)
     monkeypatch.undo()
@@ -358,7 +357,7 @@ def test_char_training_beats_unigram_and_resumes(tmp_path, monkeypatch):
     b = torch.load(part / "checkpoint.pt", weights_only=True)["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the checkpoint rebuilds the model (registered "rnn_lm") with its vocabulary
-    from lowbit.rnn import load_lm_checkpoint
+    from lowbit.train.tasks.lm import load_lm_checkpoint
 
     model, vocab, _ = load_lm_checkpoint(out / "checkpoint.pt")
     assert vocab == corpus.vocab and model.vocab_size == len(vocab)
@@ -386,6 +385,6 @@ def test_cli_reports_bad_text_data(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lowbit", "train", "ptb-lstm", "--data-dir", str(tmp_path),
                         "--out", str(tmp_path / "out"), "--no-progress"],
                        capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+                       env=subprocess_env())
     assert r.returncode == 2, r.stderr
     assert "ptb.valid.txt is not UTF-8 text" in r.stderr and "Traceback" not in r.stderr

@@ -11,22 +11,21 @@ import torch
 from torch import nn
 
 from lowbit.cli import main
+import lowbit
+import lowbit.quant
 from lowbit.errors import CheckpointError, ShapeError
-from lowbit.layers import QuantAct, QuantConv2d
+from lowbit.nn.layers import QuantAct, QuantConv2d
 from lowbit.runtime import load, load_model_file, save_model_file
-from lowbit.runtime.export import export_model, thresholds
+from lowbit.bench import randomize_bn
+from lowbit.export.image import export_model, thresholds
 
 
 def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    """lowbit.bench's random BN statistics, plus one channel whose output is the constant sign(beta)."""
+    randomize_bn(model, seed)
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 3)
-            m.running_var.copy_(torch.rand(n, generator=g) * 20 + 0.5)
-            m.weight.data.copy_(torch.randn(n, generator=g))  # about half negative: the flipped thresholds
-            m.weight.data[0] = 0.0  # a channel whose output is constant sign(beta)
-            m.bias.data.copy_(torch.randn(n, generator=g))
+            m.weight.data[0] = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +141,33 @@ def test_thresholds_by_hand():
     assert t.tolist() == [1467]
 
 
+def test_tiny_bn_scale_saturates_instead_of_wrapping():
+    """gamma = +-1e-22 puts the real-valued threshold far outside int64: the channel is a constant (+1 where
+    the BN output's sign is that of beta), exactly as PyTorch computes it; no channel may invert."""
+    from lowbit.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(in_shape=(1, 8, 8), hidden=64, depth=2, num_classes=10)
+    _randomize_bn(model, seed=1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d) and m.num_features == 64:
+            m.weight.data[1::2] = 1e-22
+            m.weight.data[2::2] = -1e-22
+    model.eval()
+    t, flip = thresholds(np.array([1e-22, -1e-22, 1e-22, -1e-22]), np.array([0.5, 0.5, -0.5, -0.5]),
+                         1.0, np.zeros(4))
+    i32 = np.iinfo(np.int32)
+    # sign(c a + d): +1 always when d > 0 (ge at -inf / le at +inf), never when d < 0
+    assert t.tolist() == [i32.min, i32.max, i32.max, i32.min] and flip.tolist() == [False, True, False, True]
+    meta, arrays = export_model(model, (1, 8, 8), 10)
+    x = torch.randint(0, 256, (200, 1, 8, 8)).float()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = _roundtrip(meta, arrays).predict(x.numpy().astype(np.uint8))
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
 def _roundtrip(meta, arrays):
     import tempfile
     from pathlib import Path
@@ -220,3 +246,37 @@ def test_summary_of_the_paper_mlp_by_hand(capsys):
     assert main(["summary", "mnist-mlp"]) == 0
     out = capsys.readouterr().out
     assert "binary 91.3%" in out and "Horowitz" in out and "smaller" in out
+
+
+def test_shift_bn_convnet_deploys_with_identical_predictions(shared_data, tmp_path):
+    """Shift-based BN in eval mode is an affine map with power-of-two factors: it folds into the same integer
+    thresholds. A shift-BN MNIST ConvNet trained one (short) epoch on real data gives the runtime the same
+    class as PyTorch on all 10,000 test images."""
+    from lowbit.data import load_dataset
+    from lowbit.nn.norm import ShiftBatchNorm2d
+
+    d = tmp_path / "sbn"
+    assert main(["train", "mnist-cnn-qnn", "--epochs", "1", "--data-dir", str(shared_data), "--out", str(d),
+                 "--set", "train_subset=3000", "--set", "model.channels=16,M,32,M", "--set", "model.fc=64",
+                 "--set", "model.norm=shift_bn", "--set", "bn_recalibrate=2000", "--no-progress"]) == 0
+    assert main(["export", str(d / "checkpoint.pt"), "-o", str(d / "model.lbt")]) == 0
+    model = lowbit.load_checkpoint(d / "checkpoint.pt")
+    assert any(isinstance(m, ShiftBatchNorm2d) for m in model.modules())
+    test = load_dataset("mnist", "test", data_dir=shared_data)
+    with torch.no_grad():
+        ref = torch.cat([model(torch.from_numpy(test.images[i:i + 2000]).float()).argmax(1)
+                         for i in range(0, 10000, 2000)]).numpy()
+    ours = load(d / "model.lbt").classify(test.images)
+    assert (ours == ref).all() and (ref == test.labels).mean() > 0.6  # a trained network (chance: 0.1)
+
+
+def test_export_refuses_a_quantized_pixel_input():
+    """A first layer on 8-bit pixels whose input quantizer is not the identity would run on other values in
+    the runtime (it multiplies the pixels themselves): refused, naming the layer and the quantizer."""
+    from lowbit.models import mlp
+
+    m = mlp(in_shape=(1, 4, 4), hidden=8, depth=1).eval()
+    first = m[1]
+    first.input_quantizer = lowbit.quant.get_quantizer("linear:bits=4,mode=unsigned")
+    with pytest.raises(CheckpointError, match="takes 8-bit pixels through a 4-bit input quantizer"):
+        export_model(m, (1, 4, 4), 10)

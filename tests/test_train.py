@@ -49,17 +49,17 @@ def _tiny_args(shared_data, out, epochs):
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(shared_data, tmp_path, monkeypatch):
-    import lowbit.train
+    import lowbit.train.engine
 
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(_tiny_args(shared_data, full, 3)) == 0
-    real_save = lowbit.train.save_checkpoint
+    real_save = lowbit.train.engine.save_checkpoint
 
     def save_then_die(path, state):  # the process is killed right after epoch 1's checkpoint
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lowbit.train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(lowbit.train.engine, "save_checkpoint", save_then_die)
     assert main(_tiny_args(shared_data, part, 3)) == 130
     monkeypatch.undo()
     assert torch.load(part / "checkpoint.pt", weights_only=True)["epoch"] == 1
@@ -80,7 +80,7 @@ def test_bn_recalibration_changes_only_the_running_statistics(shared_data, tmp_p
     their own statistics; no RNG is drawn): same weights as a run without it; the running statistics are
     those recomputed from the weights over the fixed image draw, and the recorded accuracy is theirs."""
     from lowbit.data import load_dataset
-    from lowbit.norm import recalibrate_batch_norm
+    from lowbit.nn.norm import recalibrate_batch_norm
 
     plain, recal = tmp_path / "plain", tmp_path / "recal"
     assert main(_tiny_args(shared_data, plain, 2)) == 0
@@ -120,7 +120,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(shared_data, tmp_path, ca
 
 
 def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
-    from lowbit.checkpoint import read_checkpoint, save_checkpoint
+    from lowbit.train.checkpoint import read_checkpoint, save_checkpoint
 
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"config": {"a": 1}, "model_state": {"w": torch.ones(3)}})
@@ -184,7 +184,7 @@ def test_bad_configuration_gives_one_line_errors(args, message, tmp_path, capsys
 
 
 def test_bn_recalibration_refused_by_tasks_without_it():
-    from lowbit.config import apply_overrides, get_recipe, validate
+    from lowbit.train.config import apply_overrides, get_recipe, validate
     from lowbit.errors import ConfigError
 
     for name in ("ptb-lstm", "imagenet-alexnet"):
@@ -220,3 +220,40 @@ def test_help_texts_explain_commands():
     out = subprocess.run([sys.executable, "-m", "lowbit", "train", "--help"], capture_output=True, text=True).stdout
     for word in ("--epochs", "--data-dir", "--set", "--resume", "torchrun", "mnist-mlp", "cifar10-cnn"):
         assert word in out
+
+
+def test_bf16_autocast_keeps_the_quantizers_exact():
+    """Under amp=bf16 the GEMMs run in bfloat16 but the quantizers stay float32: binary activations are
+    exactly +-1, 2-bit PACT codes exactly alpha * j / 3, and the binary weights those of the fp32 model."""
+    from lowbit.nn import QuantAct, QuantLinear
+    from lowbit.train.config import TrainConfig
+    from lowbit.train.engine import mixed_precision
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(QuantLinear(20, 16, bias=False), torch.nn.BatchNorm1d(16), QuantAct("ste_sign"),
+                                QuantLinear(16, 8, bias=False), torch.nn.BatchNorm1d(8), QuantAct("pact:bits=2,alpha=2"))
+    x = torch.randn(32, 20)
+    cfg = TrainConfig(recipe="t", dataset="mnist", model="mlp", amp="bf16")
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, o)) for k, m in enumerate(model)]
+    with mixed_precision(cfg, torch.device("cpu")):
+        model(x)
+    assert seen[0].dtype == torch.bfloat16  # the GEMM did run in bf16
+    assert seen[2].dtype == torch.float32 and set(seen[2].unique().tolist()) <= {-1.0, 1.0}
+    codes = seen[5] / 2.0 * 3.0
+    assert seen[5].dtype == torch.float32 and torch.equal(codes, codes.round()) and codes.min() >= 0 and codes.max() <= 3
+    assert torch.equal(model[0].quantized_weight, torch.where(model[0].weight >= 0, 1.0, -1.0))
+    for h in hooks:
+        h.remove()
+
+
+def test_amp_and_compile_options_train(shared_data, tmp_path):
+    """amp=bf16 trains (finite loss, learns); compile with the eager backend gives the uncompiled run's result."""
+    base = _tiny_args(shared_data, tmp_path / "plain", 1)
+    assert main(base) == 0
+    assert main(_tiny_args(shared_data, tmp_path / "compiled", 1) + ["--set", "compile=eager"]) == 0
+    assert main(_tiny_args(shared_data, tmp_path / "bf16", 1) + ["--set", "amp=bf16"]) == 0
+    plain, compiled, bf16 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("plain", "compiled", "bf16"))
+    assert compiled["epochs"][0]["train_loss"] == plain["epochs"][0]["train_loss"]
+    assert np.isfinite(bf16["epochs"][0]["train_loss"]) and abs(bf16["test_accuracy"] - plain["test_accuracy"]) < 0.1
+    assert main(_tiny_args(shared_data, tmp_path / "x", 1) + ["--set", "amp=fp8"]) == 2

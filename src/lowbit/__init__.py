@@ -1,23 +1,24 @@
 """lowbit: train quantized neural networks in PyTorch, deploy them to a bit-packed CPU runtime.
 
-Map of the package (see docs/architecture.md):
-    quantizers  registry of quantizers (ste_sign, stochastic_sign, identity, ...)
-    layers      QuantLinear, QuantConv2d, QuantAct, PixelScale
-    optim       LR scaling, latent-weight clipping, schedules
-    models      the paper's MLP and ConvNets
-    data        dataset loaders (MNIST, Fashion-MNIST, CIFAR-10, SVHN)
-    train       the training loop; checkpoint: atomic save, safe load
-    kernels     native XNOR-popcount kernels; runtime: export and torch-free inference
-    cli         the `lowbit` command
+Two halves meet in the model file (see docs/architecture.md):
+
+    training (torch)    quant -> nn -> models -> train (engine, tasks, recipes), data beside it
+    bridge              export: a trained network -> a model file
+    deployment (no torch)  runtime (model file, ops, engine, integer LSTM) -> kernels (native C)
+
+    registry  the one way things are registered by name (quantizers, models, recipes, tasks, ...)
+    cli       the `lowbit` command;  summary: per-layer bits/size/MACs;  bench: runtime vs PyTorch
+
+Importing ``lowbit`` itself imports neither torch nor the kernels.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 from .errors import CheckpointError, ConfigError, DataError, LowbitError, ShapeError  # noqa: F401
 
 
 def load_checkpoint(path, map_location="cpu"):
     """The trained ``nn.Module`` stored in a training checkpoint, in evaluation mode (loaded safely)."""
-    from .checkpoint import load_checkpoint as _load
+    from .train.checkpoint import load_checkpoint as _load
 
     return _load(path, map_location)

@@ -1,10 +1,14 @@
 """The ``lowbit`` command line.
 
     lowbit train RECIPE [--epochs N] [--data-dir DIR] [--out DIR] [--seed S] [--set key=value ...] [--resume]
-    lowbit recipes
+    lowbit recipes [--show RECIPE]
+    lowbit export CHECKPOINT -o MODEL.lbt
+    lowbit eval MODEL.lbt|CHECKPOINT.pt [--data-dir DIR]     (accuracy, perplexity or bits per character)
+    lowbit summary RECIPE|CHECKPOINT
+    lowbit bench [--show NAME] [--results DIR] | --run [--quick]
 
-Subcommands register themselves in :data:`COMMANDS` (name -> (add_arguments, run)), so the runtime and
-other parts add theirs (``eval``, ``export``, ``summary``, ``bench``) without this file knowing them.
+Each subcommand is a function ``(parser) -> run(args)`` registered with ``@command`` in this file: the
+one command line of both halves. Everything heavy is imported inside ``run`` so ``lowbit --help`` is fast.
 Errors about the user's input (:class:`lowbit.errors.LowbitError`) print as one line and exit with 2.
 """
 
@@ -13,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .errors import LowbitError
+from .errors import CheckpointError, ConfigError, LowbitError
 
 COMMANDS: Dict[str, Tuple[str, Callable, Callable]] = {}
 
@@ -32,7 +38,7 @@ def command(name: str, help: str):
 
 @command("train", "train a recipe (writes metrics.json, checkpoint.pt, curves.png into --out)")
 def _train(p: argparse.ArgumentParser):
-    from .config import RECIPES
+    from .registry import RECIPES
 
     p.description = (
         "Train a recipe. Writes into --out: metrics.json (per-epoch loss/accuracy, wall time, the resolved "
@@ -53,8 +59,7 @@ def _train(p: argparse.ArgumentParser):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args) -> int:
-        from .config import apply_overrides, get_recipe
-        from .train import run as train_run
+        from .train import apply_overrides, get_recipe, run as train_run
 
         cfg = get_recipe(args.recipe)
         overrides = list(args.overrides)
@@ -80,35 +85,220 @@ def _recipes(p: argparse.ArgumentParser):
     p.add_argument("--show", metavar="RECIPE", help="print this recipe's configuration as JSON")
 
     def run(args) -> int:
-        from .config import RECIPES, get_recipe
+        from .registry import RECIPES
+        from .train import get_recipe
 
         if args.show:
             print(json.dumps(get_recipe(args.show).to_dict(), indent=2))
             return 0
-        for name in sorted(RECIPES):
+        width = max(map(len, RECIPES))
+        for name in RECIPES:
             doc = (RECIPES[name].__doc__ or "").strip().splitlines()[0]
-            print(f"{name:20s} {doc}")
+            print(f"{name:{width}s}  {doc}")
         return 0
 
     return run
 
 
-def _load_plugins() -> None:
-    """Import the modules that register recipes and subcommands."""
-    import importlib
+def _is_model_file(path: str) -> bool:
+    from .runtime.modelfile import MAGIC
 
-    from .config import load_recipes
-
-    load_recipes()
     try:
-        importlib.import_module("lowbit.runtime.cli")
-    except ModuleNotFoundError as exc:
-        if not (exc.name and "lowbit.runtime.cli".startswith(exc.name)):
-            raise
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        raise CheckpointError(f"{path} does not exist or cannot be read") from None
+
+
+@command("export", "export a training checkpoint to a bit-packed .lbt model file for the runtime")
+def _export(p):
+    p.add_argument("checkpoint", help="checkpoint.pt written by 'lowbit train'")
+    p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.lbt)")
+    p.add_argument("--calibration-batches", type=int, default=8,
+                   help="integer LSTM only: batches of training text used to calibrate ranges")
+    p.add_argument("--data-dir", help="integer LSTM only: data directory for calibration text")
+
+    def run(args) -> int:
+        from .export import export_checkpoint
+
+        report = export_checkpoint(args.checkpoint, args.output, data_dir=args.data_dir,
+                                   calibration_batches=args.calibration_batches)
+        print(f"wrote {report['model_file']}: {report['bytes']} bytes "
+              f"({report['ratio']:.1f}x smaller than the fp32 state_dict of {report['fp32_state_dict_bytes']} bytes)")
+        return 0
+
+    return run
+
+
+@command("eval", "score a .lbt model file (runtime, no torch) or a checkpoint.pt (PyTorch): accuracy, "
+                 "perplexity or bits per character")
+def _eval(p):
+    p.add_argument("model", help="a .lbt file from 'lowbit export' (runs the runtime, no torch) or a checkpoint.pt")
+    p.add_argument("--data-dir", help="dataset directory (default: $LOWBIT_DATA or ~/.cache/lowbit/data)")
+    p.add_argument("--dataset", help="image models: dataset to evaluate on (default: the one the model was trained on)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (default 1000); language models: columns (default: as in training)")
+    p.add_argument("--save-predictions", metavar="FILE.npy", help="image models: write the predicted class of every test image")
+
+    def run(args) -> int:
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if _is_model_file(args.model):
+            from .runtime import load
+
+            net = load(args.model)
+            if net.task == "lm":
+                return _eval_lm_model_file(args, net, f"lowbit runtime ({net.backend})")
+            return _eval_images(args, net.classify, args.dataset or net.meta.get("dataset"), "lowbit runtime")
+        import torch
+
+        from .train.checkpoint import load_checkpoint, read_checkpoint
+
+        cfg = read_checkpoint(args.model)["config"]
+        if cfg.get("task", "image") == "lm":
+            return _eval_lm_checkpoint(args, cfg)
+        if cfg.get("task", "image") != "image":
+            raise ConfigError(f"{args.model} is a {cfg.get('task')} model: evaluate it on its folders with "
+                              f"'lowbit train ... --resume' metrics, 'lowbit eval' reads in-memory datasets")
+        model = load_checkpoint(args.model)
+
+        def predict(x):
+            with torch.no_grad():
+                return model(torch.from_numpy(x).float()).argmax(1).numpy()
+
+        return _eval_images(args, predict, args.dataset or cfg.get("dataset"), "PyTorch")
+
+    return run
+
+
+def _eval_images(args, predict, dataset, engine: str) -> int:
+    import numpy as np
+
+    from .data import load_dataset
+    from .fileio import atomic_write
+
+    if not dataset:
+        raise ConfigError("the model does not say which dataset it was trained on: pass --dataset")
+    test = load_dataset(dataset, "test", data_dir=args.data_dir)
+    batch = args.batch_size or 1000
+    t = time.perf_counter()
+    preds = np.concatenate([predict(test.images[i:i + batch]) for i in range(0, len(test.labels), batch)])
+    elapsed = time.perf_counter() - t
+    acc = float((preds == test.labels).mean())
+    print(f"{engine}: {dataset} test accuracy {acc:.4f} ({int((preds == test.labels).sum())}/{len(preds)}) "
+          f"in {elapsed:.2f}s")
+    if args.save_predictions:
+        atomic_write(args.save_predictions, lambda f: np.save(f, preds.astype(np.int64)))
+        print(f"predictions written to {args.save_predictions}")
+    return 0
+
+
+def _print_lm(engine: str, level: str, loss: float, tokens: int, elapsed: float) -> None:
+    import math
+
+    unit = f"perplexity {math.exp(min(loss, 700.0)):.3f}" if level == "word" else f"bits per character {loss / math.log(2):.4f}"
+    print(f"{engine}: test {unit} (loss {loss:.4f} nats/token over {tokens} tokens) in {elapsed:.2f}s")
+
+
+def _eval_lm_model_file(args, net, engine: str) -> int:
+    from .data.text import load_corpus
+
+    if args.save_predictions:
+        raise ConfigError("--save-predictions is for image classifiers")
+    ev = net.meta.get("evaluation")
+    if not ev:
+        raise ConfigError(f"{args.model} does not record its training data (exported by an older lowbit or from a "
+                          f"bare LSTM): score a text with lowbit.runtime.load(...).perplexity(ids)")
+    corpus = load_corpus(ev["data"], args.data_dir)
+    if net.vocab is not None and corpus.vocab.tokens != net.vocab.tokens:
+        raise ConfigError(f"the data under {args.data_dir or 'the data directory'} has another vocabulary than "
+                          f"{args.model} was trained with")
+    t = time.perf_counter()
+    r = net.perplexity(corpus.test, batch_size=args.batch_size or int(ev["batch_size"]), bptt=int(ev["bptt"]))
+    _print_lm(engine, corpus.level, r["loss"], r["tokens"], time.perf_counter() - t)
+    return 0
+
+
+def _eval_lm_checkpoint(args, cfg) -> int:
+    from .models.lm import split_model_args
+    from .train.config import TrainConfig
+    from .train.tasks.lm import evaluate_lm, load_lm_checkpoint, load_lm_data, lm_columns
+
+    if args.save_predictions:
+        raise ConfigError("--save-predictions is for image classifiers")
+    model, vocab, _ = load_lm_checkpoint(args.model)
+    tc = TrainConfig.from_dict(cfg)
+    corpus = load_lm_data(tc, args.data_dir)
+    if corpus.vocab.tokens != vocab.tokens:
+        raise ConfigError(f"the data has another vocabulary than {args.model} was trained with")
+    bptt = int(split_model_args(cfg["model_args"])[1]["bptt"])
+    t = time.perf_counter()
+    data = lm_columns(corpus.test, args.batch_size or tc.eval_batch_size)
+    loss, _ = evaluate_lm(model, data, bptt, "cpu")
+    _print_lm("PyTorch", corpus.level, loss, int(data.size(0) - 1) * int(data.size(1)), time.perf_counter() - t)
+    return 0
+
+
+@command("summary", "per-layer bits, size, MACs and an energy estimate for a recipe or a checkpoint")
+def _summary(p):
+    p.add_argument("target", help="a recipe name (e.g. mnist-mlp) or a checkpoint.pt")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def run(args) -> int:
+        from .summary import format_summary, summarize_target
+
+        s = summarize_target(args.target)
+        print(json.dumps(s, indent=2) if args.json else format_summary(s, s["title"]))
+        return 0
+
+    return run
+
+
+@command("bench", "summarize the committed benchmark results (--show NAME: one in full), or run the runtime "
+                  "benchmark (--run)")
+def _bench(p):
+    p.add_argument("--run", action="store_true", help="measure now (minutes) instead of printing committed results")
+    p.add_argument("--show", metavar="NAME", help="print one results file in full (e.g. runtime, gemm)")
+    p.add_argument("--results", default=None,
+                   help="folder of results (default: $LOWBIT_BENCH_RESULTS, else benchmarks/results of the source "
+                        "checkout lowbit is imported from); with --run, where to write")
+    p.add_argument("--threads", type=int, default=None, help="threads for our kernels and for torch")
+    p.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats (with --run)")
+
+    def run(args) -> int:
+        if args.run:
+            from .bench import main as bench_main
+
+            argv = (["--quick"] if args.quick else []) + ([f"--threads={args.threads}"] if args.threads else []) \
+                + ([f"--out={args.results}"] if args.results else [])
+            return bench_main(argv)
+        from .benchmarking import RESULTS_ENV, results_dir, summarize_results
+
+        folder = Path(args.results) if args.results else results_dir()
+        files = sorted(folder.glob("*.md")) if folder is not None and folder.is_dir() else []
+        if not files:
+            where = (f"{folder}" if folder is not None else
+                     f"${RESULTS_ENV} (not set) and benchmarks/results beside the lowbit package "
+                     f"({Path(__file__).resolve().parents[2] / 'benchmarks' / 'results'}: not there; lowbit is "
+                     "installed without its source tree)")
+            raise ConfigError(f"no benchmark results in {where}. Measure them with 'lowbit bench --run' (writes "
+                              "runtime.json/.md; --results DIR chooses where), or clone the repository and run the "
+                              "scripts in benchmarks/; point --results or $" + RESULTS_ENV + " at the folder")
+        if args.show:
+            name = args.show[:-3] if args.show.endswith(".md") else args.show
+            chosen = [f for f in files if f.stem == name]
+            if not chosen:
+                raise ConfigError(f"no results named {args.show!r} in {folder}; there are: "
+                                  + ", ".join(f.stem for f in files))
+            print(chosen[0].read_text(), end="")
+            return 0
+        print(summarize_results(folder, files))
+        return 0
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    _load_plugins()
     parser = argparse.ArgumentParser(
         prog="lowbit",
         description="Train quantized neural networks (1 to 8 bits) in PyTorch and deploy them to a fast "

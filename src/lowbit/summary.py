@@ -45,7 +45,7 @@ def _mac_kind(wbits: int, abits: int) -> str:
 
 def summarize(model: nn.Module, input_shape) -> Dict:
     """Walk the model with one dummy input; one row per layer with weights."""
-    from .layers import QuantAct, QuantLayerMixin
+    from .nn.layers import QuantAct, QuantLayerMixin
 
     rows: List[Dict] = []
     act_bits = {"current": 8}  # lowbit models take 8-bit pixels
@@ -150,8 +150,8 @@ def format_summary(s: Dict, title: str = "") -> str:
 
 def summarize_target(target: str) -> Dict:
     """A recipe name or a checkpoint path -> summary dict (with 'title')."""
-    from .checkpoint import load_model_state, model_from_config, read_checkpoint
-    from .config import get_recipe
+    from .train.checkpoint import load_model_state, model_from_config, read_checkpoint
+    from .train.config import get_recipe
 
     if Path(target).is_file():
         data = read_checkpoint(target)

@@ -1,4 +1,8 @@
-"""Native kernels of lowbit's CPU runtime.
+"""Native kernels of lowbit's CPU runtime (NumPy + C, no torch).
+
+Every native extension is loaded by :mod:`lowbit.kernels.native`; they share one code-path setting, one
+thread setting and one CPU-feature report (:mod:`lowbit.kernels.dispatch`). The integer-LSTM kernels are
+:mod:`lowbit.kernels.intlstm`, imported on first use (the binary runtime does not need that extension).
 
 Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with run-time CPU dispatch
 (portable / popcnt / AVX2 / AVX-512 VPOPCNTDQ / + VNNI) and pthreads:
@@ -17,11 +21,15 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
   :func:`pack_levels` / :func:`prepare_levels` -> :class:`PackedLevels` and :func:`quant_matmul_packed`
   for operands packed once (:mod:`lowbit.kernels.quant`)
 * :func:`binary_matmul_naive` -- the deliberately naive reference kernel
-* :func:`available_paths`, :func:`active_path`, :func:`set_kernel_path` -- code path selection
-  (env ``LOWBIT_KERNEL_PATH``)
+* :func:`available_paths`, :func:`active_path`, :func:`set_kernel_path` -- code path selection for
+  every kernel (env ``LOWBIT_KERNEL_PATH``); :func:`cpu_features` -- the CPU features the kernels test
 * :func:`get_num_threads`, :func:`set_num_threads` -- default thread count (env ``LOWBIT_NUM_THREADS``)
 
 See :mod:`lowbit.kernels.binary` for the packed layout.
+
+GPU kernels (Triton, torch tensors) live in :mod:`lowbit.kernels.gpu`, which is not imported here (it
+needs torch, and triton on first use): ``binary_matmul``, ``quant_matmul`` (named level sets, 1-4 bits
+bit-serial), packing, the naive XNOR kernel and a float baseline GEMM; ``pip install 'lowbit[gpu]'``.
 """
 from .binary import (  # noqa: F401
     PreparedMatrix,
@@ -51,6 +59,7 @@ from .dispatch import (  # noqa: F401
     PATHS,
     active_path,
     available_paths,
+    cpu_features,
     get_num_threads,
     set_kernel_path,
     set_num_threads,
@@ -75,6 +84,7 @@ __all__ = [
     "binary_matmul_naive",
     "binary_matmul_packed",
     "binary_matmul_threshold",
+    "cpu_features",
     "get_num_threads",
     "pack_bits",
     "pack_signs",

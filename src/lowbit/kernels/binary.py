@@ -38,7 +38,7 @@ import threading
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from . import _bitgemm
+from .native import bitgemm as _bitgemm
 from .dispatch import active_path, path_id, resolve_threads
 
 _INT32_MAX = 2**31 - 1

@@ -1,24 +1,45 @@
-"""Run-time choice of the binary GEMM code path, and the thread count.
+"""Run-time choice of the kernel code path, the thread count, and the CPU-feature report.
 
-The C extension is built for the baseline ISA; its fast paths carry their own target attributes and
-are chosen at run time from what the CPU reports:
+One setting for every native kernel (the binary GEMM, the integer LSTM, ...): the extensions are built for
+the baseline ISA; their fast code carries its own target attributes and runs on the path chosen here from
+what the CPU reports (one enum and one CPU detection in ``csrc/lowbit_cpu.h``, compiled into each
+extension). Paths are nested, each implying the features of the ones before it:
 
 ``portable``
-    scalar ``__builtin_popcountll`` (any CPU)
+    plain C (any CPU)
 ``popcnt``
-    scalar, hardware POPCNT instruction (x86-64)
+    + hardware POPCNT (x86-64)
 ``avx2``
-    256-bit ``vpshufb`` nibble-lookup popcount (Mula), 2 x 4 register tile
+    + AVX2
 ``avx512``
-    512-bit ``vpopcntq`` (AVX-512 VPOPCNTDQ), 4 x 4 register tile
+    + AVX-512F and AVX-512 VPOPCNTDQ
 ``avx512vnni``
-    ``avx512`` plus AVX-512 VNNI and BW: the k-bit GEMM's int8 kernel uses ``vpdpbusd``
-    (:mod:`lowbit.kernels.quant`); binary products run the ``avx512`` kernels
+    + AVX-512 VNNI, BW and VL
+
+What each kernel family runs on each path:
+
+==========  ==================================================  ================================================
+path        binary GEMM (:mod:`~lowbit.kernels.binary`)         integer LSTM (:mod:`~lowbit.kernels.intlstm`)
+==========  ==================================================  ================================================
+portable    scalar ``__builtin_popcountll``                     scalar GEMM and step
+popcnt      scalar, POPCNT instruction                          scalar GEMM and step (nothing to count)
+avx2        ``vpshufb`` nibble-lookup popcount (Mula), 2 x 4    AVX2 GEMM (``vpmaddwd``, 2 x 4) and step
+avx512      ``vpopcntq``, 4 x 4                                 VNNI GEMM (``vpdpwssd``, 4 x 4) [#]_, AVX2 step
+avx512vnni  as ``avx512``                                       as ``avx512`` (VNNI GEMM)
+==========  ==================================================  ================================================
+
+.. [#] with AVX-512 BW, VL and VNNI, which every CPU of the avx512 path has but Knights Mill (AVX2 GEMM there)
+
+The k-bit GEMM (:mod:`~lowbit.kernels.quant`) runs its bit-serial AND-popcount kernel in scalar code on
+``portable`` (POPCNT instruction on ``popcnt``), AVX2 on ``avx2``, ``vpopcntq`` on ``avx512`` and above; its
+int8 kernel in scalar code below ``avx2``, ``vpmaddubsw`` + ``vpmaddwd`` on ``avx2`` and ``avx512`` (no VNNI
+assumed there) and ``vpdpbusd`` on ``avx512vnni``.
 
 By default the best path the CPU supports is used. ``LOWBIT_KERNEL_PATH=<name>`` in the environment,
 or :func:`set_kernel_path`, forces one (an error if the CPU lacks it). ``LOWBIT_NUM_THREADS`` or
-:func:`set_num_threads` sets the default thread count (else ``os.cpu_count()``). Environment values
-are read on first use, and a bad one raises :class:`lowbit.errors.ConfigError` then.
+:func:`set_num_threads` sets the default thread count (else ``os.cpu_count()``; the integer-LSTM kernels
+run on the calling thread). Environment values are read on first use, and a bad one raises
+:class:`lowbit.errors.ConfigError` then. :func:`cpu_features` reports the CPU features the kernels test.
 """
 from __future__ import annotations
 
@@ -27,7 +48,7 @@ import os
 import threading
 
 from ..errors import ConfigError
-from . import _bitgemm
+from .native import bitgemm as _bitgemm
 
 PATHS = tuple(_bitgemm.path_names())  # every path name, by id: portable, popcnt, avx2, avx512, avx512vnni
 
@@ -35,12 +56,19 @@ _lock = threading.Lock()
 _state = {"path": None, "threads": None}  # resolved lazily from the environment
 
 
+def cpu_features() -> tuple:
+    """Names of the CPU features the kernels test that this CPU has and the OS enables (GCC's spelling, e.g.
+    ``("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq", ...)``; empty off x86)."""
+    return tuple(_bitgemm.cpu_features())
+
+
 def available_paths() -> tuple:
     """Names of the code paths this CPU can run, slowest first (``"portable"`` is always there)."""
     return tuple(_bitgemm.supported_paths())
 
 
-def _check_path(name) -> str:
+def check_path(name) -> str:
+    """The path ``name`` names (case and spaces ignored); ConfigError if unknown or not run by this CPU."""
     if not isinstance(name, str) or name.strip().lower() not in PATHS:
         raise ConfigError(f"unknown kernel path {name!r}; choose one of {', '.join(PATHS)}")
     name = name.strip().lower()
@@ -58,7 +86,7 @@ def active_path() -> str:
             env = os.environ.get("LOWBIT_KERNEL_PATH", "").strip()
             if env and env.lower() != "auto":
                 try:
-                    _state["path"] = _check_path(env)
+                    _state["path"] = check_path(env)
                 except ConfigError as e:
                     raise ConfigError(f"LOWBIT_KERNEL_PATH: {e}") from None
             else:
@@ -72,7 +100,7 @@ def set_kernel_path(name) -> str:
     caller can restore it. Raises ConfigError for an unknown name or one the CPU cannot run."""
     previous = active_path()
     chosen = _bitgemm.best_path() if name is None or (isinstance(name, str) and name.strip().lower() == "auto") \
-        else _check_path(name)
+        else check_path(name)
     with _lock:
         _state["path"] = chosen
     return previous

@@ -47,7 +47,7 @@ import threading
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from . import _bitgemm
+from .native import bitgemm as _bitgemm
 from .binary import _aligned_bytes, _check_out, _to_numpy
 from .dispatch import active_path, path_id, resolve_threads
 from .levels import LevelSet, check_in_set, level_set

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from . import _bitgemm
+from .native import bitgemm as _bitgemm
 from .binary import _aligned_bytes, _to_numpy
 from .dispatch import active_path, path_id, resolve_threads
 

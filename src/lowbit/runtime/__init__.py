@@ -1,11 +1,34 @@
-"""Deployment runtime: ``.lbt`` model files and torch-free inference on lowbit's native kernels.
+"""Deployment runtime: model files and torch-free inference on lowbit's native kernels.
 
     from lowbit.runtime import load
     net = load("model.lbt")            # NumPy + the compiled extension; torch is not imported
     logits = net.predict(images_uint8)  # (N, C, H, W) 8-bit pixels -> float32 logits
 
-``lowbit export CHECKPOINT -o MODEL.lbt`` writes the file (:mod:`lowbit.runtime.export`, which needs torch).
+Every kind of model file loads through :func:`load`; :data:`MODEL_KINDS` maps the kind a file names to the
+class that runs it (``binary_sequential``: :class:`BinaryNetwork`, ops in :mod:`lowbit.runtime.ops`;
+``int_lstm``: :class:`lowbit.runtime.int_lstm.IntLSTM`). Each has ``task`` ("image" or "lm").
+``lowbit export CHECKPOINT -o MODEL.lbt`` writes the file (:mod:`lowbit.export`, which needs torch).
 """
+from __future__ import annotations
 
-from .engine import BinaryNetwork, load  # noqa: F401
+from pathlib import Path
+from typing import Union
+
+from ..errors import CheckpointError
+from .engine import BinaryNetwork
+from . import int_lstm
 from .modelfile import FORMAT_VERSION, load_model_file, save_model_file  # noqa: F401
+
+MODEL_KINDS = {
+    "binary_sequential": BinaryNetwork,  # (meta, arrays, path)
+    "int_lstm": int_lstm.from_parts,  # (meta, arrays, path, backend=..., kernel_path=...)
+}
+
+
+def load(path: Union[str, Path], **options):
+    """Load any ``.lbt`` model file for inference, without torch. ``options`` go to the model's class
+    (e.g. ``backend="numpy"`` for the integer LSTM's reference arithmetic)."""
+    kind, meta, arrays = load_model_file(path)
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"{path}: unknown model kind {kind!r} (known: {', '.join(MODEL_KINDS)})")
+    return MODEL_KINDS[kind](meta, arrays, str(path), **options)

@@ -1,0 +1,159 @@
+/*
+ * intlstm_gemm_avx2.c -- the integer LSTM's GEMM with AVX2 (avx2 and avx512 paths; see intlstm.h).
+ *
+ * A is sign-extended to int16 once (scratch, rows of Kp with zeros beyond K); W rows (int8, already padded
+ * with zeros to Kp) are sign-extended on the fly (vpmovsxbw from memory); vpmaddwd multiplies 16 int16
+ * pairs and adds adjacent products into 8 int32 lanes (exact: |products| <= 2^14). Register blocks of
+ * 2 A rows x 4 W rows (8 accumulators), 1 x 4 for a single row (batch 1). W is walked in blocks of rows
+ * that stay in L2 while every A row passes over them. The zero padding makes every row a whole number of
+ * 16-element steps, so there is no scalar tail.
+ *
+ * Compiled without -mavx2: every function carries target("avx2"), and the driver calls in only on a path
+ * lb_path_supported said the CPU runs.
+ */
+#include "intlstm.h"
+
+#if LB_X86
+#include <immintrin.h>
+
+/* 16 weights from row w at column k: int8 sign-extended on the fly (wsz 1), or already int16 (wsz 2) */
+__attribute__((target("avx2"))) static inline __m256i ldw(const char *w, int k, int wsz) {
+    if (wsz == 1) return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k)));
+    return _mm256_loadu_si256((const __m256i *)(w + 2 * (size_t)k));
+}
+
+__attribute__((target("avx2"))) static inline __m256i lda(const int16_t *p) {
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+__attribute__((target("avx2"))) static inline __m256i madd_acc(__m256i acc, __m256i a, __m256i w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, w));
+}
+
+/* the four horizontal sums of a, b, c, d as one vector */
+__attribute__((target("avx2"))) static inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i ab = _mm256_hadd_epi32(a, b);
+    __m256i cd = _mm256_hadd_epi32(c, d);
+    __m256i abcd = _mm256_hadd_epi32(ab, cd);
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
+__attribute__((target("avx2"))) static inline int32_t hsum1(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+__attribute__((target("avx2"), always_inline))
+static inline void gemm_avx2_block(const int16_t *A16, const char *W, int wsz, const int32_t *bias, int32_t *C, int M,
+                                   int N, int ldc, int Kp) {
+    const size_t ldw_bytes = (size_t)Kp * wsz;
+    int m = 0;
+    for (; m + 2 <= M; m += 2) {
+        const int16_t *a0 = A16 + (size_t)m * Kp, *a1 = a0 + Kp;
+        int32_t *c0 = C + (size_t)m * ldc, *c1 = c0 + ldc;
+        int n = 0;
+        for (; n + 4 <= N; n += 4) {
+            const char *w0 = W + n * ldw_bytes, *w1 = w0 + ldw_bytes, *w2 = w1 + ldw_bytes, *w3 = w2 + ldw_bytes;
+            __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s03 = s00;
+            __m256i s10 = s00, s11 = s00, s12 = s00, s13 = s00;
+            for (int k = 0; k < Kp; k += 16) {
+                __m256i x0 = lda(a0 + k), x1 = lda(a1 + k);
+                __m256i v = ldw(w0, k, wsz);
+                s00 = madd_acc(s00, x0, v);
+                s10 = madd_acc(s10, x1, v);
+                v = ldw(w1, k, wsz);
+                s01 = madd_acc(s01, x0, v);
+                s11 = madd_acc(s11, x1, v);
+                v = ldw(w2, k, wsz);
+                s02 = madd_acc(s02, x0, v);
+                s12 = madd_acc(s12, x1, v);
+                v = ldw(w3, k, wsz);
+                s03 = madd_acc(s03, x0, v);
+                s13 = madd_acc(s13, x1, v);
+            }
+            __m128i b = bias ? _mm_loadu_si128((const __m128i *)(bias + n)) : _mm_setzero_si128();
+            _mm_storeu_si128((__m128i *)(c0 + n), _mm_add_epi32(hsum4(s00, s01, s02, s03), b));
+            _mm_storeu_si128((__m128i *)(c1 + n), _mm_add_epi32(hsum4(s10, s11, s12, s13), b));
+        }
+        for (; n < N; n++) {
+            const char *w0 = W + n * ldw_bytes;
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+            for (int k = 0; k < Kp; k += 16) {
+                __m256i v = ldw(w0, k, wsz);
+                s0 = madd_acc(s0, lda(a0 + k), v);
+                s1 = madd_acc(s1, lda(a1 + k), v);
+            }
+            int32_t b = bias ? bias[n] : 0;
+            c0[n] = hsum1(s0) + b;
+            c1[n] = hsum1(s1) + b;
+        }
+    }
+    for (; m < M; m++) {
+        const int16_t *a0 = A16 + (size_t)m * Kp;
+        int32_t *c0 = C + (size_t)m * ldc;
+        int n = 0;
+        for (; n + 4 <= N; n += 4) {
+            const char *w0 = W + n * ldw_bytes, *w1 = w0 + ldw_bytes, *w2 = w1 + ldw_bytes, *w3 = w2 + ldw_bytes;
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+            for (int k = 0; k < Kp; k += 16) {
+                __m256i x0 = lda(a0 + k);
+                s0 = madd_acc(s0, x0, ldw(w0, k, wsz));
+                s1 = madd_acc(s1, x0, ldw(w1, k, wsz));
+                s2 = madd_acc(s2, x0, ldw(w2, k, wsz));
+                s3 = madd_acc(s3, x0, ldw(w3, k, wsz));
+            }
+            __m128i b = bias ? _mm_loadu_si128((const __m128i *)(bias + n)) : _mm_setzero_si128();
+            _mm_storeu_si128((__m128i *)(c0 + n), _mm_add_epi32(hsum4(s0, s1, s2, s3), b));
+        }
+        for (; n < N; n++) {
+            const char *w0 = W + n * ldw_bytes;
+            __m256i s0 = _mm256_setzero_si256();
+            for (int k = 0; k < Kp; k += 16) s0 = madd_acc(s0, lda(a0 + k), ldw(w0, k, wsz));
+            c0[n] = hsum1(s0) + (bias ? bias[n] : 0);
+        }
+    }
+}
+
+__attribute__((target("avx2"), always_inline))
+static inline void gemm_avx2_any(const int8_t *A, const char *W, int wsz, const int32_t *bias, int32_t *C, int M,
+                                 int N, int K, int16_t *scratch) {
+    const int K16 = K & ~15;
+    const int Kp = INTLSTM_KP(K);
+    for (int m = 0; m < M; m++) {
+        const int8_t *a = A + (size_t)m * K;
+        int16_t *d = scratch + (size_t)m * Kp;
+        int k = 0;
+        for (; k < K16; k += 16)
+            _mm256_storeu_si256((__m256i *)(d + k), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + k))));
+        for (; k < K; k++) d[k] = a[k];
+        for (; k < Kp; k++) d[k] = 0;
+    }
+    int nb = (96 * 1024) / (Kp > 0 ? Kp * wsz : 1);
+    nb = nb < 4 ? 4 : (nb & ~3);
+    for (int n0 = 0; n0 < N; n0 += nb) {
+        int nn = N - n0 < nb ? N - n0 : nb;
+        gemm_avx2_block(scratch, W + (size_t)n0 * Kp * wsz, wsz, bias ? bias + n0 : NULL, C + n0, M, nn, N, Kp);
+    }
+}
+
+/* the two instances: W int8 (packed rows), and W already widened to int16 (intlstm_layer_run) */
+__attribute__((target("avx2"))) static void gemm_w8(const intlstm_gemm_args *g)
+{
+    gemm_avx2_any(g->a, (const char *)g->w, 1, g->bias, g->c, g->m, g->n, g->k, g->scratch);
+}
+
+__attribute__((target("avx2"))) static void gemm_w16(const intlstm_gemm_args *g)
+{
+    gemm_avx2_any(g->a, (const char *)g->w, 2, g->bias, g->c, g->m, g->n, g->k, g->scratch);
+}
+
+void intlstm_gemm_avx2(const intlstm_gemm_args *g)
+{
+    if (g->wsz == 2)
+        gemm_w16(g);
+    else
+        gemm_w8(g);
+}
+#endif /* LB_X86 */

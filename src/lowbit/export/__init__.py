@@ -1,0 +1,34 @@
+"""The bridge between the halves: a trained PyTorch network -> a runtime model file.
+
+    lowbit export runs/x/checkpoint.pt -o model.lbt        (the command line)
+    from lowbit.export import export_checkpoint            (the same in Python)
+
+    image   binarized image classifiers: weights as packed bits, BN + sign folded into integer thresholds
+    lstm    post-training calibration of an LSTM language model to the integer-only LSTM
+
+This is the one place that imports both halves (torch models in, NumPy model files out); the runtime it
+writes for never imports from here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+PathLike = Union[str, Path]
+
+
+def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional[PathLike] = None,
+                      calibration_batches: int = 8) -> Dict[str, Any]:
+    """Export a ``lowbit train`` checkpoint to a model file, choosing the exporter by its task (language
+    models -> integer LSTM, calibrated on ``calibration_batches`` batches of its training text; image
+    classifiers -> binarized network). Returns a report (file, sizes)."""
+    from ..train.checkpoint import read_checkpoint
+
+    cfg = read_checkpoint(checkpoint)["config"]
+    if cfg.get("task") == "lm":
+        from .lstm import export_int_lstm_checkpoint
+
+        return export_int_lstm_checkpoint(checkpoint, output, data_dir=data_dir, batches=calibration_batches)
+    from .image import export_checkpoint as export_image
+
+    return export_image(checkpoint, output)

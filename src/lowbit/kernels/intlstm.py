@@ -1,0 +1,100 @@
+"""Integer-only LSTM kernels (extension ``_intlstm``): int8 GEMM and one LSTM layer over a sequence.
+
+The arithmetic (TensorFlow Lite's "8x8_16" LSTM) and its NumPy reference are in :mod:`lowbit.runtime.int_lstm`,
+which uses this module as its C backend; every path computes the same integers as the reference, bit for
+bit. The code path is the one of every native kernel, :func:`lowbit.kernels.active_path` (env
+``LOWBIT_KERNEL_PATH``, :func:`lowbit.kernels.set_kernel_path`); a call may name another with ``path=``.
+What runs on each path is the table in :mod:`lowbit.kernels.dispatch`. The kernels run on the calling
+thread (one layer step depends on the previous one; batches are small), with the GIL released.
+
+Arrays are NumPy arrays, C-contiguous and of the exact dtypes named below; the C side checks types, sizes
+and writability and raises TypeError / ValueError / BufferError naming the argument. Weights are "packed":
+int8 rows zero-padded to a multiple of 16 columns (:func:`lowbit.runtime.int_lstm.pack_rows`), so
+that every kernel step is whole.
+
+* :func:`gemm` -- ``a @ w.T + bias``, int8 x int8 -> int32
+* :func:`lstm_layer` -- one layer over (T, B, I) int8 inputs, updating the (h, c) state in place
+* :func:`lut`, :func:`rescale` -- the fixed-point primitives, for tests against the reference
+* :func:`resolve_path` -- the path a call with ``path=...`` runs
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from .dispatch import PATHS, active_path, check_path, path_id
+from .native import load
+
+_ext = load("_intlstm")
+if tuple(_ext.path_names()) != PATHS:  # both extensions compile the same lowbit_cpu.h; a mix of builds would not
+    raise ImportError(f"lowbit.kernels._intlstm has the kernel paths {_ext.path_names()}, _bitgemm {PATHS}: "
+                      "rebuild both ('pip install .')")
+
+LUT_SEGMENTS = 4096
+MAX_K = 65536
+
+_LEGACY_ENV = "LOWBIT_INTLSTM_PATH"
+_warned = []
+
+
+def _warn_legacy_env() -> None:
+    if not _warned and os.environ.get(_LEGACY_ENV, "").strip():
+        _warned.append(True)
+        warnings.warn(f"{_LEGACY_ENV} is no longer read: the integer LSTM runs on the path of every kernel, "
+                      "LOWBIT_KERNEL_PATH (or lowbit.kernels.set_kernel_path)", DeprecationWarning, stacklevel=3)
+
+
+def resolve_path(path=None) -> str:
+    """The path a kernel call with ``path`` runs: None or ``"auto"`` follow :func:`~lowbit.kernels.active_path`,
+    a name is checked against this CPU (ConfigError if unknown or unsupported)."""
+    _warn_legacy_env()
+    if path is None or (isinstance(path, str) and path.strip().lower() == "auto"):
+        return active_path()
+    return check_path(path)
+
+
+def gemm(a: np.ndarray, w_packed: np.ndarray, bias: np.ndarray, out: np.ndarray = None, *, path=None) -> np.ndarray:
+    """int32 ``a @ w.T + bias``: a int8 (M, K), w_packed int8 (N, round_up(K, 16)) (packed),
+    bias int32 (N); into ``out`` (int32 (M, N)) if given. Exact (K <= 65536)."""
+    m, k = a.shape
+    n = w_packed.shape[0]
+    if out is None:
+        out = np.empty((m, n), dtype=np.int32)
+    _ext.gemm(a, w_packed, bias, out, m, n, k, path_id(resolve_path(path)))
+    return out
+
+
+def lstm_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, lut_cell, h, c, y, *, z_h: int,
+               cell_frac_bits: int, hid_m0: int, hid_shift: int, cell_clip: int, path=None) -> None:
+    """Run one integer LSTM layer over a sequence.
+
+    x int8 (T, B, I); w_ih int8 (4H, round_up(I, 16)) and w_hh int8 (4H, round_up(H, 16)) packed; bias_x,
+    bias_h int32 (4H); qmul int32 (4, 4H) (m0_x, shift_x, m0_h, shift_h); the three tables int32
+    (LUT_SEGMENTS + 1). h int8 (B, H) and c int16 (B, H) hold the initial state and receive the final one;
+    y int8 (T, B, H) receives the hidden outputs. The scalars are those of :class:`lowbit.runtime.int_lstm.IntLSTMLayer`.
+    """
+    T, B, I = x.shape
+    H = h.shape[1]
+    _ext.lstm_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, lut_cell, h, c, y, (T, B, I, H),
+                    (z_h, cell_frac_bits, hid_m0, hid_shift, cell_clip), path_id(resolve_path(path)))
+
+
+def lut(table: np.ndarray, x: np.ndarray, out: np.ndarray = None) -> np.ndarray:
+    """int16 -> int16 through an interpolated activation table (int32 (LUT_SEGMENTS + 1), Q0.23)."""
+    if out is None:
+        out = np.empty_like(x)
+    _ext.lut(table, x, out)
+    return out
+
+
+def rescale(x: np.ndarray, m0: int, shift: int, out: np.ndarray = None) -> np.ndarray:
+    """int32 -> int32 multiplication by the quantized multiplier ``m0 * 2^(shift - 31)`` (single rounding)."""
+    if out is None:
+        out = np.empty_like(x)
+    _ext.rescale(x, m0, shift, out)
+    return out
+
+
+__all__ = ["LUT_SEGMENTS", "MAX_K", "gemm", "lstm_layer", "lut", "rescale", "resolve_path"]

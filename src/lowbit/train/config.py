@@ -1,0 +1,169 @@
+"""Training configuration: one dataclass, the recipes that fill it, and ``--set key=value`` overrides.
+
+A recipe is a named, complete configuration (dataset, model and its arguments, optimisation schedule).
+``--set`` changes any field (``--set epochs=5``, ``--set lr_start=0.01``) or any model argument
+(``--set model.hidden=1024``, ``--set model.channels=64,64,M,128,128,M``); the value is parsed to the type
+of the current value, and unknown keys or unparsable values are refused with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List
+
+from ..errors import ConfigError
+from ..registry import RECIPES, TASKS
+
+
+@dataclass
+class TrainConfig:
+    recipe: str
+    dataset: str
+    model: str
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 100
+    eval_batch_size: int = 1000
+    optimizer: str = "adam"
+    lr_start: float = 3e-3
+    lr_end: float = 3e-7
+    lr_scale: bool = True  # BinaryConnect per-layer LR scale for quantized weights
+    loss: str = "square_hinge"  # or "cross_entropy"
+    seed: int = 0
+    train_subset: int = 0  # use only the first N training images (0: all); for quick runs and tests
+    test_subset: int = 0
+    task: str = "image"  # which training loop: "image" classification (others register more)
+    pact_l2: float = 0.0  # L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)
+    bn_recalibrate: int = 0  # before each evaluation, re-estimate BN running statistics over this many training images (0: off)
+    data_workers: int = 2  # DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process
+    amp: str = "none"  # "bf16": forward under bfloat16 autocast (GEMMs/convs in bf16; quantizers stay float32)
+    compile: str = ""  # a torch.compile backend for the training forward ("inductor", "aot_eager"); "": eager
+
+    def to_dict(self) -> Dict[str, Any]:
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"configuration has unknown keys {sorted(unknown)}")
+        return cls(**copy.deepcopy(d))
+
+
+def recipe(name: str):
+    """Decorator registering a function that returns a fresh :class:`TrainConfig` as recipe ``name``
+    (:data:`lowbit.registry.RECIPES`; the built-ins live in :mod:`lowbit.train.recipes`)."""
+    return RECIPES.register(name)
+
+
+def get_recipe(name: str) -> TrainConfig:
+    return RECIPES.get(name)()
+
+
+# ---- value parsing for --set -------------------------------------------------------------------------
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_item(text: str):
+    text = text.strip()
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_value(text: str, like: Any) -> Any:
+    """Parse ``text`` into the type of ``like`` (the value it replaces)."""
+    if isinstance(like, bool):
+        return _parse_bool(text)
+    if isinstance(like, int):
+        return int(text)
+    if isinstance(like, float):
+        return float(text)
+    if isinstance(like, (list, tuple)):
+        text = text.strip()
+        if text.startswith("["):
+            items = json.loads(text)
+        else:
+            items = [_parse_item(t) for t in text.split(",") if t.strip()]
+        return list(items)
+    if like is None:
+        return _parse_item(text) if text.strip().lower() != "none" else None
+    return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides: List[str]) -> TrainConfig:
+    """Apply ``key=value`` strings to a copy of ``cfg``."""
+    cfg = TrainConfig.from_dict(cfg.to_dict())
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_args", "recipe"}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key.startswith("model."):
+            arg = key[len("model."):]
+            if arg not in cfg.model_args:
+                raise ConfigError(
+                    f"--set {key}: model {cfg.model!r} of recipe {cfg.recipe!r} has no argument {arg!r}; "
+                    f"known: {', '.join('model.' + k for k in sorted(cfg.model_args))}"
+                )
+            target, like = cfg.model_args, cfg.model_args[arg]
+            name = arg
+        elif key in top:
+            target, like, name = None, getattr(cfg, key), key
+        else:
+            raise ConfigError(
+                f"--set {key}: no such setting; known: {', '.join(sorted(top))}, "
+                f"{', '.join('model.' + k for k in sorted(cfg.model_args))}"
+            )
+        try:
+            value = parse_value(text, like)
+        except (ValueError, json.JSONDecodeError):
+            raise ConfigError(
+                f"--set {key}={text}: expected a value of type {type(like).__name__} (current: {like!r})"
+            ) from None
+        if target is None:
+            setattr(cfg, name, value)
+        else:
+            target[name] = value
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1 or cfg.eval_batch_size < 1:
+        raise ConfigError(f"batch sizes must be >= 1, got {cfg.batch_size}/{cfg.eval_batch_size}")
+    if cfg.train_subset < 0 or cfg.test_subset < 0:
+        raise ConfigError("train_subset and test_subset must be >= 0 (0 means all)")
+    if not (cfg.lr_start > 0 and cfg.lr_end > 0):
+        raise ConfigError(f"learning rates must be > 0, got lr_start={cfg.lr_start} lr_end={cfg.lr_end}")
+    if not cfg.pact_l2 >= 0:
+        raise ConfigError(f"pact_l2 must be >= 0, got {cfg.pact_l2}")
+    if cfg.bn_recalibrate < 0:
+        raise ConfigError(f"bn_recalibrate must be >= 0 (training images; 0: off), got {cfg.bn_recalibrate}")
+    if cfg.bn_recalibrate and cfg.task != "image":
+        raise ConfigError(f"bn_recalibrate is supported by the image task only; recipe {cfg.recipe!r} has task "
+                          f"{cfg.task!r}: set bn_recalibrate=0")
+    if cfg.amp not in ("none", "bf16"):
+        raise ConfigError(f"amp must be 'none' or 'bf16', got {cfg.amp!r}")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; known: {', '.join(TASKS)}")
+    if cfg.data_workers < 0:
+        raise ConfigError(f"data_workers must be >= 0, got {cfg.data_workers}")
