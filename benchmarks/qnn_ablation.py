@@ -329,7 +329,6 @@ def main(argv=None) -> int:
     if epochs < 1:
         p.error("--epochs must be >= 1")
 
-    from lowbit.train import recipes  # noqa: F401  (registers the -qnn recipes)
     from lowbit.train.config import apply_overrides, get_recipe
 
     tag = "quick" if args.quick else args.tag

@@ -18,6 +18,19 @@ def subprocess_env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
+def run_without_torch(code: str, timeout: int = 120):
+    """Run ``code`` in a fresh interpreter (source tree on the path) and check that it never imported torch:
+    the deployment half's promise. Returns the finished process (stdout captured)."""
+    import subprocess
+    import sys
+
+    check = "\nimport sys as _s\nassert 'torch' not in _s.modules, 'torch was imported'\n"
+    r = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, timeout=timeout,
+                       env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def _kernel_paths() -> list:
     try:
         from lowbit.kernels import available_paths

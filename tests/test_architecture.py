@@ -4,13 +4,12 @@ and on torch reaching the deployment half."""
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
+from conftest import run_without_torch
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "lowbit"
@@ -174,14 +173,7 @@ def test_numpy_data_loaders_and_base_import_no_torch():
 
 def test_importing_every_deployment_module_leaves_torch_unloaded():
     deploy = sorted(m for m in MODULES if _in(m, DEPLOYMENT) and not _in(m, GPU_KERNELS))
-    code = ("import importlib, sys\n"
-            f"for m in {deploy!r}:\n"
-            "    importlib.import_module(m)\n"
-            "import lowbit\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=subprocess_env())
-    assert r.returncode == 0, r.stderr
+    run_without_torch(f"import importlib, lowbit\nfor m in {deploy!r}:\n    importlib.import_module(m)\n")
 
 
 @pytest.mark.parametrize("layer", TRAINING_ORDER)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import subprocess_env
+from conftest import run_without_torch, subprocess_env
 from lowbit.errors import CheckpointError, ConfigError, DataError, ShapeError
 from lowbit.export.lstm import export_int_lstm, export_int_lstm_checkpoint
 from lowbit.models.lm import RNNLanguageModel
@@ -354,13 +354,7 @@ def test_runtime_does_not_import_torch(tmp_path):
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(6, 8)
     export_int_lstm(lstm, [torch.randn(10, 2, 6)], tmp_path / "m.lbt")
-    code = ("import sys, numpy as np\n"
-            "from lowbit.runtime.int_lstm import load_int_lstm\n"
-            f"m = load_int_lstm({str(tmp_path / 'm.lbt')!r})\n"
-            "y, _ = m.run_float(np.zeros((3, 1, 6), np.float32))\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "print(m.backend)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=subprocess_env())
-    assert r.returncode == 0, r.stderr
+    r = run_without_torch("import numpy as np\nfrom lowbit.runtime.int_lstm import load_int_lstm\n"
+                          f"m = load_int_lstm({str(tmp_path / 'm.lbt')!r})\n"
+                          "y, _ = m.run_float(np.zeros((3, 1, 6), np.float32))\nprint(m.backend)\n")
     assert r.stdout.strip() in ("numpy", *(f"c/{p}" for p in PATHS))

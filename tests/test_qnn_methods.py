@@ -562,7 +562,6 @@ def test_pact_l2_penalty_and_parameter():
 
 def test_training_loop_adds_pact_penalty(tmp_path):
     from lowbit.train.config import apply_overrides, get_recipe
-    from lowbit.train import recipes  # noqa: F401
     from lowbit.train import run
 
     def alphas(pact_l2):
@@ -641,7 +640,6 @@ def test_sawb_fit_reproduces_shipped_and_published_two_bit_coefficients():
 
 def test_spec_strings_and_overrides():
     from lowbit.train.config import apply_overrides, get_recipe
-    from lowbit.train import recipes  # noqa: F401
     from lowbit.train.checkpoint import model_from_config
 
     q = get_quantizer("linear:bits=3,mode=unsigned,max_value=2,rounding=stochastic")

@@ -15,7 +15,7 @@ The QNN variants are arguments too: k-bit quantizers by name (``weight_quantizer
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Union
+from typing import List, Sequence, Union
 
 from torch import nn
 

@@ -9,7 +9,7 @@ their training task :mod:`lowbit.train.tasks.imagenet`, their recipes ``imagenet
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 from torch import nn

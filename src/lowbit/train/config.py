@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 from ..errors import ConfigError
 from ..registry import RECIPES, TASKS

@@ -12,7 +12,7 @@ remember them:
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import List
 
 import torch
 from torch import nn
