@@ -44,10 +44,11 @@ static bg_dtype to_bg_dtype(int t)
 #define WORDS(bs, obj, name) lb_buf_get(bs, obj, name, LB_T_WORD64, 2, LB_BUF_ROWS)
 #define I32_OUT(bs, obj, name) lb_buf_get(bs, obj, name, LB_T_I32, 2, LB_BUF_WRITABLE | LB_BUF_ROWS)
 
-static int check_nthreads(int nthreads)
+/* k bits must fit W words per row and an int32 sum. */
+static int check_k(long long k, Py_ssize_t W)
 {
-    if (nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
+    if (k < 0 || k > 64LL * (long long)W || k > 0x7fffffffLL) {
+        PyErr_Format(PyExc_ValueError, "k=%lld does not fit %zd words per row (or int32 output)", k, W);
         return -1;
     }
     return 0;
@@ -70,16 +71,8 @@ static PyObject *py_pack(PyObject *self, PyObject *args)
         goto done;
     const size_t rows = (size_t)src->shape[0], k = (size_t)src->shape[1];
     const ptrdiff_t ldd = lb_buf_ld(dst);
-    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < (k + 63) / 64) {
-        PyErr_Format(PyExc_ValueError, "dst has shape (%zd, %zd), need (%zu, >= %zu)", dst->shape[0], dst->shape[1],
-                     rows, (k + 63) / 64);
-        goto done;
-    }
-    if (rows > 1 && dst->shape[1] > 0 && (ldd < dst->shape[1] && ldd > -dst->shape[1])) {
-        PyErr_SetString(PyExc_ValueError, "dst rows overlap");
-        goto done;
-    }
-    if (check_nthreads(nthreads) < 0)
+    if (lb_buf_expect_rows(dst, "dst", rows, (k + 63) / 64) < 0 ||
+        lb_buf_expect_disjoint(dst, "dst", ldd, dst->shape[1]) < 0 || lb_check_nthreads(nthreads) < 0)
         goto done;
     {
         bg_pack_args p;
@@ -94,16 +87,12 @@ static PyObject *py_pack(PyObject *self, PyObject *args)
         p.dwords = (size_t)dst->shape[1];
         p.check_pm1 = check;
         long long bad = -1;
-        if (rows > 0 && p.dwords > 0) {
-            Py_BEGIN_ALLOW_THREADS
-            bad = bg_pack(&p, nthreads);
-            Py_END_ALLOW_THREADS
-        }
+        if (rows > 0 && p.dwords > 0)
+            LB_NOGIL(bad = bg_pack(&p, nthreads));
         result = PyLong_FromLongLong(bad);
     }
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
@@ -120,15 +109,8 @@ static int gemm_operands(lb_bufset *bs, PyObject *oa, PyObject *ob, long long k,
         PyErr_Format(PyExc_ValueError, "a has %zd words per row, b has %zd", W, b->shape[1]);
         return -1;
     }
-    if (k < 0 || k > 64LL * (long long)W || k > 0x7fffffffLL) {
-        PyErr_Format(PyExc_ValueError, "k=%lld does not fit %zd words per row (or int32 output)", k, W);
+    if (check_k(k, W) < 0 || lb_buf_expect_shape(c, "out", a->shape[0], b->shape[0]) < 0)
         return -1;
-    }
-    if (c->shape[0] != a->shape[0] || c->shape[1] != b->shape[0]) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zd, %zd)", c->shape[0], c->shape[1],
-                     a->shape[0], b->shape[0]);
-        return -1;
-    }
     g->a = (const uint64_t *)a->buf;
     g->lda = lb_buf_ld(a);
     g->b = (const uint64_t *)b->buf;
@@ -142,6 +124,21 @@ static int gemm_operands(lb_bufset *bs, PyObject *oa, PyObject *ob, long long k,
     return 0;
 }
 
+/* gemm and gemm_naive: the operands, then the kernel (hw < 0: bg_gemm on path, else bg_gemm_naive). */
+static PyObject *run_gemm(PyObject *oa, PyObject *ob, long long k, PyObject *oc, int path, int nthreads, int hw)
+{
+    lb_bufset bs;
+    lb_bufset_init(&bs);
+    bg_gemm_args g;
+    if (gemm_operands(&bs, oa, ob, k, oc, &g) < 0)
+        return lb_bufset_return(&bs, NULL);
+    if (hw < 0)
+        LB_NOGIL(bg_gemm(&g, path, nthreads));
+    else
+        LB_NOGIL(bg_gemm_naive(&g, hw));
+    return lb_bufset_return(&bs, lb_none());
+}
+
 static PyObject *py_gemm(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -150,23 +147,9 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "OOLOii:gemm", &oa, &ob, &k, &oc, &path, &nthreads))
         return NULL;
-    if (path != LB_PATH_AUTO && lb_check_path_arg(path) < 0)
+    if ((path != LB_PATH_AUTO && lb_check_path_arg(path) < 0) || lb_check_nthreads(nthreads) < 0)
         return NULL;
-    if (check_nthreads(nthreads) < 0)
-        return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    bg_gemm_args g;
-    const int ok = gemm_operands(&bs, oa, ob, k, oc, &g) == 0;
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        bg_gemm(&g, path, nthreads);
-        Py_END_ALLOW_THREADS
-    }
-    lb_bufset_release(&bs);
-    if (!ok)
-        return NULL;
-    Py_RETURN_NONE;
+    return run_gemm(oa, ob, k, oc, path, nthreads, -1);
 }
 
 static PyObject *py_gemm_naive(PyObject *self, PyObject *args)
@@ -181,19 +164,7 @@ static PyObject *py_gemm_naive(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "this CPU has no POPCNT instruction");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    bg_gemm_args g;
-    const int ok = gemm_operands(&bs, oa, ob, k, oc, &g) == 0;
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        bg_gemm_naive(&g, hw);
-        Py_END_ALLOW_THREADS
-    }
-    lb_bufset_release(&bs);
-    if (!ok)
-        return NULL;
-    Py_RETURN_NONE;
+    return run_gemm(oa, ob, k, oc, LB_PATH_AUTO, 1, hw);
 }
 
 static PyObject *py_plan_threads(PyObject *self, PyObject *args)
@@ -236,7 +207,7 @@ static PyObject *py_prepare(PyObject *self, PyObject *args)
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads))
         return NULL;
-    if (lb_check_path_arg(path) < 0 || check_nthreads(nthreads) < 0)
+    if (lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     lb_bufset bs;
     lb_bufset_init(&bs);
@@ -244,22 +215,16 @@ static PyObject *py_prepare(PyObject *self, PyObject *args)
     Py_buffer *b = WORDS(&bs, ob, "b");
     if (!b)
         goto done;
-    if (k < 0 || k > 64LL * (long long)b->shape[1] || k > 0x7fffffffLL) {
-        PyErr_Format(PyExc_ValueError, "k=%lld does not fit %zd words per row (or int32 output)", k, b->shape[1]);
+    if (check_k(k, b->shape[1]) < 0)
         goto done;
-    }
     const size_t n = (size_t)b->shape[0];
     Py_buffer *dst = lb_buf_get_prep(&bs, odst, "dst", 1, bg_prepared_bytes(path, n, (size_t)k));
     if (!dst)
         goto done;
-    Py_BEGIN_ALLOW_THREADS
-    bg_prepare(path, (const uint64_t *)b->buf, lb_buf_ld(b), n, (size_t)k, dst->buf, nthreads);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    LB_NOGIL(bg_prepare(path, (const uint64_t *)b->buf, lb_buf_ld(b), n, (size_t)k, dst->buf, nthreads));
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
@@ -270,7 +235,7 @@ static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads))
         return NULL;
-    if (lb_check_path_arg(path) < 0 || check_nthreads(nthreads) < 0)
+    if (lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     lb_bufset bs;
     lb_bufset_init(&bs);
@@ -285,14 +250,10 @@ static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
     if (!prep)
         goto done;
     g.bprep = bytes ? prep->buf : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    bg_gemm(&g, path, nthreads);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    LB_NOGIL(bg_gemm(&g, path, nthreads));
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 /* ---- threshold epilogue ----------------------------------------------------------------------- */
@@ -319,7 +280,7 @@ static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads))
         return NULL;
-    if (lb_check_path_arg(path) < 0 || check_nthreads(nthreads) < 0)
+    if (lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     if (bias < -0x80000000LL || bias > 0x7fffffffLL) {
         PyErr_SetString(PyExc_ValueError, "bias must fit int32");
@@ -338,15 +299,9 @@ static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
     if (!out)
         goto done;
     const ptrdiff_t ldo = lb_buf_ld(out);
-    if (out->shape[0] != m || out->shape[1] != (n + 63) / 64) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zd, %zd)", out->shape[0], out->shape[1], m,
-                     (n + 63) / 64);
+    if (lb_buf_expect_shape(out, "out", m, (n + 63) / 64) < 0 ||
+        lb_buf_expect_disjoint(out, "out", ldo, out->shape[1]) < 0)
         goto done;
-    }
-    if (m > 1 && out->shape[1] > 0 && ldo < out->shape[1] && ldo > -out->shape[1]) {
-        PyErr_SetString(PyExc_ValueError, "out rows overlap");
-        goto done;
-    }
     {
         bg_threshold_args t;
         t.acc = (const int32_t *)acc->buf;
@@ -358,15 +313,11 @@ static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
         t.bias = (int32_t)bias;
         t.out = (uint64_t *)out->buf;
         t.ldo = ldo;
-        Py_BEGIN_ALLOW_THREADS
-        bg_threshold_pack(&t, path, nthreads);
-        Py_END_ALLOW_THREADS
+        LB_NOGIL(bg_threshold_pack(&t, path, nthreads));
     }
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 /* ---- first layer: uint8 x +-1 ----------------------------------------------------------------- */
@@ -399,15 +350,11 @@ static PyObject *py_u8_prepare(PyObject *self, PyObject *args)
     Py_buffer *dst = lb_buf_get_prep(&bs, odst, "dst", 1, bg_u8_prepared_bytes(n, k));
     if (!dst)
         goto done;
-    Py_BEGIN_ALLOW_THREADS
-    bg_u8_prepare((const int8_t *)w->buf, (ptrdiff_t)w->strides[0], (ptrdiff_t)w->strides[1], n, k,
-                  (int8_t *)dst->buf);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    LB_NOGIL(bg_u8_prepare((const int8_t *)w->buf, (ptrdiff_t)w->strides[0], (ptrdiff_t)w->strides[1], n, k,
+                           (int8_t *)dst->buf));
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
@@ -435,10 +382,8 @@ static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
     Py_buffer *c = wp ? I32_OUT(&bs, oc, "out") : NULL;
     if (!c)
         goto done;
-    if ((size_t)c->shape[0] != m || c->shape[1] != n) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zu, %zd)", c->shape[0], c->shape[1], m, n);
+    if (lb_buf_expect_shape(c, "out", (Py_ssize_t)m, n) < 0)
         goto done;
-    }
     if (k > 0 && (double)k * 255.0 > 2147483647.0) {
         PyErr_SetString(PyExc_ValueError, "k too large for int32 sums");
         goto done;
@@ -453,15 +398,11 @@ static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
         g.m = m;
         g.n = (size_t)n;
         g.k = k;
-        Py_BEGIN_ALLOW_THREADS
-        bg_u8_gemm(&g, path, nthreads);
-        Py_END_ALLOW_THREADS
+        LB_NOGIL(bg_u8_gemm(&g, path, nthreads));
     }
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 static PyMethodDef bitgemm_methods[] = {

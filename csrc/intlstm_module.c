@@ -24,15 +24,6 @@
 #include "lowbit_cpu_py.h"
 #include "pybuf.h"
 
-/* Returns the path to run, or -1 with an exception set. */
-static int resolve(int path)
-{
-    const int p = lb_resolve_path(path);
-    if (p < 0)
-        PyErr_Format(PyExc_ValueError, "kernel path %d is not available on this CPU", path);
-    return p;
-}
-
 /* A C-contiguous input (or, LB_BUF_WRITABLE, output) of `count` elements of `type`. */
 static Py_buffer *get(lb_bufset *bs, PyObject *obj, const char *name, lb_elem type, Py_ssize_t count, unsigned flags)
 {
@@ -50,7 +41,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     int path;
     if (!PyArg_ParseTuple(args, "OOOOnnni:gemm", &oa, &ow, &obias, &oout, &M, &N, &K, &path))
         return NULL;
-    if ((path = resolve(path)) < 0)
+    if ((path = lb_resolve_path_arg(path)) < 0)
         return NULL;
     if (M < 0 || N < 0 || K < 0 || K > INTLSTM_MAX_K || M > INT32_MAX / 2 || N > INT32_MAX / 2) {
         PyErr_Format(PyExc_ValueError, "gemm: bad sizes M=%zd N=%zd K=%zd (K <= %d)", M, N, K, INTLSTM_MAX_K);
@@ -71,16 +62,12 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
-    intlstm_gemm(path, (const int8_t *)a->buf, (const int8_t *)w->buf, (const int32_t *)bias->buf, (int32_t *)out->buf,
-                 (int)M, (int)N, (int)K, scratch);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    LB_NOGIL(intlstm_gemm(path, (const int8_t *)a->buf, (const int8_t *)w->buf, (const int32_t *)bias->buf,
+                          (int32_t *)out->buf, (int)M, (int)N, (int)K, scratch));
+    ret = lb_none();
 done:
     free(scratch);
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
 static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
@@ -93,7 +80,7 @@ static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
                           &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &T, &B, &I, &H, &z_h, &cs, &hid_m0, &hid_shift,
                           &cell_clip, &path))
         return NULL;
-    if ((path = resolve(path)) < 0)
+    if ((path = lb_resolve_path_arg(path)) < 0)
         return NULL;
     if (T < 0 || B < 0 || I < 1 || H < 1 || I > INTLSTM_MAX_K || H > INTLSTM_MAX_K || B > INT32_MAX / 8 / H ||
         T > INT32_MAX / 2 || (double)T * (double)B * (double)(I > H ? I : H) > (double)INT32_MAX * 1024.0) {
@@ -149,19 +136,11 @@ static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
     L.hid_shift = hid_shift;
     L.cell_clip = cell_clip;
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9], (int16_t *)p[10],
-                           (int8_t *)p[11]);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    LB_NOGIL(rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9], (int16_t *)p[10],
+                                    (int8_t *)p[11]));
+    ret = rc != 0 ? PyErr_NoMemory() : lb_none();
 done:
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
 static PyObject *py_lut(PyObject *self, PyObject *args)
@@ -184,11 +163,9 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
         int16_t *o = (int16_t *)out->buf;
         for (Py_ssize_t i = 0; i < x->len / 2; i++) o[i] = (int16_t)intlstm_lut16(tab, xv[i]);
     }
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    ret = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
 static PyObject *py_rescale(PyObject *self, PyObject *args)
@@ -214,11 +191,9 @@ static PyObject *py_rescale(PyObject *self, PyObject *args)
         int32_t *o = (int32_t *)out->buf;
         for (Py_ssize_t i = 0; i < x->len / 4; i++) o[i] = intlstm_rescale(xv[i], m0, shift);
     }
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    ret = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
 static PyMethodDef methods[] = {

@@ -68,118 +68,121 @@ static PyObject *py_panel_bytes(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(qg_panel_bytes((size_t)n, (size_t)k, store));
 }
 
+/* The three packers share one body: codes in, dst (its layout by `what`) and the optional row sums out. */
+enum { PACK_PLANES, PACK_A8, PACK_PANELS };
+
+typedef struct {
+    int what;
+    int bits;  /* PACK_PLANES */
+    int store; /* PACK_PANELS, with zb */
+    int zb;
+    int nthreads;
+} pack_spec;
+
+/* Acquires and checks dst for the packer; returns it, or NULL with an exception set. */
+static Py_buffer *pack_dst(lb_bufset *bs, PyObject *odst, const pack_spec *ps, size_t rows, size_t k)
+{
+    Py_buffer *dst;
+    switch (ps->what) {
+    case PACK_PLANES: {
+        const size_t words = qg_plane_words(k, ps->bits);
+        dst = lb_buf_get(bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS);
+        if (!dst || lb_buf_expect_rows(dst, "dst", rows, words) < 0)
+            return NULL;
+        if (rows > 1 && lb_buf_ld(dst) < (ptrdiff_t)words) {
+            PyErr_SetString(PyExc_ValueError, "dst rows overlap");
+            return NULL;
+        }
+        return dst;
+    }
+    case PACK_A8: {
+        const size_t stride = qg_a8_stride(k);
+        dst = CODES(bs, odst, "dst", LB_BUF_WRITABLE);
+        if (dst && ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < stride ||
+                    (rows > 1 && lb_buf_ld(dst) < (ptrdiff_t)stride))) {
+            PyErr_Format(PyExc_ValueError, "dst must have shape (%zu, >= %zu) and disjoint rows", rows, stride);
+            return NULL;
+        }
+        return dst;
+    }
+    default:
+        return lb_buf_get_prep(bs, odst, "dst", 1, qg_panel_bytes(rows, k, ps->store));
+    }
+}
+
+static PyObject *pack_codes(PyObject *ox, PyObject *odst, PyObject *osums, const pack_spec *ps)
+{
+    lb_bufset bs;
+    lb_bufset_init(&bs);
+    PyObject *result = NULL;
+    int ok;
+    Py_buffer *x = CODES(&bs, ox, "codes", 0);
+    if (!x)
+        goto done;
+    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1];
+    const uint8_t *src = (const uint8_t *)x->buf;
+    const ptrdiff_t lds = lb_buf_ld(x);
+    Py_buffer *dst = pack_dst(&bs, odst, ps, rows, k);
+    if (!dst)
+        goto done;
+    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
+    if (!ok)
+        goto done;
+    const ptrdiff_t ldd = ps->what == PACK_PANELS ? 0 : lb_buf_ld(dst);
+    void *d = dst->buf;
+    switch (ps->what) {
+    case PACK_PLANES:
+        LB_NOGIL(qg_pack_planes(src, lds, rows, k, ps->bits, (uint64_t *)d, ldd, sums, ps->nthreads));
+        break;
+    case PACK_A8:
+        LB_NOGIL(qg_pack_a8(src, lds, rows, k, (uint8_t *)d, ldd, sums, ps->nthreads));
+        break;
+    default:
+        LB_NOGIL(qg_pack_panels(src, lds, rows, k, ps->store, ps->zb, (uint8_t *)d, sums));
+    }
+    result = lb_none();
+done:
+    return lb_bufset_return(&bs, result);
+}
+
 static PyObject *py_pack_planes(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *ox, *odst, *osums;
-    int bits, nthreads, ok;
-    if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &bits, &odst, &osums, &nthreads))
+    pack_spec ps = {PACK_PLANES, 0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &ps.bits, &odst, &osums, &ps.nthreads))
         return NULL;
-    if (bits < 1 || bits > 8 || nthreads < 1) {
+    if (ps.bits < 1 || ps.bits > 8 || ps.nthreads < 1) {
         PyErr_SetString(PyExc_ValueError, "qg_pack_planes: bits must be 1..8, nthreads >= 1");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    PyObject *result = NULL;
-    Py_buffer *x = CODES(&bs, ox, "codes", 0);
-    Py_buffer *dst = x ? lb_buf_get(&bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
-    if (!dst)
-        goto done;
-    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1], words = qg_plane_words(k, bits);
-    const ptrdiff_t ldd = lb_buf_ld(dst);
-    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < words) {
-        PyErr_Format(PyExc_ValueError, "dst has shape (%zd, %zd), need (%zu, >= %zu)", dst->shape[0], dst->shape[1],
-                     rows, words);
-        goto done;
-    }
-    if (rows > 1 && ldd < (ptrdiff_t)words) {
-        PyErr_SetString(PyExc_ValueError, "dst rows overlap");
-        goto done;
-    }
-    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
-    if (!ok)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    qg_pack_planes((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, bits, (uint64_t *)dst->buf, ldd, sums, nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    lb_bufset_release(&bs);
-    return result;
+    return pack_codes(ox, odst, osums, &ps);
 }
 
 static PyObject *py_pack_a8(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *ox, *odst, *osums;
-    int nthreads, ok;
-    if (!PyArg_ParseTuple(args, "OOOi:qg_pack_a8", &ox, &odst, &osums, &nthreads))
+    pack_spec ps = {PACK_A8, 0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OOOi:qg_pack_a8", &ox, &odst, &osums, &ps.nthreads) ||
+        lb_check_nthreads(ps.nthreads) < 0)
         return NULL;
-    if (nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
-        return NULL;
-    }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    PyObject *result = NULL;
-    Py_buffer *x = CODES(&bs, ox, "codes", 0);
-    Py_buffer *dst = x ? CODES(&bs, odst, "dst", LB_BUF_WRITABLE) : NULL;
-    if (!dst)
-        goto done;
-    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1];
-    const ptrdiff_t ldd = lb_buf_ld(dst);
-    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < qg_a8_stride(k) ||
-        (rows > 1 && ldd < (ptrdiff_t)qg_a8_stride(k))) {
-        PyErr_Format(PyExc_ValueError, "dst must have shape (%zu, >= %zu) and disjoint rows", rows, qg_a8_stride(k));
-        goto done;
-    }
-    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
-    if (!ok)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    qg_pack_a8((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, (uint8_t *)dst->buf, ldd, sums, nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    lb_bufset_release(&bs);
-    return result;
+    return pack_codes(ox, odst, osums, &ps);
 }
 
 static PyObject *py_pack_panels(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *ox, *odst, *osums;
-    int store, zb, ok;
-    if (!PyArg_ParseTuple(args, "OiiOO:qg_pack_panels", &ox, &store, &zb, &odst, &osums))
+    pack_spec ps = {PACK_PANELS, 0, 0, 0, 1};
+    if (!PyArg_ParseTuple(args, "OiiOO:qg_pack_panels", &ox, &ps.store, &ps.zb, &odst, &osums))
         return NULL;
-    if ((store != 2 && store != 4 && store != 8) || zb < 0 || zb > 255 || (store != 8 && zb != 0)) {
+    if ((ps.store != 2 && ps.store != 4 && ps.store != 8) || ps.zb < 0 || ps.zb > 255 ||
+        (ps.store != 8 && ps.zb != 0)) {
         PyErr_SetString(PyExc_ValueError, "qg_pack_panels: store must be 2, 4 or 8; zb 0..255 (0 below 8)");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    PyObject *result = NULL;
-    Py_buffer *x = CODES(&bs, ox, "codes", 0);
-    if (!x)
-        goto done;
-    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1];
-    Py_buffer *dst = lb_buf_get_prep(&bs, odst, "dst", 1, qg_panel_bytes(rows, k, store));
-    if (!dst)
-        goto done;
-    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
-    if (!ok)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    qg_pack_panels((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, store, zb, (uint8_t *)dst->buf, sums);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    lb_bufset_release(&bs);
-    return result;
+    return pack_codes(ox, odst, osums, &ps);
 }
 
 static int check_kind_bits(int kind, int abits, int bbits, int bstore)
@@ -251,10 +254,8 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
     Py_buffer *c = lb_buf_get(&bs, oc, "out", LB_T_I32, 2, LB_BUF_WRITABLE | LB_BUF_ROWS);
     if (!c)
         goto done;
-    if ((size_t)c->shape[0] != m || c->shape[1] != n) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zu, %zd)", c->shape[0], c->shape[1], m, n);
+    if (lb_buf_expect_shape(c, "out", (Py_ssize_t)m, n) < 0)
         goto done;
-    }
     {
         qg_args g;
         g.kind = kind;
@@ -277,15 +278,11 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
         g.sumb = sumb;
         g.c = (int32_t *)c->buf;
         g.ldc = lb_buf_ld(c);
-        Py_BEGIN_ALLOW_THREADS
-        qg_gemm(&g, path, nthreads);
-        Py_END_ALLOW_THREADS
+        LB_NOGIL(qg_gemm(&g, path, nthreads));
     }
-    result = Py_None;
-    Py_INCREF(result);
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 static PyObject *py_qg_plan_threads(PyObject *self, PyObject *args)
