@@ -55,9 +55,8 @@ static int check_k(long long k, Py_ssize_t W)
 }
 
 /* ---- pack ------------------------------------------------------------------------------------- */
-static PyObject *py_pack(PyObject *self, PyObject *args)
+static PyObject *py_pack(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *osrc, *odst;
     int check, nthreads;
     if (!PyArg_ParseTuple(args, "OOpi:pack", &osrc, &odst, &check, &nthreads))
@@ -75,17 +74,10 @@ static PyObject *py_pack(PyObject *self, PyObject *args)
         lb_buf_expect_disjoint(dst, "dst", ldd, dst->shape[1]) < 0 || lb_check_nthreads(nthreads) < 0)
         goto done;
     {
-        bg_pack_args p;
-        p.src = (const char *)src->buf;
-        p.s0 = (ptrdiff_t)src->strides[0];
-        p.s1 = (ptrdiff_t)src->strides[1];
-        p.dtype = to_bg_dtype(lb_buf_elem(src));
-        p.rows = rows;
-        p.k = k;
-        p.dst = (uint64_t *)dst->buf;
-        p.ldd = ldd;
-        p.dwords = (size_t)dst->shape[1];
-        p.check_pm1 = check;
+        const bg_pack_args p = {.src = (const char *)src->buf, .s0 = (ptrdiff_t)src->strides[0],
+                                .s1 = (ptrdiff_t)src->strides[1], .dtype = to_bg_dtype(lb_buf_elem(src)),
+                                .rows = rows, .k = k, .dst = (uint64_t *)dst->buf, .ldd = ldd,
+                                .dwords = (size_t)dst->shape[1], .check_pm1 = check};
         long long bad = -1;
         if (rows > 0 && p.dwords > 0)
             LB_NOGIL(bad = bg_pack(&p, nthreads));
@@ -111,16 +103,9 @@ static int gemm_operands(lb_bufset *bs, PyObject *oa, PyObject *ob, long long k,
     }
     if (check_k(k, W) < 0 || lb_buf_expect_shape(c, "out", a->shape[0], b->shape[0]) < 0)
         return -1;
-    g->a = (const uint64_t *)a->buf;
-    g->lda = lb_buf_ld(a);
-    g->b = (const uint64_t *)b->buf;
-    g->ldb = lb_buf_ld(b);
-    g->c = (int32_t *)c->buf;
-    g->ldc = lb_buf_ld(c);
-    g->m = (size_t)a->shape[0];
-    g->n = (size_t)b->shape[0];
-    g->k = (size_t)k;
-    g->bprep = NULL;
+    *g = (bg_gemm_args){.a = (const uint64_t *)a->buf, .lda = lb_buf_ld(a), .b = (const uint64_t *)b->buf,
+                        .ldb = lb_buf_ld(b), .c = (int32_t *)c->buf, .ldc = lb_buf_ld(c), .m = (size_t)a->shape[0],
+                        .n = (size_t)b->shape[0], .k = (size_t)k, .bprep = NULL};
     return 0;
 }
 
@@ -139,9 +124,8 @@ static PyObject *run_gemm(PyObject *oa, PyObject *ob, long long k, PyObject *oc,
     return lb_bufset_return(&bs, lb_none());
 }
 
-static PyObject *py_gemm(PyObject *self, PyObject *args)
+static PyObject *py_gemm(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ob, *oc;
     long long k;
     int path, nthreads;
@@ -152,9 +136,8 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     return run_gemm(oa, ob, k, oc, path, nthreads, -1);
 }
 
-static PyObject *py_gemm_naive(PyObject *self, PyObject *args)
+static PyObject *py_gemm_naive(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ob, *oc;
     long long k;
     int hw;
@@ -167,9 +150,8 @@ static PyObject *py_gemm_naive(PyObject *self, PyObject *args)
     return run_gemm(oa, ob, k, oc, LB_PATH_AUTO, 1, hw);
 }
 
-static PyObject *py_plan_threads(PyObject *self, PyObject *args)
+static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t m, n, k;
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "nnnii:plan_threads", &m, &n, &k, &path, &nthreads))
@@ -185,9 +167,8 @@ static PyObject *py_plan_threads(PyObject *self, PyObject *args)
 }
 
 /* ---- prepared B ------------------------------------------------------------------------------- */
-static PyObject *py_prepared_bytes(PyObject *self, PyObject *args)
+static PyObject *py_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     int path;
     Py_ssize_t n, k;
     if (!PyArg_ParseTuple(args, "inn:prepared_bytes", &path, &n, &k))
@@ -199,15 +180,13 @@ static PyObject *py_prepared_bytes(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(bg_prepared_bytes(path, (size_t)n, (size_t)k));
 }
 
-static PyObject *py_prepare(PyObject *self, PyObject *args)
+static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ob, *odst;
     long long k;
     int path, nthreads;
-    if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads))
-        return NULL;
-    if (lb_check_path_nthreads(path, nthreads) < 0)
+    if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads) ||
+        lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     lb_bufset bs;
     lb_bufset_init(&bs);
@@ -227,15 +206,13 @@ done:
     return lb_bufset_return(&bs, result);
 }
 
-static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
+static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ob, *oprep, *oc;
     long long k;
     int path, nthreads;
-    if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads))
-        return NULL;
-    if (lb_check_path_nthreads(path, nthreads) < 0)
+    if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads) ||
+        lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     lb_bufset bs;
     lb_bufset_init(&bs);
@@ -272,15 +249,13 @@ static Py_buffer *get_vec_i32(lb_bufset *bs, PyObject *obj, Py_ssize_t n, const 
     return lb_buf_check(v, what, LB_T_I32, 1, LB_BUF_CONTIG) < 0 ? NULL : v; /* (alignment) */
 }
 
-static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
+static PyObject *py_threshold_pack(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oacc, *osign, *othr, *oout;
     long long bias;
     int path, nthreads;
-    if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads))
-        return NULL;
-    if (lb_check_path_nthreads(path, nthreads) < 0)
+    if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads) ||
+        lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     if (bias < -0x80000000LL || bias > 0x7fffffffLL) {
         PyErr_SetString(PyExc_ValueError, "bias must fit int32");
@@ -303,16 +278,10 @@ static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
         lb_buf_expect_disjoint(out, "out", ldo, out->shape[1]) < 0)
         goto done;
     {
-        bg_threshold_args t;
-        t.acc = (const int32_t *)acc->buf;
-        t.ldacc = lb_buf_ld(acc);
-        t.m = (size_t)m;
-        t.n = (size_t)n;
-        t.sign = (const int32_t *)sign->buf;
-        t.thr = (const int32_t *)thr->buf;
-        t.bias = (int32_t)bias;
-        t.out = (uint64_t *)out->buf;
-        t.ldo = ldo;
+        const bg_threshold_args t = {.acc = (const int32_t *)acc->buf, .ldacc = lb_buf_ld(acc), .m = (size_t)m,
+                                     .n = (size_t)n, .sign = (const int32_t *)sign->buf,
+                                     .thr = (const int32_t *)thr->buf, .bias = (int32_t)bias,
+                                     .out = (uint64_t *)out->buf, .ldo = ldo};
         LB_NOGIL(bg_threshold_pack(&t, path, nthreads));
     }
     result = lb_none();
@@ -321,9 +290,8 @@ done:
 }
 
 /* ---- first layer: uint8 x +-1 ----------------------------------------------------------------- */
-static PyObject *py_u8_prepared_bytes(PyObject *self, PyObject *args)
+static PyObject *py_u8_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t n, k;
     if (!PyArg_ParseTuple(args, "nn:u8_prepared_bytes", &n, &k))
         return NULL;
@@ -334,9 +302,8 @@ static PyObject *py_u8_prepared_bytes(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(bg_u8_prepared_bytes((size_t)n, (size_t)k));
 }
 
-static PyObject *py_u8_prepare(PyObject *self, PyObject *args)
+static PyObject *py_u8_prepare(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ow, *odst;
     if (!PyArg_ParseTuple(args, "OO:u8_prepare", &ow, &odst))
         return NULL;
@@ -357,9 +324,8 @@ done:
     return lb_bufset_return(&bs, result);
 }
 
-static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
+static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ox, *owp, *oc;
     Py_ssize_t n;
     int path, nthreads;
@@ -389,15 +355,8 @@ static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
         goto done;
     }
     {
-        bg_u8_args g;
-        g.x = (const uint8_t *)x->buf;
-        g.ldx = lb_buf_ld(x);
-        g.wp = (const int8_t *)wp->buf;
-        g.c = (int32_t *)c->buf;
-        g.ldc = lb_buf_ld(c);
-        g.m = m;
-        g.n = (size_t)n;
-        g.k = k;
+        const bg_u8_args g = {.x = (const uint8_t *)x->buf, .ldx = lb_buf_ld(x), .wp = (const int8_t *)wp->buf,
+                              .c = (int32_t *)c->buf, .ldc = lb_buf_ld(c), .m = m, .n = (size_t)n, .k = k};
         LB_NOGIL(bg_u8_gemm(&g, path, nthreads));
     }
     result = lb_none();

@@ -33,9 +33,8 @@ static Py_buffer *get(lb_bufset *bs, PyObject *obj, const char *name, lb_elem ty
     return v;
 }
 
-static PyObject *py_gemm(PyObject *self, PyObject *args)
+static PyObject *py_gemm(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ow, *obias, *oout;
     Py_ssize_t M, N, K;
     int path;
@@ -70,9 +69,8 @@ done:
     return lb_bufset_return(&bs, ret);
 }
 
-static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
+static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *o[12];
     Py_ssize_t T, B, I, H;
     int z_h, cs, hid_m0, hid_shift, cell_clip, path;
@@ -119,22 +117,12 @@ static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
             }
         }
     }
-    intlstm_layer L;
-    L.w_ih = (const int8_t *)p[1];
-    L.w_hh = (const int8_t *)p[2];
-    L.bias_x = (const int32_t *)p[3];
-    L.bias_h = (const int32_t *)p[4];
-    L.qmul = (const int32_t *)p[5];
-    L.lut_sig = (const int32_t *)p[6];
-    L.lut_tanh = (const int32_t *)p[7];
-    L.lut_cell = (const int32_t *)p[8];
-    L.I = (int)I;
-    L.H = (int)H;
-    L.z_h = z_h;
-    L.cell_frac_bits = cs;
-    L.hid_m0 = hid_m0;
-    L.hid_shift = hid_shift;
-    L.cell_clip = cell_clip;
+    const intlstm_layer L = {.w_ih = (const int8_t *)p[1], .w_hh = (const int8_t *)p[2],
+                             .bias_x = (const int32_t *)p[3], .bias_h = (const int32_t *)p[4],
+                             .qmul = (const int32_t *)p[5], .lut_sig = (const int32_t *)p[6],
+                             .lut_tanh = (const int32_t *)p[7], .lut_cell = (const int32_t *)p[8], .I = (int)I,
+                             .H = (int)H, .z_h = z_h, .cell_frac_bits = cs, .hid_m0 = hid_m0,
+                             .hid_shift = hid_shift, .cell_clip = cell_clip};
     int rc;
     LB_NOGIL(rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9], (int16_t *)p[10],
                                     (int8_t *)p[11]));
@@ -143,9 +131,8 @@ done:
     return lb_bufset_return(&bs, ret);
 }
 
-static PyObject *py_lut(PyObject *self, PyObject *args)
+static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ot, *ox, *oout;
     if (!PyArg_ParseTuple(args, "OOO:lut", &ot, &ox, &oout))
         return NULL;
@@ -168,9 +155,8 @@ done:
     return lb_bufset_return(&bs, ret);
 }
 
-static PyObject *py_rescale(PyObject *self, PyObject *args)
+static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ox, *oout;
     int m0, shift;
     if (!PyArg_ParseTuple(args, "OiiO:rescale", &ox, &m0, &shift, &oout))

@@ -38,9 +38,8 @@ static int32_t *get_sums(lb_bufset *bs, PyObject *obj, Py_ssize_t n, unsigned fl
     return v ? (int32_t *)v->buf : NULL;
 }
 
-static PyObject *py_plane_words(PyObject *self, PyObject *args)
+static PyObject *py_plane_words(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t k;
     int bits;
     if (!PyArg_ParseTuple(args, "ni:qg_plane_words", &k, &bits) || k < 0 || bits < 1 || bits > 8)
@@ -48,18 +47,16 @@ static PyObject *py_plane_words(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(qg_plane_words((size_t)k, bits));
 }
 
-static PyObject *py_a8_stride(PyObject *self, PyObject *args)
+static PyObject *py_a8_stride(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t k;
     if (!PyArg_ParseTuple(args, "n:qg_a8_stride", &k) || k < 0)
         return PyErr_Occurred() ? NULL : (PyErr_SetString(PyExc_ValueError, "bad argument"), NULL);
     return PyLong_FromSize_t(qg_a8_stride((size_t)k));
 }
 
-static PyObject *py_panel_bytes(PyObject *self, PyObject *args)
+static PyObject *py_panel_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t n, k;
     int store;
     if (!PyArg_ParseTuple(args, "nni:qg_panel_bytes", &n, &k, &store) || n < 0 || k < 0 ||
@@ -145,9 +142,8 @@ done:
     return lb_bufset_return(&bs, result);
 }
 
-static PyObject *py_pack_planes(PyObject *self, PyObject *args)
+static PyObject *py_pack_planes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ox, *odst, *osums;
     pack_spec ps = {PACK_PLANES, 0, 0, 0, 0};
     if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &ps.bits, &odst, &osums, &ps.nthreads))
@@ -159,9 +155,8 @@ static PyObject *py_pack_planes(PyObject *self, PyObject *args)
     return pack_codes(ox, odst, osums, &ps);
 }
 
-static PyObject *py_pack_a8(PyObject *self, PyObject *args)
+static PyObject *py_pack_a8(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ox, *odst, *osums;
     pack_spec ps = {PACK_A8, 0, 0, 0, 0};
     if (!PyArg_ParseTuple(args, "OOOi:qg_pack_a8", &ox, &odst, &osums, &ps.nthreads) ||
@@ -170,9 +165,8 @@ static PyObject *py_pack_a8(PyObject *self, PyObject *args)
     return pack_codes(ox, odst, osums, &ps);
 }
 
-static PyObject *py_pack_panels(PyObject *self, PyObject *args)
+static PyObject *py_pack_panels(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ox, *odst, *osums;
     pack_spec ps = {PACK_PANELS, 0, 0, 0, 1};
     if (!PyArg_ParseTuple(args, "OiiOO:qg_pack_panels", &ox, &ps.store, &ps.zb, &odst, &osums))
@@ -197,9 +191,8 @@ static int check_kind_bits(int kind, int abits, int bbits, int bstore)
     return ok ? 0 : -1;
 }
 
-static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
+static PyObject *py_qg_gemm(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ob, *osa, *osb, *oc;
     int kind, abits, bbits, bstore, sa, oa_, sb, ob_, zb, path, nthreads;
     Py_ssize_t n, k;
@@ -257,27 +250,10 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
     if (lb_buf_expect_shape(c, "out", (Py_ssize_t)m, n) < 0)
         goto done;
     {
-        qg_args g;
-        g.kind = kind;
-        g.m = m;
-        g.n = (size_t)n;
-        g.k = (size_t)k;
-        g.a = a->buf;
-        g.lda = lb_buf_ld(a);
-        g.abits = abits;
-        g.b = b->buf;
-        g.ldb = ldb;
-        g.bbits = bbits;
-        g.bstore = bstore;
-        g.sa = sa;
-        g.oa = oa_;
-        g.sb = sb;
-        g.ob = ob_;
-        g.zb = zb;
-        g.suma = suma;
-        g.sumb = sumb;
-        g.c = (int32_t *)c->buf;
-        g.ldc = lb_buf_ld(c);
+        const qg_args g = {.kind = kind, .m = m, .n = (size_t)n, .k = (size_t)k, .a = a->buf, .lda = lb_buf_ld(a),
+                           .abits = abits, .b = b->buf, .ldb = ldb, .bbits = bbits, .bstore = bstore, .sa = sa,
+                           .oa = oa_, .sb = sb, .ob = ob_, .zb = zb, .suma = suma, .sumb = sumb,
+                           .c = (int32_t *)c->buf, .ldc = lb_buf_ld(c)};
         LB_NOGIL(qg_gemm(&g, path, nthreads));
     }
     result = lb_none();
@@ -285,9 +261,8 @@ done:
     return lb_bufset_return(&bs, result);
 }
 
-static PyObject *py_qg_plan_threads(PyObject *self, PyObject *args)
+static PyObject *py_qg_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     int kind, abits, bbits, path, nthreads;
     Py_ssize_t m, n, k;
     if (!PyArg_ParseTuple(args, "innniiii:qg_plan_threads", &kind, &m, &n, &k, &abits, &bbits, &path, &nthreads))
@@ -298,19 +273,12 @@ static PyObject *py_qg_plan_threads(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "qg_plan_threads: bad argument");
         return NULL;
     }
-    qg_args g = {0};
-    g.kind = kind;
-    g.m = (size_t)m;
-    g.n = (size_t)n;
-    g.k = (size_t)k;
-    g.abits = abits;
-    g.bbits = bbits;
+    const qg_args g = {.kind = kind, .m = (size_t)m, .n = (size_t)n, .k = (size_t)k, .abits = abits, .bbits = bbits};
     return PyLong_FromLong(qg_plan_threads(&g, path, nthreads));
 }
 
-static PyObject *py_qg_probe(PyObject *self, PyObject *args)
+static PyObject *py_qg_probe(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     int kind;
     long iters;
     if (!PyArg_ParseTuple(args, "il:qg_probe", &kind, &iters))
