@@ -46,8 +46,7 @@ static PyObject *py_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_Format(PyExc_ValueError, "gemm: bad sizes M=%zd N=%zd K=%zd (K <= %d)", M, N, K, INTLSTM_MAX_K);
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     int16_t *scratch = NULL;
     Py_buffer *a = get(&bs, oa, "a", LB_T_I8, M * K, 0);
@@ -97,8 +96,7 @@ static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
                                LB_T_I32, LB_T_I32, LB_T_I32, LB_T_I8, LB_T_I16, LB_T_I8};
     const Py_ssize_t counts[12] = {T * B * I, G * INTLSTM_KP(I), G * INTLSTM_KP(H), G, G, 4 * G,
                                    LUT, LUT, LUT, B * H, B * H, T * B * H};
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     void *p[12];
     for (int i = 0; i < 12; i++) { /* h, c (the state, updated in place) and y are written */
@@ -136,8 +134,7 @@ static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *ot, *ox, *oout;
     if (!PyArg_ParseTuple(args, "OOO:lut", &ot, &ox, &oout))
         return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     Py_buffer *t = get(&bs, ot, "table", LB_T_I32, INTLSTM_LUT_SEGMENTS + 1, 0);
     Py_buffer *x = t ? lb_buf_get(&bs, ox, "x", LB_T_I16, -1, LB_BUF_CONTIG) : NULL;
@@ -165,8 +162,7 @@ static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "rescale: multiplier or shift out of range");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_I32, -1, LB_BUF_CONTIG);
     Py_buffer *out = x ? get(&bs, oout, "out", LB_T_I32, x->len / 4, LB_BUF_WRITABLE) : NULL;

@@ -6,14 +6,15 @@
  * set owns every view a binding acquired and releases them all in one call, so each binding has a single exit
  * path instead of a release ladder:
  *
- *     lb_bufset bs;
- *     lb_bufset_init(&bs);
+ *     LB_BUFSET(bs);                 (lb_bufset bs; lb_bufset_init(&bs);)
+ *     PyObject *result = NULL;
  *     Py_buffer *a = lb_buf_get(&bs, oa, "a", LB_T_I8, -1, LB_BUF_CONTIG);
  *     Py_buffer *out = a ? lb_buf_get(&bs, oout, "out", LB_T_I32, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
  *     if (!out) goto done;
- *     ... Py_BEGIN_ALLOW_THREADS kernel(a->buf, out->buf) Py_END_ALLOW_THREADS ...
+ *     LB_NOGIL(kernel(a->buf, out->buf));   (the GIL released around the call)
+ *     result = lb_none();
  *   done:
- *     lb_bufset_release(&bs);
+ *     return lb_bufset_return(&bs, result); (releases the set)
  *
  * Errors: TypeError for the element type, BufferError for a read-only buffer given as an output (what
  * PyObject_GetBuffer itself raises, now with the argument's name), ValueError for the rest.
@@ -53,6 +54,11 @@ typedef struct {
 } lb_bufset;
 
 static inline void lb_bufset_init(lb_bufset *s) { s->n = 0; }
+
+/* Declares an empty buffer set `name` (a binding's first statement after its argument checks). */
+#define LB_BUFSET(name) \
+    lb_bufset name;     \
+    lb_bufset_init(&name)
 
 static inline void lb_bufset_release(lb_bufset *s)
 {
