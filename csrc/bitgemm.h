@@ -56,6 +56,12 @@ typedef lb_path bg_path;
 #define bg_path_supported lb_path_supported
 #define bg_best_path lb_best_path
 
+/* The valid bits of the last 64-bit word of a K-bit row (all ones when K % 64 == 0). */
+static inline uint64_t bg_last_word_mask(size_t k)
+{
+    return (k % 64) ? (((uint64_t)1 << (k % 64)) - 1) : ~(uint64_t)0;
+}
+
 /* ------------------------------------------------------------------------------------------------
  * One cache block of the GEMM, as handed from the driver to a macro-kernel.
  *
@@ -175,6 +181,8 @@ void bg_gemm_naive(const bg_gemm_args *g, int hw_popcount);
  * Falls back to running the shares one after the other if a thread cannot be started. */
 typedef void (*bg_task_fn)(void *ctx, int t, int nthreads);
 void bg_parallel(int nthreads, bg_task_fn fn, void *ctx);
+/* Where thread t of nthreads starts its share of n items (its share ends where thread t + 1's starts). */
+static inline size_t bg_share(size_t n, int t, int nthreads) { return n * (size_t)t / (size_t)nthreads; }
 
 /* ------------------------------------------------------------------------------------------------
  * Threshold epilogue: int32 accumulators -> packed sign bits of the next binary layer

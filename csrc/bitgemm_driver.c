@@ -119,6 +119,32 @@ void bg_parallel(int nthreads, bg_task_fn fn, void *ctx)
 }
 
 /* ---- blocking --------------------------------------------------------------------------------- */
+/* A block's fields that stay the same for a whole range (the strides, K, the scratch); blk_at sets the rest. */
+static inline bg_block blk_for(const bg_gemm_args *g, void *scratch, size_t scratch_bytes)
+{
+    bg_block blk;
+    blk.lda = g->lda;
+    blk.ldb = g->ldb;
+    blk.ldc = g->ldc;
+    blk.k = (int32_t)g->k;
+    blk.scratch = scratch;
+    blk.scratch_bytes = scratch_bytes;
+    blk.apanel = blk.bpanel = NULL;
+    return blk;
+}
+
+/* Points blk at rows mb.. of A and nb.. of B, K words kb.. (at most kc of the W, the last masked by lastmask). */
+static inline void blk_at(bg_block *blk, const bg_gemm_args *g, size_t mb, size_t nb, size_t kb, size_t kc, size_t W,
+                          uint64_t lastmask)
+{
+    blk->nw = (W - kb < kc) ? W - kb : kc;
+    blk->tailmask = (kb + blk->nw == W) ? lastmask : ~(uint64_t)0;
+    blk->first = kb == 0;
+    blk->a = g->a + (ptrdiff_t)mb * g->lda + (ptrdiff_t)kb;
+    blk->b = g->b + (ptrdiff_t)nb * g->ldb + (ptrdiff_t)kb;
+    blk->c = g->c + (ptrdiff_t)mb * g->ldc + (ptrdiff_t)nb;
+}
+
 static void gemm_range(const bg_gemm_args *g, const bg_kernel *kern, size_t m0, size_t m1, size_t n0, size_t n1)
 {
     /* per-thread work memory for the macro-kernel's panels; without it the kernel reads in place */
@@ -132,26 +158,14 @@ static void gemm_range(const bg_gemm_args *g, const bg_kernel *kern, size_t m0, 
         if (!scratch)
             scratch_bytes = 0;
     }
-    const uint64_t lastmask = (g->k % 64) ? (((uint64_t)1 << (g->k % 64)) - 1) : ~(uint64_t)0;
-    bg_block blk;
-    blk.lda = g->lda;
-    blk.ldb = g->ldb;
-    blk.ldc = g->ldc;
-    blk.k = (int32_t)g->k;
-    blk.scratch = scratch;
-    blk.scratch_bytes = scratch_bytes;
-    blk.apanel = blk.bpanel = NULL;
+    const uint64_t lastmask = bg_last_word_mask(g->k);
+    bg_block blk = blk_for(g, scratch, scratch_bytes);
     for (size_t nb = n0; nb < n1; nb += kern->nc) {
         blk.n = (n1 - nb < kern->nc) ? n1 - nb : kern->nc;
         for (size_t mb = m0; mb < m1; mb += kern->mc) {
             blk.m = (m1 - mb < kern->mc) ? m1 - mb : kern->mc;
             for (size_t kb = 0; kb < W; kb += kern->kc) {
-                blk.nw = (W - kb < kern->kc) ? W - kb : kern->kc;
-                blk.tailmask = (kb + blk.nw == W) ? lastmask : ~(uint64_t)0;
-                blk.first = kb == 0;
-                blk.a = g->a + (ptrdiff_t)mb * g->lda + (ptrdiff_t)kb;
-                blk.b = g->b + (ptrdiff_t)nb * g->ldb + (ptrdiff_t)kb;
-                blk.c = g->c + (ptrdiff_t)mb * g->ldc + (ptrdiff_t)nb;
+                blk_at(&blk, g, mb, nb, kb, kern->kc, W, lastmask);
                 kern->macro(&blk);
             }
         }
@@ -186,24 +200,13 @@ static void gemm_range_prepared(const bg_gemm_args *g, const bg_kernel *kern, si
     const size_t mc = (m1 - m0 < kern->mc) ? m1 - m0 : kern->mc;
     const size_t scratch_bytes = kern->scratch_bytes(mc, 0, W < kern->kc ? W : kern->kc);
     void *scratch = mc >= 4 ? aligned_alloc(64, (scratch_bytes + 63) / 64 * 64) : NULL;
-    const uint64_t lastmask = (g->k % 64) ? (((uint64_t)1 << (g->k % 64)) - 1) : ~(uint64_t)0;
-    bg_block blk;
-    blk.lda = g->lda;
-    blk.ldb = g->ldb;
-    blk.ldc = g->ldc;
-    blk.k = (int32_t)g->k;
-    blk.scratch = NULL; /* the kernel gets panels, it has nothing to split */
-    blk.scratch_bytes = 0;
+    const uint64_t lastmask = bg_last_word_mask(g->k);
+    bg_block blk = blk_for(g, NULL, 0); /* no scratch: the kernel gets panels, it has nothing to split */
     blk.n = n1 - n0;
     for (size_t mb = m0; mb < m1; mb += kern->mc) {
         blk.m = (m1 - mb < kern->mc) ? m1 - mb : kern->mc;
         for (size_t kb = 0; kb < W; kb += kern->kc) {
-            blk.nw = (W - kb < kern->kc) ? W - kb : kern->kc;
-            blk.tailmask = (kb + blk.nw == W) ? lastmask : ~(uint64_t)0;
-            blk.first = kb == 0;
-            blk.a = g->a + (ptrdiff_t)mb * g->lda + (ptrdiff_t)kb;
-            blk.b = g->b + (ptrdiff_t)n0 * g->ldb + (ptrdiff_t)kb;
-            blk.c = g->c + (ptrdiff_t)mb * g->ldc + (ptrdiff_t)n0;
+            blk_at(&blk, g, mb, n0, kb, kern->kc, W, lastmask);
             blk.apanel = NULL;
             blk.bpanel = NULL;
             if (blk.m >= 4 && scratch) {
@@ -309,8 +312,8 @@ static void prep_task(void *vctx, int t, int nthreads)
 {
     const prep_ctx *p = (const prep_ctx *)vctx;
     const size_t W = (p->k + 63) / 64;
-    const uint64_t lastmask = (p->k % 64) ? (((uint64_t)1 << (p->k % 64)) - 1) : ~(uint64_t)0;
-    const size_t r0 = p->n * (size_t)t / (size_t)nthreads, r1 = p->n * (size_t)(t + 1) / (size_t)nthreads;
+    const uint64_t lastmask = bg_last_word_mask(p->k);
+    const size_t r0 = bg_share(p->n, t, nthreads), r1 = bg_share(p->n, t + 1, nthreads);
     if (r0 >= r1)
         return;
     for (size_t kb = 0; kb < W; kb += p->kern->kc) { /* the K blocks exactly as the driver cuts them */
@@ -344,7 +347,7 @@ static void thr_task(void *vctx, int t, int nthreads)
 {
     const thr_ctx *c = (const thr_ctx *)vctx;
     const size_t m = c->t->m;
-    c->rows(c->t, m * (size_t)t / (size_t)nthreads, m * (size_t)(t + 1) / (size_t)nthreads);
+    c->rows(c->t, bg_share(m, t, nthreads), bg_share(m, t + 1, nthreads));
 }
 
 void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads)
@@ -392,7 +395,7 @@ static void u8_task(void *vctx, int t, int nthreads)
 {
     const u8_ctx *c = (const u8_ctx *)vctx;
     const size_t np = (c->g->n + BG_U8_NR - 1) / BG_U8_NR; /* threads share the panels (weights) */
-    const size_t p0 = np * (size_t)t / (size_t)nthreads, p1 = np * (size_t)(t + 1) / (size_t)nthreads;
+    const size_t p0 = bg_share(np, t, nthreads), p1 = bg_share(np, t + 1, nthreads);
     if (p0 < p1)
         c->panels(c->g, p0, p1);
 }

@@ -91,7 +91,7 @@ __attribute__((target("popcnt"))) void bg_macro_popcnt(const bg_block *blk)
 static inline __attribute__((always_inline)) void naive_body(const bg_gemm_args *g)
 {
     const size_t W = (g->k + 63) / 64;
-    const uint64_t lastmask = (g->k % 64) ? (((uint64_t)1 << (g->k % 64)) - 1) : ~(uint64_t)0;
+    const uint64_t lastmask = bg_last_word_mask(g->k);
     for (size_t i = 0; i < g->m; i++) {
         const uint64_t *a = g->a + (ptrdiff_t)i * g->lda;
         for (size_t j = 0; j < g->n; j++) {

@@ -44,25 +44,24 @@ static bg_dtype to_bg_dtype(int t)
 #define WORDS(bs, obj, name) lb_buf_get(bs, obj, name, LB_T_WORD64, 2, LB_BUF_ROWS)
 #define I32_OUT(bs, obj, name) lb_buf_get(bs, obj, name, LB_T_I32, 2, LB_BUF_WRITABLE | LB_BUF_ROWS)
 
-static int check_nthreads(int nthreads)
+/* k bits must fit W words per row and an int32 sum. */
+static int check_k(long long k, Py_ssize_t W)
 {
-    if (nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
+    if (k < 0 || k > 64LL * (long long)W || k > 0x7fffffffLL) {
+        PyErr_Format(PyExc_ValueError, "k=%lld does not fit %zd words per row (or int32 output)", k, W);
         return -1;
     }
     return 0;
 }
 
 /* ---- pack ------------------------------------------------------------------------------------- */
-static PyObject *py_pack(PyObject *self, PyObject *args)
+static PyObject *py_pack(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *osrc, *odst;
     int check, nthreads;
     if (!PyArg_ParseTuple(args, "OOpi:pack", &osrc, &odst, &check, &nthreads))
         return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
     Py_buffer *src = lb_buf_get(&bs, osrc, "src", LB_T_KNOWN, 2, 0); /* any strides: the packer walks them */
     Py_buffer *dst = src ? lb_buf_get(&bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
@@ -70,40 +69,21 @@ static PyObject *py_pack(PyObject *self, PyObject *args)
         goto done;
     const size_t rows = (size_t)src->shape[0], k = (size_t)src->shape[1];
     const ptrdiff_t ldd = lb_buf_ld(dst);
-    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < (k + 63) / 64) {
-        PyErr_Format(PyExc_ValueError, "dst has shape (%zd, %zd), need (%zu, >= %zu)", dst->shape[0], dst->shape[1],
-                     rows, (k + 63) / 64);
-        goto done;
-    }
-    if (rows > 1 && dst->shape[1] > 0 && (ldd < dst->shape[1] && ldd > -dst->shape[1])) {
-        PyErr_SetString(PyExc_ValueError, "dst rows overlap");
-        goto done;
-    }
-    if (check_nthreads(nthreads) < 0)
+    if (lb_buf_expect_rows(dst, "dst", rows, (k + 63) / 64) < 0 ||
+        lb_buf_expect_disjoint(dst, "dst", ldd, dst->shape[1]) < 0 || lb_check_nthreads(nthreads) < 0)
         goto done;
     {
-        bg_pack_args p;
-        p.src = (const char *)src->buf;
-        p.s0 = (ptrdiff_t)src->strides[0];
-        p.s1 = (ptrdiff_t)src->strides[1];
-        p.dtype = to_bg_dtype(lb_buf_elem(src));
-        p.rows = rows;
-        p.k = k;
-        p.dst = (uint64_t *)dst->buf;
-        p.ldd = ldd;
-        p.dwords = (size_t)dst->shape[1];
-        p.check_pm1 = check;
+        const bg_pack_args p = {.src = (const char *)src->buf, .s0 = (ptrdiff_t)src->strides[0],
+                                .s1 = (ptrdiff_t)src->strides[1], .dtype = to_bg_dtype(lb_buf_elem(src)),
+                                .rows = rows, .k = k, .dst = (uint64_t *)dst->buf, .ldd = ldd,
+                                .dwords = (size_t)dst->shape[1], .check_pm1 = check};
         long long bad = -1;
-        if (rows > 0 && p.dwords > 0) {
-            Py_BEGIN_ALLOW_THREADS
-            bad = bg_pack(&p, nthreads);
-            Py_END_ALLOW_THREADS
-        }
+        if (rows > 0 && p.dwords > 0)
+            LB_NOGIL(bad = bg_pack(&p, nthreads));
         result = PyLong_FromLongLong(bad);
     }
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
@@ -120,58 +100,42 @@ static int gemm_operands(lb_bufset *bs, PyObject *oa, PyObject *ob, long long k,
         PyErr_Format(PyExc_ValueError, "a has %zd words per row, b has %zd", W, b->shape[1]);
         return -1;
     }
-    if (k < 0 || k > 64LL * (long long)W || k > 0x7fffffffLL) {
-        PyErr_Format(PyExc_ValueError, "k=%lld does not fit %zd words per row (or int32 output)", k, W);
+    if (check_k(k, W) < 0 || lb_buf_expect_shape(c, "out", a->shape[0], b->shape[0]) < 0)
         return -1;
-    }
-    if (c->shape[0] != a->shape[0] || c->shape[1] != b->shape[0]) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zd, %zd)", c->shape[0], c->shape[1],
-                     a->shape[0], b->shape[0]);
-        return -1;
-    }
-    g->a = (const uint64_t *)a->buf;
-    g->lda = lb_buf_ld(a);
-    g->b = (const uint64_t *)b->buf;
-    g->ldb = lb_buf_ld(b);
-    g->c = (int32_t *)c->buf;
-    g->ldc = lb_buf_ld(c);
-    g->m = (size_t)a->shape[0];
-    g->n = (size_t)b->shape[0];
-    g->k = (size_t)k;
-    g->bprep = NULL;
+    *g = (bg_gemm_args){.a = (const uint64_t *)a->buf, .lda = lb_buf_ld(a), .b = (const uint64_t *)b->buf,
+                        .ldb = lb_buf_ld(b), .c = (int32_t *)c->buf, .ldc = lb_buf_ld(c), .m = (size_t)a->shape[0],
+                        .n = (size_t)b->shape[0], .k = (size_t)k, .bprep = NULL};
     return 0;
 }
 
-static PyObject *py_gemm(PyObject *self, PyObject *args)
+/* gemm and gemm_naive: the operands, then the kernel (hw < 0: bg_gemm on path, else bg_gemm_naive). */
+static PyObject *run_gemm(PyObject *oa, PyObject *ob, long long k, PyObject *oc, int path, int nthreads, int hw)
 {
-    (void)self;
+    LB_BUFSET(bs);
+    bg_gemm_args g;
+    if (gemm_operands(&bs, oa, ob, k, oc, &g) < 0)
+        return lb_bufset_return(&bs, NULL);
+    if (hw < 0)
+        LB_NOGIL(bg_gemm(&g, path, nthreads));
+    else
+        LB_NOGIL(bg_gemm_naive(&g, hw));
+    return lb_bufset_return(&bs, lb_none());
+}
+
+static PyObject *py_gemm(PyObject *Py_UNUSED(self), PyObject *args)
+{
     PyObject *oa, *ob, *oc;
     long long k;
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "OOLOii:gemm", &oa, &ob, &k, &oc, &path, &nthreads))
         return NULL;
-    if (path != LB_PATH_AUTO && lb_check_path_arg(path) < 0)
+    if ((path != LB_PATH_AUTO && lb_check_path_arg(path) < 0) || lb_check_nthreads(nthreads) < 0)
         return NULL;
-    if (check_nthreads(nthreads) < 0)
-        return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    bg_gemm_args g;
-    const int ok = gemm_operands(&bs, oa, ob, k, oc, &g) == 0;
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        bg_gemm(&g, path, nthreads);
-        Py_END_ALLOW_THREADS
-    }
-    lb_bufset_release(&bs);
-    if (!ok)
-        return NULL;
-    Py_RETURN_NONE;
+    return run_gemm(oa, ob, k, oc, path, nthreads, -1);
 }
 
-static PyObject *py_gemm_naive(PyObject *self, PyObject *args)
+static PyObject *py_gemm_naive(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ob, *oc;
     long long k;
     int hw;
@@ -181,24 +145,11 @@ static PyObject *py_gemm_naive(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "this CPU has no POPCNT instruction");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    bg_gemm_args g;
-    const int ok = gemm_operands(&bs, oa, ob, k, oc, &g) == 0;
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        bg_gemm_naive(&g, hw);
-        Py_END_ALLOW_THREADS
-    }
-    lb_bufset_release(&bs);
-    if (!ok)
-        return NULL;
-    Py_RETURN_NONE;
+    return run_gemm(oa, ob, k, oc, LB_PATH_AUTO, 1, hw);
 }
 
-static PyObject *py_plan_threads(PyObject *self, PyObject *args)
+static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t m, n, k;
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "nnnii:plan_threads", &m, &n, &k, &path, &nthreads))
@@ -214,9 +165,8 @@ static PyObject *py_plan_threads(PyObject *self, PyObject *args)
 }
 
 /* ---- prepared B ------------------------------------------------------------------------------- */
-static PyObject *py_prepared_bytes(PyObject *self, PyObject *args)
+static PyObject *py_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     int path;
     Py_ssize_t n, k;
     if (!PyArg_ParseTuple(args, "inn:prepared_bytes", &path, &n, &k))
@@ -228,52 +178,40 @@ static PyObject *py_prepared_bytes(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(bg_prepared_bytes(path, (size_t)n, (size_t)k));
 }
 
-static PyObject *py_prepare(PyObject *self, PyObject *args)
+static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ob, *odst;
     long long k;
     int path, nthreads;
-    if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads))
+    if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads) ||
+        lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    if (lb_check_path_arg(path) < 0 || check_nthreads(nthreads) < 0)
-        return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
     Py_buffer *b = WORDS(&bs, ob, "b");
     if (!b)
         goto done;
-    if (k < 0 || k > 64LL * (long long)b->shape[1] || k > 0x7fffffffLL) {
-        PyErr_Format(PyExc_ValueError, "k=%lld does not fit %zd words per row (or int32 output)", k, b->shape[1]);
+    if (check_k(k, b->shape[1]) < 0)
         goto done;
-    }
     const size_t n = (size_t)b->shape[0];
     Py_buffer *dst = lb_buf_get_prep(&bs, odst, "dst", 1, bg_prepared_bytes(path, n, (size_t)k));
     if (!dst)
         goto done;
-    Py_BEGIN_ALLOW_THREADS
-    bg_prepare(path, (const uint64_t *)b->buf, lb_buf_ld(b), n, (size_t)k, dst->buf, nthreads);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    LB_NOGIL(bg_prepare(path, (const uint64_t *)b->buf, lb_buf_ld(b), n, (size_t)k, dst->buf, nthreads));
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
-static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
+static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ob, *oprep, *oc;
     long long k;
     int path, nthreads;
-    if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads))
+    if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads) ||
+        lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    if (lb_check_path_arg(path) < 0 || check_nthreads(nthreads) < 0)
-        return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
     bg_gemm_args g;
     if (gemm_operands(&bs, oa, ob, k, oc, &g) < 0)
@@ -285,14 +223,10 @@ static PyObject *py_gemm_prepared(PyObject *self, PyObject *args)
     if (!prep)
         goto done;
     g.bprep = bytes ? prep->buf : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    bg_gemm(&g, path, nthreads);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    LB_NOGIL(bg_gemm(&g, path, nthreads));
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 /* ---- threshold epilogue ----------------------------------------------------------------------- */
@@ -311,22 +245,19 @@ static Py_buffer *get_vec_i32(lb_bufset *bs, PyObject *obj, Py_ssize_t n, const 
     return lb_buf_check(v, what, LB_T_I32, 1, LB_BUF_CONTIG) < 0 ? NULL : v; /* (alignment) */
 }
 
-static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
+static PyObject *py_threshold_pack(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oacc, *osign, *othr, *oout;
     long long bias;
     int path, nthreads;
-    if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads))
-        return NULL;
-    if (lb_check_path_arg(path) < 0 || check_nthreads(nthreads) < 0)
+    if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads) ||
+        lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     if (bias < -0x80000000LL || bias > 0x7fffffffLL) {
         PyErr_SetString(PyExc_ValueError, "bias must fit int32");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
     Py_buffer *acc = lb_buf_get(&bs, oacc, "acc", LB_T_I32, 2, LB_BUF_ROWS);
     if (!acc)
@@ -338,41 +269,24 @@ static PyObject *py_threshold_pack(PyObject *self, PyObject *args)
     if (!out)
         goto done;
     const ptrdiff_t ldo = lb_buf_ld(out);
-    if (out->shape[0] != m || out->shape[1] != (n + 63) / 64) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zd, %zd)", out->shape[0], out->shape[1], m,
-                     (n + 63) / 64);
+    if (lb_buf_expect_shape(out, "out", m, (n + 63) / 64) < 0 ||
+        lb_buf_expect_disjoint(out, "out", ldo, out->shape[1]) < 0)
         goto done;
-    }
-    if (m > 1 && out->shape[1] > 0 && ldo < out->shape[1] && ldo > -out->shape[1]) {
-        PyErr_SetString(PyExc_ValueError, "out rows overlap");
-        goto done;
-    }
     {
-        bg_threshold_args t;
-        t.acc = (const int32_t *)acc->buf;
-        t.ldacc = lb_buf_ld(acc);
-        t.m = (size_t)m;
-        t.n = (size_t)n;
-        t.sign = (const int32_t *)sign->buf;
-        t.thr = (const int32_t *)thr->buf;
-        t.bias = (int32_t)bias;
-        t.out = (uint64_t *)out->buf;
-        t.ldo = ldo;
-        Py_BEGIN_ALLOW_THREADS
-        bg_threshold_pack(&t, path, nthreads);
-        Py_END_ALLOW_THREADS
+        const bg_threshold_args t = {.acc = (const int32_t *)acc->buf, .ldacc = lb_buf_ld(acc), .m = (size_t)m,
+                                     .n = (size_t)n, .sign = (const int32_t *)sign->buf,
+                                     .thr = (const int32_t *)thr->buf, .bias = (int32_t)bias,
+                                     .out = (uint64_t *)out->buf, .ldo = ldo};
+        LB_NOGIL(bg_threshold_pack(&t, path, nthreads));
     }
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 /* ---- first layer: uint8 x +-1 ----------------------------------------------------------------- */
-static PyObject *py_u8_prepared_bytes(PyObject *self, PyObject *args)
+static PyObject *py_u8_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t n, k;
     if (!PyArg_ParseTuple(args, "nn:u8_prepared_bytes", &n, &k))
         return NULL;
@@ -383,14 +297,12 @@ static PyObject *py_u8_prepared_bytes(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(bg_u8_prepared_bytes((size_t)n, (size_t)k));
 }
 
-static PyObject *py_u8_prepare(PyObject *self, PyObject *args)
+static PyObject *py_u8_prepare(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ow, *odst;
     if (!PyArg_ParseTuple(args, "OO:u8_prepare", &ow, &odst))
         return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
     Py_buffer *w = lb_buf_get(&bs, ow, "w", LB_T_I8, 2, 0); /* any strides */
     if (!w)
@@ -399,20 +311,15 @@ static PyObject *py_u8_prepare(PyObject *self, PyObject *args)
     Py_buffer *dst = lb_buf_get_prep(&bs, odst, "dst", 1, bg_u8_prepared_bytes(n, k));
     if (!dst)
         goto done;
-    Py_BEGIN_ALLOW_THREADS
-    bg_u8_prepare((const int8_t *)w->buf, (ptrdiff_t)w->strides[0], (ptrdiff_t)w->strides[1], n, k,
-                  (int8_t *)dst->buf);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    LB_NOGIL(bg_u8_prepare((const int8_t *)w->buf, (ptrdiff_t)w->strides[0], (ptrdiff_t)w->strides[1], n, k,
+                           (int8_t *)dst->buf));
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
-static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
+static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ox, *owp, *oc;
     Py_ssize_t n;
     int path, nthreads;
@@ -424,8 +331,7 @@ static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1 and n >= 0");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 2, LB_BUF_ROWS);
     if (!x)
@@ -435,33 +341,20 @@ static PyObject *py_u8_gemm(PyObject *self, PyObject *args)
     Py_buffer *c = wp ? I32_OUT(&bs, oc, "out") : NULL;
     if (!c)
         goto done;
-    if ((size_t)c->shape[0] != m || c->shape[1] != n) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zu, %zd)", c->shape[0], c->shape[1], m, n);
+    if (lb_buf_expect_shape(c, "out", (Py_ssize_t)m, n) < 0)
         goto done;
-    }
     if (k > 0 && (double)k * 255.0 > 2147483647.0) {
         PyErr_SetString(PyExc_ValueError, "k too large for int32 sums");
         goto done;
     }
     {
-        bg_u8_args g;
-        g.x = (const uint8_t *)x->buf;
-        g.ldx = lb_buf_ld(x);
-        g.wp = (const int8_t *)wp->buf;
-        g.c = (int32_t *)c->buf;
-        g.ldc = lb_buf_ld(c);
-        g.m = m;
-        g.n = (size_t)n;
-        g.k = k;
-        Py_BEGIN_ALLOW_THREADS
-        bg_u8_gemm(&g, path, nthreads);
-        Py_END_ALLOW_THREADS
+        const bg_u8_args g = {.x = (const uint8_t *)x->buf, .ldx = lb_buf_ld(x), .wp = (const int8_t *)wp->buf,
+                              .c = (int32_t *)c->buf, .ldc = lb_buf_ld(c), .m = m, .n = (size_t)n, .k = k};
+        LB_NOGIL(bg_u8_gemm(&g, path, nthreads));
     }
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
 static PyMethodDef bitgemm_methods[] = {

@@ -217,7 +217,7 @@ static void pack_task(void *vctx, int t, int nthreads)
 {
     pack_ctx *ctx = (pack_ctx *)vctx;
     const size_t rows = ctx->p->rows;
-    const size_t r0 = rows * (size_t)t / (size_t)nthreads, r1 = rows * (size_t)(t + 1) / (size_t)nthreads;
+    const size_t r0 = bg_share(rows, t, nthreads), r1 = bg_share(rows, t + 1, nthreads);
     ctx->bad[t] = pack_rows(ctx->p, r0, r1);
 }
 

@@ -41,6 +41,20 @@
 /* Weight rows are zero-padded to a multiple of 16 columns ("packed"): every kernel step is whole. */
 #define INTLSTM_KP(K) (((K) + 15) & ~15)
 
+/* The AVX kernels' shared pieces: the scalar tail of widening a row of A to int16 (a[k..K) copied, zeros up
+ * to Kp), and the rows of W per N block (~96 KB of W, a multiple of 4, at least 4). */
+static inline void intlstm_widen_tail(int16_t *d, const int8_t *a, int k, int K, int Kp)
+{
+    for (; k < K; k++) d[k] = a[k];
+    for (; k < Kp; k++) d[k] = 0;
+}
+
+static inline int intlstm_n_block(int Kp, int wsz)
+{
+    const int nb = (96 * 1024) / (Kp > 0 ? Kp * wsz : 1);
+    return nb < 4 ? 4 : (nb & ~3);
+}
+
 /* ---- fixed point (scalar; shared by every file, and exposed to Python for the tests) ------------------- */
 
 static inline int32_t intlstm_sat16(int64_t v) { return v > 32767 ? 32767 : (v < -32768 ? -32768 : (int32_t)v); }

@@ -127,11 +127,9 @@ static inline void gemm_avx2_any(const int8_t *A, const char *W, int wsz, const 
         int k = 0;
         for (; k < K16; k += 16)
             _mm256_storeu_si256((__m256i *)(d + k), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + k))));
-        for (; k < K; k++) d[k] = a[k];
-        for (; k < Kp; k++) d[k] = 0;
+        intlstm_widen_tail(d, a, k, K, Kp);
     }
-    int nb = (96 * 1024) / (Kp > 0 ? Kp * wsz : 1);
-    nb = nb < 4 ? 4 : (nb & ~3);
+    const int nb = intlstm_n_block(Kp, wsz);
     for (int n0 = 0; n0 < N; n0 += nb) {
         int nn = N - n0 < nb ? N - n0 : nb;
         gemm_avx2_block(scratch, W + (size_t)n0 * Kp * wsz, wsz, bias ? bias + n0 : NULL, C + n0, M, nn, N, Kp);

@@ -95,11 +95,9 @@ INLINE512 void gemm_any(const intlstm_gemm_args *g, int wsz)
         int k = 0;
         for (; k < K32; k += 32)
             _mm512_storeu_si512((void *)(d + k), _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(a + k))));
-        for (; k < K; k++) d[k] = a[k];
-        for (; k < Kp; k++) d[k] = 0;
+        intlstm_widen_tail(d, a, k, K, Kp);
     }
-    int nb = (96 * 1024) / (Kp > 0 ? Kp * wsz : 1);
-    nb = nb < 4 ? 4 : (nb & ~3);
+    const int nb = intlstm_n_block(Kp, wsz);
     const int M4 = M & ~3, M2 = M & ~1;
     for (int n0 = 0; n0 < N; n0 += nb) {
         const int nn = N - n0 < nb ? N - n0 : nb;

@@ -24,15 +24,6 @@
 #include "lowbit_cpu_py.h"
 #include "pybuf.h"
 
-/* Returns the path to run, or -1 with an exception set. */
-static int resolve(int path)
-{
-    const int p = lb_resolve_path(path);
-    if (p < 0)
-        PyErr_Format(PyExc_ValueError, "kernel path %d is not available on this CPU", path);
-    return p;
-}
-
 /* A C-contiguous input (or, LB_BUF_WRITABLE, output) of `count` elements of `type`. */
 static Py_buffer *get(lb_bufset *bs, PyObject *obj, const char *name, lb_elem type, Py_ssize_t count, unsigned flags)
 {
@@ -42,22 +33,20 @@ static Py_buffer *get(lb_bufset *bs, PyObject *obj, const char *name, lb_elem ty
     return v;
 }
 
-static PyObject *py_gemm(PyObject *self, PyObject *args)
+static PyObject *py_gemm(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ow, *obias, *oout;
     Py_ssize_t M, N, K;
     int path;
     if (!PyArg_ParseTuple(args, "OOOOnnni:gemm", &oa, &ow, &obias, &oout, &M, &N, &K, &path))
         return NULL;
-    if ((path = resolve(path)) < 0)
+    if ((path = lb_resolve_path_arg(path)) < 0)
         return NULL;
     if (M < 0 || N < 0 || K < 0 || K > INTLSTM_MAX_K || M > INT32_MAX / 2 || N > INT32_MAX / 2) {
         PyErr_Format(PyExc_ValueError, "gemm: bad sizes M=%zd N=%zd K=%zd (K <= %d)", M, N, K, INTLSTM_MAX_K);
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     int16_t *scratch = NULL;
     Py_buffer *a = get(&bs, oa, "a", LB_T_I8, M * K, 0);
@@ -71,21 +60,16 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
-    intlstm_gemm(path, (const int8_t *)a->buf, (const int8_t *)w->buf, (const int32_t *)bias->buf, (int32_t *)out->buf,
-                 (int)M, (int)N, (int)K, scratch);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    LB_NOGIL(intlstm_gemm(path, (const int8_t *)a->buf, (const int8_t *)w->buf, (const int32_t *)bias->buf,
+                          (int32_t *)out->buf, (int)M, (int)N, (int)K, scratch));
+    ret = lb_none();
 done:
     free(scratch);
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
-static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
+static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *o[12];
     Py_ssize_t T, B, I, H;
     int z_h, cs, hid_m0, hid_shift, cell_clip, path;
@@ -93,7 +77,7 @@ static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
                           &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &T, &B, &I, &H, &z_h, &cs, &hid_m0, &hid_shift,
                           &cell_clip, &path))
         return NULL;
-    if ((path = resolve(path)) < 0)
+    if ((path = lb_resolve_path_arg(path)) < 0)
         return NULL;
     if (T < 0 || B < 0 || I < 1 || H < 1 || I > INTLSTM_MAX_K || H > INTLSTM_MAX_K || B > INT32_MAX / 8 / H ||
         T > INT32_MAX / 2 || (double)T * (double)B * (double)(I > H ? I : H) > (double)INT32_MAX * 1024.0) {
@@ -112,8 +96,7 @@ static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
                                LB_T_I32, LB_T_I32, LB_T_I32, LB_T_I8, LB_T_I16, LB_T_I8};
     const Py_ssize_t counts[12] = {T * B * I, G * INTLSTM_KP(I), G * INTLSTM_KP(H), G, G, 4 * G,
                                    LUT, LUT, LUT, B * H, B * H, T * B * H};
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     void *p[12];
     for (int i = 0; i < 12; i++) { /* h, c (the state, updated in place) and y are written */
@@ -132,46 +115,26 @@ static PyObject *py_lstm_layer(PyObject *self, PyObject *args)
             }
         }
     }
-    intlstm_layer L;
-    L.w_ih = (const int8_t *)p[1];
-    L.w_hh = (const int8_t *)p[2];
-    L.bias_x = (const int32_t *)p[3];
-    L.bias_h = (const int32_t *)p[4];
-    L.qmul = (const int32_t *)p[5];
-    L.lut_sig = (const int32_t *)p[6];
-    L.lut_tanh = (const int32_t *)p[7];
-    L.lut_cell = (const int32_t *)p[8];
-    L.I = (int)I;
-    L.H = (int)H;
-    L.z_h = z_h;
-    L.cell_frac_bits = cs;
-    L.hid_m0 = hid_m0;
-    L.hid_shift = hid_shift;
-    L.cell_clip = cell_clip;
+    const intlstm_layer L = {.w_ih = (const int8_t *)p[1], .w_hh = (const int8_t *)p[2],
+                             .bias_x = (const int32_t *)p[3], .bias_h = (const int32_t *)p[4],
+                             .qmul = (const int32_t *)p[5], .lut_sig = (const int32_t *)p[6],
+                             .lut_tanh = (const int32_t *)p[7], .lut_cell = (const int32_t *)p[8], .I = (int)I,
+                             .H = (int)H, .z_h = z_h, .cell_frac_bits = cs, .hid_m0 = hid_m0,
+                             .hid_shift = hid_shift, .cell_clip = cell_clip};
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9], (int16_t *)p[10],
-                           (int8_t *)p[11]);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    LB_NOGIL(rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9], (int16_t *)p[10],
+                                    (int8_t *)p[11]));
+    ret = rc != 0 ? PyErr_NoMemory() : lb_none();
 done:
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
-static PyObject *py_lut(PyObject *self, PyObject *args)
+static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ot, *ox, *oout;
     if (!PyArg_ParseTuple(args, "OOO:lut", &ot, &ox, &oout))
         return NULL;
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     Py_buffer *t = get(&bs, ot, "table", LB_T_I32, INTLSTM_LUT_SEGMENTS + 1, 0);
     Py_buffer *x = t ? lb_buf_get(&bs, ox, "x", LB_T_I16, -1, LB_BUF_CONTIG) : NULL;
@@ -184,16 +147,13 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
         int16_t *o = (int16_t *)out->buf;
         for (Py_ssize_t i = 0; i < x->len / 2; i++) o[i] = (int16_t)intlstm_lut16(tab, xv[i]);
     }
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    ret = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
-static PyObject *py_rescale(PyObject *self, PyObject *args)
+static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *ox, *oout;
     int m0, shift;
     if (!PyArg_ParseTuple(args, "OiiO:rescale", &ox, &m0, &shift, &oout))
@@ -202,8 +162,7 @@ static PyObject *py_rescale(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "rescale: multiplier or shift out of range");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *ret = NULL;
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_I32, -1, LB_BUF_CONTIG);
     Py_buffer *out = x ? get(&bs, oout, "out", LB_T_I32, x->len / 4, LB_BUF_WRITABLE) : NULL;
@@ -214,11 +173,9 @@ static PyObject *py_rescale(PyObject *self, PyObject *args)
         int32_t *o = (int32_t *)out->buf;
         for (Py_ssize_t i = 0; i < x->len / 4; i++) o[i] = intlstm_rescale(xv[i], m0, shift);
     }
-    Py_INCREF(Py_None);
-    ret = Py_None;
+    ret = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return ret;
+    return lb_bufset_return(&bs, ret);
 }
 
 static PyMethodDef methods[] = {

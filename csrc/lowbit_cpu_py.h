@@ -78,6 +78,31 @@ static inline int lb_check_path_arg(int path)
     return 0;
 }
 
+/* A path argument that may also be LB_PATH_AUTO: the path to run, or -1 with ValueError set. */
+static inline int lb_resolve_path_arg(int path)
+{
+    const int p = lb_resolve_path(path);
+    if (p < 0)
+        PyErr_Format(PyExc_ValueError, "kernel path %d is not available on this CPU", path);
+    return p;
+}
+
+/* A thread count argument (>= 1); returns 0, or -1 with ValueError set. */
+static inline int lb_check_nthreads(int nthreads)
+{
+    if (nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
+        return -1;
+    }
+    return 0;
+}
+
+/* The (path, nthreads) pair most bindings take: path as lb_check_path_arg, then nthreads. */
+static inline int lb_check_path_nthreads(int path, int nthreads)
+{
+    return lb_check_path_arg(path) < 0 || lb_check_nthreads(nthreads) < 0 ? -1 : 0;
+}
+
 #define LB_CPU_PY_METHODS                                                                                       \
     {"path_names", lb_py_path_names, METH_NOARGS, "path_names() -> tuple of all path names, by id"},          \
     {"supported_paths", lb_py_supported_paths, METH_NOARGS, "supported_paths() -> names of the paths this CPU runs"}, \

@@ -6,14 +6,15 @@
  * set owns every view a binding acquired and releases them all in one call, so each binding has a single exit
  * path instead of a release ladder:
  *
- *     lb_bufset bs;
- *     lb_bufset_init(&bs);
+ *     LB_BUFSET(bs);                 (lb_bufset bs; lb_bufset_init(&bs);)
+ *     PyObject *result = NULL;
  *     Py_buffer *a = lb_buf_get(&bs, oa, "a", LB_T_I8, -1, LB_BUF_CONTIG);
  *     Py_buffer *out = a ? lb_buf_get(&bs, oout, "out", LB_T_I32, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
  *     if (!out) goto done;
- *     ... Py_BEGIN_ALLOW_THREADS kernel(a->buf, out->buf) Py_END_ALLOW_THREADS ...
+ *     LB_NOGIL(kernel(a->buf, out->buf));   (the GIL released around the call)
+ *     result = lb_none();
  *   done:
- *     lb_bufset_release(&bs);
+ *     return lb_bufset_return(&bs, result); (releases the set)
  *
  * Errors: TypeError for the element type, BufferError for a read-only buffer given as an output (what
  * PyObject_GetBuffer itself raises, now with the argument's name), ValueError for the rest.
@@ -53,6 +54,11 @@ typedef struct {
 } lb_bufset;
 
 static inline void lb_bufset_init(lb_bufset *s) { s->n = 0; }
+
+/* Declares an empty buffer set `name` (a binding's first statement after its argument checks). */
+#define LB_BUFSET(name) \
+    lb_bufset name;     \
+    lb_bufset_init(&name)
 
 static inline void lb_bufset_release(lb_bufset *s)
 {
@@ -208,6 +214,59 @@ static inline ptrdiff_t lb_buf_ld(const Py_buffer *v)
 {
     return v->shape[0] > 1 ? (ptrdiff_t)(v->strides[0] / v->itemsize) : 0;
 }
+
+/* Shape checks of a 2-D view (ValueError naming it): exactly (rows, cols), or rows rows of at least min_cols. */
+static inline int lb_buf_expect_shape(const Py_buffer *v, const char *name, Py_ssize_t rows, Py_ssize_t cols)
+{
+    if (v->shape[0] != rows || v->shape[1] != cols) {
+        PyErr_Format(PyExc_ValueError, "%s has shape (%zd, %zd), need (%zd, %zd)", name, v->shape[0], v->shape[1],
+                     rows, cols);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int lb_buf_expect_rows(const Py_buffer *v, const char *name, size_t rows, size_t min_cols)
+{
+    if ((size_t)v->shape[0] != rows || (size_t)v->shape[1] < min_cols) {
+        PyErr_Format(PyExc_ValueError, "%s has shape (%zd, %zd), need (%zu, >= %zu)", name, v->shape[0], v->shape[1],
+                     rows, min_cols);
+        return -1;
+    }
+    return 0;
+}
+
+/* An output's rows must be disjoint: a row stride (in elements, lb_buf_ld) of at least min_ld in magnitude
+ * when there is more than one row. */
+static inline int lb_buf_expect_disjoint(const Py_buffer *v, const char *name, ptrdiff_t ld, ptrdiff_t min_ld)
+{
+    if (v->shape[0] > 1 && min_ld > 0 && ld < min_ld && ld > -min_ld) {
+        PyErr_Format(PyExc_ValueError, "%s rows overlap", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* A binding's single exit (after the `done:` label): releases every view of the set and returns result (NULL:
+ * an exception is set). lb_none() is the result of a binding that returns None. */
+static inline PyObject *lb_bufset_return(lb_bufset *s, PyObject *result)
+{
+    lb_bufset_release(s);
+    return result;
+}
+
+static inline PyObject *lb_none(void)
+{
+    Py_INCREF(Py_None);
+    return Py_None;
+}
+
+/* Runs a statement (a kernel call) with the GIL released; the views in the set keep its memory alive. */
+#define LB_NOGIL(...)                                                                                          \
+    do {                                                                                                       \
+        Py_BEGIN_ALLOW_THREADS __VA_ARGS__;                                                                    \
+        Py_END_ALLOW_THREADS                                                                                   \
+    } while (0)
 
 /* Total size check: the view must hold exactly `bytes` bytes. */
 static inline int lb_buf_expect_bytes(const Py_buffer *v, Py_ssize_t bytes, const char *name)

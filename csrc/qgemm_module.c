@@ -38,9 +38,8 @@ static int32_t *get_sums(lb_bufset *bs, PyObject *obj, Py_ssize_t n, unsigned fl
     return v ? (int32_t *)v->buf : NULL;
 }
 
-static PyObject *py_plane_words(PyObject *self, PyObject *args)
+static PyObject *py_plane_words(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t k;
     int bits;
     if (!PyArg_ParseTuple(args, "ni:qg_plane_words", &k, &bits) || k < 0 || bits < 1 || bits > 8)
@@ -48,18 +47,16 @@ static PyObject *py_plane_words(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(qg_plane_words((size_t)k, bits));
 }
 
-static PyObject *py_a8_stride(PyObject *self, PyObject *args)
+static PyObject *py_a8_stride(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t k;
     if (!PyArg_ParseTuple(args, "n:qg_a8_stride", &k) || k < 0)
         return PyErr_Occurred() ? NULL : (PyErr_SetString(PyExc_ValueError, "bad argument"), NULL);
     return PyLong_FromSize_t(qg_a8_stride((size_t)k));
 }
 
-static PyObject *py_panel_bytes(PyObject *self, PyObject *args)
+static PyObject *py_panel_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     Py_ssize_t n, k;
     int store;
     if (!PyArg_ParseTuple(args, "nni:qg_panel_bytes", &n, &k, &store) || n < 0 || k < 0 ||
@@ -68,118 +65,117 @@ static PyObject *py_panel_bytes(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(qg_panel_bytes((size_t)n, (size_t)k, store));
 }
 
-static PyObject *py_pack_planes(PyObject *self, PyObject *args)
+/* The three packers share one body: codes in, dst (its layout by `what`) and the optional row sums out. */
+enum { PACK_PLANES, PACK_A8, PACK_PANELS };
+
+typedef struct {
+    int what;
+    int bits;  /* PACK_PLANES */
+    int store; /* PACK_PANELS, with zb */
+    int zb;
+    int nthreads;
+} pack_spec;
+
+/* Acquires and checks dst for the packer; returns it, or NULL with an exception set. */
+static Py_buffer *pack_dst(lb_bufset *bs, PyObject *odst, const pack_spec *ps, size_t rows, size_t k)
 {
-    (void)self;
-    PyObject *ox, *odst, *osums;
-    int bits, nthreads, ok;
-    if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &bits, &odst, &osums, &nthreads))
-        return NULL;
-    if (bits < 1 || bits > 8 || nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "qg_pack_planes: bits must be 1..8, nthreads >= 1");
-        return NULL;
+    Py_buffer *dst;
+    switch (ps->what) {
+    case PACK_PLANES: {
+        const size_t words = qg_plane_words(k, ps->bits);
+        dst = lb_buf_get(bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS);
+        if (!dst || lb_buf_expect_rows(dst, "dst", rows, words) < 0)
+            return NULL;
+        if (rows > 1 && lb_buf_ld(dst) < (ptrdiff_t)words) {
+            PyErr_SetString(PyExc_ValueError, "dst rows overlap");
+            return NULL;
+        }
+        return dst;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    PyObject *result = NULL;
-    Py_buffer *x = CODES(&bs, ox, "codes", 0);
-    Py_buffer *dst = x ? lb_buf_get(&bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
-    if (!dst)
-        goto done;
-    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1], words = qg_plane_words(k, bits);
-    const ptrdiff_t ldd = lb_buf_ld(dst);
-    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < words) {
-        PyErr_Format(PyExc_ValueError, "dst has shape (%zd, %zd), need (%zu, >= %zu)", dst->shape[0], dst->shape[1],
-                     rows, words);
-        goto done;
+    case PACK_A8: {
+        const size_t stride = qg_a8_stride(k);
+        dst = CODES(bs, odst, "dst", LB_BUF_WRITABLE);
+        if (dst && ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < stride ||
+                    (rows > 1 && lb_buf_ld(dst) < (ptrdiff_t)stride))) {
+            PyErr_Format(PyExc_ValueError, "dst must have shape (%zu, >= %zu) and disjoint rows", rows, stride);
+            return NULL;
+        }
+        return dst;
     }
-    if (rows > 1 && ldd < (ptrdiff_t)words) {
-        PyErr_SetString(PyExc_ValueError, "dst rows overlap");
-        goto done;
+    default:
+        return lb_buf_get_prep(bs, odst, "dst", 1, qg_panel_bytes(rows, k, ps->store));
     }
-    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
-    if (!ok)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    qg_pack_planes((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, bits, (uint64_t *)dst->buf, ldd, sums, nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    lb_bufset_release(&bs);
-    return result;
 }
 
-static PyObject *py_pack_a8(PyObject *self, PyObject *args)
+static PyObject *pack_codes(PyObject *ox, PyObject *odst, PyObject *osums, const pack_spec *ps)
 {
-    (void)self;
-    PyObject *ox, *odst, *osums;
-    int nthreads, ok;
-    if (!PyArg_ParseTuple(args, "OOOi:qg_pack_a8", &ox, &odst, &osums, &nthreads))
-        return NULL;
-    if (nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1");
-        return NULL;
-    }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
-    Py_buffer *x = CODES(&bs, ox, "codes", 0);
-    Py_buffer *dst = x ? CODES(&bs, odst, "dst", LB_BUF_WRITABLE) : NULL;
-    if (!dst)
-        goto done;
-    const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1];
-    const ptrdiff_t ldd = lb_buf_ld(dst);
-    if ((size_t)dst->shape[0] != rows || (size_t)dst->shape[1] < qg_a8_stride(k) ||
-        (rows > 1 && ldd < (ptrdiff_t)qg_a8_stride(k))) {
-        PyErr_Format(PyExc_ValueError, "dst must have shape (%zu, >= %zu) and disjoint rows", rows, qg_a8_stride(k));
-        goto done;
-    }
-    int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
-    if (!ok)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    qg_pack_a8((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, (uint8_t *)dst->buf, ldd, sums, nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    lb_bufset_release(&bs);
-    return result;
-}
-
-static PyObject *py_pack_panels(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *ox, *odst, *osums;
-    int store, zb, ok;
-    if (!PyArg_ParseTuple(args, "OiiOO:qg_pack_panels", &ox, &store, &zb, &odst, &osums))
-        return NULL;
-    if ((store != 2 && store != 4 && store != 8) || zb < 0 || zb > 255 || (store != 8 && zb != 0)) {
-        PyErr_SetString(PyExc_ValueError, "qg_pack_panels: store must be 2, 4 or 8; zb 0..255 (0 below 8)");
-        return NULL;
-    }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
-    PyObject *result = NULL;
+    int ok;
     Py_buffer *x = CODES(&bs, ox, "codes", 0);
     if (!x)
         goto done;
     const size_t rows = (size_t)x->shape[0], k = (size_t)x->shape[1];
-    Py_buffer *dst = lb_buf_get_prep(&bs, odst, "dst", 1, qg_panel_bytes(rows, k, store));
+    const uint8_t *src = (const uint8_t *)x->buf;
+    const ptrdiff_t lds = lb_buf_ld(x);
+    Py_buffer *dst = pack_dst(&bs, odst, ps, rows, k);
     if (!dst)
         goto done;
     int32_t *sums = get_sums(&bs, osums, (Py_ssize_t)rows, LB_BUF_WRITABLE, "sums", &ok);
     if (!ok)
         goto done;
-    Py_BEGIN_ALLOW_THREADS
-    qg_pack_panels((const uint8_t *)x->buf, lb_buf_ld(x), rows, k, store, zb, (uint8_t *)dst->buf, sums);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    const ptrdiff_t ldd = ps->what == PACK_PANELS ? 0 : lb_buf_ld(dst);
+    void *d = dst->buf;
+    switch (ps->what) {
+    case PACK_PLANES:
+        LB_NOGIL(qg_pack_planes(src, lds, rows, k, ps->bits, (uint64_t *)d, ldd, sums, ps->nthreads));
+        break;
+    case PACK_A8:
+        LB_NOGIL(qg_pack_a8(src, lds, rows, k, (uint8_t *)d, ldd, sums, ps->nthreads));
+        break;
+    default:
+        LB_NOGIL(qg_pack_panels(src, lds, rows, k, ps->store, ps->zb, (uint8_t *)d, sums));
+    }
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
+}
+
+static PyObject *py_pack_planes(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ox, *odst, *osums;
+    pack_spec ps = {PACK_PLANES, 0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &ps.bits, &odst, &osums, &ps.nthreads))
+        return NULL;
+    if (ps.bits < 1 || ps.bits > 8 || ps.nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "qg_pack_planes: bits must be 1..8, nthreads >= 1");
+        return NULL;
+    }
+    return pack_codes(ox, odst, osums, &ps);
+}
+
+static PyObject *py_pack_a8(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ox, *odst, *osums;
+    pack_spec ps = {PACK_A8, 0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OOOi:qg_pack_a8", &ox, &odst, &osums, &ps.nthreads) ||
+        lb_check_nthreads(ps.nthreads) < 0)
+        return NULL;
+    return pack_codes(ox, odst, osums, &ps);
+}
+
+static PyObject *py_pack_panels(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ox, *odst, *osums;
+    pack_spec ps = {PACK_PANELS, 0, 0, 0, 1};
+    if (!PyArg_ParseTuple(args, "OiiOO:qg_pack_panels", &ox, &ps.store, &ps.zb, &odst, &osums))
+        return NULL;
+    if ((ps.store != 2 && ps.store != 4 && ps.store != 8) || ps.zb < 0 || ps.zb > 255 ||
+        (ps.store != 8 && ps.zb != 0)) {
+        PyErr_SetString(PyExc_ValueError, "qg_pack_panels: store must be 2, 4 or 8; zb 0..255 (0 below 8)");
+        return NULL;
+    }
+    return pack_codes(ox, odst, osums, &ps);
 }
 
 static int check_kind_bits(int kind, int abits, int bbits, int bstore)
@@ -194,9 +190,8 @@ static int check_kind_bits(int kind, int abits, int bbits, int bstore)
     return ok ? 0 : -1;
 }
 
-static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
+static PyObject *py_qg_gemm(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     PyObject *oa, *ob, *osa, *osb, *oc;
     int kind, abits, bbits, bstore, sa, oa_, sb, ob_, zb, path, nthreads;
     Py_ssize_t n, k;
@@ -209,8 +204,7 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "qg_gemm: nthreads >= 1, 0 <= n, 0 <= k < 2^31");
         return NULL;
     }
-    lb_bufset bs;
-    lb_bufset_init(&bs);
+    LB_BUFSET(bs);
     PyObject *result = NULL;
     int ok;
     ptrdiff_t ldb = 0;
@@ -251,46 +245,22 @@ static PyObject *py_qg_gemm(PyObject *self, PyObject *args)
     Py_buffer *c = lb_buf_get(&bs, oc, "out", LB_T_I32, 2, LB_BUF_WRITABLE | LB_BUF_ROWS);
     if (!c)
         goto done;
-    if ((size_t)c->shape[0] != m || c->shape[1] != n) {
-        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd), need (%zu, %zd)", c->shape[0], c->shape[1], m, n);
+    if (lb_buf_expect_shape(c, "out", (Py_ssize_t)m, n) < 0)
         goto done;
-    }
     {
-        qg_args g;
-        g.kind = kind;
-        g.m = m;
-        g.n = (size_t)n;
-        g.k = (size_t)k;
-        g.a = a->buf;
-        g.lda = lb_buf_ld(a);
-        g.abits = abits;
-        g.b = b->buf;
-        g.ldb = ldb;
-        g.bbits = bbits;
-        g.bstore = bstore;
-        g.sa = sa;
-        g.oa = oa_;
-        g.sb = sb;
-        g.ob = ob_;
-        g.zb = zb;
-        g.suma = suma;
-        g.sumb = sumb;
-        g.c = (int32_t *)c->buf;
-        g.ldc = lb_buf_ld(c);
-        Py_BEGIN_ALLOW_THREADS
-        qg_gemm(&g, path, nthreads);
-        Py_END_ALLOW_THREADS
+        const qg_args g = {.kind = kind, .m = m, .n = (size_t)n, .k = (size_t)k, .a = a->buf, .lda = lb_buf_ld(a),
+                           .abits = abits, .b = b->buf, .ldb = ldb, .bbits = bbits, .bstore = bstore, .sa = sa,
+                           .oa = oa_, .sb = sb, .ob = ob_, .zb = zb, .suma = suma, .sumb = sumb,
+                           .c = (int32_t *)c->buf, .ldc = lb_buf_ld(c)};
+        LB_NOGIL(qg_gemm(&g, path, nthreads));
     }
-    result = Py_None;
-    Py_INCREF(result);
+    result = lb_none();
 done:
-    lb_bufset_release(&bs);
-    return result;
+    return lb_bufset_return(&bs, result);
 }
 
-static PyObject *py_qg_plan_threads(PyObject *self, PyObject *args)
+static PyObject *py_qg_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     int kind, abits, bbits, path, nthreads;
     Py_ssize_t m, n, k;
     if (!PyArg_ParseTuple(args, "innniiii:qg_plan_threads", &kind, &m, &n, &k, &abits, &bbits, &path, &nthreads))
@@ -301,19 +271,12 @@ static PyObject *py_qg_plan_threads(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "qg_plan_threads: bad argument");
         return NULL;
     }
-    qg_args g = {0};
-    g.kind = kind;
-    g.m = (size_t)m;
-    g.n = (size_t)n;
-    g.k = (size_t)k;
-    g.abits = abits;
-    g.bbits = bbits;
+    const qg_args g = {.kind = kind, .m = (size_t)m, .n = (size_t)n, .k = (size_t)k, .abits = abits, .bbits = bbits};
     return PyLong_FromLong(qg_plan_threads(&g, path, nthreads));
 }
 
-static PyObject *py_qg_probe(PyObject *self, PyObject *args)
+static PyObject *py_qg_probe(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    (void)self;
     int kind;
     long iters;
     if (!PyArg_ParseTuple(args, "il:qg_probe", &kind, &iters))

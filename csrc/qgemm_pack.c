@@ -71,7 +71,7 @@ static void planes_rows(const planes_ctx *p, size_t r0, size_t r1)
 static void planes_task(void *ctx, int t, int nthreads)
 {
     const planes_ctx *p = (const planes_ctx *)ctx;
-    planes_rows(p, p->rows * (size_t)t / (size_t)nthreads, p->rows * (size_t)(t + 1) / (size_t)nthreads);
+    planes_rows(p, bg_share(p->rows, t, nthreads), bg_share(p->rows, t + 1, nthreads));
 }
 
 void qg_pack_planes(const uint8_t *x, ptrdiff_t ldx, size_t rows, size_t k, int bits, uint64_t *dst,
@@ -102,7 +102,7 @@ typedef struct {
 static void a8_task(void *ctx, int t, int nthreads)
 {
     const a8_ctx *p = (const a8_ctx *)ctx;
-    const size_t r0 = p->rows * (size_t)t / (size_t)nthreads, r1 = p->rows * (size_t)(t + 1) / (size_t)nthreads;
+    const size_t r0 = bg_share(p->rows, t, nthreads), r1 = bg_share(p->rows, t + 1, nthreads);
     const size_t kp = qg_a8_stride(p->k);
     for (size_t r = r0; r < r1; r++) {
         const uint8_t *x = p->x + (ptrdiff_t)r * p->ldx;
