@@ -16,6 +16,7 @@ Writes benchmarks/results/lm_side_by_side.json and .md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -77,11 +78,22 @@ def main(argv=None) -> int:
         rows = []
         for seed in args.seeds:
             print(f"{name} seed {seed}: plain torch.nn.LSTM", flush=True)
-            r = plain_lstm_lm.train(corpus.train, corpus.test, len(corpus.vocab), seed=seed, log=lambda *a: None, **kw)
+            # plain runs are cached like lowbit's: runs/bench/plain_lstm_lm/<name>-seed<s>-<settings hash>.json
+            tag = hashlib.sha1(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:10]
+            cache = ROOT / "runs" / "bench" / "plain_lstm_lm" / f"{name}-seed{seed}-{tag}.json"
+            if cache.is_file():
+                r = json.loads(cache.read_text())
+                print(f"  cached: {cache.name}")
+            else:
+                r = plain_lstm_lm.train(corpus.train, corpus.test, len(corpus.vocab), seed=seed,
+                                        log=lambda *a: None, **kw)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(r))
             plain = r["test_loss"] / math.log(2) if key == "test_bpc" else math.exp(r["test_loss"])
             print(f"{name} seed {seed}: lowbit 32 bits", flush=True)
             m, out, _ = run_one(recipe, sets + [f"seed={seed}"], runs_dir, args.data_dir, False, False)
-            rows.append({"seed": seed, "plain": plain, "lowbit": m[key], "plain_train_seconds": r["train_seconds"],
+            rows.append({"seed": seed, "plain": plain, "lowbit": m[key], "plain_train_seconds": r.get("train_seconds"),
+                         "plain_note": r.get("note", ""),
                          "lowbit_wall_seconds": m["wall_time"], "lowbit_run_dir": str(out.relative_to(ROOT))})
             print(f"  plain {plain:.4f} lowbit {m[key]:.4f}", flush=True)
         mp, ml = statistics.mean(x["plain"] for x in rows), statistics.mean(x["lowbit"] for x in rows)
@@ -103,6 +115,9 @@ def main(argv=None) -> int:
         md += [f"| {x['seed']} | {x['plain']:.3f} | {x['lowbit']:.3f} |" for x in t["rows"]]
         md += [f"| mean | {t['plain_mean']:.3f} | {t['lowbit_mean']:.3f} |", "",
                f"lowbit vs plain: {100 * t['rel']:+.2f}% (within 1%: {'yes' if abs(t['rel']) <= 0.01 else 'NO'}).", ""]
+        notes = [f"seed {x['seed']}: {x['plain_note']}" for x in t["rows"] if x.get("plain_note")]
+        if notes:
+            md += ["Plain-model values: " + "; ".join(notes) + ".", ""]
     md += [f"Threads: {args.threads}; machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs "
            f"(shared), torch {result['machine']['torch']}; total {result['wall_seconds'] / 60:.1f} min.", "",
            f"Reproduce: `{result['command']}`", ""]

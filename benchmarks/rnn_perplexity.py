@@ -16,9 +16,12 @@ run is reused, an interrupted one resumed, so the script can be stopped and rest
 
 Writes benchmarks/results/rnn_perplexity.json and .md.
 
-Time (2-core CPU, one thread): about 1 minute per quantized PTB epoch (the activation-quantized recurrence is
-a Python loop over time steps), less at 32 bits; the defaults (6 epochs, 12 PTB runs, 3 Shakespeare runs of
-1 epoch) take roughly 1.5 hours. ``--quick`` runs the whole grid on tiny subsets in about a minute (a smoke
+Time (2-core CPU, one thread): the activation-quantized recurrence is one autograd node per layer with a
+hand-written backward (lowbit.rnn.recurrence; 1.1x-1.6x the 32-bit torch.nn step, 3.6x-4.6x before issue 17);
+the defaults (6 epochs, 12 PTB runs, 3 Shakespeare runs of 1 epoch) take roughly an hour on a quiet machine.
+Since issue 17 the language models use torch's initialisation (model.init=torch): results before that
+(init "uniform") are not comparable. The side-by-side check against a plain torch.nn.LSTM model is
+benchmarks/lm_side_by_side.py. ``--quick`` runs the whole grid on tiny subsets in about a minute (a smoke
 test of the script, not a result).
 """
 

@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference loop")
+    p.add_argument("--reference-cells", nargs="*", default=["lstm"], help="cells also timed through the (slow) "
+                   "reference loop")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS / "rnn_step_time"))
     args = p.parse_args(argv)
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         variants = {"torch": make_step(TorchLM(cell, V, E, H, L), x, y),
                     "lowbit-32": make_step(RNNLanguageModel(V, cell, E, H, L), x, y),
                     f"lowbit-{k}": make_step(RNNLanguageModel(V, cell, E, H, L, weight_bits=k, act_bits=k), x, y)}
-        if not args.no_reference:
+        if cell in args.reference_cells:
             variants[f"lowbit-{k}-ref"] = make_step(
                 RNNLanguageModel(V, cell, E, H, L, weight_bits=k, act_bits=k), x, y, reference=True)
         times = {n: [] for n in variants}
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    names = list(rows[0]["median_ms"]) if rows else []
+    names = list(dict.fromkeys(n for row in rows for n in row["median_ms"]))
     md = ["# Training-step time: k-bit recurrent LMs vs torch.nn at 32 bits", "",
           f"Network: embedding {E}, {L} x {H}, vocabulary {V}, batch {B}, BPTT {T}; one step = forward, "
           f"cross-entropy, backward, clip, Adam. {args.threads} thread(s), median of {args.reps} steps, "
@@ -121,8 +122,9 @@ def main(argv=None) -> int:
           "| cell | " + " | ".join(f"{n} (ms)" for n in names) + " | " + " | ".join(f"{n} / torch" for n in names[1:]) + " |",
           "|---|" + "---:|" * (2 * len(names) - 1)]
     for row in rows:
-        md.append(f"| {row['cell']} | " + " | ".join(f"{row['median_ms'][n]:.0f}" for n in names) + " | "
-                  + " | ".join(f"{row['ratio_to_torch'][n]:.2f}" for n in names[1:]) + " |")
+        md.append(f"| {row['cell']} | " + " | ".join(f"{row['median_ms'][n]:.0f}" if n in row["median_ms"] else "" for n in names)
+                  + " | " + " | ".join(f"{row['ratio_to_torch'][n]:.2f}" if n in row["ratio_to_torch"] else ""
+                                       for n in names[1:]) + " |")
     md += ["", f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs (shared), torch "
                f"{result['machine']['torch']}.", "", f"Reproduce: `{result['command']}`", ""]
     stem.with_suffix(".md").write_text("\n".join(md))
