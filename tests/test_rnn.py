@@ -22,7 +22,7 @@ from lowbit.data.text import (
 from lowbit.registry import TASKS
 from lowbit.train import run
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from datapaths import SHARED_DATA as DATA  # noqa: E402  ($LOWBIT_DATA first)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -179,7 +179,10 @@ def _eval_images(args, predict, dataset, engine: str) -> int:
 
     if not dataset:
         raise ConfigError("the model does not say which dataset it was trained on: pass --dataset")
-    test = load_dataset(dataset, "test", data_dir=args.data_dir)
+    test = load_dataset(dataset, "test", data_dir=args.data_dir, allow_sample=True)
+    if test.is_sample:
+        print(f"NOTE: full {dataset} not found; evaluating on the {test.source} (the default data directory "
+              f"has no {dataset}: put the files under --data-dir or LOWBIT_DATA for the full test set)")
     batch = args.batch_size or 1000
     t = time.perf_counter()
     preds = np.concatenate([predict(test.images[i:i + batch]) for i in range(0, len(test.labels), batch)])

@@ -1,0 +1,132 @@
+"""Issue 16: the first-hour traps and reliability findings, one test each (what a new user hits first)."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lowbit.cli import main
+from lowbit.data import load_dataset
+from lowbit.data.idx import write_idx
+from lowbit.errors import DataError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = ["--set", "train_subset=300", "--set", "test_subset=200", "--set", "model.hidden=32", "--no-progress"]
+
+
+def _default_data_dir(monkeypatch, tmp_path):
+    """No --data-dir, no $LOWBIT_DATA, and a home without ~/.cache/lowbit/data."""
+    monkeypatch.delenv("LOWBIT_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def _write_mnist(d: Path, split: str, n: int = 4) -> None:
+    rng = np.random.default_rng(0)
+    stem = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+            "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}[split]
+    d.mkdir(parents=True, exist_ok=True)
+    write_idx(d / stem[0], rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    write_idx(d / stem[1], rng.integers(0, 10, n).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+def test_mistyped_data_dir_is_an_error_and_is_not_created(tmp_path, capsys):
+    typo = tmp_path / "dtaa"
+    rc = main(["train", "mnist-mlp", "--epochs", "1", "--data-dir", str(typo), "--out", str(tmp_path / "o"), *TINY])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(typo) in err and "does not exist" in err
+    assert not typo.exists() and not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+def test_lowbit_data_naming_a_missing_folder_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_DATA", str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="LOWBIT_DATA.*missing.*does not exist"):
+        load_dataset("mnist", "test", allow_sample=True)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_named_directory_without_mnist_does_not_fall_back_to_the_sample(tmp_path):
+    with pytest.raises(DataError, match="t10k-images"):
+        load_dataset("mnist", "test", data_dir=tmp_path, download=False, allow_sample=True)
+
+
+def test_only_the_missing_default_directory_falls_back_to_the_sample(tmp_path, monkeypatch):
+    _default_data_dir(monkeypatch, tmp_path)
+    ds = load_dataset("mnist", "test", download=False, allow_sample=True)
+    assert ds.is_sample and len(ds) == 1000
+    assert not (tmp_path / "home").exists()  # nothing created
+
+
+def test_data_dir_pointing_at_a_regular_file_is_an_error(tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_text("x")
+    with pytest.raises(DataError, match="data.txt.*is not a directory"):
+        load_dataset("mnist", "train", data_dir=f, allow_sample=True)
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink"])
+def test_broken_idx_file_is_an_error_naming_it_not_the_sample(tmp_path, monkeypatch, kind):
+    _default_data_dir(monkeypatch, tmp_path)
+    d = tmp_path / "home" / ".cache" / "lowbit" / "data" / "mnist"
+    _write_mnist(d, "test")
+    bad = d / "t10k-images-idx3-ubyte"
+    bad.unlink()
+    if kind == "directory":
+        bad.mkdir()
+    else:
+        bad.symlink_to(tmp_path / "gone")
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", "test", download=False, allow_sample=True)
+    assert str(bad) in str(e.value)
+
+
+def test_directory_named_ptb_train_is_an_error_not_training_on_valid(tmp_path):
+    from lowbit.data.text import load_ptb
+
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    (ptb / "ptb.valid.txt").write_text("a b c\nb c a\n")
+    (ptb / "ptb.test.txt").write_text("a b\n")
+    assert load_ptb(tmp_path).files["train"].endswith("ptb.valid.txt")  # the documented fallback
+    (ptb / "ptb.train.txt").mkdir()
+    with pytest.raises(DataError, match="ptb.train.txt.*not a regular file"):
+        load_ptb(tmp_path)
+
+
+def test_tests_find_real_data_through_lowbit_data(tmp_path, monkeypatch):
+    import datapaths
+
+    monkeypatch.setenv("LOWBIT_DATA", str(tmp_path))
+    assert importlib.reload(datapaths).SHARED_DATA == tmp_path
+    monkeypatch.delenv("LOWBIT_DATA")
+    assert importlib.reload(datapaths).SHARED_DATA == datapaths.REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    """A tiny mnist-mlp trained on the embedded sample (default data directory missing)."""
+    tmp = tmp_path_factory.mktemp("sample_run")
+    mp = pytest.MonkeyPatch()
+    mp.delenv("LOWBIT_DATA", raising=False)
+    mp.setenv("HOME", str(tmp / "home"))
+    mp.setenv("LOWBIT_NO_DOWNLOAD", "1")
+    try:
+        assert main(["train", "mnist-mlp", "--epochs", "1", "--out", str(tmp / "run"), *TINY]) == 0
+    finally:
+        mp.undo()
+    return tmp / "run"
+
+
+def test_eval_falls_back_to_the_sample_like_train(sample_run, tmp_path, monkeypatch, capsys):
+    _default_data_dir(monkeypatch, tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(sample_run / "checkpoint.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "NOTE" in out and "embedded sample" in out and "/1000)" in out
+    # a named directory still must hold the data
+    assert main(["eval", str(sample_run / "checkpoint.pt"), "--data-dir", str(tmp_path)]) == 2
