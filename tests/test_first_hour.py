@@ -130,3 +130,92 @@ def test_eval_falls_back_to_the_sample_like_train(sample_run, tmp_path, monkeypa
     assert "NOTE" in out and "embedded sample" in out and "/1000)" in out
     # a named directory still must hold the data
     assert main(["eval", str(sample_run / "checkpoint.pt"), "--data-dir", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+
+@pytest.fixture(scope="module")
+def small_net():
+    """A binarized convnet with random BN statistics, exported and loaded in the runtime (no training)."""
+    import torch
+
+    from lowbit.bench import randomize_bn
+    from lowbit.export.image import export_model
+    from lowbit.models import convnet
+    from lowbit.runtime.engine import BinaryNetwork
+
+    torch.manual_seed(3)
+    model = convnet(in_shape=(1, 12, 12), channels=[16, "M", 16, "M"], fc=[24])
+    randomize_bn(model, 5)
+    model.eval()
+    meta, arrays = export_model(model, (1, 12, 12), 10)
+    return BinaryNetwork(meta, arrays)
+
+
+def test_runtime_wrong_pixel_values_raise_input_error_not_shape_error(small_net):
+    from lowbit.errors import InputError, LowbitError, ShapeError
+
+    for bad in (np.full((2, 1, 12, 12), 300), np.full((2, 1, 12, 12), 0.5), np.full((2, 1, 12, 12), np.nan)):
+        with pytest.raises(InputError, match="8-bit") as e:
+            small_net.predict(bad)
+        assert isinstance(e.value, (LowbitError, ValueError)) and not isinstance(e.value, ShapeError)
+    with pytest.raises(ShapeError):  # a wrong shape is still a shape error
+        small_net.predict(np.zeros((2, 3, 12, 12), np.uint8))
+
+
+def test_runtime_refuses_complex_input(small_net):
+    from lowbit.errors import InputError
+
+    with pytest.raises(InputError, match="complex"):
+        small_net.predict(np.ones((2, 1, 12, 12), np.complex64))
+
+
+def test_runtime_empty_batch_gives_an_empty_result(small_net):
+    out = small_net.predict(np.zeros((0, 1, 12, 12), np.uint8))
+    assert out.shape == (0, 10) and out.dtype == np.float32
+    assert small_net.classify(np.zeros((0, 144), np.uint8)).shape == (0,)
+
+
+def test_runtime_processes_big_batches_in_chunks(small_net, monkeypatch):
+    x = np.random.default_rng(0).integers(0, 256, (23, 1, 12, 12)).astype(np.uint8)
+    whole = small_net.predict(x)
+    seen = []
+    layer0 = small_net.layers[0]
+    orig = type(layer0).run
+
+    def spy(self, k, h):
+        if self is layer0:
+            seen.append(len(h))
+        return orig(self, k, h)
+
+    monkeypatch.setattr(type(layer0), "run", spy)
+    monkeypatch.setattr(small_net, "batch_chunk", 5)
+    chunked = small_net.predict(x.astype(np.int64))  # the value check runs per chunk too
+    assert seen == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(chunked, whole)
+
+
+def test_int_lstm_runtime_empty_batch_and_complex_input(tmp_path):
+    import torch
+
+    from lowbit.errors import InputError
+    from lowbit.export.lstm import export_int_lstm
+    from lowbit.models.lm import RNNLanguageModel
+    from lowbit.runtime import load
+
+    torch.manual_seed(0)
+    bare = torch.nn.LSTM(6, 8)
+    export_int_lstm(bare, [torch.randn(5, 2, 6)], tmp_path / "bare.lbt")
+    for backend in ("numpy", "c"):
+        m = load(tmp_path / "bare.lbt", backend=backend)
+        y, _ = m.run_float(np.zeros((4, 0, 6), np.float32))
+        assert y.shape == (4, 0, 8)
+        with pytest.raises(InputError, match="complex"):
+            m.run_float(np.ones((2, 1, 6), np.complex64))
+    lm = RNNLanguageModel(40, emb_size=8, hidden_size=8, num_layers=1).eval()
+    stream = np.random.default_rng(0).integers(0, 40, 400).astype(np.int64)
+    export_int_lstm(lm, stream, tmp_path / "lm.lbt", max_batches=1, batch_size=2)
+    for backend in ("numpy", "c"):
+        m = load(tmp_path / "lm.lbt", backend=backend)
+        assert m.log_probs(np.zeros((3, 0), np.int64))[0].shape == (3, 0, 40)
+        assert m.log_probs(np.zeros((0, 2), np.int64))[0].shape == (0, 2, 40)
