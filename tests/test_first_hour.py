@@ -219,3 +219,84 @@ def test_int_lstm_runtime_empty_batch_and_complex_input(tmp_path):
         m = load(tmp_path / "lm.lbt", backend=backend)
         assert m.log_probs(np.zeros((3, 0), np.int64))[0].shape == (3, 0, 40)
         assert m.log_probs(np.zeros((0, 2), np.int64))[0].shape == (0, 2, 40)
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+def test_version(capsys):
+    from lowbit import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"lowbit {__version__}"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_output_files_follow_the_umask(tmp_path, umask):
+    from lowbit.fileio import atomic_write
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_stale_temp_files_of_the_target_are_cleaned(tmp_path):
+    import time
+
+    from lowbit.fileio import atomic_write
+
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp"
+    fresh = tmp_path / ".checkpoint.pt.def456.tmp"   # may belong to a writer still running
+    other = tmp_path / ".metrics.json.xyz.tmp"       # another target's
+    for p in (stale, fresh, other):
+        p.write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    atomic_write(tmp_path / "checkpoint.pt", lambda f: f.write(b"new"))
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name, "checkpoint.pt"])
+
+
+def test_resume_removes_a_killed_run_s_temp_files(sample_run, tmp_path, monkeypatch):
+    import shutil
+
+    _default_data_dir(monkeypatch, tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(sample_run, run)
+    leftover = run / ".checkpoint.pt.k1ll3d.tmp"
+    leftover.write_bytes(b"partial")  # just now: a kill's leftover is garbage once this run owns --out
+    assert main(["train", "mnist-mlp", "--epochs", "2", "--out", str(run), "--resume", *TINY]) == 0
+    assert not leftover.exists() and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("rank,printed", [("0", True), ("1", False)])
+def test_train_reports_the_result_on_rank_zero_only(monkeypatch, capsys, tmp_path, rank, printed):
+    import lowbit.train
+
+    monkeypatch.setattr(lowbit.train, "run", lambda *a, **k: {"test_accuracy": 0.5})
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", "mnist-mlp", "--out", str(tmp_path)]) == 0
+    assert ("final test accuracy 0.5000" in capsys.readouterr().out) == printed
+
+
+def test_recipes_show_describes_every_setting(capsys):
+    import dataclasses
+
+    from lowbit.train.config import FIELD_DOCS, TrainConfig, get_recipe
+
+    assert set(FIELD_DOCS) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert main(["recipes", "--show", "mnist-mlp"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]  # after the heading
+    cfg = get_recipe("mnist-mlp").to_dict()
+    for key in set(cfg) - {"model_args"}:
+        line = next(l for l in lines if l.split()[0] == key)
+        assert FIELD_DOCS[key] in line, line
+    assert any(l.split()[0] == "model.hidden" for l in lines)
+    import json
+
+    assert main(["recipes", "--show", "mnist-mlp", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == cfg

@@ -54,6 +54,32 @@ class TrainConfig:
         return cls(**copy.deepcopy(d))
 
 
+#: One line per :class:`TrainConfig` field, shown by ``lowbit recipes --show RECIPE``.
+FIELD_DOCS: Dict[str, str] = {
+    "recipe": "the recipe's name (fixed)",
+    "dataset": "dataset to train on (mnist, fashion-mnist, cifar10, svhn, imagenet, ptb, shakespeare)",
+    "model": "model builder by name (see lowbit.registry.MODELS)",
+    "model_args": "arguments of the model builder (model.KEY=VALUE)",
+    "epochs": "passes over the training data",
+    "batch_size": "training examples per step (language models: columns of text)",
+    "eval_batch_size": "examples per batch when evaluating",
+    "optimizer": "optimizer by name (adam, sgd, ...)",
+    "lr_start": "learning rate of the first step (> 0)",
+    "lr_end": "learning rate of the last step; decays exponentially from lr_start (> 0)",
+    "lr_scale": "BinaryConnect per-layer learning-rate scale for quantized weights",
+    "loss": "training loss: square_hinge or cross_entropy",
+    "seed": "random seed (initialisation and data order)",
+    "train_subset": "train on only the first N training examples (0: all)",
+    "test_subset": "evaluate on only the first N test examples (0: all)",
+    "task": "training loop: image, imagenet or lm",
+    "pact_l2": "L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)",
+    "bn_recalibrate": "re-estimate batch-norm statistics over this many training images before each evaluation (0: off)",
+    "data_workers": "DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process",
+    "amp": "mixed precision: none or bf16 (autocast; quantizers stay float32)",
+    "compile": "torch.compile backend for the training forward (inductor, aot_eager); empty: eager",
+}
+
+
 def recipe(name: str):
     """Decorator registering a function that returns a fresh :class:`TrainConfig` as recipe ``name``
     (:data:`lowbit.registry.RECIPES`; the built-ins live in :mod:`lowbit.train.recipes`)."""

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, remove_stale_temp_files
 from ..registry import TASKS
 from . import distributed
 from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
@@ -207,6 +207,9 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     # ---- resume ---------------------------------------------------------------------------------------
     history, start_epoch, elapsed_before = [], 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
+    if ctx.is_main:  # this run owns out_dir: temp files a killed run left behind are garbage now
+        for name in (CHECKPOINT, METRICS, CURVES):
+            remove_stale_temp_files(out_dir / name, older_than_s=0.0)
     if resume:
         saved, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
         task.check_resume(saved, ckpt_path)
