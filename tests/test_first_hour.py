@@ -300,3 +300,36 @@ def test_recipes_show_describes_every_setting(capsys):
 
     assert main(["recipes", "--show", "mnist-mlp", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == cfg
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+def test_summary_counts_macs_per_precision_and_numbers_layers_like_export(capsys):
+    from lowbit.errors import CheckpointError
+    from lowbit.export.image import export_model
+    from lowbit.summary import summarize
+    from lowbit.train.checkpoint import model_from_config
+    from lowbit.train.config import apply_overrides, get_recipe
+
+    h = 16
+    cfg = apply_overrides(get_recipe("mnist-mlp-qnn"), [
+        f"model.hidden={h}", "model.weight_quantizer=sawb:bits=2", "model.act_quantizer=pact:bits=2,alpha=3.0"])
+    model = model_from_config(cfg.to_dict())
+    s = summarize(model, (1, 28, 28))
+    t = s["totals"]
+    # every weight layer is k-bit x k-bit (2-bit weights; 8-bit pixels, then 2-bit activations)
+    assert t["int8_macs"] == t["macs"] == 784 * h + 2 * h * h + h * 10
+    assert t["binary_macs"] == t["float_macs"] == t["int8_x_binary_macs"] == 0
+    first = next(r for r in s["layers"] if r["type"] == "QuantLinear")
+    assert (first["weight_bits"], first["input_bits"], first["int8_macs"]) == (2, 8, 784 * h)
+    with pytest.raises(CheckpointError, match=rf"layer {first['layer']} \(QuantLinear\) has 2-bit weights"):
+        export_model(model.eval(), (1, 28, 28), 10)
+    # the paper MLP: the 8-bit first layer has its own column
+    s = summarize(model_from_config(get_recipe("mnist-mlp").to_dict()), (1, 28, 28))
+    assert s["totals"]["int8_x_binary_macs"] == 784 * 4096 and s["layers"][0]["int8_x_binary_macs"] == 784 * 4096
+    assert main(["summary", "mnist-mlp"]) == 0
+    out = capsys.readouterr().out
+    header = next(l for l in out.splitlines() if l.startswith("layer"))
+    assert "8x1-bit MACs" in header and "k-bit MACs" in header and "float MACs" in header
+    row = next(l for l in out.splitlines() if l.startswith(f"{s['layers'][0]['layer']} "))
+    assert row.split()[-4:] == ["0", "3.21M", "0", "0"]  # 1x1, 8x1, k-bit, float MAC columns

@@ -103,7 +103,9 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
     if not isinstance(model, nn.Sequential):
         raise CheckpointError("runtime export: the model must be an nn.Sequential of lowbit layers")
     model = model.eval()
-    mods = [m for m in model if not isinstance(m, nn.Dropout)]
+    kept = [(j, m) for j, m in enumerate(model) if not isinstance(m, nn.Dropout)]
+    mods = [m for _, m in kept]
+    pos = [j for j, _ in kept]  # messages number layers by their index in the model, as `lowbit summary` does
     ops: List[Dict] = []
     arrays: Dict[str, np.ndarray] = {}
     shape = list(input_shape)  # (C, H, W) of what flows, or [F] after flatten
@@ -131,28 +133,28 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             i += 1
             continue
         if not isinstance(m, (QuantConv2d, QuantLinear)):
-            raise CheckpointError(f"runtime export: unsupported module at position {i}: {type(m).__name__}")
-        _check_binary_weights(m, i)
+            raise CheckpointError(f"runtime export: unsupported module at position {pos[i]}: {type(m).__name__}")
+        _check_binary_weights(m, pos[i])
         if domain == "bits" and not isinstance(m.input_quantizer, Identity) and not is_binary(m.input_quantizer):
-            raise CheckpointError(f"runtime export: layer {i} has a {m.input_bits}-bit input quantizer")
+            raise CheckpointError(f"runtime export: layer {pos[i]} has a {m.input_bits}-bit input quantizer")
         if domain == "float":
-            raise CheckpointError(f"runtime export: layer {i} receives real-valued activations; put a binary QuantAct before it")
+            raise CheckpointError(f"runtime export: layer {pos[i]} receives real-valued activations; put a binary QuantAct before it")
         w = m.weight.detach().double().numpy()
         wsign = np.where(w >= 0, 1.0, -1.0)
         name = f"l{n_layers}"
         op: Dict = {"name": name, "input": domain}
         if isinstance(m, QuantConv2d):
             if len(shape) != 3:
-                raise CheckpointError(f"runtime export: conv layer {i} after a Flatten")
+                raise CheckpointError(f"runtime export: conv layer {pos[i]} after a Flatten")
             if m.groups != 1 or tuple(m.dilation) != (1, 1):
-                raise CheckpointError(f"runtime export: conv layer {i}: groups/dilation other than 1 are not supported")
+                raise CheckpointError(f"runtime export: conv layer {pos[i]}: groups/dilation other than 1 are not supported")
             cout, cin, kh, kw = wsign.shape
             ph, pw = m.padding
             sh, sw = m.stride
             expected_pad = -1.0 if domain == "pixels" else 1.0
             if (ph or pw) and m.pad_value != expected_pad:
                 raise CheckpointError(
-                    f"runtime export: conv layer {i} pads with {m.pad_value}; the runtime needs "
+                    f"runtime export: conv layer {pos[i]} pads with {m.pad_value}; the runtime needs "
                     f"{expected_pad} ({'a black pixel' if domain == 'pixels' else '+1'}) to be exact"
                 )
             H, W = shape[1], shape[2]
@@ -174,7 +176,7 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
         else:
             fin, fout = m.in_features, m.out_features
             if shape != [fin]:
-                raise CheckpointError(f"runtime export: layer {i} expects {fin} inputs, gets shape {shape}")
+                raise CheckpointError(f"runtime export: layer {pos[i]} expects {fin} inputs, gets shape {shape}")
             op.update(op="dense", in_features=fin, out_features=fout)
             if layout_hw is not None and domain == "bits":
                 # FC on flattened packed conv features: PyTorch's (C, H, W) order -> the runtime's (H, W, C)
@@ -210,12 +212,12 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             shape = [shape[0], shape[1] // 2, shape[2] // 2]
             i += 1
         if i >= len(mods) or not isinstance(mods[i], (nn.BatchNorm1d, nn.BatchNorm2d)):
-            raise CheckpointError(f"runtime export: layer {i - 1} must be followed by BatchNorm")
+            raise CheckpointError(f"runtime export: layer {pos[i - 1]} must be followed by BatchNorm")
         c, d = _bn_params(mods[i])
         i += 1
         if i < len(mods) and isinstance(mods[i], QuantAct):
             if not mods[i].binary:
-                raise CheckpointError(f"runtime export: activation at {i} is {mods[i].bits}-bit; the runtime needs binary")
+                raise CheckpointError(f"runtime export: activation at {pos[i]} is {mods[i].bits}-bit; the runtime needs binary")
             t, flip = thresholds(c, d, scale, offset)
             arrays[name + ".threshold"] = t
             arrays[name + ".flip"] = flip.astype(np.uint8)
