@@ -333,3 +333,88 @@ def test_summary_counts_macs_per_precision_and_numbers_layers_like_export(capsys
     assert "8x1-bit MACs" in header and "k-bit MACs" in header and "float MACs" in header
     row = next(l for l in out.splitlines() if l.startswith(f"{s['layers'][0]['layer']} "))
     assert row.split()[-4:] == ["0", "3.21M", "0", "0"]  # 1x1, 8x1, k-bit, float MAC columns
+
+
+# ------------------------------------------------------------------------ crafted checkpoints, config ranges
+
+def _crafted(sample_run):
+    import copy
+
+    import torch
+
+    good = torch.load(sample_run / "checkpoint.pt", weights_only=True)
+
+    def edit(fn):
+        d = copy.deepcopy(good)
+        fn(d)
+        return d
+
+    nan_state = edit(lambda d: d["model_state"]["3.running_var"].__setitem__(0, float("nan")))
+    return good, {
+        "format_version string": (edit(lambda d: d.__setitem__("format_version", "1")), "format_version is '1'"),
+        "no config": (edit(lambda d: d.pop("config")), "missing 'config'"),
+        "config a list": (edit(lambda d: d.__setitem__("config", [1, 2])), "'config' is a list"),
+        "model_args a string": (edit(lambda d: d["config"].__setitem__("model_args", "x")), "model_args"),
+        "model_state a list": (edit(lambda d: d.__setitem__("model_state", [1])), "'model_state' is a list"),
+        "state entry not a tensor": (edit(lambda d: d["model_state"].__setitem__("2.weight", 3)), "2.weight"),
+        "negative epoch": (edit(lambda d: d.__setitem__("epoch", -1)), "'epoch' is -1"),
+        "history a dict": (edit(lambda d: d.__setitem__("history", {})), "'history' is a dict"),
+        "huge hidden": (edit(lambda d: d["config"]["model_args"].__setitem__("hidden", 10 ** 6)), "different model"),
+        "unknown model arg": (edit(lambda d: d["config"]["model_args"].__setitem__("bogus", 1)), "bogus"),
+        "nan batch-norm statistic": (nan_state, "3.running_var holds non-finite"),
+    }
+
+
+def test_crafted_checkpoints_give_named_errors_not_tracebacks(sample_run, tmp_path, capsys):
+    import torch
+
+    _, cases = _crafted(sample_run)
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.pt"
+        torch.save(data, path)
+        commands = [["export", str(path), "-o", str(tmp_path / "m.lbt")]]
+        if name != "nan batch-norm statistic":  # summary and eval may look at a diverged model
+            commands += [["summary", str(path)], ["eval", str(path)]]
+        for cmd in commands:
+            capsys.readouterr()
+            assert main(cmd) == 2, (name, cmd)
+            err = capsys.readouterr().err
+            assert message in err and err.count("\n") == 1 and "upgrade" not in err, (name, cmd, err)
+        assert not (tmp_path / "m.lbt").exists()
+
+
+def test_resume_refuses_damaged_run_state(sample_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import torch
+
+    _default_data_dir(monkeypatch, tmp_path)
+    good, _ = _crafted(sample_run)
+    for key, value, message in (("epoch", -3, "'epoch' is -3"), ("optimizer_state", None, "optimizer_state"),
+                                ("rng_state", "x", "rng_state"), ("optimizer_state", {"state": 1}, "optimizer")):
+        run = tmp_path / f"run_{key}_{value}"
+        shutil.copytree(sample_run, run)
+        d = dict(good)
+        d[key] = value
+        torch.save(d, run / "checkpoint.pt")
+        capsys.readouterr()
+        assert main(["train", "mnist-mlp", "--epochs", "2", "--out", str(run), "--resume", *TINY]) == 2, key
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("model.dropout_in=2.0", "dropout probability"), ("model.dropout_hidden=-0.1", "dropout probability"),
+    ("model.hidden=99999999999", "outside the sizes"), ("model.hidden=1000000", "GiB"),
+    ("lr_start=inf", "finite"), ("lr_end=nan", "finite"), ("pact_l2=inf", "pact_l2"),
+])
+def test_out_of_range_settings_are_refused(setting, message, tmp_path, capsys):
+    rc = main(["train", "mnist-mlp", "--set", setting, "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_batch_size_zero_is_refused(sample_run, capsys):
+    assert main(["eval", str(sample_run / "checkpoint.pt"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err

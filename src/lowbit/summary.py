@@ -163,14 +163,13 @@ def format_summary(s: Dict, title: str = "") -> str:
 
 def summarize_target(target: str) -> Dict:
     """A recipe name or a checkpoint path -> summary dict (with 'title')."""
-    from .train.checkpoint import load_model_state, model_from_config, read_checkpoint
+    from .train.checkpoint import model_from_checkpoint, model_from_config, read_checkpoint
     from .train.config import get_recipe
 
     if Path(target).is_file():
         data = read_checkpoint(target)
         cfg = data["config"]
-        model = model_from_config(cfg)
-        load_model_state(model, data["model_state"], target)
+        model = model_from_checkpoint(data, target)
         title = f"{target} (recipe {cfg.get('recipe')})"
     else:
         cfg = get_recipe(target).to_dict()

@@ -244,12 +244,12 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
 
 def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path]) -> Dict:
     """``lowbit export``: read a training checkpoint, write the ``.lbt`` file; returns a size report."""
-    from ..train.checkpoint import load_model_state, model_from_config, read_checkpoint
+    from ..train.checkpoint import check_finite, model_from_checkpoint, read_checkpoint
 
     data = read_checkpoint(checkpoint)
     cfg = data["config"]
-    model = model_from_config(cfg)
-    load_model_state(model, data["model_state"], str(checkpoint))
+    check_finite(data["model_state"], str(checkpoint))
+    model = model_from_checkpoint(data, str(checkpoint))
     args = cfg["model_args"]
     meta, arrays = export_model(model, args["in_shape"], args.get("num_classes", 10),
                                 meta={"recipe": cfg.get("recipe"), "dataset": cfg.get("dataset"),

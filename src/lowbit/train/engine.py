@@ -30,7 +30,7 @@ from ..fileio import atomic_write, remove_stale_temp_files
 from ..registry import TASKS
 from . import distributed
 from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
-from .config import TrainConfig, validate
+from .config import TrainConfig, validate, validate_model_args
 from .optim import build_optimizer, build_scheduler
 from .plotting import plot_curves
 
@@ -167,12 +167,23 @@ def resume_run(ckpt_path: Path, cfg: TrainConfig, model: nn.Module, optimizer, s
         raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
     saved = read_checkpoint(ckpt_path, map_location=ctx.device)
     _check_resume(saved, cfg, ckpt_path)
+    for key, typ in (("optimizer_state", dict), ("scheduler_state", dict), ("rng_state", torch.Tensor),
+                     ("epoch", int), ("history", list)):
+        if not isinstance(saved.get(key), typ):
+            raise CheckpointError(f"--resume: {ckpt_path} has no valid '{key}' (got {type(saved.get(key)).__name__}); "
+                                  f"it cannot continue a run: use another --out directory")
     load_model_state(model, saved["model_state"], str(ckpt_path))
-    optimizer.load_state_dict(saved["optimizer_state"])
-    scheduler.load_state_dict(saved["scheduler_state"])
-    torch.set_rng_state(saved["rng_state"])
+    try:
+        optimizer.load_state_dict(saved["optimizer_state"])
+        scheduler.load_state_dict(saved["scheduler_state"])
+        torch.set_rng_state(saved["rng_state"].cpu())
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"--resume: {ckpt_path} holds an optimizer/schedule/RNG state this run cannot "
+                              f"use ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     history, start_epoch = saved["history"], int(saved["epoch"])
-    elapsed = history[-1]["wall_time"] if history else 0.0
+    elapsed = history[-1].get("wall_time", 0.0) if history else 0.0
+    if not isinstance(elapsed, (int, float)) or not elapsed >= 0:
+        raise CheckpointError(f"--resume: {ckpt_path}: the last epoch's wall_time is {elapsed!r}")
     log(f"resumed from {ckpt_path} after epoch {start_epoch}")
     return saved, history, start_epoch, elapsed
 
@@ -197,6 +208,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     # ---- data ----------------------------------------------------------------------------------------
     task.load(data_dir, ctx, log)
     cfg = task.cfg  # the task may have completed it from the data (e.g. the vocabulary size)
+    validate_model_args(cfg)  # now with the sizes the data filled in
 
     # ---- model, optimizer, schedule -----------------------------------------------------------------
     model = model_from_config(cfg.to_dict()).to(ctx.device)

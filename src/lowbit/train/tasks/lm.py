@@ -32,7 +32,7 @@ from ...errors import CheckpointError, ConfigError, DataError
 from ...models.lm import split_model_args
 from ...registry import TASKS
 from .. import distributed
-from ..checkpoint import load_model_state, model_from_config, read_checkpoint
+from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import TrainConfig
 from ..engine import Task
 
@@ -183,7 +183,6 @@ def load_lm_checkpoint(path, map_location="cpu"):
     data = read_checkpoint(path, map_location)
     if data["config"].get("task") != "lm" or "vocab" not in data:
         raise CheckpointError(f"{path} is not a language-model checkpoint (task {data['config'].get('task')!r})")
-    model = model_from_config(data["config"])
-    load_model_state(model, data["model_state"], str(path))
+    model = model_from_checkpoint(data, str(path))
     model.eval()
     return model, Vocabulary.from_dict(data["vocab"]), data
