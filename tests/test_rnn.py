@@ -265,8 +265,11 @@ def test_bad_text_files(tmp_path):
         read_tokens(_write(tmp_path / "latin1.txt", "caf\xe9 au lait\n", encoding="latin-1"), "word")
     with pytest.raises(DataError, match="does not exist"):
         read_tokens(tmp_path / "missing.txt", "char")
-    with pytest.raises(DataError, match="no PTB files"):
+    with pytest.raises(DataError, match="nowhere, does not exist"):  # a mistyped data directory
         load_ptb(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no PTB files"):
+        load_ptb(tmp_path / "empty")
     with pytest.raises(DataError, match="too short"):
         load_char_corpus(_write(tmp_path / "tiny.txt", "abc"))
     with pytest.raises(ConfigError):
