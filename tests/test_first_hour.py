@@ -418,3 +418,70 @@ def test_out_of_range_settings_are_refused(setting, message, tmp_path, capsys):
 def test_eval_batch_size_zero_is_refused(sample_run, capsys):
     assert main(["eval", str(sample_run / "checkpoint.pt"), "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- curves
+
+def test_history_records_smoothed_per_step_curves(sample_run):
+    import json
+
+    history = json.loads((sample_run / "metrics.json").read_text())["epochs"]
+    steps = history[0]["steps"]
+    # 300 images in batches of 100: 3 steps, each sampled; fractional epochs up to exactly 1
+    assert [s[0] for s in steps] == pytest.approx([1 / 3, 2 / 3, 1.0], abs=1e-5)
+    # bias-corrected EMA: the first point is the first batch's loss itself; all are finite, accuracy in [0, 1]
+    assert all(np.isfinite(s[1]) and 0.0 <= s[2] <= 1.0 for s in steps)
+
+
+def test_curve_smoothing_by_hand():
+    from lowbit.train.plotting import StepCurve
+
+    c = StepCurve(epoch=2, steps_per_epoch=4, points=2, decay=0.5)
+    for loss, acc in ((4.0, 0.0), (2.0, 1.0), (1.0, 1.0), (1.0, 0.5)):
+        c.update(loss, acc)
+    # every 2 steps; EMA with decay 0.5, bias-corrected: after 2 steps (0.5*4*0.5 + 0.5*2) / 0.75
+    assert c.samples[0] == pytest.approx([2.5, (0.25 * 4 + 0.5 * 2) / 0.75, 0.5 / 0.75])
+    assert c.samples[1][0] == 3.0 and len(c.samples) == 2
+
+
+def test_one_epoch_curve_is_a_line_on_integer_epochs_with_the_data_source(sample_run, tmp_path, monkeypatch):
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from lowbit.train import plotting
+
+    figs = []
+    real = plotting.curves_figure
+    monkeypatch.setattr(plotting, "curves_figure", lambda *a, **k: figs.append(real(*a, **k)) or figs[-1])
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)
+    _default_data_dir(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "mnist-mlp", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    assert (out / "curves.png").stat().st_size > 1000
+    fig = figs[-1]
+    ax_loss, ax_acc = fig.axes[:2]
+    assert "embedded sample" in fig._suptitle.get_text() and "mnist-mlp" in fig._suptitle.get_text()
+    steps = json.loads((out / "metrics.json").read_text())["epochs"][0]["steps"]
+    train_line = ax_loss.lines[0]
+    assert list(train_line.get_xdata()) == [s[0] for s in steps] and len(steps) == 3
+    ticks = [t for t in ax_loss.get_xticks() if ax_loss.get_xlim()[0] <= t <= ax_loss.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks) and ax_loss.get_xlim() == (0.0, 1.0)
+    assert any("test" in l.get_label() for l in ax_acc.lines)
+    for f in figs:
+        plt.close(f)
+
+
+def test_language_model_curves_use_the_reported_unit():
+    from lowbit.train.plotting import curves_figure
+    import matplotlib.pyplot as plt
+
+    history = [{"epoch": 1, "train_loss": 1.0, "train_bpc": 1.0 / np.log(2), "test_bpc": 2.0, "train_accuracy": 0.5,
+                "test_accuracy": 0.4, "steps": [[0.5, np.log(2) * 3, 0.3], [1.0, np.log(2) * 2, 0.5]]}]
+    fig = curves_figure(history, "lm", ("train_accuracy", "test_accuracy"), ("train_bpc", "test_bpc"),
+                        "bits per character", lambda loss: loss / np.log(2))
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "bits per character"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [3.0, 2.0])     # per-step nats shown as bits
+    assert [l.get_ydata()[0] for l in ax.lines[1:]] == [2.0]             # test point in bits per character
+    plt.close(fig)

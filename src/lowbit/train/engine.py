@@ -32,7 +32,7 @@ from . import distributed
 from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
 from .config import TrainConfig, validate, validate_model_args
 from .optim import build_optimizer, build_scheduler
-from .plotting import plot_curves
+from .plotting import StepCurve, plot_curves
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -100,6 +100,17 @@ class Task(abc.ABC):
 
     def postfix(self, mean_loss: float, accuracy: float) -> Dict[str, str]:
         return {"loss": f"{mean_loss:.4f}", "acc": f"{accuracy:.4f}"}
+
+    def data_title(self) -> str:
+        """Which data the run used, in a few words for the plot's title (the sample or the full set)."""
+        if self.source.startswith("embedded sample"):
+            return f"data: {self.source}"
+        return f"data: full {self.cfg.dataset}"
+
+    def curve_unit(self) -> Dict[str, Any]:
+        """How the loss plot shows losses: ``label`` (y axis), ``keys`` (epoch record keys in that unit) and
+        ``convert`` (mean loss in nats -> that unit, for the per-step curve). Default: the loss itself."""
+        return {}
 
 
 def keep_freed_memory() -> None:
@@ -235,6 +246,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     for epoch in range(start_epoch, cfg.epochs):
         train_model.train()
         loss_sum = correct = seen = 0.0
+        curve = StepCurve(epoch, steps_per_epoch)
         t_epoch = time.time()
         bar = tqdm(task.batches(epoch, ctx), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not (progress and ctx.is_main), dynamic_ncols=True, mininterval=0.5)
@@ -248,9 +260,11 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
                 nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad)
             optimizer.step()  # its post-step hook clips the latent weights to [-1, 1]
             scheduler.step()
-            loss_sum += loss.detach().item() * count
+            batch_loss = loss.detach().item()
+            loss_sum += batch_loss * count
             correct += batch_correct
             seen += count
+            curve.update(batch_loss, batch_correct / max(count, 1))
             bar.set_postfix(task.postfix(loss_sum / seen, correct / seen), refresh=False)
         bar.close()
         loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], ctx)
@@ -259,7 +273,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
                   "train_accuracy": correct / seen}
         record.update(task.evaluate(model, ctx))
         record.update({"lr": optimizer.param_groups[-1]["lr"], "train_items_per_s": seen / max(train_time, 1e-9),
-                       "wall_time": time.time() - t0})
+                       "wall_time": time.time() - t0, "steps": curve.samples})
         history.append(record)
         log(task.describe(record))
         end_epoch(ckpt_path, out_dir, task, model, optimizer, scheduler, history, ctx)
@@ -281,8 +295,10 @@ def end_epoch(ckpt_path: Path, out_dir: Path, task: Task, model: nn.Module, opti
         })
         metrics = build_metrics(task, history, ctx)
         atomic_write(out_dir / METRICS, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-        plot_curves(history, out_dir / CURVES, title=task.cfg.recipe, accuracy_keys=task.accuracy_keys,
-                    loss_keys=task.loss_keys)
+        unit = task.curve_unit()
+        plot_curves(history, out_dir / CURVES, title=f"{task.cfg.recipe} ({task.data_title()})",
+                    accuracy_keys=task.accuracy_keys, loss_keys=unit.get("keys", task.loss_keys),
+                    loss_label=unit.get("label", "loss"), step_loss=unit.get("convert"))
     distributed.barrier(ctx)
 
 

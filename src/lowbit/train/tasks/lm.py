@@ -21,6 +21,7 @@ averaged by DistributedDataParallel, and loss sums are combined across processes
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -165,6 +166,18 @@ class LMTask(Task):
     def postfix(self, mean_loss, accuracy):
         shown = math.exp(min(mean_loss, 50)) if self.unit == "perplexity" else mean_loss / LN2
         return {"loss": f"{mean_loss:.3f}", ("ppl" if self.unit == "perplexity" else "bpc"): f"{shown:.3f}"}
+
+    def data_title(self) -> str:
+        return f"data: {self.cfg.dataset}, trained on {Path(self.corpus.files['train']).name}"
+
+    def curve_unit(self):
+        """The plot shows what the command line reports: perplexity (word level) or bits per character."""
+        keys = ("train",) + tuple(self.evals)
+        if self.unit == "perplexity":
+            return {"label": "perplexity", "keys": tuple(f"{k}_perplexity" for k in keys),
+                    "convert": lambda loss: math.exp(min(loss, 700.0))}
+        return {"label": "bits per character", "keys": tuple(f"{k}_bpc" for k in keys),
+                "convert": lambda loss: loss / LN2}
 
     def checkpoint_extras(self):
         return {"vocab": self.corpus.vocab.to_dict(), "data": self.corpus.describe()}
