@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LOWBIT_DATA") or REPO.parent / "shared" / "data")
+from datapaths import REPO, SHARED_DATA, WHERE  # noqa: F401  ($LOWBIT_DATA first, then ../shared/data)
 
 
 def subprocess_env(**extra) -> dict:
@@ -57,9 +56,9 @@ def kernel_path(request):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real datasets beside the repository (../shared/data, or $LOWBIT_DATA)."""
+    """The real datasets: ``$LOWBIT_DATA`` if set, else the folder beside the repository (../shared/data)."""
     if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+        pytest.skip(f"real data (an mnist/ folder) not found at {WHERE}")
     return SHARED_DATA
 
 

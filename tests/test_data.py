@@ -24,12 +24,12 @@ from lowbit.data import svhn as svhn_mod
 from lowbit.data.idx import write_idx
 from lowbit.errors import ConfigError, DataError
 
-SHARED = SHARED_DATA
+from datapaths import SHARED_DATA as SHARED, WHERE  # noqa: E402
 MNIST_DIR = SHARED / "mnist"
 needs_mnist = pytest.mark.skipif(
     not all((MNIST_DIR / f).is_file() for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")),
-    reason=f"real MNIST not available at {MNIST_DIR} (the shared data folder next to the repo)")
+    reason=f"real MNIST not available under {WHERE}")
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -386,6 +386,7 @@ def test_cifar10_download_and_extract(tmp_path, monkeypatch):
         (f"cifar-10-batches-py/{p.name}", p.read_bytes()) for p in sorted((src / "cifar-10-batches-py").iterdir())])
     monkeypatch.setitem(dl.RESOURCES, "cifar10", {"cifar-10-python.tar.gz": (tar.as_uri(), _md5(tar))})
     root = tmp_path / "data"
+    root.mkdir()
     ds = load_dataset("cifar10", "test", data_dir=root, download=True)
     assert np.array_equal(ds.images, batches["test_batch"][0])
     assert (root / "cifar10" / "cifar-10-batches-py" / "data_batch_5").is_file()
@@ -499,6 +500,7 @@ def _serve_mnist_files(tmp_path: Path, monkeypatch, dataset="mnist", n=6):
 def test_load_dataset_downloads_missing_files(tmp_path, monkeypatch, dataset):
     imgs = _serve_mnist_files(tmp_path, monkeypatch, dataset)
     root = tmp_path / "data"
+    root.mkdir()
     ds = load_dataset(dataset, "test", data_dir=root, download=True)
     assert np.array_equal(ds.images[:, 0], imgs["test"][0]) and not ds.is_sample
     assert _files_in(root / dataset) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
@@ -509,6 +511,7 @@ def test_load_dataset_download_checksum_mismatch(tmp_path, monkeypatch):
     url, _ = dl.RESOURCES["mnist"]["train-labels-idx1-ubyte.gz"]
     dl.RESOURCES["mnist"]["train-labels-idx1-ubyte.gz"] = (url, "f" * 32)
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(DataError, match="checksum mismatch") as e:
         load_dataset("mnist", "train", data_dir=root, download=True)
     assert "train-labels-idx1-ubyte.gz" in str(e.value)
@@ -531,6 +534,7 @@ def _offline(monkeypatch):
 def test_offline_message_names_files_and_directory(tmp_path, monkeypatch, dataset, split, files, target):
     _offline(monkeypatch)
     root = tmp_path / "nowhere"
+    root.mkdir()
     with pytest.raises(DataError) as e:
         load_dataset(dataset, split, data_dir=root, download=True)
     msg = str(e.value)
@@ -555,31 +559,40 @@ def test_offline_unreachable_port(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- embedded sample
 
+def _default_data_dir(monkeypatch, tmp_path):
+    """No --data-dir, no $LOWBIT_DATA, and a home whose default data directory does not exist."""
+    monkeypatch.delenv("LOWBIT_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
 @pytest.mark.parametrize("download", [False, True])
 def test_sample_fallback(tmp_path, monkeypatch, download):
     _offline(monkeypatch)
+    _default_data_dir(monkeypatch, tmp_path)
     for split, n in (("train", 6000), ("test", 1000)):
-        ds = load_dataset("mnist", split, data_dir=tmp_path, download=download, allow_sample=True)
+        ds = load_dataset("mnist", split, download=download, allow_sample=True)
         assert ds.is_sample and ds.source.startswith("embedded sample") and str(n) in ds.source
         assert ds.images.shape == (n, 1, 28, 28) and ds.images.dtype == np.uint8
         assert ds.labels.shape == (n,) and ds.labels.dtype == np.int64
         assert set(np.unique(ds.labels).tolist()) == set(range(10))
-    assert np.bincount(load_dataset("mnist", "train", data_dir=tmp_path, download=False,
+    assert np.bincount(load_dataset("mnist", "train", download=False,
                                     allow_sample=True).labels).tolist() == [600] * 10
     # never for other datasets, never when the files exist but are corrupt
     with pytest.raises(DataError):
-        load_dataset("fashion-mnist", "train", data_dir=tmp_path, download=False, allow_sample=True)
-    _write_mnist_like(tmp_path / "mnist", "test", 3)
-    (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"junk")
+        load_dataset("fashion-mnist", "train", download=False, allow_sample=True)
+    default = tmp_path / "home" / ".cache" / "lowbit" / "data"
+    _write_mnist_like(default / "mnist", "test", 3)
+    (default / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"junk")
     with pytest.raises(DataError, match="gzip"):
-        load_dataset("mnist", "test", data_dir=tmp_path, download=False, allow_sample=True)
+        load_dataset("mnist", "test", download=False, allow_sample=True)
 
 
 @needs_mnist
-def test_sample_is_real_mnist(real_mnist, tmp_path):
+def test_sample_is_real_mnist(real_mnist, tmp_path, monkeypatch):
     from lowbit.data.sample import sample_index
+    _default_data_dir(monkeypatch, tmp_path)
     for split in ("train", "test"):
-        ds = load_dataset("mnist", split, data_dir=tmp_path, download=False, allow_sample=True)
+        ds = load_dataset("mnist", split, download=False, allow_sample=True)
         idx = sample_index(split)
         assert np.array_equal(ds.images, real_mnist[split].images[idx])
         assert np.array_equal(ds.labels, real_mnist[split].labels[idx])

@@ -560,7 +560,9 @@ def test_pact_l2_penalty_and_parameter():
     assert pact_l2_penalty(torch.nn.Linear(2, 2)).item() == 0.0
 
 
-def test_training_loop_adds_pact_penalty(tmp_path):
+def test_training_loop_adds_pact_penalty(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOWBIT_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     from lowbit.train.config import apply_overrides, get_recipe
     from lowbit.train import run
 
@@ -571,7 +573,7 @@ def test_training_loop_adds_pact_penalty(tmp_path):
             f"pact_l2={pact_l2}", "optimizer=sgd", "lr_start=0.01", "lr_end=0.01",
         ])
         out = tmp_path / f"l2_{pact_l2}"
-        run(cfg, out, data_dir=tmp_path / "nodata", progress=False)
+        run(cfg, out, progress=False)  # the default data directory (HOME below): the MNIST sample
         state = torch.load(out / "checkpoint.pt", weights_only=True)["model_state"]
         return [v.item() for k, v in state.items() if k.endswith("alpha")]
 

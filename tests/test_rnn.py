@@ -23,7 +23,10 @@ from lowbit.data.text import (
 from lowbit.registry import TASKS
 from lowbit.train import run
 
-DATA = SHARED_DATA
+from datapaths import SHARED_DATA as DATA  # noqa: E402  ($LOWBIT_DATA first)
+REPO = Path(__file__).resolve().parents[1]
+
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -263,8 +266,11 @@ def test_bad_text_files(tmp_path):
         read_tokens(_write(tmp_path / "latin1.txt", "caf\xe9 au lait\n", encoding="latin-1"), "word")
     with pytest.raises(DataError, match="does not exist"):
         read_tokens(tmp_path / "missing.txt", "char")
-    with pytest.raises(DataError, match="no PTB files"):
+    with pytest.raises(DataError, match="nowhere, does not exist"):  # a mistyped data directory
         load_ptb(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no PTB files"):
+        load_ptb(tmp_path / "empty")
     with pytest.raises(DataError, match="too short"):
         load_char_corpus(_write(tmp_path / "tiny.txt", "abc"))
     with pytest.raises(ConfigError):

@@ -19,7 +19,7 @@ from lowbit.nn.recurrent import QuantGRU, QuantLSTM, QuantRNN
 from lowbit.data.text import batchify
 from lowbit.train import run
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from datapaths import SHARED_DATA as DATA  # noqa: E402  ($LOWBIT_DATA first)
 
 
 @pytest.fixture(autouse=True)

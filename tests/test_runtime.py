@@ -13,7 +13,7 @@ from torch import nn
 from lowbit.cli import main
 import lowbit
 import lowbit.quant
-from lowbit.errors import CheckpointError, ShapeError
+from lowbit.errors import CheckpointError, InputError, ShapeError
 from lowbit.nn.layers import QuantAct, QuantConv2d
 from lowbit.runtime import load, load_model_file, save_model_file
 from lowbit.bench import randomize_bn
@@ -211,9 +211,9 @@ def test_bad_runtime_input(trained):
     net = load(trained["cnn"] / "model.lbt")
     with pytest.raises(ShapeError, match=r"shape \(N, 1, 28, 28\)"):
         net.predict(np.zeros((2, 3, 28, 28), np.uint8))
-    with pytest.raises(ShapeError, match="8-bit"):
+    with pytest.raises(InputError, match="8-bit"):
         net.predict(np.full((1, 1, 28, 28), 0.5))
-    with pytest.raises(ShapeError, match="8-bit"):
+    with pytest.raises(InputError, match="8-bit"):
         net.predict(np.full((1, 1, 28, 28), 300))
     assert net.predict(np.zeros((1, 784), np.int64)).shape == (1, 10)  # flat integer pixels are fine
 

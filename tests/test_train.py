@@ -123,7 +123,8 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     from lowbit.train.checkpoint import read_checkpoint, save_checkpoint
 
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"config": {"a": 1}, "model_state": {"w": torch.ones(3)}})
+    cfg1, cfg2 = ({"model": "mlp", "model_args": {"a": a}} for a in (1, 2))  # the structure read_checkpoint checks
+    save_checkpoint(path, {"config": cfg1, "model_state": {"w": torch.ones(3)}})
 
     def explode(obj, f):
         f.write(b"partial garbage")
@@ -131,10 +132,10 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", explode)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"config": {"a": 2}, "model_state": {"w": torch.zeros(3)}})
+        save_checkpoint(path, {"config": cfg2, "model_state": {"w": torch.zeros(3)}})
     monkeypatch.undo()
     data = read_checkpoint(path)
-    assert data["config"] == {"a": 1} and torch.equal(data["model_state"]["w"], torch.ones(3))
+    assert data["config"] == cfg1 and torch.equal(data["model_state"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
 
 

@@ -70,6 +70,8 @@ def _train(p: argparse.ArgumentParser):
         cfg = apply_overrides(cfg, overrides)
         out = args.out or f"runs/{args.recipe}"
         metrics = train_run(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
+        if not _is_rank_zero():  # under torchrun every process runs this; only rank 0 reports
+            return 0
         for key, label in (("test_perplexity", "test perplexity"), ("test_bpc", "test bits per character"),
                            ("test_accuracy", "test accuracy")):
             if metrics.get(key) is not None:
@@ -80,16 +82,40 @@ def _train(p: argparse.ArgumentParser):
     return run
 
 
+def _is_rank_zero() -> bool:
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0") or 0) == 0
+    except ValueError:
+        return True
+
+
 @command("recipes", "list the recipes, or show one's full configuration")
 def _recipes(p: argparse.ArgumentParser):
-    p.add_argument("--show", metavar="RECIPE", help="print this recipe's configuration as JSON")
+    p.add_argument("--show", metavar="RECIPE", help="print every setting of this recipe (the keys of --set), "
+                                                    "with a one-line description each")
+    p.add_argument("--json", action="store_true", help="with --show: the configuration as JSON")
 
     def run(args) -> int:
         from .registry import RECIPES
         from .train import get_recipe
+        from .train.config import FIELD_DOCS
 
         if args.show:
-            print(json.dumps(get_recipe(args.show).to_dict(), indent=2))
+            cfg = get_recipe(args.show).to_dict()
+            if args.json:
+                print(json.dumps(cfg, indent=2))
+                return 0
+            model_args = cfg.pop("model_args")
+            rows = [(k, json.dumps(v), FIELD_DOCS.get(k, "")) for k, v in cfg.items()]
+            rows += [(f"model.{k}", json.dumps(v), FIELD_DOCS["model_args"] if i == 0 else "")
+                     for i, (k, v) in enumerate(model_args.items())]
+            kw = max(len(r[0]) for r in rows)
+            vw = min(max(len(r[1]) for r in rows), 28)
+            print(f"recipe {args.show}: settings (change with --set KEY=VALUE)")
+            for key, value, doc in rows:
+                print(f"  {key:{kw}s} = {value:{vw}s}  {doc}".rstrip())
             return 0
         width = max(map(len, RECIPES))
         for name in RECIPES:
@@ -179,7 +205,10 @@ def _eval_images(args, predict, dataset, engine: str) -> int:
 
     if not dataset:
         raise ConfigError("the model does not say which dataset it was trained on: pass --dataset")
-    test = load_dataset(dataset, "test", data_dir=args.data_dir)
+    test = load_dataset(dataset, "test", data_dir=args.data_dir, allow_sample=True)
+    if test.is_sample:
+        print(f"NOTE: full {dataset} not found; evaluating on the {test.source} (the default data directory "
+              f"has no {dataset}: put the files under --data-dir or LOWBIT_DATA for the full test set)")
     batch = args.batch_size or 1000
     t = time.perf_counter()
     preds = np.concatenate([predict(test.images[i:i + batch]) for i in range(0, len(test.labels), batch)])
@@ -304,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train quantized neural networks (1 to 8 bits) in PyTorch and deploy them to a fast "
                     "bit-packed CPU runtime.",
     )
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, setup, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -23,3 +23,8 @@ class CheckpointError(LowbitError):
 
 class ShapeError(LowbitError, ValueError):
     """Arrays or tensors whose shapes, dtypes or values do not fit the operation."""
+
+
+class InputError(LowbitError, ValueError):
+    """Values given to a model that it cannot take (pixels outside 0..255, complex numbers, NaN), as opposed to
+    a wrong shape (:class:`ShapeError`) or broken dataset files (:class:`DataError`)."""

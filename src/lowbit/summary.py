@@ -33,6 +33,17 @@ HOROWITZ = ("Horowitz 2014, 45 nm: fp32 add 0.9 pJ, mult 3.7 pJ; int8 add 0.03 p
             "0.1 pJ, mult 3.1 pJ; DRAM 1.3-2.6 nJ per 64-bit access")
 
 
+#: one MAC column per precision (as larq.models.summary): row key, column heading
+MAC_COLUMNS = (("binary_macs", "1x1-bit MACs"), ("int8_x_binary_macs", "8x1-bit MACs"),
+               ("int8_macs", "k-bit MACs"), ("float_macs", "float MACs"))
+_KIND_KEY = {"binary_mac": "binary_macs", "int8_x_binary_mac": "int8_x_binary_macs", "int8_mac": "int8_macs",
+             "float_mac": "float_macs"}
+
+
+def _mac_columns(macs: int, kind: str) -> Dict[str, int]:
+    return {key: (macs if _KIND_KEY[kind] == key else 0) for key, _ in MAC_COLUMNS}
+
+
 def _mac_kind(wbits: int, abits: int) -> str:
     if wbits == 1 and abits == 1:
         return "binary_mac"
@@ -71,8 +82,7 @@ def summarize(model: nn.Module, input_shape) -> Dict:
         rows.append({
             "layer": names[mod], "type": type(mod).__name__, "weight_bits": wbits, "input_bits": abits,
             "params": params, "memory_bytes": (wparams * wbits + (params - wparams) * 32) / 8,
-            "macs": macs, "binary_macs": macs if kind == "binary_mac" else 0,
-            "float_macs": macs if kind == "float_mac" else 0, "mac_kind": kind,
+            "macs": macs, **_mac_columns(macs, kind), "mac_kind": kind,
         })
         act_bits["current"] = 32  # until the next quantized activation
 
@@ -80,8 +90,8 @@ def summarize(model: nn.Module, input_shape) -> Dict:
         params = sum(p.numel() for p in mod.parameters(recurse=False))
         if params:
             rows.append({"layer": names[mod], "type": type(mod).__name__, "weight_bits": 32, "input_bits": 32,
-                         "params": params, "memory_bytes": params * 4.0, "macs": 0, "binary_macs": 0,
-                         "float_macs": 0, "mac_kind": "float_mac"})
+                         "params": params, "memory_bytes": params * 4.0, "macs": 0,
+                         **_mac_columns(0, "float_mac"), "mac_kind": "float_mac"})
 
     names = {m: n for n, m in model.named_modules()}
     for m in model.modules():
@@ -111,7 +121,7 @@ def summarize(model: nn.Module, input_shape) -> Dict:
         "totals": {
             "params": total_params, "memory_bytes": total_bytes, "fp32_memory_bytes": fp32_bytes,
             "compression": fp32_bytes / total_bytes if total_bytes else 1.0,
-            "macs": macs, "binary_macs": sum(r["binary_macs"] for r in rows),
+            "macs": macs, **{key: sum(r[key] for r in rows) for key, _ in MAC_COLUMNS},
             "binary_mac_fraction": sum(r["binary_macs"] for r in rows) / macs if macs else 0.0,
             "energy_uj": (energy_ops + energy_mem) / 1e6, "energy_compute_uj": energy_ops / 1e6,
             "energy_memory_uj": energy_mem / 1e6, "fp32_energy_uj": fp32_energy / 1e6,
@@ -129,17 +139,20 @@ def _fmt(n: float) -> str:
 
 def format_summary(s: Dict, title: str = "") -> str:
     lines = [title] if title else []
-    lines.append(f"{'layer':<10} {'type':<14} {'W bits':>6} {'A bits':>6} {'params':>9} {'memory':>10} "
-                 f"{'MACs':>9} {'binary MACs':>12} {'float MACs':>11}")
+    lw = max([len("layer")] + [len(str(r["layer"])) for r in s["layers"]])
+    tw = max([len("type")] + [len(r["type"]) for r in s["layers"]])
+    lines.append(f"{'layer':<{lw}} {'type':<{tw}} {'W bits':>6} {'A bits':>6} {'params':>9} {'memory':>10} "
+                 f"{'MACs':>9} " + " ".join(f"{head:>{len(head)}}" for _, head in MAC_COLUMNS))
     for r in s["layers"]:
-        lines.append(f"{r['layer']:<10} {r['type']:<14} {r['weight_bits']:>6} {r['input_bits']:>6} "
+        lines.append(f"{r['layer']:<{lw}} {r['type']:<{tw}} {r['weight_bits']:>6} {r['input_bits']:>6} "
                      f"{_fmt(r['params']):>9} {_fmt(r['memory_bytes']) + 'B':>10} {_fmt(r['macs']):>9} "
-                     f"{_fmt(r['binary_macs']):>12} {_fmt(r['float_macs']):>11}")
+                     + " ".join(f"{_fmt(r[key]):>{len(head)}}" for key, head in MAC_COLUMNS))
     t = s["totals"]
     lines += [
         f"total: {_fmt(t['params'])} parameters, {_fmt(t['memory_bytes'])}B "
         f"(fp32: {_fmt(t['fp32_memory_bytes'])}B, {t['compression']:.1f}x smaller)",
-        f"MACs: {_fmt(t['macs'])}, of which binary {100 * t['binary_mac_fraction']:.1f}%",
+        f"MACs: {_fmt(t['macs'])}, of which binary {100 * t['binary_mac_fraction']:.1f}% ("
+        + ", ".join(f"{head} {_fmt(t[key])}" for key, head in MAC_COLUMNS) + ")",
         f"energy per inference (estimate): {t['energy_uj']:.2f} uJ (compute {t['energy_compute_uj']:.3f}, "
         f"weight reads {t['energy_memory_uj']:.2f}) vs fp32 {t['fp32_energy_uj']:.2f} uJ",
         f"energy figures: {s['energy_model']['source']}; binary MAC {ENERGY_PJ['binary_mac']:.4f} pJ, "
@@ -150,14 +163,13 @@ def format_summary(s: Dict, title: str = "") -> str:
 
 def summarize_target(target: str) -> Dict:
     """A recipe name or a checkpoint path -> summary dict (with 'title')."""
-    from .train.checkpoint import load_model_state, model_from_config, read_checkpoint
+    from .train.checkpoint import model_from_checkpoint, model_from_config, read_checkpoint
     from .train.config import get_recipe
 
     if Path(target).is_file():
         data = read_checkpoint(target)
         cfg = data["config"]
-        model = model_from_config(cfg)
-        load_model_state(model, data["model_state"], target)
+        model = model_from_checkpoint(data, target)
         title = f"{target} (recipe {cfg.get('recipe')})"
     else:
         cfg = get_recipe(target).to_dict()

@@ -6,7 +6,7 @@
 Files are looked up under the data directory (``data_dir`` argument > ``$LOWBIT_DATA`` >
 ``~/.cache/lowbit/data``), downloaded from the official sources with md5 verification when missing
 (unless ``download=False``), and parsed strictly: anything truncated, inconsistent or out of range raises
-:class:`lowbit.errors.DataError` naming the file. With ``allow_sample=True``, a missing MNIST falls back
+:class:`lowbit.errors.DataError` naming the file. With ``allow_sample=True``, MNIST missing from the default directory falls back
 to a small real subset embedded in the package (``is_sample=True``; ``source`` says so).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import ConfigError
-from .base import DATASETS, ImageDataset, MissingDataError, PathLike, resolve_data_dir
+from .base import DATASETS, ImageDataset, MissingDataError, PathLike, data_dir_is_named, data_root, resolve_data_dir
 from .download import RESOURCES, download_file
 
 SPLITS = ("train", "test")
@@ -40,8 +40,13 @@ def load_dataset(name: str, split: str, data_dir: Optional[PathLike] = None, dow
 
     name: one of ``DATASETS`` ("mnist", "fashion-mnist", "cifar10", "svhn"); split: "train" or "test"
     (SVHN also "extra"). data_dir: see :func:`resolve_data_dir`. download: fetch missing files from the
-    official source (checksum-verified). allow_sample: if MNIST is missing and cannot be downloaded, return
-    the embedded sample (``is_sample=True``) instead of raising.
+    official source (checksum-verified). allow_sample: if MNIST is missing from the default data directory (no
+    ``data_dir``, no ``$LOWBIT_DATA``) and cannot be downloaded, return the embedded sample (``is_sample=True``)
+    instead of raising; a directory the user named never falls back.
+
+    A directory the user named (``data_dir`` or ``$LOWBIT_DATA``) must exist (a DataError naming it
+    otherwise: a typo must not train on the sample); a directory or broken link where a data file belongs is
+    a DataError, never "missing".
 
     Raises ConfigError for an unknown name/split, DataError (MissingDataError when files are absent) for
     missing, corrupt or inconsistent data, with a message that names the files and directories.
@@ -50,7 +55,7 @@ def load_dataset(name: str, split: str, data_dir: Optional[PathLike] = None, dow
     splits = SPLITS + (("extra",) if name == "svhn" else ())
     if split not in splits:
         raise ConfigError(f"unknown split {split!r} for {name}; use one of {', '.join(splits)}")
-    root = resolve_data_dir(data_dir)
+    root = data_root(data_dir)
     try:
         if name in ("mnist", "fashion-mnist"):
             from .idx import load_idx_dataset
@@ -61,11 +66,11 @@ def load_dataset(name: str, split: str, data_dir: Optional[PathLike] = None, dow
         from .svhn import load_svhn
         return load_svhn(root, split, download=download)
     except MissingDataError:
-        if allow_sample and name == "mnist":
+        if allow_sample and name == "mnist" and not data_dir_is_named(data_dir):
             from .sample import load_sample
             return load_sample(split)
         raise
 
 
 __all__ = ["DATASETS", "ImageDataset", "MissingDataError", "RESOURCES", "SPLITS", "download_file",
-           "load_dataset", "resolve_data_dir"]
+           "data_root", "load_dataset", "resolve_data_dir"]

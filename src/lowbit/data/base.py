@@ -67,6 +67,45 @@ def resolve_data_dir(data_dir: Optional[PathLike] = None) -> Path:
     return Path.home() / ".cache" / "lowbit" / "data"
 
 
+def data_dir_is_named(data_dir: Optional[PathLike] = None) -> bool:
+    """True if the user chose the data directory (``data_dir`` given or ``$LOWBIT_DATA`` set)."""
+    return (data_dir is not None and str(data_dir) != "") or bool(os.environ.get(DATA_ENV, "").strip())
+
+
+def data_root(data_dir: Optional[PathLike] = None) -> Path:
+    """:func:`resolve_data_dir`, checked: a directory the user named (``data_dir`` or ``$LOWBIT_DATA``) must
+    exist, and whatever the data directory is must not be a regular file. Only the default directory
+    (``~/.cache/lowbit/data``) may be absent (a download creates it; MNIST may fall back to the sample).
+    Nothing is created here."""
+    root = resolve_data_dir(data_dir)
+    explicit = data_dir is not None and str(data_dir) != ""
+    named = data_dir_is_named(data_dir)
+    origin = ("the data directory given" if explicit else
+              f"the data directory ${DATA_ENV} names" if os.environ.get(DATA_ENV, "").strip() else
+              "the default data directory")
+    if root.is_symlink() and not root.exists():
+        raise DataError(f"{origin}, {root}, is a broken symbolic link")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{origin}, {root}, is not a directory")
+    if not root.exists() and named:
+        raise DataError(f"{origin}, {root}, does not exist (a typo?); create it or point --data-dir / "
+                        f"{DATA_ENV} at the folder that holds the datasets")
+    return root
+
+
+def is_data_file(path: Path) -> bool:
+    """True if ``path`` is a regular file (or a link to one), False if nothing is there; DataError naming the
+    path if something else stands in its place (a directory, a broken link), which must never be mistaken
+    for "missing"."""
+    if path.is_file():
+        return True
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path} is a broken symbolic link (to {os.readlink(path)}); fix or remove it")
+    if path.exists():
+        raise DataError(f"{path} is not a regular file (a directory or a device); put the data file there")
+    return False
+
+
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     """DataError naming ``where`` if any label lies outside 0..num_classes-1."""
     if labels.size == 0:

@@ -26,7 +26,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from ..errors import DataError
-from .base import DATA_ENV, ImageDataset, MissingDataError, check_labels
+from .base import DATA_ENV, ImageDataset, MissingDataError, check_labels, is_data_file
 from .download import DownloadError, download_file, resource
 
 BATCH_DIR = "cifar-10-batches-py"
@@ -254,7 +254,7 @@ def _batch_dirs(root: Path) -> List[Path]:
 
 
 def _complete(d: Path, split: str) -> bool:
-    return all((d / f).is_file() for f in SPLIT_FILES[split])
+    return all([is_data_file(d / f) for f in SPLIT_FILES[split]])
 
 
 def _locate(root: Path, split: str) -> Optional[Path]:
@@ -278,7 +278,7 @@ def load_cifar10(root: Path, split: str, download: bool = True) -> ImageDataset:
     """CIFAR-10 ``split`` from under ``root``: extracts a tarball found there, or downloads one if allowed."""
     d = _locate(root, split)
     if d is None:
-        tarballs = [p for p in (root / "cifar10" / TARBALL, root / TARBALL) if p.is_file()]
+        tarballs = [p for p in (root / "cifar10" / TARBALL, root / TARBALL) if is_data_file(p)]
         if tarballs:
             tar = tarballs[0]
         elif not download:

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import DataError
-from .base import ImageDataset, MissingDataError, PathLike, check_labels, missing_message
+from .base import ImageDataset, MissingDataError, PathLike, check_labels, is_data_file, missing_message
 from .download import DownloadError, download_file, origin_of, resource
 
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
@@ -93,7 +93,7 @@ def _candidates(stem: str) -> List[str]:
 def _find(directory: Path, stem: str) -> Optional[Path]:
     for name in _candidates(stem):
         p = directory / name
-        if p.is_file():
+        if is_data_file(p):
             return p
     return None
 

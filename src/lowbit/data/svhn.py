@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import DataError
-from .base import ImageDataset, MissingDataError, missing_message
+from .base import ImageDataset, MissingDataError, is_data_file, missing_message
 from .download import DownloadError, download_file, origin_of, resource
 
 SPLIT_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
@@ -54,7 +54,7 @@ def _dirs(root: Path) -> List[Path]:
 def _locate(root: Path, split: str) -> Optional[Path]:
     for d in _dirs(root):
         p = d / SPLIT_FILES[split]
-        if p.is_file():
+        if is_data_file(p):
             return p
     return None
 

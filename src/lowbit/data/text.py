@@ -18,7 +18,6 @@ or (when encoding a text for a trained model) words/characters that are not in t
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .base import data_root, is_data_file
 
 PathLike = Union[str, Path]
 EOS = "<eos>"
@@ -34,12 +34,9 @@ LEVELS = ("word", "char")
 
 
 def resolve_data_dir(data_dir: Optional[PathLike] = None) -> Path:
-    """``data_dir`` > ``$LOWBIT_DATA`` > ``~/.cache/lowbit/data`` (the image loaders' rule)."""
-    try:
-        from .base import resolve_data_dir as _resolve
-    except ImportError:  # pragma: no cover - the image data package is optional here
-        return Path(data_dir or os.environ.get("LOWBIT_DATA", "~/.cache/lowbit/data")).expanduser()
-    return _resolve(data_dir)
+    """``data_dir`` > ``$LOWBIT_DATA`` > ``~/.cache/lowbit/data`` (the image loaders' rule, checked the same
+    way: a directory the user named must exist and be a directory)."""
+    return data_root(data_dir)
 
 
 # ---- reading and tokenizing ----------------------------------------------------------------------------
@@ -48,7 +45,7 @@ def resolve_data_dir(data_dir: Optional[PathLike] = None) -> Path:
 def read_text(path: PathLike) -> str:
     """The UTF-8 text of ``path``; DataError if it is missing, empty or not UTF-8."""
     path = Path(path)
-    if not path.is_file():
+    if not is_data_file(path):
         raise DataError(f"text file {path} does not exist")
     raw = path.read_bytes()
     if not raw:
@@ -210,9 +207,9 @@ def load_ptb(data_dir: Optional[PathLike] = None, train_file: str = "auto", vali
     root = resolve_data_dir(data_dir) / "ptb"
     note = ""
     if train_file == "auto":
-        if (root / "ptb.train.txt").is_file():
+        if is_data_file(root / "ptb.train.txt"):
             train_file = "ptb.train.txt"
-        elif (root / "ptb.valid.txt").is_file():
+        elif is_data_file(root / "ptb.valid.txt"):
             train_file = "ptb.valid.txt"
             note = ("ptb.train.txt not found: training on ptb.valid.txt and evaluating on ptb.test.txt "
                     "(not comparable to published PTB perplexities, which train on ptb.train.txt)")
@@ -220,7 +217,7 @@ def load_ptb(data_dir: Optional[PathLike] = None, train_file: str = "auto", vali
             raise DataError(f"no PTB files in {root} (expected ptb.train.txt or ptb.valid.txt, ptb.test.txt); "
                             f"set --data-dir or LOWBIT_DATA")
     if valid_file == "auto":
-        valid_file = "ptb.valid.txt" if train_file != "ptb.valid.txt" and (root / "ptb.valid.txt").is_file() else ""
+        valid_file = "ptb.valid.txt" if train_file != "ptb.valid.txt" and is_data_file(root / "ptb.valid.txt") else ""
     if vocab == "auto":
         vocab = "train" if Path(train_file).name == "ptb.train.txt" else "all"
     if vocab not in ("train", "all"):

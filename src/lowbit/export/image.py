@@ -120,7 +120,9 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
     if not isinstance(model, nn.Sequential):
         raise CheckpointError("runtime export: the model must be an nn.Sequential of lowbit layers")
     model = model.eval()
-    mods = [m for m in model if not isinstance(m, nn.Dropout)]
+    kept = [(j, m) for j, m in enumerate(model) if not isinstance(m, nn.Dropout)]
+    mods = [m for _, m in kept]
+    pos = [j for j, _ in kept]  # messages number layers by their index in the model, as `lowbit summary` does
     ops: List[Dict] = []
     arrays: Dict[str, np.ndarray] = {}
     shape = list(input_shape)  # (C, H, W) of what flows, or [F] after flatten
@@ -148,15 +150,15 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             i += 1
             continue
         if not isinstance(m, (QuantConv2d, QuantLinear)):
-            raise CheckpointError(f"runtime export: unsupported module at position {i}: {type(m).__name__}")
-        _check_binary_weights(m, i)
+            raise CheckpointError(f"runtime export: unsupported module at position {pos[i]}: {type(m).__name__}")
+        _check_binary_weights(m, pos[i])
         if domain == "bits" and not isinstance(m.input_quantizer, Identity) and not is_binary(m.input_quantizer):
-            raise CheckpointError(f"runtime export: layer {i} has a {m.input_bits}-bit input quantizer")
+            raise CheckpointError(f"runtime export: layer {pos[i]} has a {m.input_bits}-bit input quantizer")
         if domain == "float":
-            raise CheckpointError(f"runtime export: layer {i} receives real-valued activations; put a binary QuantAct before it")
+            raise CheckpointError(f"runtime export: layer {pos[i]} receives real-valued activations; put a binary QuantAct before it")
         if domain == "pixels" and not isinstance(m.input_quantizer, Identity):
             raise CheckpointError(
-                f"runtime export: layer {i} takes 8-bit pixels through a {m.input_bits}-bit input quantizer "
+                f"runtime export: layer {pos[i]} takes 8-bit pixels through a {m.input_bits}-bit input quantizer "
                 f"({type(m.input_quantizer).__name__}); the runtime multiplies the pixels themselves: use "
                 f"input_quantizer=None on a pixel_input layer")
         w = m.weight.detach().double().numpy()
@@ -165,16 +167,16 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
         op: Dict = {"name": name, "input": domain}
         if isinstance(m, QuantConv2d):
             if len(shape) != 3:
-                raise CheckpointError(f"runtime export: conv layer {i} after a Flatten")
+                raise CheckpointError(f"runtime export: conv layer {pos[i]} after a Flatten")
             if m.groups != 1 or tuple(m.dilation) != (1, 1):
-                raise CheckpointError(f"runtime export: conv layer {i}: groups/dilation other than 1 are not supported")
+                raise CheckpointError(f"runtime export: conv layer {pos[i]}: groups/dilation other than 1 are not supported")
             cout, cin, kh, kw = wsign.shape
             ph, pw = m.padding
             sh, sw = m.stride
             expected_pad = -1.0 if domain == "pixels" else 1.0
             if (ph or pw) and m.pad_value != expected_pad:
                 raise CheckpointError(
-                    f"runtime export: conv layer {i} pads with {m.pad_value}; the runtime needs "
+                    f"runtime export: conv layer {pos[i]} pads with {m.pad_value}; the runtime needs "
                     f"{expected_pad} ({'a black pixel' if domain == 'pixels' else '+1'}) to be exact"
                 )
             H, W = shape[1], shape[2]
@@ -196,7 +198,7 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
         else:
             fin, fout = m.in_features, m.out_features
             if shape != [fin]:
-                raise CheckpointError(f"runtime export: layer {i} expects {fin} inputs, gets shape {shape}")
+                raise CheckpointError(f"runtime export: layer {pos[i]} expects {fin} inputs, gets shape {shape}")
             op.update(op="dense", in_features=fin, out_features=fout)
             if layout_hw is not None and domain == "bits":
                 # FC on flattened packed conv features: PyTorch's (C, H, W) order -> the runtime's (H, W, C)
@@ -232,12 +234,12 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
             shape = [shape[0], shape[1] // 2, shape[2] // 2]
             i += 1
         if i >= len(mods) or not isinstance(mods[i], NORMS):
-            raise CheckpointError(f"runtime export: layer {i - 1} must be followed by BatchNorm (or shift-based BN)")
+            raise CheckpointError(f"runtime export: layer {pos[i - 1]} must be followed by BatchNorm (or shift-based BN)")
         c, d = _bn_params(mods[i])
         i += 1
         if i < len(mods) and isinstance(mods[i], QuantAct):
             if not mods[i].binary:
-                raise CheckpointError(f"runtime export: activation at {i} is {mods[i].bits}-bit; the runtime needs binary")
+                raise CheckpointError(f"runtime export: activation at {pos[i]} is {mods[i].bits}-bit; the runtime needs binary")
             t, flip = thresholds(c, d, scale, offset)
             arrays[name + ".threshold"] = t
             arrays[name + ".flip"] = flip.astype(np.uint8)
@@ -264,12 +266,12 @@ def export_model(model: nn.Sequential, input_shape, num_classes: int, meta: Dict
 
 def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path]) -> Dict:
     """``lowbit export``: read a training checkpoint, write the ``.lbt`` file; returns a size report."""
-    from ..train.checkpoint import load_model_state, model_from_config, read_checkpoint
+    from ..train.checkpoint import check_finite, model_from_checkpoint, read_checkpoint
 
     data = read_checkpoint(checkpoint)
     cfg = data["config"]
-    model = model_from_config(cfg)
-    load_model_state(model, data["model_state"], str(checkpoint))
+    check_finite(data["model_state"], str(checkpoint))
+    model = model_from_checkpoint(data, str(checkpoint))
     args = cfg["model_args"]
     meta, arrays = export_model(model, args["in_shape"], args.get("num_classes", 10),
                                 meta={"recipe": cfg.get("recipe"), "dataset": cfg.get("dataset"),

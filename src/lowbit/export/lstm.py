@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError, ShapeError
+from ..errors import CheckpointError, ConfigError, DataError, ShapeError
 from ..models.lm import RNNLanguageModel
 from ..nn.recurrent import QuantLSTM, QuantRNNBase
 from ..runtime import int_lstm as il
@@ -308,12 +308,16 @@ def export_int_lstm_checkpoint(checkpoint: PathLike, output: PathLike, data_dir:
     training text (found under ``data_dir`` as in training), write ``output``; returns a report
     (``model_file``, ``bytes``, ``fp32_state_dict_bytes``, ``ratio``, ``kind``, ``calibration``)."""
     from ..models.lm import split_model_args
-    from ..train.checkpoint import read_checkpoint
+    from ..train.checkpoint import check_finite, read_checkpoint
     from ..train.config import TrainConfig
     from ..train.tasks.lm import load_lm_data
 
     data = read_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(data["config"])
+    check_finite(data["model_state"], str(checkpoint))
+    try:
+        cfg = TrainConfig.from_dict(data["config"])
+    except TypeError as exc:  # a field the checkpoint lacks
+        raise CheckpointError(f"{checkpoint}: incomplete training configuration ({exc})") from None
     corpus = load_lm_data(cfg, data_dir)
     settings = split_model_args(cfg.model_args)[1]
     bptt = int(settings["bptt"])

@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..errors import CheckpointError, ShapeError
+from ..errors import CheckpointError, InputError, ShapeError
 from .ops import Layer
 
 KIND = "binary_sequential"
@@ -25,6 +25,9 @@ class BinaryNetwork:
     returns float32 logits (N, classes); ``classify(x)`` the argmax."""
 
     task = "image"
+
+    #: ``predict`` runs at most this many images through the layers at once (bounded memory for any batch)
+    batch_chunk = 8192
 
     def __init__(self, meta: Dict, arrays: Dict[str, np.ndarray], path: str = "<memory>"):
         from .. import kernels  # the native extension; imported here so a missing build names itself
@@ -45,15 +48,35 @@ class BinaryNetwork:
 
         A network exported with ``binary_input`` takes +-1 values (any real: >= 0 is +1) instead, and one
         exported with ``output="bits"`` returns +-1 float32 values in (N, C, H, W) or (N, F) layout."""
+        bits_in = self.meta.get("input", "pixels") == "bits"
+        if hasattr(x, "detach") and hasattr(x, "numpy"):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if np.iscomplexobj(x):
+            raise InputError(f"model expects real-valued input, got complex dtype {x.dtype}")
+        x = self._check_shape(x) if bits_in else self._check_input_shape(x)
+        n = len(x)
+        if n == 0:  # an empty batch gives an empty result of the right shape
+            return self._predict_chunk(np.zeros((1,) + x.shape[1:], x.dtype), bits_in)[:0]
+        step = max(1, int(self.batch_chunk))
+        if n <= step:
+            return self._predict_chunk(x, bits_in)
+        first = self._predict_chunk(x[:step], bits_in)
+        out = np.empty((n,) + first.shape[1:], first.dtype)
+        out[:step] = first
+        for i in range(step, n, step):
+            out[i:i + step] = self._predict_chunk(x[i:i + step], bits_in)
+        return out
+
+    def _predict_chunk(self, x: np.ndarray, bits_in: bool) -> np.ndarray:
         first = self.layers[0].spec
-        if self.meta.get("input", "pixels") == "bits":
-            x = self._check_shape(np.asarray(x))
+        if bits_in:
             h = x.transpose(0, 2, 3, 1) if first["op"] == "conv2d" else x.reshape(len(x), -1)
             lead = h.shape[:-1]
             h = self._k.pack_signs(np.ascontiguousarray(h).reshape(-1, h.shape[-1]))
             h = h.reshape(*lead, h.shape[-1])
         else:
-            x = self._check_input(x)
+            x = self._check_values(x)
             h = x.transpose(0, 2, 3, 1) if first["op"] == "conv2d" else x.reshape(len(x), -1)
             h = np.ascontiguousarray(h)
         for layer in self.layers:
@@ -80,10 +103,7 @@ class BinaryNetwork:
             raise ShapeError(f"model expects input of shape (N, {c}, {h}, {w}), got {x.shape}")
         return x
 
-    def _check_input(self, x) -> np.ndarray:
-        if hasattr(x, "detach") and hasattr(x, "numpy"):
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x)
+    def _check_input_shape(self, x: np.ndarray) -> np.ndarray:
         c, h, w = self.input_shape
         if x.ndim == 2 and x.shape[1] == c * h * w:
             x = x.reshape(len(x), c, h, w)
@@ -91,13 +111,29 @@ class BinaryNetwork:
             x = x[:, None]
         if x.ndim != 4 or x.shape[1:] != (c, h, w):
             raise ShapeError(f"model expects images of shape (N, {c}, {h}, {w}), got {x.shape}")
+        return x
+
+    @staticmethod
+    def _check_values(x: np.ndarray) -> np.ndarray:
         if x.dtype != np.uint8:
             if not np.issubdtype(x.dtype, np.number) or x.size and (
-                    x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x))):
-                raise ShapeError(f"model expects 8-bit pixel values (integers 0..255), got dtype {x.dtype}"
-                                 f"{'' if not x.size else f' with range [{x.min()}, {x.max()}]'}")
+                    not np.isfinite(x).all() if np.issubdtype(x.dtype, np.floating) else False):
+                raise InputError(f"model expects 8-bit pixel values (integers 0..255), got dtype {x.dtype}"
+                                 f"{'' if not x.size else ' with non-finite values'}")
+            if x.size and (x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x))):
+                raise InputError(f"model expects 8-bit pixel values (integers 0..255), got dtype {x.dtype}"
+                                 f" with range [{x.min()}, {x.max()}]")
             x = x.astype(np.uint8)
         return x
+
+    def _check_input(self, x) -> np.ndarray:
+        """The checked uint8 (N, C, H, W) view of ``x`` (shape: ShapeError; values: InputError)."""
+        if hasattr(x, "detach") and hasattr(x, "numpy"):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if np.iscomplexobj(x):
+            raise InputError(f"model expects real-valued input, got complex dtype {x.dtype}")
+        return self._check_values(self._check_input_shape(x))
 
     def __repr__(self) -> str:
         return f"BinaryNetwork({self.meta.get('recipe')}: {', '.join(map(repr, self.layers))})"

@@ -83,7 +83,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, DataError, ShapeError
+from ..errors import CheckpointError, ConfigError, DataError, InputError, ShapeError
 
 KIND = "int_lstm"
 FORMAT_VERSION = 1
@@ -527,6 +527,8 @@ class IntLSTM:
         return ((y_q.astype(np.float32) - l.z_h) * np.float32(l.s_h)).astype(np.float32)
 
     def run_float(self, x: np.ndarray, state: Optional[State] = None):
+        if np.iscomplexobj(x):
+            raise InputError(f"input must be real-valued, got complex dtype {np.asarray(x).dtype}")
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 3 or x.shape[2] != self.input_size:
             raise ShapeError(f"input must be (seq, batch, {self.input_size}), got shape {x.shape}")
@@ -562,7 +564,7 @@ class IntLSTM:
             self._decoder_packed = pack_rows(self.decoder_w)
         acc = self.kernels.gemm(y.reshape(T * B, H), self.decoder_w, self.decoder_bias_int, self._decoder_packed)
         out = acc.astype(np.float32) * self.decoder_scale + self.decoder_bias
-        return out.reshape(T, B, -1), state
+        return out.reshape(T, B, self.decoder_w.shape[0]), state
 
     def log_probs(self, ids, state: Optional[State] = None):
         """float32 (T, B, V) log-softmax of the logits, and the new state."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -52,6 +54,32 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"configuration has unknown keys {sorted(unknown)}")
         return cls(**copy.deepcopy(d))
+
+
+#: One line per :class:`TrainConfig` field, shown by ``lowbit recipes --show RECIPE``.
+FIELD_DOCS: Dict[str, str] = {
+    "recipe": "the recipe's name (fixed)",
+    "dataset": "dataset to train on (mnist, fashion-mnist, cifar10, svhn, imagenet, ptb, shakespeare)",
+    "model": "model builder by name (see lowbit.registry.MODELS)",
+    "model_args": "arguments of the model builder (model.KEY=VALUE)",
+    "epochs": "passes over the training data",
+    "batch_size": "training examples per step (language models: columns of text)",
+    "eval_batch_size": "examples per batch when evaluating",
+    "optimizer": "optimizer by name (adam, sgd, ...)",
+    "lr_start": "learning rate of the first step (> 0)",
+    "lr_end": "learning rate of the last step; decays exponentially from lr_start (> 0)",
+    "lr_scale": "BinaryConnect per-layer learning-rate scale for quantized weights",
+    "loss": "training loss: square_hinge or cross_entropy",
+    "seed": "random seed (initialisation and data order)",
+    "train_subset": "train on only the first N training examples (0: all)",
+    "test_subset": "evaluate on only the first N test examples (0: all)",
+    "task": "training loop: image, imagenet or lm",
+    "pact_l2": "L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)",
+    "bn_recalibrate": "re-estimate batch-norm statistics over this many training images before each evaluation (0: off)",
+    "data_workers": "DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process",
+    "amp": "mixed precision: none or bf16 (autocast; quantizers stay float32)",
+    "compile": "torch.compile backend for the training forward (inductor, aot_eager); empty: eager",
+}
 
 
 def recipe(name: str):
@@ -152,9 +180,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"batch sizes must be >= 1, got {cfg.batch_size}/{cfg.eval_batch_size}")
     if cfg.train_subset < 0 or cfg.test_subset < 0:
         raise ConfigError("train_subset and test_subset must be >= 0 (0 means all)")
-    if not (cfg.lr_start > 0 and cfg.lr_end > 0):
-        raise ConfigError(f"learning rates must be > 0, got lr_start={cfg.lr_start} lr_end={cfg.lr_end}")
-    if not cfg.pact_l2 >= 0:
+    if not (0 < cfg.lr_start < math.inf and 0 < cfg.lr_end < math.inf):
+        raise ConfigError(f"learning rates must be finite and > 0, got lr_start={cfg.lr_start} lr_end={cfg.lr_end}")
+    if not 0 <= cfg.pact_l2 < math.inf:
         raise ConfigError(f"pact_l2 must be >= 0, got {cfg.pact_l2}")
     if cfg.bn_recalibrate < 0:
         raise ConfigError(f"bn_recalibrate must be >= 0 (training images; 0: off), got {cfg.bn_recalibrate}")
@@ -167,3 +195,57 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"unknown task {cfg.task!r}; known: {', '.join(TASKS)}")
     if cfg.data_workers < 0:
         raise ConfigError(f"data_workers must be >= 0, got {cfg.data_workers}")
+    validate_model_args(cfg)
+
+
+#: the largest integer any model argument (a width, a depth, a vocabulary) may have
+MAX_MODEL_INT = 1 << 22
+#: bytes per parameter while training: fp32 weight, gradient and two Adam moments
+TRAIN_BYTES_PER_PARAM = 16
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 40
+
+
+def validate_model_args(cfg: TrainConfig) -> None:
+    """Ranges of the model arguments: dropout probabilities in [0, 1), finite numbers, integers (sizes) in
+    0..MAX_MODEL_INT, and a model whose parameters (counted on the meta device, without allocating) fit in
+    this machine's memory while training."""
+    for key, value in cfg.model_args.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"model.{key} must be finite, got {value}")
+        if "dropout" in key and isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
+            raise ConfigError(f"model.{key} is a dropout probability: it must be in [0, 1), got {value}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool) and not -1 <= item <= MAX_MODEL_INT:
+                raise ConfigError(f"model.{key}={value}: {item} is outside the sizes lowbit builds "
+                                  f"(-1..{MAX_MODEL_INT})")
+    params = count_parameters(cfg)
+    if params is not None:
+        need, have = params * TRAIN_BYTES_PER_PARAM, _memory_bytes()
+        if need > have:
+            raise ConfigError(f"model {cfg.model!r} with these arguments has {params:,} parameters: training needs "
+                              f"about {need / 2**30:,.1f} GiB (weights, gradients, Adam state), this machine has "
+                              f"{have / 2**30:,.1f} GiB; use smaller model.* sizes")
+
+
+def count_parameters(cfg: TrainConfig):
+    """Parameters of the model ``cfg`` describes, counted on the meta device (nothing allocated); None if the
+    model cannot be built from the configuration alone (e.g. a vocabulary size the data fills in)."""
+    import torch
+
+    from ..models import build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, **cfg.model_args)
+    except Exception:  # noqa: BLE001 - the real build reports its own error
+        return None
+    return sum(p.numel() for p in model.parameters())

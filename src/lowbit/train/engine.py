@@ -26,13 +26,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, remove_stale_temp_files
 from ..registry import TASKS
 from . import distributed
 from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
-from .config import TrainConfig, validate
+from .config import TrainConfig, validate, validate_model_args
 from .optim import build_optimizer, build_scheduler
-from .plotting import plot_curves
+from .plotting import StepCurve, plot_curves
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -101,6 +101,17 @@ class Task(abc.ABC):
     def postfix(self, mean_loss: float, accuracy: float) -> Dict[str, str]:
         return {"loss": f"{mean_loss:.4f}", "acc": f"{accuracy:.4f}"}
 
+    def data_title(self) -> str:
+        """Which data the run used, in a few words for the plot's title (the sample or the full set)."""
+        if self.source.startswith("embedded sample"):
+            return f"data: {self.source}"
+        return f"data: full {self.cfg.dataset}"
+
+    def curve_unit(self) -> Dict[str, Any]:
+        """How the loss plot shows losses: ``label`` (y axis), ``keys`` (epoch record keys in that unit) and
+        ``convert`` (mean loss in nats -> that unit, for the per-step curve). Default: the loss itself."""
+        return {}
+
 
 def keep_freed_memory() -> None:
     """Ask glibc to keep freed large blocks instead of returning them to the OS.
@@ -167,12 +178,23 @@ def resume_run(ckpt_path: Path, cfg: TrainConfig, model: nn.Module, optimizer, s
         raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
     saved = read_checkpoint(ckpt_path, map_location=ctx.device)
     _check_resume(saved, cfg, ckpt_path)
+    for key, typ in (("optimizer_state", dict), ("scheduler_state", dict), ("rng_state", torch.Tensor),
+                     ("epoch", int), ("history", list)):
+        if not isinstance(saved.get(key), typ):
+            raise CheckpointError(f"--resume: {ckpt_path} has no valid '{key}' (got {type(saved.get(key)).__name__}); "
+                                  f"it cannot continue a run: use another --out directory")
     load_model_state(model, saved["model_state"], str(ckpt_path))
-    optimizer.load_state_dict(saved["optimizer_state"])
-    scheduler.load_state_dict(saved["scheduler_state"])
-    torch.set_rng_state(saved["rng_state"])
+    try:
+        optimizer.load_state_dict(saved["optimizer_state"])
+        scheduler.load_state_dict(saved["scheduler_state"])
+        torch.set_rng_state(saved["rng_state"].cpu())
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"--resume: {ckpt_path} holds an optimizer/schedule/RNG state this run cannot "
+                              f"use ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     history, start_epoch = saved["history"], int(saved["epoch"])
-    elapsed = history[-1]["wall_time"] if history else 0.0
+    elapsed = history[-1].get("wall_time", 0.0) if history else 0.0
+    if not isinstance(elapsed, (int, float)) or not elapsed >= 0:
+        raise CheckpointError(f"--resume: {ckpt_path}: the last epoch's wall_time is {elapsed!r}")
     log(f"resumed from {ckpt_path} after epoch {start_epoch}")
     return saved, history, start_epoch, elapsed
 
@@ -197,6 +219,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     # ---- data ----------------------------------------------------------------------------------------
     task.load(data_dir, ctx, log)
     cfg = task.cfg  # the task may have completed it from the data (e.g. the vocabulary size)
+    validate_model_args(cfg)  # now with the sizes the data filled in
 
     # ---- model, optimizer, schedule -----------------------------------------------------------------
     model = model_from_config(cfg.to_dict()).to(ctx.device)
@@ -207,6 +230,9 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     # ---- resume ---------------------------------------------------------------------------------------
     history, start_epoch, elapsed_before = [], 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
+    if ctx.is_main:  # this run owns out_dir: temp files a killed run left behind are garbage now
+        for name in (CHECKPOINT, METRICS, CURVES):
+            remove_stale_temp_files(out_dir / name, older_than_s=0.0)
     if resume:
         saved, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
         task.check_resume(saved, ckpt_path)
@@ -220,6 +246,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     for epoch in range(start_epoch, cfg.epochs):
         train_model.train()
         loss_sum = correct = seen = 0.0
+        curve = StepCurve(epoch, steps_per_epoch)
         t_epoch = time.time()
         bar = tqdm(task.batches(epoch, ctx), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not (progress and ctx.is_main), dynamic_ncols=True, mininterval=0.5)
@@ -233,9 +260,11 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
                 nn.utils.clip_grad_norm_(model.parameters(), task.clip_grad)
             optimizer.step()  # its post-step hook clips the latent weights to [-1, 1]
             scheduler.step()
-            loss_sum += loss.detach().item() * count
+            batch_loss = loss.detach().item()
+            loss_sum += batch_loss * count
             correct += batch_correct
             seen += count
+            curve.update(batch_loss, batch_correct / max(count, 1))
             bar.set_postfix(task.postfix(loss_sum / seen, correct / seen), refresh=False)
         bar.close()
         loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], ctx)
@@ -244,7 +273,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
                   "train_accuracy": correct / seen}
         record.update(task.evaluate(model, ctx))
         record.update({"lr": optimizer.param_groups[-1]["lr"], "train_items_per_s": seen / max(train_time, 1e-9),
-                       "wall_time": time.time() - t0})
+                       "wall_time": time.time() - t0, "steps": curve.samples})
         history.append(record)
         log(task.describe(record))
         end_epoch(ckpt_path, out_dir, task, model, optimizer, scheduler, history, ctx)
@@ -266,8 +295,10 @@ def end_epoch(ckpt_path: Path, out_dir: Path, task: Task, model: nn.Module, opti
         })
         metrics = build_metrics(task, history, ctx)
         atomic_write(out_dir / METRICS, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-        plot_curves(history, out_dir / CURVES, title=task.cfg.recipe, accuracy_keys=task.accuracy_keys,
-                    loss_keys=task.loss_keys)
+        unit = task.curve_unit()
+        plot_curves(history, out_dir / CURVES, title=f"{task.cfg.recipe} ({task.data_title()})",
+                    accuracy_keys=task.accuracy_keys, loss_keys=unit.get("keys", task.loss_keys),
+                    loss_label=unit.get("label", "loss"), step_loss=unit.get("convert"))
     distributed.barrier(ctx)
 
 

@@ -21,6 +21,7 @@ averaged by DistributedDataParallel, and loss sums are combined across processes
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -32,7 +33,7 @@ from ...errors import CheckpointError, ConfigError, DataError
 from ...models.lm import split_model_args
 from ...registry import TASKS
 from .. import distributed
-from ..checkpoint import load_model_state, model_from_config, read_checkpoint
+from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import TrainConfig
 from ..engine import Task
 
@@ -166,6 +167,18 @@ class LMTask(Task):
         shown = math.exp(min(mean_loss, 50)) if self.unit == "perplexity" else mean_loss / LN2
         return {"loss": f"{mean_loss:.3f}", ("ppl" if self.unit == "perplexity" else "bpc"): f"{shown:.3f}"}
 
+    def data_title(self) -> str:
+        return f"data: {self.cfg.dataset}, trained on {Path(self.corpus.files['train']).name}"
+
+    def curve_unit(self):
+        """The plot shows what the command line reports: perplexity (word level) or bits per character."""
+        keys = ("train",) + tuple(self.evals)
+        if self.unit == "perplexity":
+            return {"label": "perplexity", "keys": tuple(f"{k}_perplexity" for k in keys),
+                    "convert": lambda loss: math.exp(min(loss, 700.0))}
+        return {"label": "bits per character", "keys": tuple(f"{k}_bpc" for k in keys),
+                "convert": lambda loss: loss / LN2}
+
     def checkpoint_extras(self):
         return {"vocab": self.corpus.vocab.to_dict(), "data": self.corpus.describe()}
 
@@ -183,7 +196,6 @@ def load_lm_checkpoint(path, map_location="cpu"):
     data = read_checkpoint(path, map_location)
     if data["config"].get("task") != "lm" or "vocab" not in data:
         raise CheckpointError(f"{path} is not a language-model checkpoint (task {data['config'].get('task')!r})")
-    model = model_from_config(data["config"])
-    load_model_state(model, data["model_state"], str(path))
+    model = model_from_checkpoint(data, str(path))
     model.eval()
     return model, Vocabulary.from_dict(data["vocab"]), data
