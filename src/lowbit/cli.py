@@ -2,7 +2,7 @@
 
     lowbit train RECIPE [--epochs N] [--data-dir DIR] [--out DIR] [--seed S] [--set key=value ...] [--resume]
     lowbit recipes [--show RECIPE]
-    lowbit export CHECKPOINT -o MODEL.lbt
+    lowbit export CHECKPOINT -o MODEL.lbt|MODEL.onnx [--format lbt|onnx]
     lowbit eval MODEL.lbt|CHECKPOINT.pt [--data-dir DIR]     (accuracy, perplexity or bits per character)
     lowbit summary RECIPE|CHECKPOINT
     lowbit bench [--show NAME] [--results DIR] | --run [--quick]
@@ -110,10 +110,15 @@ def _is_model_file(path: str) -> bool:
         raise CheckpointError(f"{path} does not exist or cannot be read") from None
 
 
-@command("export", "export a training checkpoint to a bit-packed .lbt model file for the runtime")
+@command("export", "export a training checkpoint: a bit-packed .lbt model file for the runtime, or ONNX (.onnx)")
 def _export(p):
     p.add_argument("checkpoint", help="checkpoint.pt written by 'lowbit train'")
-    p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.lbt)")
+    p.add_argument("-o", "--output", required=True, help="file to write (model.lbt, or model.onnx for ONNX)")
+    p.add_argument("--format", choices=["lbt", "onnx"], default=None,
+                   help="output format (default: from the extension of --output; .onnx -> onnx, else lbt)")
+    p.add_argument("--onnx-activations", choices=["arith", "qdq"], default="arith",
+                   help="ONNX only: k-bit activations as exact round/clip arithmetic (default) or as "
+                        "QuantizeLinear/DequantizeLinear pairs (ties round to even)")
     p.add_argument("--calibration-batches", type=int, default=8,
                    help="integer LSTM only: batches of training text used to calibrate ranges")
     p.add_argument("--data-dir", help="integer LSTM only: data directory for calibration text")
@@ -122,7 +127,8 @@ def _export(p):
         from .export import export_checkpoint
 
         report = export_checkpoint(args.checkpoint, args.output, data_dir=args.data_dir,
-                                   calibration_batches=args.calibration_batches)
+                                   calibration_batches=args.calibration_batches, format=args.format,
+                                   onnx_activations=args.onnx_activations)
         print(f"wrote {report['model_file']}: {report['bytes']} bytes "
               f"({report['ratio']:.1f}x smaller than the fp32 state_dict of {report['fp32_state_dict_bytes']} bytes)")
         return 0
