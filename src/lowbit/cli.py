@@ -5,6 +5,7 @@
     lowbit export CHECKPOINT -o MODEL.lbt|MODEL.onnx [--format lbt|onnx]
     lowbit eval MODEL.lbt|CHECKPOINT.pt [--data-dir DIR]     (accuracy, perplexity or bits per character)
     lowbit summary RECIPE|CHECKPOINT
+    lowbit generate CHECKPOINT|MODEL.lbt --prompt TEXT [--tokens N] [--temperature T] [--seed S]
     lowbit bench [--show NAME] [--results DIR] | --run [--quick]
 
 Each subcommand is a function ``(parser) -> run(args)`` registered with ``@command`` in this file: the
@@ -131,6 +132,25 @@ def _export(p):
                                    onnx_activations=args.onnx_activations)
         print(f"wrote {report['model_file']}: {report['bytes']} bytes "
               f"({report['ratio']:.1f}x smaller than the fp32 state_dict of {report['fp32_state_dict_bytes']} bytes)")
+        return 0
+
+    return run
+
+
+@command("generate", "sample text from a trained language model (checkpoint.pt or integer-LSTM .lbt)")
+def _generate(p):
+    p.add_argument("model", help="a language-model checkpoint.pt (PyTorch, float) or .lbt (integer LSTM, no torch)")
+    p.add_argument("--prompt", required=True, help="text to start from (characters/words of the model's vocabulary)")
+    p.add_argument("--tokens", type=int, default=100, help="tokens to sample (characters or words; default 100)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature (default 1; 0: always the most likely token)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text (default 0)")
+
+    def run(args) -> int:
+        from .generate import generate
+
+        text = generate(args.model, args.prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed)
+        print(args.prompt + text)
         return 0
 
     return run
