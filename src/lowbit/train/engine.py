@@ -5,7 +5,8 @@
 A *task* (:mod:`lowbit.train.tasks`: image classification, ImageNet folders, language models) supplies the
 data, one step's loss, the evaluation and its metric names, and any extra checkpoint fields; this loop owns
 everything else: epochs, the progress bar, regularisers, gradient clipping, the optimizer and schedule,
-the atomic checkpoint, resume, metrics.json, curves.png and torchrun.
+the atomic checkpoint, resume, metrics.json, curves.png, the weight diagnostics (flip ratios and latent-weight
+histograms, :mod:`lowbit.train.diagnostics`: flips.png, weights.png) and torchrun.
 
 Every epoch ends with an atomic checkpoint (model, optimizer, schedule, RNG state, history, the task's
 extras), so ``resume=True`` continues an interrupted run and gives the same result as an uninterrupted one
@@ -31,6 +32,7 @@ from ..registry import TASKS
 from . import distributed
 from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
+from .diagnostics import WeightDiagnostics, plot_diagnostics
 from .optim import build_optimizer, build_scheduler
 from .plotting import plot_curves
 
@@ -214,6 +216,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     if cfg.compile:  # compiles the forward of the (DDP-wrapped) model; eager evaluation and checkpoints
         train_model = torch.compile(train_model, backend=cfg.compile)
     autocast = mixed_precision(cfg, ctx.device)
+    diagnostics = WeightDiagnostics(model)  # signs now: the first epoch's flips count from here
 
     # ---- epochs ---------------------------------------------------------------------------------------
     t0 = time.time() - elapsed_before
@@ -245,6 +248,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
         record.update(task.evaluate(model, ctx))
         record.update({"lr": optimizer.param_groups[-1]["lr"], "train_items_per_s": seen / max(train_time, 1e-9),
                        "wall_time": time.time() - t0})
+        record.update(diagnostics.epoch())  # flip ratio, saturation, latent-weight histogram per weight tensor
         history.append(record)
         log(task.describe(record))
         end_epoch(ckpt_path, out_dir, task, model, optimizer, scheduler, history, ctx)
@@ -268,6 +272,7 @@ def end_epoch(ckpt_path: Path, out_dir: Path, task: Task, model: nn.Module, opti
         atomic_write(out_dir / METRICS, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
         plot_curves(history, out_dir / CURVES, title=task.cfg.recipe, accuracy_keys=task.accuracy_keys,
                     loss_keys=task.loss_keys)
+        plot_diagnostics(history, out_dir, title=task.cfg.recipe)
     distributed.barrier(ctx)
 
 
