@@ -68,3 +68,44 @@ def test_training_records_diagnostics_and_plots(tmp_path, shared_data):
         assert sum(rec["weight_histogram"][first]["counts"]) == 784 * 32
     assert epochs[0]["flip_ratio"][first] > 0  # lr 3e-3 with the Glorot scale moves many signs
     assert (out / "flips.png").stat().st_size > 0 and (out / "weights.png").stat().st_size > 0
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, shared_data, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "tensorboard" or name.startswith("tensorboard."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    assert main(["train", "mnist-mlp", "--epochs", "1", "--data-dir", str(shared_data), "--out", str(tmp_path / "r"),
+                 "--set", "model.hidden=8", "--set", "train_subset=100", "--tensorboard", str(tmp_path / "tb"),
+                 "--no-progress"]) == 2
+    assert "--tensorboard needs the 'tensorboard' package" in capsys.readouterr().err
+
+
+def test_tensorboard_logging_writes_scalars_and_histograms():
+    from lowbit.train.diagnostics import log_tensorboard
+
+    class Writer:
+        def __init__(self):
+            self.scalars, self.hists = {}, {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag, step] = value
+
+        def add_histogram(self, tag, values, step):
+            self.hists[tag, step] = values
+
+        def flush(self):
+            pass
+
+    model, w = _model(), Writer()
+    record = {"epoch": 3, "train_loss": 0.5, "test_accuracy": 0.9, "lr": 1e-3, **WeightDiagnostics(model).epoch()}
+    log_tensorboard(w, record, model)
+    assert w.scalars[("train/loss", 3)] == 0.5 and w.scalars[("test/accuracy", 3)] == 0.9 and ("lr", 3) in w.scalars
+    assert w.scalars[("flip_ratio/0.weight", 3)] == 0.0
+    assert set(w.hists) == {("latent_weights/0.weight", 3), ("latent_weights/2.weight", 3)}

@@ -43,7 +43,8 @@ def _train(p: argparse.ArgumentParser):
 
     p.description = (
         "Train a recipe. Writes into --out: metrics.json (per-epoch loss/accuracy, wall time, the resolved "
-        "config, final test_accuracy), checkpoint.pt (atomic, every epoch) and curves.png. "
+        "config, final test_accuracy, per-epoch flip ratios and latent-weight histograms), checkpoint.pt (atomic, every epoch), "
+        "curves.png, flips.png and weights.png. "
         "Data is read from --data-dir, else $LOWBIT_DATA, else ~/.cache/lowbit/data (downloaded when missing; "
         "MNIST falls back to a small embedded real sample when offline). "
         "Run data-parallel with: torchrun --nproc_per_node=2 -m lowbit train RECIPE ..."
@@ -58,6 +59,8 @@ def _train(p: argparse.ArgumentParser):
                         "'lowbit recipes --show RECIPE' lists the keys")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", metavar="DIR", help="also log every epoch (metrics, flip ratios, latent-weight "
+                                                        "histograms) to TensorBoard in DIR (needs 'tensorboard')")
 
     def run(args) -> int:
         from .train import apply_overrides, get_recipe, run as train_run
@@ -70,7 +73,8 @@ def _train(p: argparse.ArgumentParser):
             overrides.append(f"seed={args.seed}")
         cfg = apply_overrides(cfg, overrides)
         out = args.out or f"runs/{args.recipe}"
-        metrics = train_run(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
+        metrics = train_run(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress,
+                            tensorboard=args.tensorboard)
         for key, label in (("test_perplexity", "test perplexity"), ("test_bpc", "test bits per character"),
                            ("test_accuracy", "test accuracy")):
             if metrics.get(key) is not None:

@@ -82,6 +82,35 @@ class WeightDiagnostics:
         return {"flip_ratio": self.flip_ratios(), "weight_saturation": saturated, "weight_histogram": hists}
 
 
+def tensorboard_writer(log_dir):
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir``, or a ConfigError saying how to get one."""
+    try:
+        import tensorboard  # noqa: F401  (SummaryWriter needs it; torch does not depend on it)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from ..errors import ConfigError
+
+        raise ConfigError("--tensorboard needs the 'tensorboard' package, which is not installed: "
+                          "pip install tensorboard (or train without --tensorboard)") from None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def log_tensorboard(writer, record: Dict, model: nn.Module) -> None:
+    """One epoch on TensorBoard: every number of the record as a scalar (``train/loss`` style names),
+    the flip ratios and saturation per tensor, and a histogram of each quantized tensor's latent weights."""
+    step = int(record["epoch"])
+    for key, value in record.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "test_", "valid_")) else key,
+                              value, step)
+    for group in ("flip_ratio", "weight_saturation"):
+        for name, value in record.get(group, {}).items():
+            writer.add_scalar(f"{group}/{name}", value, step)
+    for name, p, _ in quantized_weights(model):
+        writer.add_histogram(f"latent_weights/{name}", p.detach().float().cpu(), step)
+    writer.flush()
+
+
 def plot_diagnostics(history: List[Dict], out_dir, title: str = "") -> List[Path]:
     """``flips.png`` (flip ratio per binary tensor per epoch) and ``weights.png`` (latent-weight histograms of
     the first and last recorded epoch, one panel per tensor, with the saturated fraction) in ``out_dir``.

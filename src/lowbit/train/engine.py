@@ -32,7 +32,7 @@ from ..registry import TASKS
 from . import distributed
 from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
-from .diagnostics import WeightDiagnostics, plot_diagnostics
+from .diagnostics import WeightDiagnostics, log_tensorboard, plot_diagnostics, tensorboard_writer
 from .optim import build_optimizer, build_scheduler
 from .plotting import plot_curves
 
@@ -186,14 +186,17 @@ def data_parallel(model: nn.Module, ctx) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
 
 
-def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
-    """Train ``cfg`` with the task it names; returns the metrics written to ``out_dir/metrics.json``."""
+def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True,
+        tensorboard=None) -> Dict:
+    """Train ``cfg`` with the task it names; returns the metrics written to ``out_dir/metrics.json``.
+    ``tensorboard``: a directory to log every epoch to TensorBoard as well (needs the ``tensorboard`` package)."""
     validate(cfg)
     keep_freed_memory()
     task: Task = TASKS.get(cfg.task)(cfg)
     ctx = distributed.setup()
     log = print if ctx.is_main else (lambda *a, **k: None)
     out_dir = Path(out_dir)
+    writer = tensorboard_writer(tensorboard) if tensorboard and ctx.is_main else None
     torch.manual_seed(cfg.seed)
 
     # ---- data ----------------------------------------------------------------------------------------
@@ -251,9 +254,13 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
         record.update(diagnostics.epoch())  # flip ratio, saturation, latent-weight histogram per weight tensor
         history.append(record)
         log(task.describe(record))
+        if writer is not None:
+            log_tensorboard(writer, record, model)
         end_epoch(ckpt_path, out_dir, task, model, optimizer, scheduler, history, ctx)
 
     metrics = build_metrics(task, history, ctx)
+    if writer is not None:
+        writer.close()
     distributed.teardown(ctx)
     return metrics
 
