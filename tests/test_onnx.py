@@ -137,3 +137,58 @@ def test_torch_onnx_export_of_sawb_pact_modules():
     out = sess.run(None, {sess.get_inputs()[0].name: xb.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(out, model(xb).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _qonnx_run(path, x, batch=2000):
+    """Execute a QONNX file with the qonnx package's executor (it needs a fixed batch size)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    mw = ModelWrapper(str(path))
+    for t in list(mw.graph.input) + list(mw.graph.output):
+        t.type.tensor_type.shape.dim[0].dim_value = batch
+    mw = mw.transform(InferShapes())
+    return np.concatenate([execute_onnx(mw, {"pixels": x[i:i + batch]})["logits"] for i in range(0, len(x), batch)])
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_qonnx_executor_equals_pytorch_on_all_10000_test_images(trained, mnist_test, name, tmp_path):
+    pytest.importorskip("qonnx")
+    ck, path = trained[name] / "checkpoint.pt", tmp_path / "model.onnx"
+    assert main(["export", str(ck), "-o", str(path), "--format", "qonnx"]) == 0
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    custom = {n.op_type for n in proto.graph.node if n.domain == "qonnx.custom_op.general"}
+    assert custom == ({"Quant"} if name == "w2a2" else {"Quant", "BipolarQuant"})  # Quant: the 8-bit pixel input
+    assert "Where" not in {n.op_type for n in proto.graph.node}
+    x = mnist_test.images.astype(np.float32)
+    ref, out = _torch(ck, x), _qonnx_run(path, x)
+    assert np.array_equal(out.argmax(1), ref.argmax(1))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_qonnx_quantizers_match_pytorch_levels(tmp_path):
+    """Each QONNX activation quantization, run by qonnx, gives PyTorch's levels (sign(0) = +1 included)."""
+    pytest.importorskip("qonnx")
+    from lowbit.export.onnx import export_qonnx_model
+
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(63, 8) * 2, torch.zeros(1, 8)]).numpy()
+    for i, spec in enumerate(("ste_sign", "linear:bits=2", "linear:bits=3,mode=unsigned", "pact:bits=2,alpha=1.7",
+                              "pact:bits=4")):
+        model = nn.Sequential(QuantAct(spec)).eval()
+        proto = export_qonnx_model(model, [8])
+        # drop the graph's 8-bit pixel Quant so the quantizer sees real values of both signs
+        first = proto.graph.node[0]
+        assert first.op_type == "Quant" and first.input[0] == "pixels"
+        for node in proto.graph.node[1:]:
+            node.input[:] = ["pixels" if t == first.output[0] else t for t in node.input]
+        proto.graph.node.remove(first)
+        path = tmp_path / f"q{i}.onnx"
+        onnx.save(proto, str(path))
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(_qonnx_run(path, x, batch=64), ref, rtol=1e-6, atol=1e-6, err_msg=spec)
+    with pytest.raises(CheckpointError, match="quantizer 'log' has no QONNX form"):
+        export_qonnx_model(nn.Sequential(QuantAct("log:bits=3")), [4])

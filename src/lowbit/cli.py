@@ -2,7 +2,7 @@
 
     lowbit train RECIPE [--epochs N] [--data-dir DIR] [--out DIR] [--seed S] [--set key=value ...] [--resume]
     lowbit recipes [--show RECIPE]
-    lowbit export CHECKPOINT -o MODEL.lbt|MODEL.onnx [--format lbt|onnx]
+    lowbit export CHECKPOINT -o MODEL.lbt|MODEL.onnx [--format lbt|onnx|qonnx]
     lowbit eval MODEL.lbt|CHECKPOINT.pt [--data-dir DIR]     (accuracy, perplexity or bits per character)
     lowbit summary RECIPE|CHECKPOINT
     lowbit generate CHECKPOINT|MODEL.lbt --prompt TEXT [--tokens N] [--temperature T] [--seed S]
@@ -119,8 +119,9 @@ def _is_model_file(path: str) -> bool:
 def _export(p):
     p.add_argument("checkpoint", help="checkpoint.pt written by 'lowbit train'")
     p.add_argument("-o", "--output", required=True, help="file to write (model.lbt, or model.onnx for ONNX)")
-    p.add_argument("--format", choices=["lbt", "onnx"], default=None,
-                   help="output format (default: from the extension of --output; .onnx -> onnx, else lbt)")
+    p.add_argument("--format", choices=["lbt", "onnx", "qonnx"], default=None,
+                   help="output format (default: from the extension of --output; .onnx -> onnx, else lbt); "
+                        "qonnx: the QONNX dialect (BipolarQuant/Quant nodes) that Brevitas and FINN use")
     p.add_argument("--onnx-activations", choices=["arith", "qdq"], default="arith",
                    help="ONNX only: k-bit activations as exact round/clip arithmetic (default) or as "
                         "QuantizeLinear/DequantizeLinear pairs (ties round to even)")

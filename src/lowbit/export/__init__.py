@@ -5,7 +5,8 @@
 
     image   binarized image classifiers: weights as packed bits, BN + sign folded into integer thresholds
     lstm    post-training calibration of an LSTM language model to the integer-only LSTM
-    onnx    image classifiers -> a standard ONNX graph (quantized constant weights, exact sign/k-bit arithmetic)
+    onnx    image classifiers -> a standard ONNX graph (quantized constant weights, exact sign/k-bit arithmetic),
+            or its QONNX dialect (BipolarQuant/Quant nodes, for Brevitas/FINN tools)
 
 This is the one place that imports both halves (torch models in, NumPy model files out); the runtime it
 writes for never imports from here.
@@ -18,7 +19,7 @@ from typing import Any, Dict, Optional, Union
 PathLike = Union[str, Path]
 
 
-FORMATS = ("lbt", "onnx")
+FORMATS = ("lbt", "onnx", "qonnx")
 
 
 def export_format(output: PathLike, format: Optional[str] = None) -> str:
@@ -41,10 +42,11 @@ def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional
     Returns a report (file, sizes)."""
     from ..train.checkpoint import read_checkpoint
 
-    if export_format(output, format) == "onnx":
+    fmt = export_format(output, format)
+    if fmt in ("onnx", "qonnx"):
         from .onnx import export_onnx_checkpoint
 
-        return export_onnx_checkpoint(checkpoint, output, activations=onnx_activations)
+        return export_onnx_checkpoint(checkpoint, output, activations=onnx_activations, dialect=fmt)
 
     cfg = read_checkpoint(checkpoint)["config"]
     if cfg.get("task") == "lm":

@@ -37,19 +37,23 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..nn.layers import PIXEL_GAIN, PixelScale, QuantAct, QuantConv2d, QuantLinear
-from ..quant.base import Identity, SteSign
+from ..quant.base import Identity, SteSign, is_binary, quantizer_bits
 from ..quant.kbit import LinearQuant
-from ..quant.pact_sawb import PACT, PACT_MIN_ALPHA
+from ..quant.pact_sawb import PACT, PACT_MIN_ALPHA, SAWB, sawb_scale
 
 OPSET = 21  # QuantizeLinear/DequantizeLinear with int4/uint4 (opset 21); onnxruntime >= 1.18
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 
 
-class _Graph:
-    """Nodes and initializers being collected, with fresh names."""
+QONNX_DOMAIN = "qonnx.custom_op.general"
 
-    def __init__(self):
+
+class _Graph:
+    """Nodes and initializers being collected, with fresh names. ``qonnx``: emit the QONNX dialect."""
+
+    def __init__(self, qonnx: bool = False):
+        self.qonnx = qonnx
         self.nodes: List = []
         self.inits: List = []
         self._n = 0
@@ -102,10 +106,46 @@ def _levels_qdq(g: _Graph, y: str, scale: float, zero_point: int, bits: int, sig
     return g.op("DequantizeLinear", [q, s, zp_name], "dq")
 
 
+def _qonnx_quant(g: _Graph, x: str, scale: float, zeropt: float, bits: int, signed: bool, rounding: str) -> str:
+    """QONNX ``Quant``: (clamp(x / scale + zeropt) to the ``bits``-bit range, rounded, - zeropt) * scale."""
+    return g.op("Quant", [x, g.const(_f32(scale), "scale"), g.const(zeropt, "zeropt"), g.const(float(bits), "bitwidth")],
+                "quant", domain=QONNX_DOMAIN, signed=int(signed), narrow=0, rounding_mode=rounding)
+
+
+def _qonnx_bipolar(g: _Graph, x: str, scale: float = 1.0) -> str:
+    """QONNX ``BipolarQuant``: +scale where x >= 0, else -scale (the paper's sign)."""
+    return g.op("BipolarQuant", [x, g.const(_f32(scale), "scale")], "bipolar_quant", domain=QONNX_DOMAIN)
+
+
+def _qonnx_quantizer(g: _Graph, q: nn.Module, x: str, where: str) -> str:
+    """Activation quantizers as QONNX nodes (same levels as the arithmetic form; see export_qonnx_model)."""
+    if isinstance(q, SteSign):
+        return _qonnx_bipolar(g, x)
+    if isinstance(q, LinearQuant):
+        n, a = 2 ** q.bits - 1, q.max_value
+        if q.mode == "unsigned":
+            return _qonnx_quant(g, x, a / n, 0.0, q.bits, False, "HALF_UP")
+        if q.bits == 1:
+            return _qonnx_bipolar(g, x, a)
+        # levels (j + 1/2) bw, j = floor(x / bw) clamped to the signed k-bit range: Quant (FLOOR) + bw / 2
+        bw = _f32(2.0 * a / n)
+        y = _qonnx_quant(g, x, bw, 0.0, q.bits, True, "FLOOR")
+        return g.op("Add", [y, g.const(bw / 2)], "half_step")
+    if isinstance(q, PACT):
+        a = float(torch.clamp(q.alpha.detach().float(), min=PACT_MIN_ALPHA))
+        return _qonnx_quant(g, x, np.float32(a) / np.float32(2 ** q.bits - 1), 0.0, q.bits, False, "HALF_UP")
+    raise CheckpointError(
+        f"QONNX export: {where}: quantizer {getattr(q, 'registry_name', type(q).__name__)!r} has no QONNX form "
+        f"(supported: ste_sign, linear, pact)"
+    )
+
+
 def _quantizer(g: _Graph, q: nn.Module, x: str, where: str, activations: str) -> str:
     """Emit the eval-mode forward of activation/input quantizer ``q`` on tensor ``x``."""
     if isinstance(q, Identity):
         return x
+    if g.qonnx:
+        return _qonnx_quantizer(g, q, x, where)
     if isinstance(q, SteSign):  # StochasticSign too: deterministic in eval mode
         return _sign(g, x)
     if isinstance(q, LinearQuant):
@@ -164,10 +204,35 @@ def _weight(m: nn.Module) -> np.ndarray:
         return m.weight_quantizer(m.weight.detach().float()).numpy().astype(np.float32)
 
 
+def _weight_input(g: _Graph, m: nn.Module, w: np.ndarray, stem: str, where: str) -> str:
+    """The quantized weights ``w`` as an initializer; in QONNX followed by the node that states their
+    quantization (``BipolarQuant`` for +-1, ``Quant`` for k-bit levels; on these values it is the identity)."""
+    name = g.const(w, stem)
+    if not g.qonnx:
+        return name
+    q = m.weight_quantizer
+    if is_binary(q):
+        return _qonnx_bipolar(g, name)
+    bits = quantizer_bits(q)
+    if isinstance(q, SAWB):
+        a, symmetric = float(sawb_scale(m.weight.detach().float(), bits)), True
+    elif isinstance(q, LinearQuant):
+        a, symmetric = q.max_value, q.mode == "symmetric"
+    else:
+        raise CheckpointError(f"QONNX export: {where}: weight quantizer "
+                              f"{getattr(q, 'registry_name', type(q).__name__)!r} has no QONNX form "
+                              f"(supported: ste_sign, linear, sawb)")
+    n = 2 ** bits - 1
+    if symmetric:
+        # levels a (2j + 1) / n = (j + 1/2) bw, j in the signed k-bit range: zero point -1/2
+        return _qonnx_quant(g, name, 2.0 * a / n, -0.5, bits, True, "ROUND")
+    return _qonnx_quant(g, name, a / n, 0.0, bits, False, "ROUND")
+
+
 def _linear(g: _Graph, m: QuantLinear, x: str, where: str, activations: str) -> str:
     x = _quantizer(g, m.input_quantizer, x, where + " input", activations)
     w = _weight(m)
-    y = g.op("MatMul", [x, g.const(np.ascontiguousarray(w.T), "weight_t")], "matmul")
+    y = g.op("MatMul", [x, _weight_input(g, m, np.ascontiguousarray(w.T), "weight_t", where)], "matmul")
     if m.pixel_input:
         y = g.op("Mul", [y, g.const(_f32(PIXEL_GAIN))])
         y = g.op("Sub", [y, g.const(torch.from_numpy(w).sum(1).numpy(), "weight_sum")])
@@ -188,14 +253,14 @@ def _conv(g: _Graph, m: QuantConv2d, x: str, where: str, activations: str) -> st
     if m.pixel_input:
         if ph or pw:
             x = g.op("Pad", [x, pads, g.const(_f32((m.pad_value + 1.0) / PIXEL_GAIN), "pad_value")], "pad")
-        y = g.op("Conv", [x, g.const(w, "weight")], "conv", pads=[0, 0, 0, 0], **attrs)
+        y = g.op("Conv", [x, _weight_input(g, m, w, "weight", where)], "conv", pads=[0, 0, 0, 0], **attrs)
         y = g.op("Mul", [y, g.const(_f32(PIXEL_GAIN))])
         wsum = torch.from_numpy(w).sum((1, 2, 3)).view(1, -1, 1, 1).numpy()
         y = g.op("Sub", [y, g.const(wsum, "weight_sum")])
         if m.bias is not None:
             y = g.op("Add", [y, g.const(m.bias.detach().float().view(1, -1, 1, 1).numpy(), "bias")])
         return y
-    inputs = [x, g.const(w, "weight")]
+    inputs = [x, _weight_input(g, m, w, "weight", where)]
     if m.bias is not None:
         inputs.append(g.const(m.bias.detach().float().numpy(), "bias"))
     if m.pad_value != 0.0 and (ph or pw):
@@ -259,7 +324,7 @@ def _module(g: _Graph, m: nn.Module, x: str, where: str, activations: str) -> st
 
 def export_onnx_model(model: nn.Module, input_shape: Sequence[int], num_classes: Optional[int] = None,
                       activations: str = "arith", opset: int = OPSET, doc: str = "",
-                      metadata: Optional[Dict[str, str]] = None):
+                      metadata: Optional[Dict[str, str]] = None, dialect: str = "onnx"):
     """The ONNX graph (``onnx.ModelProto``) of an eval-mode ``nn.Sequential`` image classifier.
 
     Input ``pixels``: float32 (batch, *input_shape) raw pixel values in [0, 255] (as the models take them);
@@ -274,9 +339,13 @@ def export_onnx_model(model: nn.Module, input_shape: Sequence[int], num_classes:
         raise CheckpointError(f"ONNX export: activations must be 'arith' or 'qdq', got {activations!r}")
     if not isinstance(model, nn.Sequential):
         raise CheckpointError("ONNX export: the model must be an nn.Sequential of lowbit layers")
+    if dialect not in ("onnx", "qonnx"):
+        raise CheckpointError(f"ONNX export: dialect must be 'onnx' or 'qonnx', got {dialect!r}")
     model = model.eval()
-    g = _Graph()
+    g = _Graph(qonnx=dialect == "qonnx")
     x = INPUT_NAME
+    if g.qonnx:  # the input is 8-bit pixels: say so (identity on integers 0..255), as FINN reads input types
+        x = _qonnx_quant(g, x, 1.0, 0.0, 8, False, "ROUND")
     for i, m in enumerate(model):
         x = _module(g, m, x, f"layer {i} ({type(m).__name__})", activations)
     g.nodes.append(helper.make_node("Identity", [x], [OUTPUT_NAME], name="output"))
@@ -287,17 +356,37 @@ def export_onnx_model(model: nn.Module, input_shape: Sequence[int], num_classes:
     )
     from .._version import __version__
 
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="lowbit",
+    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if g.qonnx else [])
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="lowbit",
                               producer_version=__version__, doc_string=doc)
     proto.ir_version = min(proto.ir_version, 10)  # onnxruntime 1.16+ reads IR 10
     for k, v in (metadata or {}).items():
         proto.metadata_props.add(key=str(k), value=str(v))
-    onnx.checker.check_model(proto, full_check=True)
+    # full_check adds strict shape inference, which cannot see through the QONNX custom ops
+    onnx.checker.check_model(proto, full_check=not g.qonnx)
     return proto
 
 
-def export_onnx_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], activations: str = "arith") -> Dict:
-    """``lowbit export CHECKPOINT -o model.onnx``: write the ONNX graph of an image classifier checkpoint."""
+def export_qonnx_model(model: nn.Module, input_shape: Sequence[int], num_classes: Optional[int] = None, **kwargs):
+    """The QONNX graph of an eval-mode ``nn.Sequential``: the graph of :func:`export_onnx_model` with each
+    quantization as a QONNX node (domain ``qonnx.custom_op.general``, as Brevitas and FINN write them):
+
+    * the input: ``Quant`` 8-bit unsigned, scale 1 (raw pixels);
+    * binary weights and sign activations: ``BipolarQuant`` (scale 1; +1 for x >= 0, as the paper's sign);
+    * k-bit weights (SAWB, linear symmetric): the quantized values followed by ``Quant`` signed k-bit, scale
+      bw = 2a/(2^k - 1), zero point -1/2 (the levels (j + 1/2) bw have no zero), rounding ROUND;
+    * PACT and unsigned linear activations: ``Quant`` unsigned k-bit, scale a/(2^k - 1), rounding HALF_UP
+      (Quant clamps to [0, 2^k - 1] first, which is PACT's clip to [0, alpha]);
+    * symmetric k-bit activations: ``Quant`` signed k-bit, rounding FLOOR, then ``Add`` bw/2.
+
+    No ``Trunc`` is needed: lowbit's classifiers have no average pooling or integer truncation."""
+    return export_onnx_model(model, input_shape, num_classes, dialect="qonnx", **kwargs)
+
+
+def export_onnx_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], activations: str = "arith",
+                           dialect: str = "onnx") -> Dict:
+    """``lowbit export CHECKPOINT -o model.onnx [--format qonnx]``: write the ONNX (or QONNX) graph of an image
+    classifier checkpoint."""
     import onnx
 
     from ..train.checkpoint import load_model_state, model_from_config, read_checkpoint
@@ -312,6 +401,7 @@ def export_onnx_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], 
     meta = {"recipe": cfg.get("recipe", ""), "dataset": cfg.get("dataset", ""), "model": cfg.get("model", ""),
             "source_checkpoint": Path(checkpoint).name, "input": "raw pixels in [0, 255], float32 NCHW"}
     proto = export_onnx_model(model, args["in_shape"], args.get("num_classes", 10), activations=activations,
+                              dialect=dialect,
                               doc=f"lowbit {cfg.get('recipe', '')} exported from {Path(checkpoint).name}",
                               metadata=meta)
     onnx.save(proto, str(out))
