@@ -43,12 +43,19 @@ def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional
     from ..train.checkpoint import read_checkpoint
 
     fmt = export_format(output, format)
+    cfg = read_checkpoint(checkpoint)["config"]
+    if fmt == "onnx" and cfg.get("task") == "lm":
+        from .onnx_lm import export_lm_onnx_checkpoint
+
+        return export_lm_onnx_checkpoint(checkpoint, output)
     if fmt in ("onnx", "qonnx"):
+        if cfg.get("task") == "lm":
+            from ..errors import CheckpointError
+
+            raise CheckpointError("QONNX export: language models are exported to plain ONNX only (--format onnx)")
         from .onnx import export_onnx_checkpoint
 
         return export_onnx_checkpoint(checkpoint, output, activations=onnx_activations, dialect=fmt)
-
-    cfg = read_checkpoint(checkpoint)["config"]
     if cfg.get("task") == "lm":
         from .lstm import export_int_lstm_checkpoint
 

@@ -387,26 +387,15 @@ def export_onnx_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], 
                            dialect: str = "onnx") -> Dict:
     """``lowbit export CHECKPOINT -o model.onnx [--format qonnx]``: write the ONNX (or QONNX) graph of an image
     classifier checkpoint."""
-    import json
-
     from ..train.checkpoint import load_model_state, model_from_config, read_checkpoint
 
     data = read_checkpoint(checkpoint)
     cfg = data["config"]
     model = model_from_config(cfg)
     load_model_state(model, data["model_state"], str(checkpoint))
-    if cfg.get("task") == "lm":
-        if dialect != "onnx":
-            raise CheckpointError("QONNX export: language models are exported to plain ONNX only (--format onnx)")
-        from .onnx_lm import export_lm_onnx_model
-
-        proto = export_lm_onnx_model(model, doc=f"lowbit {cfg.get('recipe', '')} exported from {Path(checkpoint).name}",
-                                     metadata={"recipe": cfg.get("recipe", ""), "dataset": cfg.get("dataset", ""),
-                                               "vocab": json.dumps(data.get("vocab", {}))})
-        return _save(proto, out, model)
     if cfg.get("task", "image") != "image":
-        raise CheckpointError(f"ONNX export: task {cfg.get('task')!r} is not supported (image classifiers and "
-                              f"language models)")
+        raise CheckpointError(f"ONNX export: task {cfg.get('task')!r} is not supported (image classifiers here; "
+                              f"language models: lowbit.export.onnx_lm)")
     args = cfg["model_args"]
     meta = {"recipe": cfg.get("recipe", ""), "dataset": cfg.get("dataset", ""), "model": cfg.get("model", ""),
             "source_checkpoint": Path(checkpoint).name, "input": "raw pixels in [0, 255], float32 NCHW"}

@@ -19,14 +19,16 @@ Gate order: torch LSTM (i, f, g, o) -> ONNX (i, o, f, c); torch GRU (r, z, n) ->
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import json
+from pathlib import Path
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .onnx import OPSET, _Graph
+from .onnx import OPSET, _Graph, _save
 
 LSTM_ORDER = [0, 3, 1, 2]  # torch (i, f, g, o) -> ONNX (i, o, f, c)
 GRU_ORDER = [1, 0, 2]  # torch (r, z, n) -> ONNX (z, r, h)
@@ -127,3 +129,18 @@ def export_lm_onnx_model(model: nn.Module, opset: int = OPSET, doc: str = "", me
         proto.metadata_props.add(key=str(k), value=str(v))
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def export_lm_onnx_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path]) -> Dict:
+    """``lowbit export LM_CHECKPOINT -o lm.onnx``: the ONNX graph of a language-model checkpoint (its
+    vocabulary in the metadata, key ``vocab``)."""
+    from ..train.checkpoint import load_model_state, model_from_config, read_checkpoint
+
+    data = read_checkpoint(checkpoint)
+    cfg = data["config"]
+    model = model_from_config(cfg)
+    load_model_state(model, data["model_state"], str(checkpoint))
+    proto = export_lm_onnx_model(model, doc=f"lowbit {cfg.get('recipe', '')} exported from {Path(checkpoint).name}",
+                                 metadata={"recipe": cfg.get("recipe", ""), "dataset": cfg.get("dataset", ""),
+                                           "vocab": json.dumps(data.get("vocab", {}))})
+    return _save(proto, out, model)
