@@ -90,14 +90,12 @@ def _sign(g: _Graph, x: str) -> str:
 
 def _levels_qdq(g: _Graph, y: str, scale: float, zero_point: int, bits: int, signed: bool) -> str:
     """QuantizeLinear/DequantizeLinear to ``bits``-bit codes: the narrowest ONNX integer type that holds them."""
-    from onnx import TensorProto
+    from onnx import TensorProto, helper
 
     if bits <= 4:
         dtype = TensorProto.INT4 if signed else TensorProto.UINT4
     else:
         dtype = TensorProto.INT8 if signed else TensorProto.UINT8
-    from onnx import helper
-
     zp_name = g.name("zero_point")
     zp = helper.make_tensor(zp_name, dtype, [], [int(zero_point)])
     g.inits.append(zp)
@@ -156,15 +154,14 @@ def _quantizer(g: _Graph, q: nn.Module, x: str, where: str, activations: str) ->
             s = _sign(g, x)
             return s if a == 1.0 else g.op("Mul", [s, g.const(a)])
         if q.mode == "symmetric":
+            if activations == "qdq":  # the levels (2j + 1) a / n have no zero, which a Q/DQ pair needs
+                raise CheckpointError(f"ONNX export: {where}: symmetric linear activations have no Q/DQ form "
+                                      f"(levels without zero); export with activations='arith'")
             half = 2 ** (q.bits - 1)
             v = g.op("Mul", [x, g.const(_f32(n / (2.0 * a)))])
             v = g.op("Clip", [v, g.const(-n / 2.0), g.const(n / 2.0)])
             v = g.op("Floor", [v])
             v = g.op("Clip", [v, g.const(-half), g.const(half - 1)])
-            if activations == "qdq":
-                # codes 2j + 1 are odd: dequantize (j + 1/2) * 2a/n with j as the signed code
-                raise CheckpointError(f"ONNX export: {where}: symmetric linear activations have no Q/DQ form "
-                                      f"(levels without zero); export with activations='arith'")
             v = g.op("Mul", [v, g.const(2.0)])
             v = g.op("Add", [v, g.const(1.0)])
             v = g.op("Div", [v, g.const(float(n))])
