@@ -21,7 +21,7 @@ DEPLOYMENT = ("lowbit.runtime", "lowbit.kernels")
 # API and level sets, but nothing else in the deployment half may import them.
 GPU_KERNELS = ("lowbit.kernels.gpu", "lowbit.kernels._triton_kernels")
 TRAINING = ("lowbit.quant", "lowbit.nn", "lowbit.models", "lowbit.train", "lowbit.export", "lowbit.summary",
-            "lowbit.bench", "lowbit.cli")
+            "lowbit.bench", "lowbit.cli", "lowbit.generate")
 # Shared by both halves: no torch, no quantization, no training.
 BASE = ("lowbit._version", "lowbit.errors", "lowbit.fileio", "lowbit.registry")
 NUMPY_DATA = ("lowbit.data.base", "lowbit.data.text", "lowbit.data.idx", "lowbit.data.cifar", "lowbit.data.svhn",

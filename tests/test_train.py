@@ -162,7 +162,8 @@ def test_torchrun_two_processes_write_one_metrics_file(shared_data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert len(metrics["epochs"]) == 1 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "flips.png", "metrics.json",
+                                                      "weights.png"]
     assert lowbit.load_checkpoint(out / "checkpoint.pt") is not None
 
 

@@ -2,9 +2,10 @@
 
     lowbit train RECIPE [--epochs N] [--data-dir DIR] [--out DIR] [--seed S] [--set key=value ...] [--resume]
     lowbit recipes [--show RECIPE]
-    lowbit export CHECKPOINT -o MODEL.lbt
+    lowbit export CHECKPOINT -o MODEL.lbt|MODEL.onnx [--format lbt|onnx|qonnx]
     lowbit eval MODEL.lbt|CHECKPOINT.pt [--data-dir DIR]     (accuracy, perplexity or bits per character)
     lowbit summary RECIPE|CHECKPOINT
+    lowbit generate CHECKPOINT|MODEL.lbt --prompt TEXT [--tokens N] [--temperature T] [--seed S]
     lowbit bench [--show NAME] [--results DIR] | --run [--quick]
 
 Each subcommand is a function ``(parser) -> run(args)`` registered with ``@command`` in this file: the
@@ -42,7 +43,8 @@ def _train(p: argparse.ArgumentParser):
 
     p.description = (
         "Train a recipe. Writes into --out: metrics.json (per-epoch loss/accuracy, wall time, the resolved "
-        "config, final test_accuracy), checkpoint.pt (atomic, every epoch) and curves.png. "
+        "config, final test_accuracy, per-epoch flip ratios and latent-weight histograms), checkpoint.pt (atomic, every epoch), "
+        "curves.png, flips.png and weights.png. "
         "Data is read from --data-dir, else $LOWBIT_DATA, else ~/.cache/lowbit/data (downloaded when missing; "
         "MNIST falls back to a small embedded real sample when offline). "
         "Run data-parallel with: torchrun --nproc_per_node=2 -m lowbit train RECIPE ..."
@@ -57,6 +59,8 @@ def _train(p: argparse.ArgumentParser):
                         "'lowbit recipes --show RECIPE' lists the keys")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", metavar="DIR", help="also log every epoch (metrics, flip ratios, latent-weight "
+                                                        "histograms) to TensorBoard in DIR (needs 'tensorboard')")
 
     def run(args) -> int:
         from .train import apply_overrides, get_recipe, run as train_run
@@ -69,7 +73,8 @@ def _train(p: argparse.ArgumentParser):
             overrides.append(f"seed={args.seed}")
         cfg = apply_overrides(cfg, overrides)
         out = args.out or f"runs/{args.recipe}"
-        metrics = train_run(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
+        metrics = train_run(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress,
+                            tensorboard=args.tensorboard)
         if not _is_rank_zero():  # under torchrun every process runs this; only rank 0 reports
             return 0
         for key, label in (("test_perplexity", "test perplexity"), ("test_bpc", "test bits per character"),
@@ -136,10 +141,16 @@ def _is_model_file(path: str) -> bool:
         raise CheckpointError(f"{path} does not exist or cannot be read") from None
 
 
-@command("export", "export a training checkpoint to a bit-packed .lbt model file for the runtime")
+@command("export", "export a training checkpoint: a bit-packed .lbt model file for the runtime, or ONNX (.onnx)")
 def _export(p):
     p.add_argument("checkpoint", help="checkpoint.pt written by 'lowbit train'")
-    p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.lbt)")
+    p.add_argument("-o", "--output", required=True, help="file to write (model.lbt, or model.onnx for ONNX)")
+    p.add_argument("--format", choices=["lbt", "onnx", "qonnx"], default=None,
+                   help="output format (default: from the extension of --output; .onnx -> onnx, else lbt); "
+                        "qonnx: the QONNX dialect (BipolarQuant/Quant nodes) that Brevitas and FINN use")
+    p.add_argument("--onnx-activations", choices=["arith", "qdq"], default="arith",
+                   help="ONNX only: k-bit activations as exact round/clip arithmetic (default) or as "
+                        "QuantizeLinear/DequantizeLinear pairs (ties round to even)")
     p.add_argument("--calibration-batches", type=int, default=8,
                    help="integer LSTM only: batches of training text used to calibrate ranges")
     p.add_argument("--data-dir", help="integer LSTM only: data directory for calibration text")
@@ -148,9 +159,29 @@ def _export(p):
         from .export import export_checkpoint
 
         report = export_checkpoint(args.checkpoint, args.output, data_dir=args.data_dir,
-                                   calibration_batches=args.calibration_batches)
+                                   calibration_batches=args.calibration_batches, format=args.format,
+                                   onnx_activations=args.onnx_activations)
         print(f"wrote {report['model_file']}: {report['bytes']} bytes "
               f"({report['ratio']:.1f}x smaller than the fp32 state_dict of {report['fp32_state_dict_bytes']} bytes)")
+        return 0
+
+    return run
+
+
+@command("generate", "sample text from a trained language model (checkpoint.pt or integer-LSTM .lbt)")
+def _generate(p):
+    p.add_argument("model", help="a language-model checkpoint.pt (PyTorch, float) or .lbt (integer LSTM, no torch)")
+    p.add_argument("--prompt", required=True, help="text to start from (characters/words of the model's vocabulary)")
+    p.add_argument("--tokens", type=int, default=100, help="tokens to sample (characters or words; default 100)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature (default 1; 0: always the most likely token)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text (default 0)")
+
+    def run(args) -> int:
+        from .generate import generate
+
+        text = generate(args.model, args.prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed)
+        print(args.prompt + text)
         return 0
 
     return run

@@ -5,6 +5,8 @@
 
     image   binarized image classifiers: weights as packed bits, BN + sign folded into integer thresholds
     lstm    post-training calibration of an LSTM language model to the integer-only LSTM
+    onnx    image classifiers -> a standard ONNX graph (quantized constant weights, exact sign/k-bit arithmetic),
+            or its QONNX dialect (BipolarQuant/Quant nodes, for Brevitas/FINN tools)
 
 This is the one place that imports both halves (torch models in, NumPy model files out); the runtime it
 writes for never imports from here.
@@ -17,14 +19,43 @@ from typing import Any, Dict, Optional, Union
 PathLike = Union[str, Path]
 
 
+FORMATS = ("lbt", "onnx", "qonnx")
+
+
+def export_format(output: PathLike, format: Optional[str] = None) -> str:
+    """The format asked for, else the one the output's extension names (``.onnx``; anything else: ``lbt``)."""
+    if format is None:
+        return "onnx" if Path(output).suffix.lower() == ".onnx" else "lbt"
+    if format not in FORMATS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"export: format must be one of {', '.join(FORMATS)}, got {format!r}")
+    return format
+
+
 def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional[PathLike] = None,
-                      calibration_batches: int = 8) -> Dict[str, Any]:
-    """Export a ``lowbit train`` checkpoint to a model file, choosing the exporter by its task (language
-    models -> integer LSTM, calibrated on ``calibration_batches`` batches of its training text; image
-    classifiers -> binarized network). Returns a report (file, sizes)."""
+                      calibration_batches: int = 8, format: Optional[str] = None,
+                      onnx_activations: str = "arith") -> Dict[str, Any]:
+    """Export a ``lowbit train`` checkpoint to a model file, choosing the exporter by its format (see
+    :func:`export_format`) and task (language models -> integer LSTM, calibrated on ``calibration_batches``
+    batches of its training text; image classifiers -> binarized network; ``onnx`` -> an ONNX graph).
+    Returns a report (file, sizes)."""
     from ..train.checkpoint import read_checkpoint
 
+    fmt = export_format(output, format)
     cfg = read_checkpoint(checkpoint)["config"]
+    if fmt == "onnx" and cfg.get("task") == "lm":
+        from .onnx_lm import export_lm_onnx_checkpoint
+
+        return export_lm_onnx_checkpoint(checkpoint, output)
+    if fmt in ("onnx", "qonnx"):
+        if cfg.get("task") == "lm":
+            from ..errors import CheckpointError
+
+            raise CheckpointError("QONNX export: language models are exported to plain ONNX only (--format onnx)")
+        from .onnx import export_onnx_checkpoint
+
+        return export_onnx_checkpoint(checkpoint, output, activations=onnx_activations, dialect=fmt)
     if cfg.get("task") == "lm":
         from .lstm import export_int_lstm_checkpoint
 

@@ -138,7 +138,8 @@ def sawb_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
     c1, c2 = SAWB_COEFFICIENTS[bits]
     w = w.detach()
     alpha = c1 * w.square().mean().sqrt() - c2 * w.abs().mean()
-    fallback = w.abs().amax()
+    # amax over every dim by name: torch.onnx.export (dynamo) rejects amax() without dim
+    fallback = w.abs().amax(dim=tuple(range(w.dim())))
     alpha = torch.where(alpha > 0, alpha, fallback)
     return torch.clamp(alpha, min=torch.finfo(w.dtype).tiny)
 

@@ -21,6 +21,7 @@ from .config import TrainConfig, apply_overrides, get_recipe  # noqa: F401
 from .engine import fit
 
 
-def run(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
+def run(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True,
+        tensorboard=None) -> Dict:
     """Train ``cfg`` with the loop; returns the metrics written to ``out_dir/metrics.json``."""
-    return fit(cfg, out_dir, data_dir=data_dir, resume=resume, progress=progress)
+    return fit(cfg, out_dir, data_dir=data_dir, resume=resume, progress=progress, tensorboard=tensorboard)

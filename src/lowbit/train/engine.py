@@ -5,7 +5,8 @@
 A *task* (:mod:`lowbit.train.tasks`: image classification, ImageNet folders, language models) supplies the
 data, one step's loss, the evaluation and its metric names, and any extra checkpoint fields; this loop owns
 everything else: epochs, the progress bar, regularisers, gradient clipping, the optimizer and schedule,
-the atomic checkpoint, resume, metrics.json, curves.png and torchrun.
+the atomic checkpoint, resume, metrics.json, curves.png, the weight diagnostics (flip ratios and latent-weight
+histograms, :mod:`lowbit.train.diagnostics`: flips.png, weights.png) and torchrun.
 
 Every epoch ends with an atomic checkpoint (model, optimizer, schedule, RNG state, history, the task's
 extras), so ``resume=True`` continues an interrupted run and gives the same result as an uninterrupted one
@@ -31,6 +32,7 @@ from ..registry import TASKS
 from . import distributed
 from .checkpoint import load_model_state, model_from_config, read_checkpoint, save_checkpoint
 from .config import TrainConfig, validate, validate_model_args
+from .diagnostics import WeightDiagnostics, log_tensorboard, plot_diagnostics, tensorboard_writer
 from .optim import build_optimizer, build_scheduler
 from .plotting import StepCurve, plot_curves
 
@@ -206,14 +208,17 @@ def data_parallel(model: nn.Module, ctx) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
 
 
-def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True) -> Dict:
-    """Train ``cfg`` with the task it names; returns the metrics written to ``out_dir/metrics.json``."""
+def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True,
+        tensorboard=None) -> Dict:
+    """Train ``cfg`` with the task it names; returns the metrics written to ``out_dir/metrics.json``.
+    ``tensorboard``: a directory to log every epoch to TensorBoard as well (needs the ``tensorboard`` package)."""
     validate(cfg)
     keep_freed_memory()
     task: Task = TASKS.get(cfg.task)(cfg)
     ctx = distributed.setup()
     log = print if ctx.is_main else (lambda *a, **k: None)
     out_dir = Path(out_dir)
+    writer = tensorboard_writer(tensorboard) if tensorboard and ctx.is_main else None
     torch.manual_seed(cfg.seed)
 
     # ---- data ----------------------------------------------------------------------------------------
@@ -240,6 +245,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     if cfg.compile:  # compiles the forward of the (DDP-wrapped) model; eager evaluation and checkpoints
         train_model = torch.compile(train_model, backend=cfg.compile)
     autocast = mixed_precision(cfg, ctx.device)
+    diagnostics = WeightDiagnostics(model)  # signs now: the first epoch's flips count from here
 
     # ---- epochs ---------------------------------------------------------------------------------------
     t0 = time.time() - elapsed_before
@@ -274,11 +280,16 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
         record.update(task.evaluate(model, ctx))
         record.update({"lr": optimizer.param_groups[-1]["lr"], "train_items_per_s": seen / max(train_time, 1e-9),
                        "wall_time": time.time() - t0, "steps": curve.samples})
+        record.update(diagnostics.epoch())  # flip ratio, saturation, latent-weight histogram per weight tensor
         history.append(record)
         log(task.describe(record))
+        if writer is not None:
+            log_tensorboard(writer, record, model)
         end_epoch(ckpt_path, out_dir, task, model, optimizer, scheduler, history, ctx)
 
     metrics = build_metrics(task, history, ctx)
+    if writer is not None:
+        writer.close()
     distributed.teardown(ctx)
     return metrics
 
@@ -299,6 +310,7 @@ def end_epoch(ckpt_path: Path, out_dir: Path, task: Task, model: nn.Module, opti
         plot_curves(history, out_dir / CURVES, title=f"{task.cfg.recipe} ({task.data_title()})",
                     accuracy_keys=task.accuracy_keys, loss_keys=unit.get("keys", task.loss_keys),
                     loss_label=unit.get("label", "loss"), step_loss=unit.get("convert"))
+        plot_diagnostics(history, out_dir, title=task.cfg.recipe)
     distributed.barrier(ctx)
 
 
