@@ -17,7 +17,6 @@ import argparse, json, math, os, sys, time  # noqa: E401
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
