@@ -16,7 +16,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
