@@ -13,7 +13,11 @@ LR decay over the run, gradient-norm clip over all parameters, mean cross-entrop
 
 from __future__ import annotations
 
-import argparse, json, math, os, sys, time  # noqa: E401
+import argparse
+import json
+import math
+import os
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
