@@ -139,3 +139,23 @@ def test_lowbit_bench_installed_without_the_source_tree(tmp_path, monkeypatch, c
     assert cli.main(["bench"]) == 2
     err = capsys.readouterr().err
     assert B.RESULTS_ENV in err and "benchmarks" in err and "lowbit bench --run" in err
+
+
+def test_settle_runs_each_contender_untimed_before_its_timed_call():
+    from lowbit.benchmarking import time_interleaved
+
+    calls = {"a": 0, "b": 0}
+    order = []
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+            order.append(name)
+        return fn
+
+    times = time_interleaved({"a": make("a"), "b": make("b")}, min_repeats=3, max_repeats=3, warmup=0, settle=0.005)
+    assert [len(times[k]) for k in "ab"] == [3, 3]
+    assert calls["a"] > 3 and calls["b"] > 3  # untimed settling calls happened
+    # each contender's settling calls run right before its timed call: the order is runs of a then runs of b
+    runs = [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k]
+    assert runs == ["a", "b"] * 3

@@ -87,7 +87,7 @@ def bench_network(name, model, input_shape, batch, repeats, binary_input=False, 
         return run
 
     t = medians(time_interleaved({"ours": lambda: net.predict(xn), "plain": timer(plain), "fake": timer(model)},
-                                 min_repeats=repeats, max_repeats=repeats, warmup=2))
+                                 min_repeats=repeats, max_repeats=repeats, warmup=2, settle=0.05))
     t_ours, t_plain, t_fake = t["ours"], t["plain"], t["fake"]
     return {"network": name, "batch": batch, "torch_fp32_ms": 1e3 * t_plain, "torch_fake_quant_ms": 1e3 * t_fake,
             "lowbit_ms": 1e3 * t_ours, "speedup": t_plain / t_ours, "speedup_vs_fake_quant": t_fake / t_ours,

@@ -34,14 +34,18 @@ RESULTS_ENV = "LOWBIT_BENCH_RESULTS"
 # ---- timing -------------------------------------------------------------------------------------------------
 
 def time_interleaved(fns: Mapping[str, Callable[[], object]], *, min_repeats: int = 5, min_time: float = 0.0,
-                     max_repeats: int = 1000, warmup: int = 1, warm_each: int = 0) -> Dict[str, List[float]]:
+                     max_repeats: int = 1000, warmup: int = 1, warm_each: int = 0,
+                     settle: float = 0.0) -> Dict[str, List[float]]:
     """Wall times (seconds) of each ``fns[name]()``, measured in rounds: every round calls each contender
     once, in the order given, so load drifts hit all of them alike.
 
     ``warmup`` untimed rounds come first. Then rounds are timed until there are ``min_repeats`` of them
     and, beyond that, until ``min_time`` seconds have passed (at most ``max_repeats`` rounds).
     ``warm_each`` untimed calls of a contender precede each of its timed calls, so it is timed with its
-    own data in cache, not with what the previous contender left there. Returns ``{name: [seconds, ...]}``.
+    own data in cache, not with what the previous contender left there. ``settle`` (seconds): before each
+    timed call the contender also runs untimed for at least this long, so the previous contender's
+    thread pool (torch's and onnxruntime's OpenMP workers spin-wait for milliseconds after a call) has
+    gone idle and does not take cores from the one being timed. Returns ``{name: [seconds, ...]}``.
     """
     if min_repeats < 1 or max_repeats < min_repeats:
         raise ValueError(f"need 1 <= min_repeats <= max_repeats, got {min_repeats} and {max_repeats}")
@@ -55,6 +59,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, min_repeats: in
         for name, fn in fns.items():
             for _ in range(warm_each):
                 fn()
+            if settle > 0:
+                until = time.perf_counter() + settle
+                while time.perf_counter() < until:
+                    fn()
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
