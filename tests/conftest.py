@@ -10,10 +10,21 @@ import pytest
 from datapaths import REPO, SHARED_DATA, WHERE  # noqa: F401  ($LOWBIT_DATA first, then ../shared/data)
 
 
+def _package_root() -> Path:
+    """The folder holding the ``lowbit`` these tests import: ``src/`` of the checkout (editable install or
+    PYTHONPATH) or site-packages (``pip install .``, as CI does): a child process must see the same build."""
+    import lowbit
+
+    return Path(lowbit.__file__).resolve().parents[1]
+
+
+PACKAGE_ROOT = _package_root()
+
+
 def subprocess_env(**extra) -> dict:
     """The environment for a child ``python -m lowbit ...``: this one, with the source tree first on
     PYTHONPATH, and ``extra`` set."""
-    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 

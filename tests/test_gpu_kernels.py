@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import lowbit
+
 
 def _triton_mode():
     """None if triton is not imported yet, else "interpreter" / "compiler" by how its library was built."""
@@ -57,7 +59,7 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _ENV_BEFORE
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(lowbit.__file__).resolve().parents[1])  # where the imported lowbit (and its build) lives
 
 
 @pytest.fixture(scope="module", autouse=True)
