@@ -110,7 +110,9 @@ def _bench(*args, cwd, **env):
 
 
 def test_lowbit_bench_summary_from_another_directory(tmp_path):
-    r = _bench(cwd=tmp_path)
+    # lowbit imported from this checkout (src/ first), run from elsewhere: it finds the checkout's results
+    src = {"PYTHONPATH": str(REPO / "src")}
+    r = _bench(cwd=tmp_path, **src)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.encode()) < 4096
     assert str(REPO / "benchmarks" / "results") in r.stdout
@@ -118,11 +120,11 @@ def test_lowbit_bench_summary_from_another_directory(tmp_path):
     assert len(r.stdout.strip().splitlines()) == 1 + len(names)
     assert all(n in r.stdout for n in names)
 
-    r = _bench("--show", "runtime", cwd=tmp_path)
+    r = _bench("--show", "runtime", cwd=tmp_path, **src)
     assert r.returncode == 0, r.stderr
     assert r.stdout == (REPO / "benchmarks" / "results" / "runtime.md").read_text()
 
-    r = _bench("--show", "no-such-result", cwd=tmp_path)
+    r = _bench("--show", "no-such-result", cwd=tmp_path, **src)
     assert r.returncode == 2 and "runtime" in r.stderr and "Traceback" not in r.stderr
 
 
