@@ -20,19 +20,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 from .errors import CheckpointError, ConfigError, LowbitError
-
-COMMANDS: Dict[str, Tuple[str, Callable, Callable]] = {}
-
+from .registry import COMMANDS
 
 def command(name: str, help: str):
-    """Decorator pair: ``@command(name, help)`` on a function ``(parser) -> run(args)``."""
+    """``@command(name, help)`` on a function ``(parser) -> run(args)`` registers subcommand ``name`` in
+    :data:`lowbit.registry.COMMANDS` (a plug-in adds its own the same way)."""
 
     def decorate(setup: Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]):
-        COMMANDS[name] = (help, setup, None)
-        return setup
+        setup.help = help
+        return COMMANDS.register(name, obj=setup)
 
     return decorate
 
@@ -368,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, setup, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name in COMMANDS:
+        setup = COMMANDS[name]
+        p = sub.add_parser(name, help=setup.help, description=setup.help)
         p.set_defaults(_run=setup(p))
     return parser
 
@@ -388,7 +388,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last completed epoch's checkpoint is intact (use --resume)", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

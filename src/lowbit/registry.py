@@ -1,4 +1,5 @@
-"""One way to register things by name: quantizers, models, optimizers, losses, recipes and training tasks.
+"""One way to register things by name: quantizers, models, optimizers, losses, recipes, training tasks and
+the command line's subcommands.
 
 Each kind has one :class:`Registry` below. A module registers what it defines with the decorator::
 
@@ -88,3 +89,4 @@ OPTIMIZERS = Registry("optimizer", home="lowbit.train.optim")
 LOSSES = Registry("loss", home="lowbit.train.losses")
 RECIPES = Registry("recipe", home="lowbit.train.recipes")
 TASKS = Registry("task", home="lowbit.train.tasks")
+COMMANDS = Registry("command", home="lowbit.cli")  # `lowbit SUBCOMMAND`: functions (parser) -> run(args)
