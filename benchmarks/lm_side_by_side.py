@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
+
+from lowbit.benchmarking import machine_record, write_results  # noqa: E402
 
 import plain_lstm_lm  # noqa: E402
 from rnn_perplexity import run_one  # noqa: E402
@@ -98,12 +99,11 @@ def main(argv=None) -> int:
         tables[name] = {"metric": key, "rows": rows, "plain_mean": mp, "lowbit_mean": ml, "rel": ml / mp - 1,
                         "lowbit_config_overrides": sets, "plain_settings": kw}
     result = {"benchmark": "lm_side_by_side", "tables": tables, "threads": args.threads,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+              "machine": machine_record(),
               "wall_seconds": time.time() - t0,
               "command": "python benchmarks/lm_side_by_side.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = ["# lowbit at 32 bits vs a plain torch.nn.LSTM language model (same data, settings and steps)", ""]
     for name, t in tables.items():
         unit = "test bits per character" if t["metric"] == "test_bpc" else "test perplexity"
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     md += [f"Threads: {args.threads}; machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs "
            f"(shared), torch {result['machine']['torch']}; total {result['wall_seconds'] / 60:.1f} min.", "",
            f"Reproduce: `{result['command']}`", ""]
-    stem.with_suffix(".md").write_text("\n".join(md))
+    write_results(stem, result, "\n".join(md))
     print(f"wrote {stem.with_suffix('.json')} and .md")
     return 0
 

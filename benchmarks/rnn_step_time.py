@@ -17,9 +17,6 @@ Writes benchmarks/results/rnn_step_time.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -29,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
+
+from lowbit.benchmarking import machine_record, write_results  # noqa: E402
 from torch import nn  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,11 +106,10 @@ def main(argv=None) -> int:
         print(cell, " ".join(f"{n} {1e3 * v:.0f} ms ({v / med['torch']:.2f}x)" for n, v in med.items()), flush=True)
     result = {"benchmark": "rnn_step_time", "shape": dict(vocab=V, emb=E, hidden=H, layers=L, batch=B, bptt=T),
               "bits": k, "reps": args.reps, "threads": args.threads, "rows": rows,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+              "machine": machine_record(),
               "command": "python benchmarks/rnn_step_time.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     names = list(dict.fromkeys(n for row in rows for n in row["median_ms"]))
     md = ["# Training-step time: k-bit recurrent LMs vs torch.nn at 32 bits", "",
           f"Network: embedding {E}, {L} x {H}, vocabulary {V}, batch {B}, BPTT {T}; one step = forward, "
@@ -125,7 +123,7 @@ def main(argv=None) -> int:
                                        for n in names[1:]) + " |")
     md += ["", f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs (shared), torch "
                f"{result['machine']['torch']}.", "", f"Reproduce: `{result['command']}`", ""]
-    stem.with_suffix(".md").write_text("\n".join(md))
+    write_results(stem, result, "\n".join(md))
     print(f"wrote {stem.with_suffix('.json')} and .md")
     return 0
 

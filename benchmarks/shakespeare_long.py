@@ -11,9 +11,7 @@ within 30 minutes of training. Runs are ``lowbit train`` run directories under r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -21,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
+
+from lowbit.benchmarking import machine_record, write_results  # noqa: E402
 
 from rnn_perplexity import run_one  # noqa: E402
 
@@ -49,11 +49,10 @@ def main(argv=None) -> int:
                                  "wall_time": e["wall_time"]} for e in m["epochs"]],
                      "run_dir": str(out.relative_to(ROOT))})
     result = {"benchmark": "shakespeare_long", "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
-              "runs": runs, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+              "runs": runs, "machine": machine_record(),
               "command": "python benchmarks/shakespeare_long.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = [f"# Tiny Shakespeare, shakespeare-lstm recipe, {args.epochs} epochs: test bits per character", "",
           "| bits (W = A) | " + " | ".join(f"epoch {e + 1}" for e in range(args.epochs)) + " | training wall time |",
           "|---|" + "---:|" * (args.epochs + 1)]
@@ -68,7 +67,7 @@ def main(argv=None) -> int:
     md += ["", f"Wall time includes the per-epoch test evaluation. {args.threads} thread(s); machine: "
                f"{result['machine']['platform']}, {result['machine']['cpus']} CPUs, shared with other jobs; torch "
                f"{result['machine']['torch']}.", "", f"Reproduce: `{result['command']}`", ""]
-    stem.with_suffix(".md").write_text("\n".join(md))
+    write_results(stem, result, "\n".join(md))
     print(f"wrote {stem.with_suffix('.json')} and .md")
     return 0
 
