@@ -16,10 +16,12 @@ from typing import Union
 
 from ..errors import CheckpointError
 from .engine import BinaryNetwork
+from .graph import GraphNetwork
 from . import int_lstm
 from .modelfile import FORMAT_VERSION, load_model_file, save_model_file  # noqa: F401
 
 MODEL_KINDS = {
+    "graph": GraphNetwork,  # (meta, arrays, path): any exported image network, ops in lowbit.runtime.graph
     "binary_sequential": BinaryNetwork,  # (meta, arrays, path)
     "int_lstm": int_lstm.from_parts,  # (meta, arrays, path, backend=..., kernel_path=...)
 }

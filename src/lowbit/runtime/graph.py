@@ -1,0 +1,567 @@
+"""Torch-free inference of any exported network: a graph of op kinds over three kinds of tensor.
+
+A model file of kind ``graph`` holds ``meta["graph"]``: named values and a list of nodes, each reading
+named inputs and writing named outputs, so residual branches and shortcuts are plain edges. Every value
+is one of three representations, fixed at export time:
+
+| repr    | array                                   | meaning                                            |
+|---------|-----------------------------------------|----------------------------------------------------|
+| ``float`` | float32 (N, H, W, C) or (N, F)        | real values                                        |
+| ``codes`` | uint8 (N, H, W, C) or (N, F)          | k-bit codes of a quantizer; the value of code c is ``unit * table[c]`` (integers in ``table``) |
+| ``bits``  | uint64 (N, H, W, words) or (N, words) | binary codes packed 64 to a word, bit 1 = -1, channel pad bits 0 (= +1) |
+
+Layouts are NHWC: channels last, so a conv's im2col rows are contiguous and packed channel words stay
+whole. The op kinds (:data:`OPS`):
+
+``gemm``
+    dense or conv2d: reduction (by weight format: ``bits`` XNOR-popcount, ``codes`` the k-bit GEMM of
+    :mod:`lowbit.kernels.quant`, ``float`` float32 BLAS), an optional max-pool of the accumulators, an
+    optional integer border map (``acc * mul + border``: the exact correction where the trained layer padded
+    with a value that is no code), then an epilogue: ``threshold`` (BN + quantizer folded into per-channel
+    thresholds: output code = number of thresholds t with ``sign * acc >= sign * t``; ``bits`` or ``codes``
+    out) or ``affine`` (``acc * scale + bias``, float out: the logits, or a value a residual add reads).
+``quantize``  float -> codes/bits by the same thresholds (a quantizer after a float op, e.g. after an add).
+``decode``    codes/bits -> float (``table[c] * unit``).
+``affine``    float per-channel ``x * scale + bias`` (a standalone BN, an input normalization).
+``maxpool`` / ``avgpool`` / ``global_avgpool`` / ``flatten`` / ``add`` / ``clamp``: as in PyTorch, on NHWC.
+
+Every field is validated when the file is loaded (:class:`GraphNetwork`), before any kernel runs.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+
+from ..errors import CheckpointError, InputError, ShapeError
+from .ops import FORMATS, im2col, pack_last_axis
+
+KIND = "graph"
+REPRS = ("float", "codes", "bits")
+
+
+# ---- field validation --------------------------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed access to one node's JSON fields; every failure names the file, the node and the field."""
+
+    def __init__(self, spec: Dict, where: str):
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{where}: a graph node must be an object, got {type(spec).__name__}")
+        self.spec, self.where = spec, f"{where}: node {spec.get('name', '?')!r}"
+
+    def fail(self, what: str):
+        raise CheckpointError(f"{self.where}: {what}")
+
+    def get(self, key, default=KeyError):
+        if key not in self.spec:
+            if default is KeyError:
+                self.fail(f"lacks the field {key!r}")
+            return default
+        return self.spec[key]
+
+    def int(self, key, lo=None, hi=None, default=KeyError) -> int:
+        v = self.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.fail(f"field {key!r} must be an integer in [{lo}, {hi}], got {v!r}")
+        return v
+
+    def pair(self, key, lo=0, default=KeyError) -> tuple:
+        v = self.get(key, default)
+        if (not isinstance(v, list) or len(v) != 2 or any(isinstance(e, bool) or not isinstance(e, int) or e < lo
+                                                             for e in v)):
+            self.fail(f"field {key!r} must be two integers >= {lo}, got {v!r}")
+        return tuple(v)
+
+    def choice(self, key, options, default=KeyError):
+        v = self.get(key, default)
+        if v not in options:
+            self.fail(f"field {key!r} must be one of {list(options)}, got {v!r}")
+        return v
+
+
+def _array(arrays: Dict[str, np.ndarray], name: str, f: _Fields, dtype=None, shape=None) -> np.ndarray:
+    if name not in arrays:
+        f.fail(f"its array {name!r} is missing from the file")
+    a = arrays[name]
+    if dtype is not None and a.dtype != np.dtype(dtype):
+        f.fail(f"array {name!r} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        f.fail(f"array {name!r} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+    return np.ascontiguousarray(a)
+
+
+def unpack_codes(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """The inverse of the exporter's ``pack_codes``: (N, bytes) -> (N, k) codes, ``8 / bits`` a byte."""
+    per = 8 // bits
+    shifts = (bits * np.arange(per, dtype=np.uint8))
+    codes = (packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)
+    return codes.reshape(len(packed), -1)[:, :k]
+
+
+def _out_size(size: int, k: int, s: int, p: int, f: _Fields) -> int:
+    o = (size + 2 * p - k) // s + 1
+    if o < 1:
+        f.fail(f"a window of {k} (stride {s}, padding {p}) does not fit an input of size {size}")
+    return o
+
+
+# ---- the pieces a node is made of -------------------------------------------------------------------------
+
+
+def maxpool_nhwc(a: np.ndarray, kernel, stride, padding, fill) -> np.ndarray:
+    """Max-pooling of an (N, H, W, C) map; padded positions hold ``fill`` (a value no window prefers)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    if (kh, kw) == (sh, sw) == (2, 2) and (ph, pw) == (0, 0):  # the common case: one reshape
+        n, h, w, c = a.shape
+        a = a[:, :h // 2 * 2, :w // 2 * 2]
+        return a.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    n, h, w, c = a.shape
+    if ph or pw:
+        p = np.full((n, h + 2 * ph, w + 2 * pw, c), fill, a.dtype)
+        p[:, ph:ph + h, pw:pw + w] = a
+        a = p
+    oh, ow = (a.shape[1] - kh) // sh + 1, (a.shape[2] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            win = a[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            out = win.copy() if out is None else np.maximum(out, win, out=out)
+    return out
+
+
+def maxpool_bits(a: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    """Max-pooling of packed +-1 codes: the max is -1 (bit 1) only where every input is -1, a bitwise AND.
+    Padded positions are all ones (-1), which never wins."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, h, w, c = a.shape
+    if ph or pw:
+        p = np.full((n, h + 2 * ph, w + 2 * pw, c), np.uint64(0xFFFFFFFFFFFFFFFF), np.uint64)
+        p[:, ph:ph + h, pw:pw + w] = a
+        a = p
+    oh, ow = (a.shape[1] - kh) // sh + 1, (a.shape[2] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            win = a[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            out = win.copy() if out is None else np.bitwise_and(out, win, out=out)
+    return out
+
+
+def avgpool_nhwc(a: np.ndarray, kernel, stride, padding, count_include_pad: bool) -> np.ndarray:
+    """Average pooling of a float32 (N, H, W, C) map (PyTorch's rule for padded windows)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, h, w, c = a.shape
+    ones = np.ones((1, h, w, 1), np.float32)
+    if ph or pw:
+        p = np.zeros((n, h + 2 * ph, w + 2 * pw, c), np.float32)
+        p[:, ph:ph + h, pw:pw + w] = a
+        a = p
+        q = np.zeros((1, h + 2 * ph, w + 2 * pw, 1), np.float32)
+        q[:, ph:ph + h, pw:pw + w] = 1
+        ones = q
+    oh, ow = (a.shape[1] - kh) // sh + 1, (a.shape[2] - kw) // sw + 1
+    total = np.zeros((n, oh, ow, c), np.float32)
+    count = np.zeros((1, oh, ow, 1), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            total += a[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            count += ones[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    return total / (float(kh * kw) if count_include_pad else count)
+
+
+class Thresholds:
+    """Per-channel monotone quantization: code = #{j : sign * x >= sign * t_j}, packed to bits for 2 levels.
+
+    ``t`` is (C, L-1) (int32 for integer accumulators, float32 for float inputs) and ``sign`` (C,) +-1:
+    a channel whose quantizer input falls as x rises (a negative BN scale) counts ``x <= t_j`` instead."""
+
+    def __init__(self, t: np.ndarray, sign: np.ndarray, out: str):
+        self.sign = sign.astype(t.dtype if t.dtype.kind == "f" else np.int32)
+        self.any_flip = bool((sign < 0).any())
+        self.signed_t = (t * self.sign[:, None]).astype(t.dtype)  # saturated at export: no overflow
+        self.channels, self.levels = t.shape[0], t.shape[1] + 1
+        self.out = out
+        self.words = (self.channels + 63) // 64
+        self.fusable = out == "bits" and t.dtype == np.int32
+        self._t0 = np.ascontiguousarray(self.signed_t[:, 0]) if self.levels == 2 else None
+
+    def run(self, kernels, x: np.ndarray) -> np.ndarray:
+        if self.fusable and x.dtype == np.int32:
+            lead = x.shape[:-1]
+            return kernels.threshold_pack(x.reshape(-1, self.channels), self.sign, self._t0, 0).reshape(*lead, self.words)
+        if self.any_flip:
+            x = x * self.sign
+        if self.levels == 2:
+            ge = x >= self.signed_t[:, 0]
+            return pack_last_axis(~ge, self.words) if self.out == "bits" else ge.view(np.uint8)
+        codes = np.zeros(x.shape, np.uint8)
+        for j in range(self.levels - 1):
+            codes += x >= self.signed_t[:, j]
+        return codes
+
+
+class Affine:
+    """float32 ``x * scale + bias`` per channel (last axis)."""
+
+    def __init__(self, scale: np.ndarray, bias: np.ndarray):
+        self.scale, self.bias = scale.astype(np.float32), bias.astype(np.float32)
+
+    def run(self, kernels, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32, copy=False) * self.scale + self.bias
+
+
+# ---- nodes ------------------------------------------------------------------------------------------------
+
+
+class Node:
+    """One op of the graph: ``run(kernels, *inputs) -> output``; built from its JSON record by ``build``."""
+
+    inputs: List[str]
+    output: str
+
+    def describe(self) -> str:
+        return type(self).__name__.lower()
+
+
+class Gemm(Node):
+    """dense / conv2d -> [max-pool of the accumulators] -> [border] -> threshold or affine epilogue."""
+
+    def __init__(self, f: _Fields, arrays, values):
+        s = f.spec
+        self.name = s["name"]
+        self.layer = f.choice("kind", ("dense", "conv2d"))
+        self.fmt = f.choice("format", ("bits", "codes", "float"))
+        x_info = values[self.inputs[0]]
+        expected_repr = {"bits": "bits", "codes": "codes", "float": "float"}[self.fmt]
+        if x_info["repr"] != expected_repr:
+            f.fail(f"format {self.fmt!r} needs a {expected_repr} input, got a {x_info['repr']} value")
+        self.out_channels = f.int("out_channels", 1)
+        self.k = f.int("k", 1)
+        n = self.out_channels
+        wname = self.name + ".weight"
+        if self.fmt == "bits":
+            words = (self.k + 63) // 64
+            bits = _array(arrays, wname, f, np.uint64, (n, words))
+            self.state = FORMATS["bits"].prepare(self._k, bits, self.k, f.where)
+        elif self.fmt == "codes":
+            from ..kernels.levels import LEVEL_SETS
+
+            self.a_levels = f.choice("a_levels", LEVEL_SETS)
+            self.b_levels = f.choice("b_levels", LEVEL_SETS)
+            table = f.get("a_table", None)
+            self.a_table = None if table is None else np.asarray(table, np.int64).astype(np.int8)
+            store = f.choice("weight_bits", (1, 2, 4, 8))
+            ls = LEVEL_SETS[self.b_levels]
+            if ls.bits > store:
+                f.fail(f"weight_bits {store} cannot hold {self.b_levels!r} codes")
+            packed = _array(arrays, self.name + ".weight_codes", f, np.uint8, (n, -(-self.k * store // 8)))
+            w = ls.decode(unpack_codes(packed, store, self.k)).astype(np.int16)
+            try:
+                self.state = self._k.prepare_levels(w, self.b_levels, self.a_levels)
+            except ShapeError as exc:
+                f.fail(f"weights do not fit level set {self.b_levels!r}: {exc}")
+        else:
+            self.state = _array(arrays, wname, f, np.float32, (self.k, n))
+        self.pad_fill = 0
+        if self.layer == "conv2d":
+            self.kernel, self.stride, self.padding = f.pair("kernel", 1), f.pair("stride", 1), f.pair("padding", 0)
+            if self.fmt == "codes":
+                self.pad_fill = f.int("pad_code", 0, 255, default=0)
+            elif self.fmt == "float":
+                self.pad_fill = float(f.get("pad_value", 0.0))
+        pool = f.get("pool", None)
+        self.pool = None
+        if pool is not None:
+            pf = _Fields(dict(pool, name=self.name + ".pool"), f.where)
+            self.pool = (pf.pair("kernel", 1), pf.pair("stride", 1), pf.pair("padding", 0))
+        self.mul = f.int("mul", 1, 255, default=1)
+        self.border = None
+        if self.name + ".border" in arrays:
+            self.border = _array(arrays, self.name + ".border", f)
+        epi = f.get("epilogue")
+        ef = _Fields(dict(epi, name=self.name + ".epilogue"), f.where)
+        self.epilogue_kind = ef.choice("kind", ("threshold", "affine"))
+        acc_dtype = np.float32 if self.fmt == "float" else np.int32
+        if self.epilogue_kind == "threshold":
+            levels = ef.int("levels", 2, 256)
+            t = _array(arrays, self.name + ".thresholds", f, acc_dtype, (n, levels - 1))
+            sign = _array(arrays, self.name + ".sign", f, np.int8, (n,))
+            self.epilogue = Thresholds(t, sign, ef.choice("out", ("bits", "codes")))
+        else:
+            self.epilogue = Affine(_array(arrays, self.name + ".scale", f, np.float32, (n,)),
+                                   _array(arrays, self.name + ".bias", f, np.float32, (n,)))
+
+    def _rows(self, x: np.ndarray):
+        """The GEMM's input rows and the lead shape of its output."""
+        if self.layer == "dense":
+            x = x.reshape(len(x), -1)
+            return x, (len(x),)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        patches = im2col(x, kh, kw, sh, sw, ph, pw, fill=self.pad_fill)
+        return patches.reshape(-1, patches.shape[-1]), patches.shape[:3]
+
+    def reduce(self, kernels, x: np.ndarray) -> np.ndarray:
+        rows, lead = self._rows(x)
+        if self.fmt == "bits":
+            acc = FORMATS["bits"].gemm(kernels, rows, self.state)
+        elif self.fmt == "codes":
+            if self.a_table is not None:
+                rows = self.a_table[rows]
+            pa = kernels.pack_levels(rows, self.a_levels, weights_levels=self.b_levels)
+            acc = kernels.quant_matmul_packed(pa, self.state)
+        else:
+            acc = rows.astype(np.float32, copy=False) @ self.state
+        return acc.reshape(*lead, -1)
+
+    def run(self, kernels, x: np.ndarray) -> np.ndarray:
+        acc = self.reduce(kernels, x)
+        if self.border is not None:
+            acc = acc * acc.dtype.type(self.mul) + self.border
+        if self.pool is not None:
+            acc = maxpool_nhwc(acc, *self.pool, fill=np.iinfo(np.int32).min if acc.dtype == np.int32 else -np.inf)
+        return self.epilogue.run(kernels, acc)
+
+    def describe(self) -> str:
+        kernel = {"bits": "xnor-popcount", "float": "float32"}.get(self.fmt)
+        if kernel is None:
+            kernel = f"{self._k.choose_kernel(self.a_levels, self.b_levels)} ({self.a_levels} x {self.b_levels})"
+        return f"{self.layer} -> {self.out_channels} [{kernel}]"
+
+
+class Quantize(Node):
+    def __init__(self, f: _Fields, arrays, values):
+        levels = f.int("levels", 2, 256)
+        out = f.choice("out", ("bits", "codes"))
+        channels = values[self.inputs[0]]["shape"][-1]
+        t = _array(arrays, f.spec["name"] + ".thresholds", f, np.float32)
+        if t.ndim != 2 or t.shape[1] != levels - 1 or t.shape[0] not in (1, channels):
+            f.fail(f"thresholds must be (1 or {channels}, {levels - 1}), got {t.shape}")
+        t = np.broadcast_to(t, (channels, levels - 1))
+        sign = np.ones(channels, np.int8)
+        self.q = Thresholds(np.ascontiguousarray(t), sign, out)
+
+    def run(self, kernels, x):
+        return self.q.run(kernels, x)
+
+
+class Decode(Node):
+    def __init__(self, f: _Fields, arrays, values):
+        self.table = _array(arrays, f.spec["name"] + ".table", f, np.float32)
+        self.bits_in = values[self.inputs[0]]["repr"] == "bits"
+        self.channels = values[self.inputs[0]]["shape"][-1]
+        if self.bits_in and self.table.shape != (2,):
+            f.fail("decoding bits needs a table of 2 values")
+
+    def run(self, kernels, x):
+        if self.bits_in:
+            minus = np.unpackbits(x.view(np.uint8), axis=-1, bitorder="little")[..., :self.channels]
+            return self.table[1 - minus]  # bit 1 = code 0 (-1)
+        return self.table[x]
+
+
+class AffineNode(Node):
+    def __init__(self, f: _Fields, arrays, values):
+        c = values[self.inputs[0]]["shape"][-1]
+        name = f.spec["name"]
+        self.a = Affine(_array(arrays, name + ".scale", f, np.float32, (c,)), _array(arrays, name + ".bias", f, np.float32, (c,)))
+
+    def run(self, kernels, x):
+        return self.a.run(kernels, x)
+
+
+class MaxPool(Node):
+    def __init__(self, f: _Fields, arrays, values):
+        self.window = (f.pair("kernel", 1), f.pair("stride", 1), f.pair("padding", 0))
+        self.repr = values[self.inputs[0]]["repr"]
+
+    def run(self, kernels, x):
+        if self.repr == "bits":
+            return maxpool_bits(x, *self.window)
+        return maxpool_nhwc(x, *self.window, fill=0 if self.repr == "codes" else -np.inf)
+
+
+class AvgPool(Node):
+    def __init__(self, f: _Fields, arrays, values):
+        self.window = (f.pair("kernel", 1), f.pair("stride", 1), f.pair("padding", 0))
+        self.count_include_pad = bool(f.get("count_include_pad", True))
+
+    def run(self, kernels, x):
+        return avgpool_nhwc(x, *self.window, self.count_include_pad)
+
+
+class GlobalAvgPool(Node):
+    def __init__(self, f, arrays, values):
+        pass
+
+    def run(self, kernels, x):
+        return x.mean(axis=(1, 2), dtype=np.float32, keepdims=True)
+
+
+class Flatten(Node):
+    def __init__(self, f, arrays, values):
+        pass
+
+    def run(self, kernels, x):
+        return x.reshape(len(x), -1)
+
+
+class Add(Node):
+    def __init__(self, f, arrays, values):
+        pass
+
+    def run(self, kernels, a, b):
+        return a + b
+
+
+class Clamp(Node):
+    def __init__(self, f, arrays, values):
+        lo, hi = f.get("min", None), f.get("max", None)
+        self.lo = None if lo is None else np.float32(lo)
+        self.hi = None if hi is None else np.float32(hi)
+
+    def run(self, kernels, x):
+        return np.clip(x, self.lo, self.hi)
+
+
+#: op kind -> (node class, input representations it accepts, output representation or None = from the values)
+OPS = {
+    "gemm": (Gemm, None),
+    "quantize": (Quantize, ("float",)),
+    "decode": (Decode, ("codes", "bits")),
+    "affine": (AffineNode, ("float",)),
+    "maxpool": (MaxPool, ("float", "codes", "bits")),
+    "avgpool": (AvgPool, ("float",)),
+    "global_avgpool": (GlobalAvgPool, ("float",)),
+    "flatten": (Flatten, ("float", "codes", "bits")),
+    "add": (Add, ("float",)),
+    "clamp": (Clamp, ("float",)),
+}
+ARITY = {"add": 2}
+
+
+def build_node(kernels, spec: Dict, arrays, values: Dict, where: str) -> Node:
+    f = _Fields(spec, where)
+    op = f.choice("op", OPS)
+    f.get("name")
+    inputs, outputs = f.get("inputs"), f.get("outputs")
+    if (not isinstance(inputs, list) or len(inputs) != ARITY.get(op, 1) or not isinstance(outputs, list)
+            or len(outputs) != 1):
+        f.fail(f"op {op!r} takes {ARITY.get(op, 1)} input(s) and gives 1 output; got {inputs!r} -> {outputs!r}")
+    for v in inputs:
+        if v not in values:
+            f.fail(f"reads {v!r}, which no earlier node writes")
+    cls, accepted = OPS[op]
+    if accepted is not None:
+        for v in inputs:
+            if values[v]["repr"] not in accepted:
+                f.fail(f"op {op!r} cannot read a {values[v]['repr']} value ({v!r})")
+    node = cls.__new__(cls)
+    node.inputs, node.output, node.op, node._k, node.name = list(inputs), outputs[0], op, kernels, spec["name"]
+    cls.__init__(node, f, arrays, values)
+    return node
+
+
+# ---- the network ------------------------------------------------------------------------------------------
+
+
+class GraphNetwork:
+    """An exported network. ``predict(x)`` takes 8-bit images (N, C, H, W) (uint8, or integer-valued
+    numbers 0..255; (N, C*H*W) also accepted) and returns float32 logits (N, classes); ``classify(x)``
+    the argmax; ``layers()`` what each node runs on."""
+
+    task = "image"
+    batch_chunk = 4096  # images per pass through the graph (bounded memory for any batch)
+
+    def __init__(self, meta: Dict, arrays: Dict[str, np.ndarray], path: str = "<memory>"):
+        from .. import kernels
+
+        self._k, self.meta, self.path = kernels, meta, path
+        where = path
+        try:
+            graph = meta["graph"]
+            self.input_shape = tuple(int(d) for d in meta["input_shape"])
+            self.num_classes = int(meta["num_classes"])
+            values = graph["values"]
+            self.input_name, self.output_name = graph["input"], graph["output"]
+            specs = graph["nodes"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: model file lacks a valid graph ({exc!r}); re-export it") from None
+        if not isinstance(values, dict) or not isinstance(specs, list) or len(self.input_shape) != 3:
+            raise CheckpointError(f"{where}: malformed graph (values must map names, nodes be a list)")
+        for name, info in values.items():
+            if not isinstance(info, dict) or info.get("repr") not in REPRS or not isinstance(info.get("shape"), list):
+                raise CheckpointError(f"{where}: value {name!r} has no valid repr/shape")
+        if self.input_name not in values or values[self.input_name]["repr"] != "codes":
+            raise CheckpointError(f"{where}: the graph input must be a codes value (8-bit pixels)")
+        known = {self.input_name: values[self.input_name]}
+        self.nodes: List[Node] = []
+        for spec in specs:
+            node = build_node(kernels, spec, arrays, known, where)
+            if node.output not in values:
+                raise CheckpointError(f"{where}: node {spec.get('name')!r} writes {node.output!r}, not declared in values")
+            if node.output in known:
+                raise CheckpointError(f"{where}: value {node.output!r} is written twice")
+            known[node.output] = values[node.output]
+            self.nodes.append(node)
+        if self.output_name not in known or values[self.output_name]["repr"] != "float":
+            raise CheckpointError(f"{where}: the graph output {self.output_name!r} is not a float value any node writes")
+        # free each intermediate once its last reader has run
+        last_use = {}
+        for i, node in enumerate(self.nodes):
+            for v in node.inputs:
+                last_use[v] = i
+        self._release = [[v for v in node.inputs if last_use[v] == i and v != self.output_name]
+                         for i, node in enumerate(self.nodes)]
+
+    def predict(self, x) -> np.ndarray:
+        """Float32 logits for a batch of 8-bit images."""
+        x = self._check_input(x)
+        n = len(x)
+        if n == 0:
+            return np.zeros((0, self.num_classes), np.float32)
+        step = max(1, int(self.batch_chunk))
+        parts = [self._run(x[i:i + step]) for i in range(0, n, step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def classify(self, x) -> np.ndarray:
+        return self.predict(x).argmax(axis=1)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        env = {self.input_name: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
+        for node, free in zip(self.nodes, self._release):
+            env[node.output] = node.run(self._k, *(env[v] for v in node.inputs))
+            for v in free:
+                del env[v]
+        out = env[self.output_name]
+        return out.reshape(len(out), -1).astype(np.float32, copy=False)
+
+    def _check_input(self, x) -> np.ndarray:
+        if hasattr(x, "detach") and hasattr(x, "numpy"):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if np.iscomplexobj(x) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise InputError(f"model expects 8-bit pixel values (integers 0..255), got dtype {x.dtype}")
+        c, h, w = self.input_shape
+        if x.ndim == 2 and x.shape[1] == c * h * w:
+            x = x.reshape(len(x), c, h, w)
+        if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1:] != (c, h, w):
+            raise ShapeError(f"model expects images of shape (N, {c}, {h}, {w}), got {x.shape}")
+        if x.dtype != np.uint8:
+            if x.size and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                raise InputError(f"model expects 8-bit pixel values (integers 0..255), got non-finite values")
+            if x.size and (x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x))):
+                raise InputError(f"model expects 8-bit pixel values (integers 0..255), got dtype {x.dtype} "
+                                 f"with range [{x.min()}, {x.max()}]")
+            x = x.astype(np.uint8)
+        return x
+
+    def layers(self) -> List[str]:
+        """One line per node: its op and the kernel it runs on."""
+        return [f"{node.op} {getattr(node, 'name', node.output)}: {node.describe()}" for node in self.nodes]
+
+    def __repr__(self) -> str:
+        return f"GraphNetwork({self.meta.get('recipe') or self.meta.get('model')}: {len(self.nodes)} nodes)"
