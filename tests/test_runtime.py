@@ -222,7 +222,7 @@ def test_export_cli_reports_size_and_eval_rejects_missing(trained, capsys, tmp_p
     assert main(["export", str(trained["mlp"] / "checkpoint.pt"), "-o", str(tmp_path / "x.lbt")]) == 0
     assert "smaller than the fp32 state_dict" in capsys.readouterr().out
     kind, meta, arrays = load_model_file(tmp_path / "x.lbt")
-    assert kind == "binary_sequential" and meta["recipe"] == "mnist-mlp"
+    assert kind == "graph" and meta["recipe"] == "mnist-mlp"
     assert all(a.dtype != np.float64 for a in arrays.values())
     assert main(["eval", str(tmp_path / "missing.lbt")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -162,6 +162,10 @@ def _export(p):
                                    onnx_activations=args.onnx_activations)
         print(f"wrote {report['model_file']}: {report['bytes']} bytes "
               f"({report['ratio']:.1f}x smaller than the fp32 state_dict of {report['fp32_state_dict_bytes']} bytes)")
+        if report.get("layers"):
+            print("layers and the kernel each runs on:")
+            for line in report["layers"]:
+                print(f"  {line}")
         return 0
 
     return run

@@ -3,7 +3,9 @@
     lowbit export runs/x/checkpoint.pt -o model.lbt        (the command line)
     from lowbit.export import export_checkpoint            (the same in Python)
 
-    image   binarized image classifiers: weights as packed bits, BN + sign folded into integer thresholds
+    graph   any image classifier (:func:`export_model`, for your own model too): a graph of ops, k-bit and
+            binary layers on integer kernels, BN + quantizers folded into integer thresholds
+    image   the version-1 exporter of plain binarized stacks (kept for the ``binary_sequential`` kind)
     lstm    post-training calibration of an LSTM language model to the integer-only LSTM
     onnx    image classifiers -> a standard ONNX graph (quantized constant weights, exact sign/k-bit arithmetic),
             or its QONNX dialect (BipolarQuant/Quant nodes, for Brevitas/FINN tools)
@@ -60,6 +62,16 @@ def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional
         from .lstm import export_int_lstm_checkpoint
 
         return export_int_lstm_checkpoint(checkpoint, output, data_dir=data_dir, batches=calibration_batches)
-    from .image import export_checkpoint as export_image
+    from .graph import export_checkpoint as export_image
 
     return export_image(checkpoint, output)
+
+
+def export_model(model, example_input, path: PathLike, meta: Optional[Dict] = None) -> Dict[str, Any]:
+    """Export any network built from lowbit's layers (and PyTorch's conv/linear/BN/pooling/ReLU, residual
+    adds) to a runtime model file: ``lowbit.runtime.load(path).predict(uint8_images)`` then gives its
+    logits without torch. ``example_input``: a batch (N, C, H, W) of 8-bit images (as floats 0..255). Returns
+    a report: file size, fp32 size, the kernel of every layer. See :mod:`lowbit.export.graph`."""
+    from .graph import export_model as _export
+
+    return _export(model, example_input, path, meta=meta)

@@ -120,7 +120,8 @@ def _integer_grid(values: np.ndarray, where: str) -> Tuple[np.ndarray, float]:
         ints = vals / unit
         r = np.round(ints)
         if np.all(np.abs(ints - r) <= 1e-4 * np.maximum(1, np.abs(r))) and np.abs(r).max() < 2**15:
-            return r.astype(np.int64), unit
+            # the unit that fits every level best (levels are float32: one gap alone has its rounding)
+            return r.astype(np.int64), float(np.dot(vals, r) / np.dot(r, r))
     _fail(where, f"its values {vals[:6]}... are not multiples of one unit (no integer code table fits)")
 
 
@@ -603,7 +604,7 @@ class GraphBuilder:
             if conv and (ph or pw) and pad_real != v.levels.unit:
                 p_int = _pad_int(pad_real, v.levels.unit, where)
                 wsum_pad = _padded_weight_sums(w_ints, in_shape[1:], m.stride, (ph, pw))  # (OH, OW, out)
-                border = (-pad_bits + (p_int - 1) * wsum_pad).astype(np.int32)
+                border = -pad_bits + (p_int - 1) * wsum_pad
                 B = np.zeros(cout)
         elif v.repr in ("codes", "bits") and b_levels is not None:
             if v.repr == "bits":
@@ -624,13 +625,13 @@ class GraphBuilder:
             wsum = w_ints.reshape(cout, -1).sum(1)
             if conv and (ph or pw):
                 p_int = _pad_int(pad_real, lv.unit, where)
-                cp = lv.code_of(p_int)
+                cp = lv.code_of(p_int) if float(p_int).is_integer() else None
                 fields["pad_code"] = int(cp if cp is not None else 0)
                 pad_val = lv.table[fields["pad_code"]]
                 if cp is None:
                     wsum_pad = _padded_weight_sums(w_ints, in_shape[1:], m.stride, (ph, pw))
                     mul = step
-                    border = (offset * wsum[None, None, :] + (p_int - pad_val) * wsum_pad).astype(np.int64)
+                    border = offset * wsum[None, None, :] + (p_int - pad_val) * wsum_pad
             if border is None:
                 A = np.full(cout, unit * step)
                 B = unit * offset * wsum
@@ -639,16 +640,20 @@ class GraphBuilder:
         else:
             f = self.to_float(v, where)
             return self.float_gemm(g, fields, m, f, wl, w_real, bias, conv, pad_real, out_shape)
+        integer = True
         if border is not None:
-            if np.abs(border).max() > 2**30:
+            # an integer map where the pad value is a whole number of input units, else float32 (a pad value
+            # that is no multiple of the unit, e.g. +1 padding of PACT codes: exact up to float32 rounding)
+            integer = bool(np.all(border == np.round(border)))
+            if integer and np.abs(border).max() > 2**30:
                 _fail(where, "the padding correction overflows int32")
-            self.arrays[g["name"] + ".border"] = border.astype(np.int32)
+            self.arrays[g["name"] + ".border"] = border.astype(np.int32 if integer else np.float32)
             fields["mul"] = int(mul)
         if bias is not None:
             B = B + bias
         g.update(fields)
         g["inputs"] = [v.name]
-        return Val("pending", out_shape, gemm=g, A=A, B=B)
+        return Val("pending", out_shape, gemm=g, A=A, B=B, integer_acc=integer)
 
     def float_gemm(self, g, fields, m, f: Val, wl, w_real, bias, conv, pad_real, out_shape) -> Val:
         cout = w_real.shape[0]
@@ -704,11 +709,10 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return (groups << (bits * np.arange(per, dtype=np.uint16))).sum(axis=2).astype(np.uint8)
 
 
-def _pad_int(pad_real: float, unit: float, where: str) -> int:
+def _pad_int(pad_real: float, unit: float, where: str):
+    """The pad value in input units: an int when it is a whole number of units, else the float."""
     p = pad_real / unit
-    if abs(p - round(p)) > 1e-6:
-        _fail(where, f"pads with {pad_real}, which is not a multiple of its input's unit {unit}")
-    return int(round(p))
+    return int(round(p)) if abs(p - round(p)) <= 1e-4 * max(1.0, abs(p)) else p
 
 
 def _padded_weight_sums(w: np.ndarray, hw, stride, padding) -> np.ndarray:
@@ -805,3 +809,30 @@ def export_model(model: nn.Module, example_input, path: PathLike, meta: Optional
     size = Path(path).stat().st_size
     return {"model_file": str(path), "bytes": size, "fp32_state_dict_bytes": fp32, "ratio": fp32 / size,
             "layers": net.layers()}
+
+
+def input_shape_of(cfg: Dict) -> Tuple[int, int, int]:
+    """The (C, H, W) of the 8-bit images a checkpoint's model takes: its ``in_shape``, or ImageNet's crop."""
+    args = cfg.get("model_args", {})
+    if "in_shape" in args:
+        return tuple(int(d) for d in args["in_shape"])
+    if cfg.get("task") == "imagenet":
+        from ..data.imagenet import CROP
+
+        return (3, CROP, CROP)
+    raise CheckpointError(f"runtime export: the checkpoint's config names no input shape (model {cfg.get('model')!r})")
+
+
+def export_checkpoint(checkpoint: PathLike, out: PathLike) -> Dict[str, Any]:
+    """``lowbit export`` of an image classifier checkpoint: the model it names, rebuilt and loaded, exported
+    with :func:`export_model` on an example batch of its input shape."""
+    from ..train.checkpoint import check_finite, model_from_checkpoint, read_checkpoint
+
+    data = read_checkpoint(checkpoint)
+    cfg = data["config"]
+    check_finite(data["model_state"], str(checkpoint))
+    model = model_from_checkpoint(data, str(checkpoint))
+    example = torch.zeros((1,) + input_shape_of(cfg))
+    meta = {"recipe": cfg.get("recipe"), "dataset": cfg.get("dataset"), "model": cfg.get("model"),
+            "source_checkpoint": Path(checkpoint).name}
+    return export_model(model, example, out, meta=meta)

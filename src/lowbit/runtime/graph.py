@@ -283,7 +283,10 @@ class Gemm(Node):
         epi = f.get("epilogue")
         ef = _Fields(dict(epi, name=self.name + ".epilogue"), f.where)
         self.epilogue_kind = ef.choice("kind", ("threshold", "affine"))
-        acc_dtype = np.float32 if self.fmt == "float" else np.int32
+        float_border = self.border is not None and self.border.dtype == np.float32
+        if self.border is not None and self.border.dtype not in (np.int32, np.float32):
+            f.fail(f"array {self.name + '.border'!r} must be int32 or float32, got {self.border.dtype}")
+        acc_dtype = np.float32 if self.fmt == "float" or float_border else np.int32
         if self.epilogue_kind == "threshold":
             levels = ef.int("levels", 2, 256)
             t = _array(arrays, self.name + ".thresholds", f, acc_dtype, (n, levels - 1))
@@ -318,7 +321,7 @@ class Gemm(Node):
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
         acc = self.reduce(kernels, x)
         if self.border is not None:
-            acc = acc * acc.dtype.type(self.mul) + self.border
+            acc = acc.astype(self.border.dtype, copy=False) * self.border.dtype.type(self.mul) + self.border
         if self.pool is not None:
             acc = maxpool_nhwc(acc, *self.pool, fill=np.iinfo(np.int32).min if acc.dtype == np.int32 else -np.inf)
         return self.epilogue.run(kernels, acc)
