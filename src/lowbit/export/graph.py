@@ -26,7 +26,7 @@ module and the reason; nothing is approximated silently.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -219,6 +219,15 @@ class Val:
     integer_acc: bool = True
     flat_from: Optional[Tuple[Tuple[int, ...], str]] = None  # (C, H, W), repr before a flatten
     materialized: Optional["Val"] = None
+    # PyTorch's own float32 pre-activation of an integer accumulator, where the trained layer computes it
+    # exactly from integers (binary and 8-bit pixel layers), and the modules applied since (BN, clamps):
+    # with them, thresholds reproduce PyTorch's float32 decisions at near-ties too (see _faithful)
+    zfun: Optional[Any] = None
+    chain: Tuple[Any, ...] = ()
+
+    def then(self, shape, **changes) -> "Val":
+        """The pending value after one more foldable op."""
+        return replace(self, shape=tuple(shape), materialized=None, **changes)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -301,7 +310,7 @@ class GraphBuilder:
         v.materialized = out
         return out
 
-    def quantize_pending(self, v: Val, lv: Levels, out_repr: str, where: str) -> Val:
+    def quantize_pending(self, v: Val, lv: Levels, out_repr: str, where: str, q_module=None) -> Val:
         """Fold the quantizer into the pending GEMM's epilogue as per-channel thresholds."""
         if v.clamp is not None:
             lo, hi = v.clamp
@@ -310,6 +319,8 @@ class GraphBuilder:
                 return self.quantize_float(v, lv, out_repr, where)
         g = v.gemm
         t, sign = thresholds(v.A, v.B, lv.boundaries, integer=v.integer_acc)
+        if v.zfun is not None and v.integer_acc and q_module is not None:
+            t = _faithful(t, sign, v, q_module, lv)
         g["epilogue"] = {"kind": "threshold", "levels": len(lv.table), "out": out_repr}
         self.arrays[g["name"] + ".thresholds"] = t
         self.arrays[g["name"] + ".sign"] = sign
@@ -395,7 +406,7 @@ class GraphBuilder:
         if isinstance(m, NORMS):
             c, d = bn_affine(m, where)
             if v.repr == "pending" and v.clamp is None:
-                return Val("pending", out_shape, gemm=v.gemm, A=c * v.A, B=c * v.B + d, integer_acc=v.integer_acc)
+                return v.then(out_shape, A=c * v.A, B=c * v.B + d, chain=v.chain + (_channelwise(m),))
             f = self.to_float(v, where)
             out = self.emit("affine", [f], Val("float", out_shape))
             self.arrays[self.nodes[-1]["name"] + ".scale"] = c.astype(np.float32)
@@ -473,7 +484,7 @@ class GraphBuilder:
     def clamp(self, v: Val, bounds, out_shape, where) -> Val:
         lo, hi = bounds
         if v.repr == "pending" and v.clamp is None:
-            return Val("pending", out_shape, gemm=v.gemm, A=v.A, B=v.B, clamp=(lo, hi), integer_acc=v.integer_acc)
+            return v.then(out_shape, clamp=(lo, hi))
         f = self.to_float(v, where)
         return self.emit("clamp", [f], Val("float", out_shape), min=lo, max=hi)
 
@@ -481,7 +492,7 @@ class GraphBuilder:
         lv = quantizer_levels(q, where)
         out_repr = "bits" if lv.is_binary and abs(lv.unit - 1.0) < 1e-12 and self.bits_ok(node) else "codes"
         if v.repr == "pending":
-            return self.quantize_pending(v, lv, out_repr, where)
+            return self.quantize_pending(v, lv, out_repr, where, q_module=q)
         return self.quantize_float(self.to_float(v, where), lv, out_repr, where)
 
     def maxpool(self, kernel, stride, padding, dilation, ceil_mode, v: Val, out_shape, where) -> Val:
@@ -494,7 +505,7 @@ class GraphBuilder:
         window = {"kernel": pair(kernel), "stride": pair(stride), "padding": pair(padding)}
         if v.repr == "pending" and v.clamp is None and v.gemm.get("pool") is None and (v.A > 0).all():
             v.gemm["pool"] = window  # on the accumulators, before the epilogue: exact since A > 0
-            return Val("pending", out_shape, gemm=v.gemm, A=v.A, B=v.B, integer_acc=v.integer_acc)
+            return v.then(out_shape)  # max commutes with every monotone map after it
         if v.repr == "pending":
             v = self.materialize(v)
         if v.repr == "codes" and not (v.levels.unit > 0 and (np.diff(v.levels.table) > 0).all()):
@@ -653,7 +664,10 @@ class GraphBuilder:
             B = B + bias
         g.update(fields)
         g["inputs"] = [v.name]
-        return Val("pending", out_shape, gemm=g, A=A, B=B, integer_acc=integer)
+        zfun = None
+        if border is None and w_unit == 1.0 and b_levels == "binary":
+            zfun = _torch_preactivation(v, pad_bits if v.repr == "bits" else None, w_ints, bias)
+        return Val("pending", out_shape, gemm=g, A=A, B=B, integer_acc=integer, zfun=zfun)
 
     def float_gemm(self, g, fields, m, f: Val, wl, w_real, bias, conv, pad_real, out_shape) -> Val:
         cout = w_real.shape[0]
@@ -684,6 +698,76 @@ def _binary_weights(m: nn.Module) -> bool:
     """Whether a quantized layer's weights are exactly +-1 (what the XNOR kernel multiplies)."""
     with torch.no_grad():
         return bool(((m.weight_quantizer(m.weight) == 1) | (m.weight_quantizer(m.weight) == -1)).all())
+
+
+def _channelwise(bn: nn.Module):
+    """BN as a function of (R, C) float32 tensors (a 2-d BN sees them as (R, C, 1, 1))."""
+    two_d = isinstance(bn, (nn.BatchNorm2d, ShiftBatchNorm2d))
+
+    def apply(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return bn(z[:, :, None, None])[:, :, 0, 0] if two_d else bn(z)
+
+    return apply
+
+
+def _torch_preactivation(v: Val, pad_bits, w_ints: np.ndarray, bias):
+    """acc (int64 (R, C)) -> the float32 pre-activation PyTorch computes, for layers whose product is exact
+    in float32: +-1 x +-1 (z = acc - pad_bits) and 8-bit pixels x +-1 (z = acc * 2/255 - sum(w), as
+    QuantLinear/QuantConv2d's pixel_input path computes it). None where the product itself rounds."""
+    from ..nn.layers import PIXEL_GAIN
+
+    b = None if bias is None else torch.tensor(bias, dtype=torch.float32)
+    cout = w_ints.shape[0]
+    if pad_bits is not None:
+        def z(acc):
+            out = torch.tensor(acc - pad_bits, dtype=torch.float32)
+            return out if b is None else out + b
+        return z
+    table = v.levels.table
+    if len(table) == 256 and (table == 2 * np.arange(256) - 255).all() and abs(v.levels.unit - 1 / 255) < 1e-12:
+        wsum = torch.tensor(w_ints.reshape(cout, -1).sum(1), dtype=torch.float32)
+
+        def z(acc):
+            out = torch.tensor(acc, dtype=torch.float32) * PIXEL_GAIN - wsum
+            return out if b is None else out + b
+        return z
+    return None
+
+
+def _faithful(t: np.ndarray, sign: np.ndarray, v: Val, q: nn.Module, lv: Levels, reach: int = 3) -> np.ndarray:
+    """Move each integer threshold (by at most ``reach``) to where PyTorch's float32 forward (v.zfun, the
+    BN/clamp chain, the quantizer) switches codes, so a pre-activation within float32 rounding of a level
+    boundary lands on the same code as in PyTorch eval. The exact thresholds and PyTorch's differ only at
+    such near-ties; the real-valued crossing stays within the window."""
+    C, M = t.shape
+    deltas = np.arange(-reach, reach + 1)
+    cand = t.astype(np.int64)[None, :, :] + deltas[:, None, None]  # (D, C, M)
+    R = len(deltas) * M
+    acc = cand.transpose(0, 2, 1).reshape(R, C)  # rows: (delta, m); columns: channels
+    with torch.no_grad():
+        z = v.zfun(acc)
+        for f in v.chain:
+            z = f(z)
+        if v.clamp is not None:
+            z = torch.clamp(z, v.clamp[0], v.clamp[1])
+        y = q.eval()(z).double().numpy()
+    level_values = lv.table * lv.unit
+    y = y.reshape(len(deltas), M, C).transpose(0, 2, 1)  # (D, C, M)
+    on = y >= (level_values[1:][None, None, :] - 1e-6 * np.abs(level_values).max())  # code >= m + 1
+    up = sign[None, :, None] > 0
+    out = t.copy()
+    for c in range(C):
+        for m in range(M):
+            col = on[:, c, m]
+            if col.all() or not col.any():
+                continue  # no switch within reach: keep the exact threshold
+            if sign[c] > 0 and (np.diff(col.astype(int)) >= 0).all():
+                out[c, m] = cand[np.argmax(col), c, m]
+            elif sign[c] < 0 and (np.diff(col.astype(int)) <= 0).all():
+                out[c, m] = cand[len(col) - 1 - np.argmax(col[::-1]), c, m]
+    del up
+    return out
 
 
 def _is_flatten_call(node) -> bool:
