@@ -1,7 +1,6 @@
 """The deployment runtime: export, torch-free inference equal to PyTorch, CLI eval/export/summary, bad files."""
 
 import json
-import struct
 import subprocess
 import sys
 
@@ -190,13 +189,19 @@ def test_export_refuses_what_the_runtime_cannot_run_exactly(tmp_path):
         export_model(float_acts, (1, 28, 28), 10)
 
 
-def test_bad_model_files(trained, tmp_path):
+def test_bad_model_files(trained, tmp_path, monkeypatch):
     good = (trained["mlp"] / "model.lbt").read_bytes()
+    import lowbit.runtime.modelfile as modelfile
+
+    parts = load_model_file(trained["mlp"] / "model.lbt")
+    monkeypatch.setattr(modelfile, "FORMAT_VERSION", 99)  # what a future lowbit would write
+    save_model_file(tmp_path / "future.lbt", *parts)
+    monkeypatch.undo()
     cases = {
         "truncated": (good[: len(good) - 100], "truncated"),
         "foreign": (b"PK\x03\x04 a zip file" + good[20:], "not a lowbit model file"),
         "corrupt": (good[:-10] + bytes(b ^ 0xFF for b in good[-10:]), "checksum"),
-        "newer": (good[:8] + struct.pack("<I", 99) + good[12:], "version 99"),
+        "newer": ((tmp_path / "future.lbt").read_bytes(), "version 99.*upgrade lowbit"),
     }
     for name, (blob, message) in cases.items():
         p = tmp_path / f"{name}.lbt"

@@ -131,11 +131,10 @@ def _recipes(p: argparse.ArgumentParser):
 
 
 def _is_model_file(path: str) -> bool:
-    from .runtime.modelfile import MAGIC
+    from .runtime.modelfile import is_model_file
 
     try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
+        return is_model_file(path)
     except OSError:
         raise CheckpointError(f"{path} does not exist or cannot be read") from None
 

@@ -53,15 +53,14 @@ def detokenize(tokens, level: str) -> str:
 
 def _step_function(source) -> Tuple[Callable[[np.ndarray, Any], Tuple[np.ndarray, Any]], Any, str]:
     """(step(ids (T,), state) -> (log-probabilities of the next token after the last id, state), vocab, kind)."""
-    from .runtime.modelfile import MAGIC
+    from .runtime.modelfile import is_model_file
 
     path = Path(source)
     try:
-        with open(path, "rb") as f:
-            is_model_file = f.read(len(MAGIC)) == MAGIC
+        model_file = is_model_file(path)
     except OSError:
         raise CheckpointError(f"{source} does not exist or cannot be read") from None
-    if is_model_file:
+    if model_file:
         from .runtime import load
 
         net = load(path)
