@@ -164,6 +164,21 @@ void intlstm_step_rows_avx2(const intlstm_step_ctx *s, const int32_t *acch, cons
 void intlstm_gemm(int path, const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N, int K,
                   int16_t *scratch);
 
+/* The buffers of a layer run over T >= 1 steps of B >= 1 batch rows with G gate rows (the LSTM's, and the GRU and
+ * RNN runs of intrnn_cells.c): input accumulators and their Q3.12 rescale for tc steps at once (a chunk of about
+ * CHUNK_ELEMS accumulators), the recurrent accumulators, the GEMMs' scratch. */
+typedef struct {
+    int tc;           /* time steps per chunk of the input GEMM */
+    int32_t *accx;    /* (tc B, G) */
+    int16_t *gx;      /* (tc B, G) */
+    int32_t *acch;    /* (B, G) */
+    int16_t *scratch; /* max(tc B Ip, B Hp) int16 (intlstm_gemm_args.scratch of both GEMMs) */
+} intlstm_buffers;
+
+/* Returns 0, or -1 if out of memory (then nothing is held). */
+int intlstm_buffers_alloc(intlstm_buffers *b, int T, int B, int I, int H, int G);
+void intlstm_buffers_free(intlstm_buffers *b);
+
 /* Run one layer over a sequence. x (T, B, I) int8; h (B, H) int8 and c (B, H) int16 are read as the initial
  * state and overwritten with the final one; y (T, B, H) int8. Returns 0, or -1 if out of memory. */
 int intlstm_layer_run(int path, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h, int16_t *c,

@@ -55,6 +55,32 @@ void intlstm_gemm(int path, const int8_t *A, const int8_t *W, const int32_t *bia
 
 #define CHUNK_ELEMS (1 << 18) /* input-projection rows are computed this many int32 at a time */
 
+int intlstm_buffers_alloc(intlstm_buffers *b, int T, int B, int I, int H, int G)
+{
+    int tc = CHUNK_ELEMS / ((size_t)B * G);
+    if (tc < 1) tc = 1;
+    if (tc > T) tc = T;
+    size_t scratch_n = (size_t)tc * B * INTLSTM_KP(I);
+    if ((size_t)B * INTLSTM_KP(H) > scratch_n) scratch_n = (size_t)B * INTLSTM_KP(H);
+    b->tc = tc;
+    b->accx = (int32_t *)malloc((size_t)tc * B * G * sizeof(int32_t));
+    b->gx = (int16_t *)malloc((size_t)tc * B * G * sizeof(int16_t));
+    b->acch = (int32_t *)malloc((size_t)B * G * sizeof(int32_t));
+    b->scratch = (int16_t *)malloc(scratch_n * sizeof(int16_t));
+    if (!b->accx || !b->gx || !b->acch || !b->scratch) {
+        intlstm_buffers_free(b);
+        return -1;
+    }
+    return 0;
+}
+
+void intlstm_buffers_free(intlstm_buffers *b)
+{
+    free(b->accx); free(b->gx); free(b->acch); free(b->scratch);
+    b->accx = b->acch = NULL;
+    b->gx = b->scratch = NULL;
+}
+
 int intlstm_layer_run(int path, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h, int16_t *c,
                       int8_t *y)
 {
@@ -62,20 +88,12 @@ int intlstm_layer_run(int path, const intlstm_layer *L, const int8_t *x, int T, 
     if (T <= 0 || B <= 0)
         return 0;
     const intlstm_kernel kern = kernel_for(path);
-    int tc = CHUNK_ELEMS / ((size_t)B * G);
-    if (tc < 1) tc = 1;
-    if (tc > T) tc = T;
-    const int Ip = INTLSTM_KP(I), Hp = INTLSTM_KP(H);
-    size_t scratch_n = (size_t)tc * B * Ip;
-    if ((size_t)B * Hp > scratch_n) scratch_n = (size_t)B * Hp;
-    int32_t *accx = (int32_t *)malloc((size_t)tc * B * G * sizeof(int32_t));
-    int16_t *gx = (int16_t *)malloc((size_t)tc * B * G * sizeof(int16_t));
-    int32_t *acch = (int32_t *)malloc((size_t)B * G * sizeof(int32_t));
-    int16_t *scratch = (int16_t *)malloc(scratch_n * sizeof(int16_t));
-    if (!accx || !gx || !acch || !scratch) {
-        free(accx); free(gx); free(acch); free(scratch);
+    intlstm_buffers buf;
+    if (intlstm_buffers_alloc(&buf, T, B, I, H, G) < 0)
         return -1;
-    }
+    const int tc = buf.tc, Ip = INTLSTM_KP(I), Hp = INTLSTM_KP(H);
+    int32_t *accx = buf.accx, *acch = buf.acch;
+    int16_t *gx = buf.gx, *scratch = buf.scratch;
     intlstm_step_ctx s;
     s.L = L;
     s.H = H;
@@ -113,6 +131,6 @@ int intlstm_layer_run(int path, const intlstm_layer *L, const int8_t *x, int T, 
         }
     }
     free(w16);
-    free(accx); free(gx); free(acch); free(scratch);
+    intlstm_buffers_free(&buf);
     return 0;
 }

@@ -11,6 +11,10 @@
  *   lstm_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, lut_cell, h, c, y,
  *              (T, B, I, H), (z_h, cell_frac_bits, hid_m0, hid_shift, cell_clip), path)
  *                                              one layer over a sequence (w_ih, w_hh packed as for gemm)
+ *   gru_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, h, y, (T, B, I, H),
+ *             (z_h, hid_m0, hid_shift), path)  one integer GRU layer over a sequence (h int16 Q0.15, intrnn.h)
+ *   rnn_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_tanh, h, y, (T, B, I, H), (z_h, hid_m0, hid_shift), path)
+ *                                              one integer tanh RNN layer over a sequence (h int8)
  *   lut(table, x, out)                         int16 -> int16 through an interpolated table (for tests)
  *   rescale(x, m0, shift, out)                 int32 -> int32 MultiplyByQuantizedMultiplier (for tests)
  *   path_names() / supported_paths() / cpu_features() / best_path()   (lowbit_cpu_py.h)
@@ -21,6 +25,7 @@
 #include <Python.h>
 
 #include "intlstm.h"
+#include "intrnn.h"
 #include "lowbit_cpu_py.h"
 #include "pybuf.h"
 
@@ -68,6 +73,29 @@ done:
     return lb_bufset_return(&bs, ret);
 }
 
+/* The sizes of a layer run are in range (else ValueError naming the function). */
+static int layer_sizes_ok(const char *fn, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H)
+{
+    if (T < 0 || B < 0 || I < 1 || H < 1 || I > INTLSTM_MAX_K || H > INTLSTM_MAX_K || B > INT32_MAX / 8 / H ||
+        T > INT32_MAX / 2 || (double)T * (double)B * (double)(I > H ? I : H) > (double)INT32_MAX * 1024.0) {
+        PyErr_Format(PyExc_ValueError, "%s: bad sizes T=%zd B=%zd I=%zd H=%zd", fn, T, B, I, H);
+        return 0;
+    }
+    return 1;
+}
+
+/* qmul (4, G) holds multipliers >= 0 and shifts in -31..31 (else ValueError naming the function). */
+static int qmul_ok(const char *fn, const int32_t *q, Py_ssize_t G)
+{
+    for (Py_ssize_t j = 0; j < G; j++) {
+        if (q[G + j] < -31 || q[G + j] > 31 || q[3 * G + j] < -31 || q[3 * G + j] > 31 || q[j] < 0 || q[2 * G + j] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: qmul holds a multiplier or shift out of range", fn);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *o[12];
@@ -79,11 +107,8 @@ static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     if ((path = lb_resolve_path_arg(path)) < 0)
         return NULL;
-    if (T < 0 || B < 0 || I < 1 || H < 1 || I > INTLSTM_MAX_K || H > INTLSTM_MAX_K || B > INT32_MAX / 8 / H ||
-        T > INT32_MAX / 2 || (double)T * (double)B * (double)(I > H ? I : H) > (double)INT32_MAX * 1024.0) {
-        PyErr_Format(PyExc_ValueError, "lstm_layer: bad sizes T=%zd B=%zd I=%zd H=%zd", T, B, I, H);
+    if (!layer_sizes_ok("lstm_layer", T, B, I, H))
         return NULL;
-    }
     if (cs < 0 || cs > 30 || z_h < -128 || z_h > 127 || hid_shift < -31 || hid_shift > 31 || cell_clip < 0 ||
         cell_clip > 32767) {
         PyErr_SetString(PyExc_ValueError, "lstm_layer: integer constants out of range");
@@ -105,16 +130,8 @@ static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
             goto done;
         p[i] = v->buf;
     }
-    {
-        const int32_t *q = (const int32_t *)p[5];
-        for (Py_ssize_t j = 0; j < G; j++) {
-            if (q[G + j] < -31 || q[G + j] > 31 || q[3 * G + j] < -31 || q[3 * G + j] > 31 || q[j] < 0 ||
-                q[2 * G + j] < 0) {
-                PyErr_SetString(PyExc_ValueError, "lstm_layer: qmul holds a multiplier or shift out of range");
-                goto done;
-            }
-        }
-    }
+    if (!qmul_ok("lstm_layer", (const int32_t *)p[5], G))
+        goto done;
     const intlstm_layer L = {.w_ih = (const int8_t *)p[1], .w_hh = (const int8_t *)p[2],
                              .bias_x = (const int32_t *)p[3], .bias_h = (const int32_t *)p[4],
                              .qmul = (const int32_t *)p[5], .lut_sig = (const int32_t *)p[6],
@@ -128,6 +145,66 @@ static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
 done:
     return lb_bufset_return(&bs, ret);
 }
+
+/* gru_layer (gru = 1) and rnn_layer (gru = 0): the same arguments but the sigmoid table, which the RNN lacks. */
+static PyObject *cell_layer(PyObject *args, int gru)
+{
+    const char *fn = gru ? "gru_layer" : "rnn_layer";
+    PyObject *o[10] = {NULL};
+    Py_ssize_t T, B, I, H;
+    int z_h, hid_m0, hid_shift, path;
+    int ok = gru ? PyArg_ParseTuple(args, "OOOOOOOOOO(nnnn)(iii)i:gru_layer", &o[0], &o[1], &o[2], &o[3], &o[4],
+                                    &o[5], &o[6], &o[7], &o[8], &o[9], &T, &B, &I, &H, &z_h, &hid_m0, &hid_shift, &path)
+                 : PyArg_ParseTuple(args, "OOOOOOOOO(nnnn)(iii)i:rnn_layer", &o[0], &o[1], &o[2], &o[3], &o[4],
+                                    &o[5], &o[7], &o[8], &o[9], &T, &B, &I, &H, &z_h, &hid_m0, &hid_shift, &path);
+    if (!ok)
+        return NULL;
+    if ((path = lb_resolve_path_arg(path)) < 0)
+        return NULL;
+    if (!layer_sizes_ok(fn, T, B, I, H))
+        return NULL;
+    if (z_h < -128 || z_h > 127 || hid_m0 < 0 || hid_shift < -31 || hid_shift > 31) {
+        PyErr_Format(PyExc_ValueError, "%s: integer constants out of range", fn);
+        return NULL;
+    }
+    const Py_ssize_t G = (gru ? 3 : 1) * H, LUT = INTLSTM_LUT_SEGMENTS + 1;
+    static const char *const names[10] = {"x", "w_ih (packed)", "w_hh (packed)", "bias_x", "bias_h", "qmul",
+                                          "lut_sig", "lut_tanh", "h", "y"};
+    const lb_elem types[10] = {LB_T_I8, LB_T_I8, LB_T_I8, LB_T_I32, LB_T_I32, LB_T_I32,
+                               LB_T_I32, LB_T_I32, gru ? LB_T_I16 : LB_T_I8, LB_T_I8};
+    const Py_ssize_t counts[10] = {T * B * I, G * INTLSTM_KP(I), G * INTLSTM_KP(H), G, G, 4 * G,
+                                   LUT, LUT, B * H, T * B * H};
+    LB_BUFSET(bs);
+    PyObject *ret = NULL;
+    void *p[10] = {NULL};
+    for (int i = 0; i < 10; i++) { /* h (the state, updated in place) and y are written */
+        if (!o[i])
+            continue; /* the RNN's absent sigmoid table */
+        Py_buffer *v = get(&bs, o[i], names[i], types[i], counts[i], i >= 8 ? LB_BUF_WRITABLE : 0);
+        if (!v)
+            goto done;
+        p[i] = v->buf;
+    }
+    if (!qmul_ok(fn, (const int32_t *)p[5], G))
+        goto done;
+    const intrnn_layer L = {.w_ih = (const int8_t *)p[1], .w_hh = (const int8_t *)p[2],
+                            .bias_x = (const int32_t *)p[3], .bias_h = (const int32_t *)p[4],
+                            .qmul = (const int32_t *)p[5], .lut_sig = (const int32_t *)p[6],
+                            .lut_tanh = (const int32_t *)p[7], .I = (int)I, .H = (int)H, .z_h = z_h,
+                            .hid_m0 = hid_m0, .hid_shift = hid_shift};
+    int rc;
+    if (gru)
+        LB_NOGIL(rc = intgru_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int16_t *)p[8], (int8_t *)p[9]));
+    else
+        LB_NOGIL(rc = intrnn_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[8], (int8_t *)p[9]));
+    ret = rc != 0 ? PyErr_NoMemory() : lb_none();
+done:
+    return lb_bufset_return(&bs, ret);
+}
+
+static PyObject *py_gru_layer(PyObject *Py_UNUSED(self), PyObject *args) { return cell_layer(args, 1); }
+
+static PyObject *py_rnn_layer(PyObject *Py_UNUSED(self), PyObject *args) { return cell_layer(args, 0); }
 
 static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
 {
@@ -181,6 +258,8 @@ done:
 static PyMethodDef methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "gemm(a, w, bias, out, M, N, K, path): out = a @ w.T + bias (int8 -> int32)"},
     {"lstm_layer", py_lstm_layer, METH_VARARGS, "run one integer LSTM layer over a sequence (see lowbit.rnn.int_lstm)"},
+    {"gru_layer", py_gru_layer, METH_VARARGS, "run one integer GRU layer over a sequence (see lowbit.runtime.int_rnn)"},
+    {"rnn_layer", py_rnn_layer, METH_VARARGS, "run one integer tanh RNN layer over a sequence (see lowbit.runtime.int_rnn)"},
     {"lut", py_lut, METH_VARARGS, "lut(table, x, out): int16 -> int16 through an interpolated table"},
     {"rescale", py_rescale, METH_VARARGS, "rescale(x, m0, shift, out): int32 MultiplyByQuantizedMultiplier"},
     LB_CPU_PY_METHODS,
@@ -189,7 +268,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_intlstm",
-    "Integer-only LSTM kernels (int8 GEMM and the TFLite 8x8_16 LSTM step); use lowbit.kernels.intlstm.", -1,
+    "Integer-only LSTM, GRU and RNN kernels (int8 GEMM and the TFLite 8x8_16 LSTM step); use lowbit.kernels.intlstm.", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 
@@ -197,7 +276,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__intlstm(void)
 {
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", 4) < 0) {
+    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", 5) < 0) {
         Py_DECREF(m);
         return NULL;
     }

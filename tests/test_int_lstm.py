@@ -1,8 +1,6 @@
 """Integer-only LSTM: fixed-point primitives, C kernel == NumPy reference bit for bit on every dispatch path,
 calibration/export, torch-free loading, bad input."""
 
-import functools
-import math
 import subprocess
 import sys
 
@@ -10,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_without_torch, subprocess_env
+from conftest import check_integer_lm, run_without_torch, subprocess_env, tiny_phrase_lm
 from lowbit.errors import CheckpointError, ConfigError, DataError, ShapeError
 from lowbit.export.lstm import export_int_lstm, export_int_lstm_checkpoint
-from lowbit.models.lm import RNNLanguageModel
 from lowbit.nn.recurrent import QuantGRU, QuantLSTM
 from lowbit.runtime import int_lstm as il
 from lowbit.runtime.int_lstm import load_int_lstm
@@ -196,70 +193,13 @@ def test_kernel_path_environment_in_a_fresh_process():
 # ---- export ----------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _trained_lm(bits=32):
-    """A small 2-layer LSTM LM trained for 100 steps on a stream of repeated phrases (seconds); the last
-    1500 ids are held out."""
-    from lowbit.data.text import batchify
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    phrases = [rng.integers(0, 40, rng.integers(3, 7)) for _ in range(12)]
-    stream = np.concatenate([phrases[i] for i in rng.integers(0, 12, 1500)]).astype(np.int64)
-    model = RNNLanguageModel(40, emb_size=24, hidden_size=32, num_layers=2, weight_bits=bits, act_bits=bits)
-    data = torch.from_numpy(batchify(stream[:-1500], 16))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    steps = 0
-    while steps < 100:
-        hidden = None
-        for i in range(0, data.size(0) - 21, 20):
-            x, y = data[i:i + 20], data[i + 1:i + 21]
-            if hidden is not None:
-                hidden = model.detach_hidden(hidden)
-            out, hidden = model(x, hidden)
-            loss = model.loss(out, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            steps += 1
-            if steps >= 100:
-                break
-    return model.eval(), stream
-
-
-def _float_perplexity(model, ids, batch_size=4, bptt=20):
-    from lowbit.train.tasks.lm import evaluate_lm
-    from lowbit.data.text import batchify
-
-    loss, _ = evaluate_lm(model, torch.from_numpy(batchify(ids, batch_size)), bptt, "cpu")
-    return math.exp(loss)
-
-
 @pytest.mark.parametrize("bits", [32, 4])
 def test_export_matches_float_model(tmp_path, bits):
-    model, stream = _trained_lm(bits)
-    calib, test = stream[:2000], stream[-1500:]
+    model, stream = tiny_phrase_lm("lstm", bits)  # (conftest) 2 x 32 units, 100 steps on repeated phrases
     path = tmp_path / "lm.lbt"
-    m = export_int_lstm(model, calib, path, max_batches=4, batch_size=4, bptt=20)
-    loaded = load_int_lstm(path)
-    assert loaded.num_layers == 2 and loaded.vocab_size == 40 and loaded.hidden_size == 32
-    ppl_f = _float_perplexity(model, test)
-    r = loaded.perplexity(test, batch_size=4, bptt=20)
-    assert ppl_f < 10  # the model learned something (40 tokens)
-    assert abs(r["perplexity"] / ppl_f - 1) < 0.03, (r["perplexity"], ppl_f)
-    # the same integers from the file, from the returned object and from the NumPy reference
-    ids = test[:60].reshape(15, 4)
-    a, _ = loaded.log_probs(ids)
-    b, _ = m.log_probs(ids)
-    c, _ = load_int_lstm(path, backend="numpy").log_probs(ids)
-    assert np.array_equal(a, b) and np.allclose(a, c, rtol=0, atol=1e-5)
-    ya, _ = loaded.run_ids(ids)
-    yc, _ = load_int_lstm(path, backend="numpy").run_ids(ids)
-    assert np.array_equal(ya, yc)
-    # the state carries over: two halves == one sequence
-    y1, st = loaded.run_ids(ids[:7])
-    y2, _ = loaded.run_ids(ids[7:], st)
-    assert np.array_equal(np.concatenate([y1, y2]), ya)
+    m = export_int_lstm(model, stream[:2000], path, max_batches=4, batch_size=4, bptt=20)
+    assert load_int_lstm(path).kind == "int_lstm"
+    check_integer_lm(model, stream, m, path, rel_tol=0.03)
 
 
 def test_export_bare_lstm_run_float(tmp_path):
@@ -277,7 +217,7 @@ def test_export_bare_lstm_run_float(tmp_path):
 
 
 def test_bad_input(tmp_path):
-    model, stream = _trained_lm(32)
+    model, stream = tiny_phrase_lm("lstm", 32)
     path = tmp_path / "lm.lbt"
     m = export_int_lstm(model, stream[:500], path, max_batches=2, batch_size=4)
     with pytest.raises(DataError, match="token id 40 is outside the vocabulary"):

@@ -150,8 +150,8 @@ def _export(p):
                    help="ONNX only: k-bit activations as exact round/clip arithmetic (default) or as "
                         "QuantizeLinear/DequantizeLinear pairs (ties round to even)")
     p.add_argument("--calibration-batches", type=int, default=8,
-                   help="integer LSTM only: batches of training text used to calibrate ranges")
-    p.add_argument("--data-dir", help="integer LSTM only: data directory for calibration text")
+                   help="integer LSTM/GRU/RNN only: batches of training text used to calibrate ranges")
+    p.add_argument("--data-dir", help="integer LSTM/GRU/RNN only: data directory for calibration text")
 
     def run(args) -> int:
         from .export import export_checkpoint
@@ -170,9 +170,9 @@ def _export(p):
     return run
 
 
-@command("generate", "sample text from a trained language model (checkpoint.pt or integer-LSTM .lbt)")
+@command("generate", "sample text from a trained language model (checkpoint.pt or integer LSTM/GRU/RNN .lbt)")
 def _generate(p):
-    p.add_argument("model", help="a language-model checkpoint.pt (PyTorch, float) or .lbt (integer LSTM, no torch)")
+    p.add_argument("model", help="a language-model checkpoint.pt (PyTorch, float) or .lbt (integer LSTM/GRU/RNN, no torch)")
     p.add_argument("--prompt", required=True, help="text to start from (characters/words of the model's vocabulary)")
     p.add_argument("--tokens", type=int, default=100, help="tokens to sample (characters or words; default 100)")
     p.add_argument("--temperature", type=float, default=1.0,
@@ -270,7 +270,7 @@ def _eval_lm_model_file(args, net, engine: str) -> int:
     ev = net.meta.get("evaluation")
     if not ev:
         raise ConfigError(f"{args.model} does not record its training data (exported by an older lowbit or from a "
-                          f"bare LSTM): score a text with lowbit.runtime.load(...).perplexity(ids)")
+                          f"bare recurrent layer): score a text with lowbit.runtime.load(...).perplexity(ids)")
     corpus = load_corpus(ev["data"], args.data_dir)
     if net.vocab is not None and corpus.vocab.tokens != net.vocab.tokens:
         raise ConfigError(f"the data under {args.data_dir or 'the data directory'} has another vocabulary than "

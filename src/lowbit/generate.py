@@ -1,5 +1,5 @@
-"""Sampling text from a trained language model: a float checkpoint (PyTorch) or an integer-LSTM model file
-(the runtime, no torch).
+"""Sampling text from a trained language model: a float checkpoint (PyTorch) or an integer LSTM, GRU or RNN
+model file (the runtime, no torch).
 
     lowbit generate runs/shakespeare-lstm/checkpoint.pt --prompt "ROMEO:" --tokens 200 --temperature 0.8 --seed 1
     from lowbit.generate import generate                       (the same in Python; returns the continuation)
@@ -73,7 +73,7 @@ def _step_function(source) -> Tuple[Callable[[np.ndarray, Any], Tuple[np.ndarray
             lp, state = net.log_probs(np.asarray(ids, dtype=np.int64)[:, None], state)
             return lp[-1, 0].astype(np.float64), state
 
-        return step_int, net.vocab, f"integer LSTM ({net.backend})"
+        return step_int, net.vocab, f"{net.description} ({net.backend})"
     import torch
 
     from .train.tasks.lm import load_lm_checkpoint
@@ -92,7 +92,7 @@ def _step_function(source) -> Tuple[Callable[[np.ndarray, Any], Tuple[np.ndarray
 def generate(source: PathLike, prompt: str, tokens: int = 100, temperature: float = 1.0,
              seed: Optional[int] = 0) -> str:
     """The ``tokens`` tokens sampled after ``prompt`` from the language model in ``source`` (a checkpoint.pt
-    of ``lowbit train`` or an integer-LSTM ``.lbt``), as text (char level: the characters; word level:
+    of ``lowbit train`` or an integer LSTM/GRU/RNN ``.lbt``), as text (char level: the characters; word level:
     words joined by spaces, ``<eos>`` as a line break), ready to append to the prompt."""
     if not isinstance(tokens, int) or tokens < 0:
         raise ConfigError(f"generate: tokens must be an integer >= 0, got {tokens!r}")

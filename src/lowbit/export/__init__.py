@@ -6,7 +6,8 @@
     graph   any image classifier (:func:`export_model`, for your own model too): a graph of ops, k-bit and
             binary layers on integer kernels, BN + quantizers folded into integer thresholds
     image   the version-1 exporter of plain binarized stacks (kept for the ``binary_sequential`` kind)
-    lstm    post-training calibration of an LSTM language model to the integer-only LSTM
+    lstm    post-training calibration of an LSTM, GRU or tanh-RNN language model to the integer-only
+            LSTM, GRU or RNN of the runtime
     onnx    image classifiers -> a standard ONNX graph (quantized constant weights, exact sign/k-bit arithmetic),
             or its QONNX dialect (BipolarQuant/Quant nodes, for Brevitas/FINN tools)
 
@@ -39,7 +40,7 @@ def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional
                       calibration_batches: int = 8, format: Optional[str] = None,
                       onnx_activations: str = "arith") -> Dict[str, Any]:
     """Export a ``lowbit train`` checkpoint to a model file, choosing the exporter by its format (see
-    :func:`export_format`) and task (language models -> integer LSTM, calibrated on ``calibration_batches``
+    :func:`export_format`) and task (language models -> integer LSTM, GRU or RNN by their cell, calibrated on ``calibration_batches``
     batches of its training text; image classifiers -> binarized network; ``onnx`` -> an ONNX graph).
     Returns a report (file, sizes)."""
     from ..train.checkpoint import read_checkpoint
@@ -59,9 +60,9 @@ def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional
 
         return export_onnx_checkpoint(checkpoint, output, activations=onnx_activations, dialect=fmt)
     if cfg.get("task") == "lm":
-        from .lstm import export_int_lstm_checkpoint
+        from .lstm import export_int_rnn_checkpoint
 
-        return export_int_lstm_checkpoint(checkpoint, output, data_dir=data_dir, batches=calibration_batches)
+        return export_int_rnn_checkpoint(checkpoint, output, data_dir=data_dir, batches=calibration_batches)
     from .graph import export_checkpoint as export_image
 
     return export_image(checkpoint, output)

@@ -1,4 +1,5 @@
-"""Integer-only LSTM kernels (extension ``_intlstm``): int8 GEMM and one LSTM layer over a sequence.
+"""Integer-only LSTM kernels (extension ``_intlstm``): int8 GEMM and one LSTM layer over a sequence; the
+integer GRU and tanh RNN layers built on the same GEMM and fixed-point pieces.
 
 The arithmetic (TensorFlow Lite's "8x8_16" LSTM) and its NumPy reference are in :mod:`lowbit.runtime.int_lstm`,
 which uses this module as its C backend; every path computes the same integers as the reference, bit for
@@ -14,6 +15,8 @@ that every kernel step is whole.
 
 * :func:`gemm` -- ``a @ w.T + bias``, int8 x int8 -> int32
 * :func:`lstm_layer` -- one layer over (T, B, I) int8 inputs, updating the (h, c) state in place
+* :func:`gru_layer`, :func:`rnn_layer` -- the same for the integer GRU (state h int16 Q0.15) and tanh RNN
+  (state h int8); their arithmetic and NumPy references are in :mod:`lowbit.runtime.int_rnn`
 * :func:`lut`, :func:`rescale` -- the fixed-point primitives, for tests against the reference
 * :func:`resolve_path` -- the path a call with ``path=...`` runs
 """
@@ -81,6 +84,29 @@ def lstm_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, lut_cell,
                     (z_h, cell_frac_bits, hid_m0, hid_shift, cell_clip), path_id(resolve_path(path)))
 
 
+def gru_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, h, y, *, z_h: int, hid_m0: int,
+              hid_shift: int, path=None) -> None:
+    """Run one integer GRU layer over a sequence (gates r, z, n; :mod:`lowbit.runtime.int_rnn`).
+
+    x int8 (T, B, I); w_ih int8 (3H, round_up(I, 16)) and w_hh int8 (3H, round_up(H, 16)) packed; bias_x,
+    bias_h int32 (3H); qmul int32 (4, 3H) (m0_x, shift_x, m0_h, shift_h); the two tables int32
+    (LUT_SEGMENTS + 1). h int16 Q0.15 (B, H) holds the initial state and receives the final one; y int8
+    (T, B, H) receives the hidden outputs. The scalars are those of :class:`lowbit.runtime.int_rnn.IntGRULayer`.
+    """
+    T, B, I = x.shape
+    _ext.gru_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, h, y, (T, B, I, h.shape[1]),
+                   (z_h, hid_m0, hid_shift), path_id(resolve_path(path)))
+
+
+def rnn_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_tanh, h, y, *, z_h: int, hid_m0: int, hid_shift: int,
+              path=None) -> None:
+    """Run one integer tanh RNN layer over a sequence: as :func:`gru_layer` with H rows, no sigmoid table and
+    the state h int8 (B, H) (:class:`lowbit.runtime.int_rnn.IntRNNLayer`)."""
+    T, B, I = x.shape
+    _ext.rnn_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_tanh, h, y, (T, B, I, h.shape[1]),
+                   (z_h, hid_m0, hid_shift), path_id(resolve_path(path)))
+
+
 def lut(table: np.ndarray, x: np.ndarray, out: np.ndarray = None) -> np.ndarray:
     """int16 -> int16 through an interpolated activation table (int32 (LUT_SEGMENTS + 1), Q0.23)."""
     if out is None:
@@ -97,4 +123,4 @@ def rescale(x: np.ndarray, m0: int, shift: int, out: np.ndarray = None) -> np.nd
     return out
 
 
-__all__ = ["LUT_SEGMENTS", "MAX_K", "gemm", "lstm_layer", "lut", "rescale", "resolve_path"]
+__all__ = ["LUT_SEGMENTS", "MAX_K", "gemm", "gru_layer", "lstm_layer", "lut", "rescale", "resolve_path", "rnn_layer"]

@@ -11,7 +11,7 @@ extension       kernels                                                Python fa
 ``_bitgemm``    binary (XNOR-popcount) GEMM, packing, threshold, u8;   :mod:`lowbit.kernels.binary`,
                 k-bit GEMM of level sets (bit-serial, int8)            :mod:`lowbit.kernels.u8`,
                                                                        :mod:`lowbit.kernels.quant`
-``_intlstm``    integer-only LSTM: int8 GEMM, the element-wise step    :mod:`lowbit.kernels.intlstm`
+``_intlstm``    integer-only LSTM, GRU, RNN: int8 GEMM, the steps      :mod:`lowbit.kernels.intlstm`
 ==============  =====================================================  ==============================
 
 All of them share one kernel-path enum and CPU detection (``csrc/lowbit_cpu.h``), which
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 
-ABI_VERSIONS = {"_bitgemm": 3, "_intlstm": 4}
+ABI_VERSIONS = {"_bitgemm": 3, "_intlstm": 5}
 
 _cache: dict = {}
 

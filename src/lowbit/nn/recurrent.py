@@ -322,11 +322,16 @@ class QuantRNNBase(nn.Module):
             hr, hz, hn = hp.chunk(3, 1)
             rz = quantize_gate(q, torch.sigmoid(torch.cat([xr + hr, xz + hz], 1)))
             r, z = rz.chunk(2, 1)
-            n = q(torch.tanh(torch.addcmul(xn, r, hn)))
+            pre_n = torch.addcmul(xn, r, hn)
+            n = q(torch.tanh(pre_n))
             h = q(torch.lerp(n, h, z))  # (1 - z) n + z h
+            if observer is not None:  # every pre-activation, and W_hn h + b_hn before r scales it
+                observer(k, "gates", torch.cat([xr + hr, xz + hz, pre_n, hn], 1))
         else:
             pre = torch.addmm(xp, h, w_hh.t())
             h = q(torch.tanh(pre) if self.mode == "RNN_TANH" else torch.relu(pre))
+            if observer is not None:
+                observer(k, "gates", pre)
         if observer is not None:
             observer(k, "h", h)
         return h, None

@@ -73,6 +73,11 @@ Backends: the C kernels of :mod:`lowbit.kernels.intlstm` (int8 GEMM and element-
 every lowbit kernel: the best the CPU runs, ``LOWBIT_KERNEL_PATH`` or ``lowbit.kernels.set_kernel_path`` forces
 one) and the NumPy reference in this module, which computes exactly the same integers (the tests compare them
 bit for bit).
+
+The integer GRU and tanh RNN (:mod:`lowbit.runtime.int_rnn`) are built from this module's pieces: the
+fixed-point primitives and tables above, :class:`IntRecurrentLayer` (the arrays and constants every cell
+stores) and :class:`IntRecurrentModel` (embedding, layers, decoder, state checks, log-probabilities,
+perplexity, saving and loading), of which :class:`IntLSTM` is the LSTM.
 """
 
 from __future__ import annotations
@@ -200,54 +205,78 @@ def asymmetric_params(lo: float, hi: float) -> Tuple[float, int]:
 # ======================================================================================================
 
 
-class IntLSTMLayer:
-    """One integer LSTM layer: arrays (see the module docstring) and integer constants.
+class IntRecurrentLayer:
+    """One layer of an integer recurrent cell: what every cell (LSTM here, GRU and RNN in
+    :mod:`lowbit.runtime.int_rnn`) stores, checked on load.
 
-    Attributes: ``w_ih`` int8 (4H, I), ``w_hh`` int8 (4H, H), ``bias_x``/``bias_h`` int32 (4H),
-    ``qmul`` int32 (4, 4H) rows (m0_x, shift_x, m0_h, shift_h), ``lut_cell`` int32 (LUT_SEGMENTS+1);
-    ``z_in, s_in`` (input), ``z_h, s_h`` (hidden), ``cell_frac_bits`` (cs), ``hid_m0, hid_shift`` and
-    ``cell_clip`` (0: none).
+    Attributes: ``w_ih`` int8 (G H, I), ``w_hh`` int8 (G H, H) (G = :attr:`GATES`, rows per output unit and
+    gate, in torch's gate order), ``bias_x``/``bias_h`` int32 (G H), ``qmul`` int32 (4, G H) rows (m0_x,
+    shift_x, m0_h, shift_h), every ``lut_*`` array int32 (LUT_SEGMENTS+1); ``z_in, s_in`` (input), ``z_h,
+    s_h`` (hidden output, int8), ``hid_m0, hid_shift`` (the multiplier that requantizes the hidden output
+    to int8) and the integer constants a cell adds (:attr:`SCALARS`).
+
+    :attr:`STATE` names the per-layer state the cell carries between calls: (name, dtype) of each (batch, H)
+    array. An int8 state is a hidden output (real 0 is ``z_h``), an int16 one a fixed-point value (0 is 0).
     """
 
-    ARRAYS = ("w_ih", "w_hh", "bias_x", "bias_h", "qmul", "lut_cell")
-    DTYPES = {"w_ih": np.int8, "w_hh": np.int8, "bias_x": np.int32, "bias_h": np.int32, "qmul": np.int32,
-              "lut_cell": np.int32}
-    SCALARS = ("s_in", "z_in", "s_h", "z_h", "cell_frac_bits", "hid_m0", "hid_shift", "cell_clip")
+    GATES = 4
+    ARRAYS: Tuple[str, ...] = ("w_ih", "w_hh", "bias_x", "bias_h", "qmul")
+    SCALARS: Tuple[str, ...] = ("s_in", "z_in", "s_h", "z_h", "hid_m0", "hid_shift")
+    STATE: Tuple[Tuple[str, Any], ...] = (("h", np.int8),)
 
     def __init__(self, arrays: Dict[str, np.ndarray], scalars: Dict[str, Any], where: str = "layer"):
         for name in self.ARRAYS:
             if name not in arrays:
                 raise CheckpointError(f"{where}: array {name!r} is missing")
             a = np.ascontiguousarray(arrays[name])
-            if a.dtype != self.DTYPES[name]:
-                raise CheckpointError(f"{where}: array {name!r} has dtype {a.dtype}, expected {np.dtype(self.DTYPES[name])}")
+            want = np.int8 if name.startswith("w_") else np.int32
+            if a.dtype != want:
+                raise CheckpointError(f"{where}: array {name!r} has dtype {a.dtype}, expected {np.dtype(want)}")
             setattr(self, name, a)
         for name in self.SCALARS:
             if name not in scalars:
                 raise CheckpointError(f"{where}: constant {name!r} is missing")
-        self.s_in, self.s_h = float(scalars["s_in"]), float(scalars["s_h"])
-        self.z_in, self.z_h = int(scalars["z_in"]), int(scalars["z_h"])
-        self.cell_frac_bits = int(scalars["cell_frac_bits"])
-        self.hid_m0, self.hid_shift = int(scalars["hid_m0"]), int(scalars["hid_shift"])
-        self.cell_clip = int(scalars["cell_clip"])
+            setattr(self, name, float(scalars[name]) if name.startswith("s_") else int(scalars[name]))
         g, self.input_size = self.w_ih.shape if self.w_ih.ndim == 2 else (0, 0)
-        self.hidden_size = g // 4
-        h = self.hidden_size
-        ok = (self.w_ih.ndim == 2 and g == 4 * h and h > 0 and self.w_hh.shape == (4 * h, h)
-              and self.bias_x.shape == (4 * h,) and self.bias_h.shape == (4 * h,) and self.qmul.shape == (4, 4 * h)
-              and self.lut_cell.shape == (LUT_SEGMENTS + 1,))
+        self.hidden_size = h = g // self.GATES
+        gh = self.GATES * h
+        ok = (self.w_ih.ndim == 2 and g == gh and h > 0 and self.w_hh.shape == (gh, h)
+              and self.bias_x.shape == (gh,) and self.bias_h.shape == (gh,) and self.qmul.shape == (4, gh)
+              and all(getattr(self, n).shape == (LUT_SEGMENTS + 1,) for n in self.ARRAYS if n.startswith("lut_")))
         if not ok:
             raise CheckpointError(f"{where}: arrays have inconsistent shapes (w_ih {self.w_ih.shape}, "
                                   f"w_hh {self.w_hh.shape}, qmul {self.qmul.shape})")
-        if not (0 <= self.cell_frac_bits <= 30 and -128 <= self.z_h <= 127 and -128 <= self.z_in <= 127
-                and max(self.input_size, h) <= MAX_K and 0 <= self.cell_clip <= 32767):
+        if not (-128 <= self.z_h <= 127 and -128 <= self.z_in <= 127 and max(self.input_size, h) <= MAX_K
+                and 0 <= self.hid_m0 < 2 ** 31 and -31 <= self.hid_shift <= 30 and self._constants_ok()):
             raise CheckpointError(f"{where}: integer constants out of range")
+
+    def _constants_ok(self) -> bool:
+        """The cell's own constants are in range (subclasses)."""
+        return True
+
+    def init_state(self, batch: int) -> Tuple[np.ndarray, ...]:
+        """The state of a fresh sequence (real 0 everywhere)."""
+        return tuple(np.full((batch, self.hidden_size), self.z_h if dt == np.int8 else 0, dtype=dt)
+                     for _, dt in self.STATE)
 
     def scalars(self) -> Dict[str, Any]:
         return {n: getattr(self, n) for n in self.SCALARS}
 
     def arrays(self) -> Dict[str, np.ndarray]:
         return {n: getattr(self, n) for n in self.ARRAYS}
+
+
+class IntLSTMLayer(IntRecurrentLayer):
+    """One integer LSTM layer (see the module docstring): gates (i, f, g, o), ``lut_cell`` the tanh table
+    of the cell state, ``cell_frac_bits`` (cs) and ``cell_clip`` (0: none); state (h int8, c int16)."""
+
+    GATES = 4
+    ARRAYS = IntRecurrentLayer.ARRAYS + ("lut_cell",)
+    SCALARS = IntRecurrentLayer.SCALARS + ("cell_frac_bits", "cell_clip")
+    STATE = (("h", np.int8), ("c", np.int16))
+
+    def _constants_ok(self) -> bool:
+        return 0 <= self.cell_frac_bits <= 30 and 0 <= self.cell_clip <= 32767
 
 
 # ======================================================================================================
@@ -372,14 +401,20 @@ class _Kernels:
         h = np.array(h, dtype=np.int8, order="C", copy=True)
         c = np.array(c, dtype=np.int16, order="C", copy=True)
         y = np.empty((T, B, H), dtype=np.int8)
-        packed = layer.__dict__.get("_packed")
-        if packed is None:
-            packed = layer._packed = (pack_rows(layer.w_ih), pack_rows(layer.w_hh))
+        packed = self.packed(layer)
         self.ext.lstm_layer(
             x, packed[0], packed[1], layer.bias_x, layer.bias_h, layer.qmul, lut_sig, lut_tanh, layer.lut_cell,
             h, c, y, z_h=layer.z_h, cell_frac_bits=layer.cell_frac_bits, hid_m0=layer.hid_m0,
             hid_shift=layer.hid_shift, cell_clip=layer.cell_clip, path=self.path)
         return y, h, c
+
+    @staticmethod
+    def packed(layer: IntRecurrentLayer) -> Tuple[np.ndarray, np.ndarray]:
+        """The layer's (w_ih, w_hh) in the C kernels' layout (:func:`pack_rows`), made once per layer."""
+        packed = layer.__dict__.get("_packed")
+        if packed is None:
+            packed = layer._packed = (pack_rows(layer.w_ih), pack_rows(layer.w_hh))
+        return packed
 
     def gemm(self, a, w, bias, w_packed=None):
         """int32 ``a @ w.T + bias``; ``w_packed`` = :func:`pack_rows` (w) if the caller keeps one."""
@@ -395,14 +430,16 @@ class _Kernels:
 # The model
 # ======================================================================================================
 
-State = List[Tuple[np.ndarray, np.ndarray]]
+State = List[Tuple[np.ndarray, ...]]
 
 
-class IntLSTM:
-    """A loaded integer LSTM (optionally with an int8 embedding in front and an int8 decoder behind).
+class IntRecurrentModel:
+    """A loaded integer recurrent network (optionally with an int8 embedding in front and an int8 decoder
+    behind): what the integer LSTM, GRU and RNN share. A subclass names its cell (:attr:`KIND`, the layer
+    class :attr:`LAYER`, the format-version key) and runs one layer (:meth:`_run_layer`).
 
     Methods:
-        init_state(batch) -> state            per layer (h int8 (B, H) = z_h, i.e. real 0; c int16 zeros)
+        init_state(batch) -> state            per layer a tuple of (B, H) arrays (:attr:`IntRecurrentLayer.STATE`)
         run_quantized(x_q, state) -> (y_q, state)   int8 (T, B, I) -> int8 hidden outputs of the last layer
         run_float(x, state) -> (y, state)     float (T, B, I) -> float (T, B, H) (quantize in, dequantize out)
         run_ids(ids, state) -> (y_q, state)   token ids (T, B) through the embedding
@@ -413,20 +450,30 @@ class IntLSTM:
     """
 
     task = "lm"
+    KIND = ""
+    VERSION_KEY = ""  # the metadata key of the format version: "<KIND>_version"
+    FORMAT_VERSION = 1
+    LAYER = IntRecurrentLayer
+    description = "integer recurrent network"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.VERSION_KEY = f"{cls.KIND}_version"
 
     def __init__(self, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], backend: str = "auto",
                  path: str = "auto", source: str = "model"):
         self.meta = meta
         self.source = source
         self._all_arrays = dict(arrays)
+        L = self.LAYER
         try:
             n = int(meta["num_layers"])
-            self.layers = [IntLSTMLayer({k: arrays.get(f"l{i}.{k}") for k in IntLSTMLayer.ARRAYS if f"l{i}.{k}" in arrays},
-                                        meta["layers"][i], where=f"{source} layer {i}") for i in range(n)]
+            self.layers = [L({k: arrays[f"l{i}.{k}"] for k in L.ARRAYS if f"l{i}.{k}" in arrays},
+                             meta["layers"][i], where=f"{source} layer {i}") for i in range(n)]
             self.lut_sig = np.ascontiguousarray(arrays["lut_sigmoid"], dtype=np.int32)
             self.lut_tanh = np.ascontiguousarray(arrays["lut_tanh"], dtype=np.int32)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source} is not a valid integer-LSTM model ({exc!r})") from None
+            raise CheckpointError(f"{source} is not a valid {self.description} model ({exc!r})") from None
         if n < 1 or self.lut_sig.shape != (LUT_SEGMENTS + 1,) or self.lut_tanh.shape != (LUT_SEGMENTS + 1,):
             raise CheckpointError(f"{source}: bad layer count or activation tables")
         for a, b in zip(self.layers, self.layers[1:]):
@@ -458,6 +505,10 @@ class IntLSTM:
     # ---- facts ---------------------------------------------------------------------------------------
 
     @property
+    def kind(self) -> str:
+        return self.KIND
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers)
 
@@ -480,29 +531,35 @@ class IntLSTM:
     # ---- state ---------------------------------------------------------------------------------------
 
     def init_state(self, batch: int) -> State:
-        return [(np.full((batch, l.hidden_size), l.z_h, dtype=np.int8), np.zeros((batch, l.hidden_size), np.int16))
-                for l in self.layers]
+        return [layer.init_state(batch) for layer in self.layers]
 
     def _check_state(self, state: Optional[State], batch: int) -> State:
         if state is None:
             return self.init_state(batch)
+        spec = self.LAYER.STATE
+        names = ", ".join(name for name, _ in spec)
+        what = f"({names}) pairs" if len(spec) == 2 else f"({names},) tuples"
         if not isinstance(state, (list, tuple)) or len(state) != self.num_layers:
-            raise ShapeError(f"state must be a list of {self.num_layers} (h, c) pairs, one per layer")
-        for k, (pair, layer) in enumerate(zip(state, self.layers)):
-            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-                raise ShapeError(f"state of layer {k} must be a pair (h int8, c int16)")
-            h, c = pair
+            raise ShapeError(f"state must be a list of {self.num_layers} {what}, one per layer")
+        for k, (parts, layer) in enumerate(zip(state, self.layers)):
+            if not (isinstance(parts, (list, tuple)) and len(parts) == len(spec)):
+                kinds = ", ".join(f"{name} {np.dtype(dt)}" for name, dt in spec)
+                raise ShapeError(f"state of layer {k} must be a {'pair' if len(spec) == 2 else 'tuple'} ({kinds})")
             want = (batch, layer.hidden_size)
-            for name, a, dt in (("h", h, np.int8), ("c", c, np.int16)):
+            for (name, dt), a in zip(spec, parts):
                 a = np.asarray(a)
                 if a.shape != want:
                     raise ShapeError(f"hidden state {name} of layer {k} has shape {a.shape}, expected {want} "
                                      f"(batch, hidden_size)")
                 if a.dtype != dt:
                     raise ShapeError(f"hidden state {name} of layer {k} has dtype {a.dtype}, expected {np.dtype(dt)}")
-        return [(np.asarray(h), np.asarray(c)) for h, c in state]
+        return [tuple(np.asarray(a) for a in parts) for parts in state]
 
     # ---- running -------------------------------------------------------------------------------------
+
+    def _run_layer(self, layer, x: np.ndarray, state: Tuple[np.ndarray, ...]):
+        """One layer over the int8 sequence ``x`` (T, B, I) from ``state``: (int8 (T, B, H), new state)."""
+        raise NotImplementedError
 
     def run_quantized(self, x_q: np.ndarray, state: Optional[State] = None):
         x_q = np.asarray(x_q)
@@ -513,9 +570,9 @@ class IntLSTM:
         state = self._check_state(state, x_q.shape[1])
         new_state = []
         x = x_q
-        for layer, (h, c) in zip(self.layers, state):
-            x, h, c = self.kernels.lstm_layer(layer, x, h, c, self.lut_sig, self.lut_tanh)
-            new_state.append((h, c))
+        for layer, st in zip(self.layers, state):
+            x, st = self._run_layer(layer, x, st)
+            new_state.append(st)
         return x, new_state
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
@@ -537,7 +594,7 @@ class IntLSTM:
 
     def _ids(self, ids) -> np.ndarray:
         if self.embedding is None:
-            raise ConfigError(f"{self.source} has no embedding (exported from a bare LSTM); use run_float")
+            raise ConfigError(f"{self.source} has no embedding (exported from a bare recurrent layer); use run_float")
         ids = np.asarray(ids)
         if ids.ndim == 1:
             ids = ids[:, None]
@@ -557,7 +614,7 @@ class IntLSTM:
 
     def logits(self, ids, state: Optional[State] = None):
         if self.decoder_w is None:
-            raise ConfigError(f"{self.source} has no decoder (exported from a bare LSTM)")
+            raise ConfigError(f"{self.source} has no decoder (exported from a bare recurrent layer)")
         y, state = self.run_ids(ids, state)
         T, B, H = y.shape
         if self._decoder_packed is None and self.kernels.backend == "c":
@@ -608,7 +665,7 @@ class IntLSTM:
 
         return encode_file(path, self.vocab)
 
-    # ---- saving --------------------------------------------------------------------------------------
+    # ---- saving and loading --------------------------------------------------------------------------
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """Every array of the model file (including the informational float weight scales)."""
@@ -617,19 +674,48 @@ class IntLSTM:
     def save(self, path: PathLike) -> None:
         from .modelfile import save_model_file
 
-        save_model_file(path, KIND, self.meta, self.to_arrays())
+        save_model_file(path, self.KIND, self.meta, self.to_arrays())
+
+    @classmethod
+    def from_parts(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = "model",
+                   backend: str = "auto", kernel_path: str = "auto"):
+        """The model from a model file's metadata and arrays, after checking its format version."""
+        version = meta.get(cls.VERSION_KEY)
+        what = cls.description.replace(" ", "-")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CheckpointError(f"{source}: {what} format version {version!r} is not an integer (corrupt file)")
+        if version > cls.FORMAT_VERSION:
+            raise CheckpointError(f"{source}: {what} format version {version}; this lowbit reads up to "
+                                  f"{cls.FORMAT_VERSION}: upgrade lowbit")
+        return cls(meta, arrays, backend=backend, path=kernel_path, source=source)
+
+    @classmethod
+    def load(cls, path: PathLike, backend: str = "auto", kernel_path: str = "auto"):
+        """Load a model file of this class's kind (see :func:`load_int_lstm` for the options)."""
+        from .modelfile import load_model_file
+
+        kind, meta, arrays = load_model_file(path)
+        if kind != cls.KIND:
+            raise CheckpointError(f"{path} holds a {kind!r} model, not an {cls.description} ({cls.KIND!r})")
+        return cls.from_parts(meta, arrays, str(path), backend=backend, kernel_path=kernel_path)
+
+
+class IntLSTM(IntRecurrentModel):
+    """A loaded integer LSTM (kind ``"int_lstm"``); the state of each layer is the pair (h int8, c int16).
+    Methods: those of :class:`IntRecurrentModel`."""
+
+    KIND, LAYER, description = KIND, IntLSTMLayer, "integer LSTM"
+    FORMAT_VERSION = FORMAT_VERSION
+
+    def _run_layer(self, layer, x, state):
+        y, h, c = self.kernels.lstm_layer(layer, x, state[0], state[1], self.lut_sig, self.lut_tanh)
+        return y, (h, c)
 
 
 def from_parts(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = "model",
                backend: str = "auto", kernel_path: str = "auto") -> IntLSTM:
     """An :class:`IntLSTM` from a model file's metadata and arrays, after checking its format version."""
-    version = meta.get("int_lstm_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{source}: integer-LSTM format version {version!r} is not an integer (corrupt file)")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{source}: integer-LSTM format version {version}; this lowbit reads up to "
-                              f"{FORMAT_VERSION}: upgrade lowbit")
-    return IntLSTM(meta, arrays, backend=backend, path=kernel_path, source=source)
+    return IntLSTM.from_parts(meta, arrays, source, backend=backend, kernel_path=kernel_path)
 
 
 def load_int_lstm(path: PathLike, backend: str = "auto", kernel_path: str = "auto") -> IntLSTM:
@@ -640,9 +726,4 @@ def load_int_lstm(path: PathLike, backend: str = "auto", kernel_path: str = "aut
     supports) or one of ``lowbit.kernels.PATHS`` ("portable", "popcnt", "avx2", "avx512", "avx512vnni").
     Raises CheckpointError for a missing, corrupt or foreign file.
     """
-    from .modelfile import load_model_file
-
-    kind, meta, arrays = load_model_file(path)
-    if kind != KIND:
-        raise CheckpointError(f"{path} holds a {kind!r} model, not an integer LSTM ({KIND!r})")
-    return from_parts(meta, arrays, str(path), backend=backend, kernel_path=kernel_path)
+    return IntLSTM.load(path, backend=backend, kernel_path=kernel_path)
