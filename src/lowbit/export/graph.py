@@ -651,14 +651,19 @@ class GraphBuilder:
         else:
             f = self.to_float(v, where)
             return self.float_gemm(g, fields, m, f, wl, w_real, bias, conv, pad_real, out_shape)
-        integer = True
         if border is not None:
-            # an integer map where the pad value is a whole number of input units, else float32 (a pad value
-            # that is no multiple of the unit, e.g. +1 padding of PACT codes: exact up to float32 rounding)
-            integer = bool(np.all(border == np.round(border)))
-            if integer and np.abs(border).max() > 2**30:
+            if not np.all(border == np.round(border)):
+                # a pad value that is no whole number of input units (e.g. +1 padding of PACT codes): fixed
+                # point with f fractional bits, x' = 2^f x = (2^f mul) acc + round(2^f border), as large an f as
+                # keeps x' in int32; the rounding (2^-f of a unit) is below float32's at these magnitudes
+                acc_max = float(np.abs(w_ints).reshape(cout, -1).sum(1).max()) * float(np.abs(v.levels.table).max() + 1)
+                room = 2.0**30 / (mul * acc_max + np.abs(border).max() + 1)
+                frac = int(min(20, max(0, np.floor(np.log2(room)))))
+                border, mul = np.round(border * 2.0**frac), mul * 2**frac
+                A = A / 2.0**frac
+            if np.abs(border).max() > 2**30:
                 _fail(where, "the padding correction overflows int32")
-            self.arrays[g["name"] + ".border"] = border.astype(np.int32 if integer else np.float32)
+            self.arrays[g["name"] + ".border"] = border.astype(np.int32)
             fields["mul"] = int(mul)
         if bias is not None:
             B = B + bias
@@ -667,7 +672,7 @@ class GraphBuilder:
         zfun = None
         if border is None and w_unit == 1.0 and b_levels == "binary":
             zfun = _torch_preactivation(v, pad_bits if v.repr == "bits" else None, w_ints, bias)
-        return Val("pending", out_shape, gemm=g, A=A, B=B, integer_acc=integer, zfun=zfun)
+        return Val("pending", out_shape, gemm=g, A=A, B=B, zfun=zfun)
 
     def float_gemm(self, g, fields, m, f: Val, wl, w_real, bias, conv, pad_real, out_shape) -> Val:
         cout = w_real.shape[0]

@@ -276,7 +276,7 @@ class Gemm(Node):
         if pool is not None:
             pf = _Fields(dict(pool, name=self.name + ".pool"), f.where)
             self.pool = (pf.pair("kernel", 1), pf.pair("stride", 1), pf.pair("padding", 0))
-        self.mul = f.int("mul", 1, 255, default=1)
+        self.mul = f.int("mul", 1, 2**30, default=1)
         self.border = None
         if self.name + ".border" in arrays:
             self.border = _array(arrays, self.name + ".border", f)
