@@ -22,3 +22,11 @@ def load_checkpoint(path, map_location="cpu"):
     from .train.checkpoint import load_checkpoint as _load
 
     return _load(path, map_location)
+
+
+def export_model(model, example_input, path, meta=None):
+    """Export any network of lowbit's (and PyTorch's conv/linear/BN/pooling) layers to a runtime model file;
+    see :func:`lowbit.export.export_model`. Returns a report (sizes, each layer's kernel)."""
+    from .export import export_model as _export
+
+    return _export(model, example_input, path, meta=meta)
