@@ -485,3 +485,25 @@ def test_language_model_curves_use_the_reported_unit():
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [3.0, 2.0])     # per-step nats shown as bits
     assert [l.get_ydata()[0] for l in ax.lines[1:]] == [2.0]             # test point in bits per character
     plt.close(fig)
+
+
+def test_kernels_take_misaligned_packed_operands_and_refuse_aliased_out():
+    from lowbit import kernels
+    from lowbit.errors import ShapeError
+
+    rng = np.random.default_rng(0)
+    a = rng.choice([-1, 1], (8, 200)).astype(np.int8)
+    b = rng.choice([-1, 1], (5, 200)).astype(np.int8)
+    pa, pb = kernels.pack_signs(a), kernels.pack_signs(b)
+    buf = np.zeros(pa.nbytes + 8, np.uint8)
+    misaligned = buf[4:4 + pa.nbytes].view(np.uint64).reshape(pa.shape)  # 4 bytes off an 8-byte boundary
+    misaligned[...] = pa
+    assert not misaligned.flags.aligned
+    np.testing.assert_array_equal(kernels.binary_matmul_packed(misaligned, pb, 200), a.astype(np.int32) @ b.T)
+    x = rng.integers(0, 4, (6, 16)).astype(np.int32)
+    with pytest.raises(ShapeError, match="overlaps input operand 1"):
+        kernels.quant_matmul(x, x[:4], "u2", "u2", out=x[:, :4])
+    acc = np.zeros((8, 5), np.int32)
+    with pytest.raises(ShapeError, match="overlaps"):
+        kernels.binary_matmul_packed(pa, pb, 200, out=pa.view(np.int32).reshape(-1)[:40].reshape(8, 5))
+    assert kernels.binary_matmul_packed(pa, pb, 200, out=acc) is acc

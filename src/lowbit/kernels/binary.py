@@ -104,7 +104,7 @@ def _packed(x, name: str) -> np.ndarray:
         or (words > 1 and arr.strides[1] != 8)
         or (rows > 1 and arr.strides[0] % 8 != 0)
     ):
-        arr = np.ascontiguousarray(arr)
+        arr = arr.copy(order="C")  # a fresh array is aligned (ascontiguousarray keeps a misaligned contiguous one)
     return arr
 
 
@@ -197,7 +197,9 @@ def _gemm_operands(pa, pb, k):
     return pa, pb, k
 
 
-def _check_out(out, m: int, n: int) -> np.ndarray:
+def _check_out(out, m: int, n: int, *inputs) -> np.ndarray:
+    """``out`` checked as a writable int32 (m, n) result buffer that overlaps none of ``inputs`` (the kernels
+    read their operands while writing: an aliased buffer would give wrong results)."""
     if not isinstance(out, np.ndarray):
         raise ShapeError(f"out must be a NumPy int32 array of shape ({m}, {n}), got {type(out).__name__}")
     if out.dtype != np.int32 or not out.dtype.isnative:
@@ -214,6 +216,9 @@ def _check_out(out, m: int, n: int) -> np.ndarray:
         raise ShapeError(
             f"out must have contiguous rows (strides {out.strides}); pass a C-contiguous array or a row slice of one"
         )
+    for i, x in enumerate(inputs):
+        if isinstance(x, np.ndarray) and np.may_share_memory(out, x) and np.shares_memory(out, x, max_work=10**6):
+            raise ShapeError(f"out overlaps input operand {i + 1} in memory; pass a separate output buffer")
     return out
 
 
@@ -245,12 +250,12 @@ def binary_matmul_packed(pa, pb, k, *, out=None, num_threads=None) -> np.ndarray
         pa = _packed(pa, "pa")
         pb._check_operand(pa, k)
         m, n = pa.shape[0], pb.rows
-        out = np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n)
+        out = np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n, pa)
         pb._gemm(pa, out, resolve_threads(num_threads))
         return out
     pa, pb, k = _gemm_operands(pa, pb, k)
     m, n = pa.shape[0], pb.shape[0]
-    out = np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n)
+    out = np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n, pa, pb)
     _bitgemm.gemm(pa, pb, k, out, path_id(active_path()), resolve_threads(num_threads))
     return out
 

@@ -310,8 +310,8 @@ def _resolve_kernel(kernel, la: LevelSet, lb: LevelSet) -> str:
     return kernel
 
 
-def _out(out, m: int, n: int) -> np.ndarray:
-    return np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n)
+def _out(out, m: int, n: int, *inputs) -> np.ndarray:
+    return np.empty((m, n), dtype=np.int32) if out is None else _check_out(out, m, n, *inputs)
 
 
 def quant_matmul(a, b, a_levels, b_levels, *, out=None, kernel=None, num_threads=None) -> np.ndarray:
@@ -341,7 +341,7 @@ def quant_matmul(a, b, a_levels, b_levels, *, out=None, kernel=None, num_threads
     _check_bound(k, la, lb)
     kind = _resolve_kernel(kernel, la, lb)
     ca, cb = _codes(A, la, "a"), _codes(B, lb, "b")
-    out = _out(out, m, n)
+    out = _out(out, m, n, A, B)
     nt = resolve_threads(num_threads)
     suma, sumb = np.empty(m, np.int32), np.empty(n, np.int32)
     if kind == "int8":

@@ -124,6 +124,6 @@ def u8_matmul(x, w: PreparedU8Weights, *, out=None, num_threads=None) -> np.ndar
     else:
         from .binary import _check_out
 
-        out = _check_out(out, m, n)
+        out = _check_out(out, m, n, arr)
     _bitgemm.u8_gemm(arr, w.native, n, out, path_id(active_path()), resolve_threads(num_threads))
     return out
