@@ -222,7 +222,7 @@ class Node:
     output: str
 
     def describe(self) -> str:
-        return type(self).__name__.lower()
+        return ""
 
 
 class Gemm(Node):
@@ -348,6 +348,9 @@ class Quantize(Node):
     def run(self, kernels, x):
         return self.q.run(kernels, x)
 
+    def describe(self) -> str:
+        return f"float -> {self.q.levels}-level {self.q.out}"
+
 
 class Decode(Node):
     def __init__(self, f: _Fields, arrays, values):
@@ -362,6 +365,9 @@ class Decode(Node):
             minus = np.unpackbits(x.view(np.uint8), axis=-1, bitorder="little")[..., :self.channels]
             return self.table[1 - minus]  # bit 1 = code 0 (-1)
         return self.table[x]
+
+    def describe(self) -> str:
+        return f"{len(self.table)}-level {'bits' if self.bits_in else 'codes'} -> float"
 
 
 class AffineNode(Node):
@@ -564,7 +570,7 @@ class GraphNetwork:
 
     def layers(self) -> List[str]:
         """One line per node: its op and the kernel it runs on."""
-        return [f"{node.op} {getattr(node, 'name', node.output)}: {node.describe()}" for node in self.nodes]
+        return [f"{node.op} {node.name}" + (f": {node.describe()}" if node.describe() else "") for node in self.nodes]
 
     def __repr__(self) -> str:
         return f"GraphNetwork({self.meta.get('recipe') or self.meta.get('model')}: {len(self.nodes)} nodes)"
