@@ -319,7 +319,10 @@ def _summary(p):
 @command("bench", "summarize the committed benchmark results (--show NAME: one in full), or run the runtime "
                   "benchmark (--run)")
 def _bench(p):
-    p.add_argument("--run", action="store_true", help="measure now (minutes) instead of printing committed results")
+    p.add_argument("--run", nargs="?", const="runtime", choices=["runtime", "networks", "all"], default=None,
+                   help="measure now (minutes) instead of printing committed results: 'runtime' (default: the MNIST "
+                        "MLP and the binary conv stack), 'networks' (every recipe's network vs PyTorch fp32 and "
+                        "onnxruntime), or 'all'")
     p.add_argument("--show", metavar="NAME", help="print one results file in full (e.g. runtime, gemm)")
     p.add_argument("--results", default=None,
                    help="folder of results (default: $LOWBIT_BENCH_RESULTS, else benchmarks/results of the source "
@@ -330,10 +333,12 @@ def _bench(p):
     def run(args) -> int:
         if args.run:
             from .bench import main as bench_main
+            from .bench_networks import main as networks_main
 
             argv = (["--quick"] if args.quick else []) + ([f"--threads={args.threads}"] if args.threads else []) \
                 + ([f"--out={args.results}"] if args.results else [])
-            return bench_main(argv)
+            suites = {"runtime": [bench_main], "networks": [networks_main], "all": [bench_main, networks_main]}
+            return max(main(argv) for main in suites[args.run])
         from .benchmarking import RESULTS_ENV, results_dir, summarize_results
 
         folder = Path(args.results) if args.results else results_dir()
