@@ -37,4 +37,12 @@ def load(path: Union[str, Path], **options):
     kind, meta, arrays = load_model_file(path)
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{path}: unknown model kind {kind!r} (known: {', '.join(MODEL_KINDS)})")
-    return MODEL_KINDS[kind](meta, arrays, str(path), **options)
+    try:
+        return MODEL_KINDS[kind](meta, arrays, str(path), **options)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, MemoryError) as exc:
+        if isinstance(exc, TypeError) and "keyword argument" in str(exc):
+            raise  # a wrong option of the caller's, not the file's fault
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: the model file's metadata is not an object") from None
+        # a field no check of the model's class anticipated: the file is malformed, and says so in one line
+        raise CheckpointError(f"{path}: malformed {kind} model file ({type(exc).__name__}: {exc})") from None

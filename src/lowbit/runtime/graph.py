@@ -100,6 +100,16 @@ def unpack_codes(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
     return codes.reshape(len(packed), -1)[:, :k]
 
 
+def _pooled(shape, kernel, stride, padding, f: "_Fields"):
+    """(H, W, C) after a pooling window; padding at most half the window, as PyTorch allows."""
+    if len(shape) != 3:
+        f.fail(f"pooling needs (H, W, C) input, got {shape}")
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    if 2 * ph > kh or 2 * pw > kw:
+        f.fail(f"pool padding {list(padding)} exceeds half the window {list(kernel)}")
+    return (_out_size(shape[0], kh, sh, ph, f), _out_size(shape[1], kw, sw, pw, f), shape[2])
+
+
 def _out_size(size: int, k: int, s: int, p: int, f: _Fields) -> int:
     o = (size + 2 * p - k) // s + 1
     if o < 1:
@@ -296,6 +306,33 @@ class Gemm(Node):
             self.epilogue = Affine(_array(arrays, self.name + ".scale", f, np.float32, (n,)),
                                    _array(arrays, self.name + ".bias", f, np.float32, (n,)))
 
+    def infer(self, f: _Fields, shapes, out_repr: str):
+        (shape,) = shapes
+        per = 64 if self.fmt == "bits" else 1  # a packed word holds 64 of K
+        if self.layer == "dense":
+            if len(shape) != 1 or shape[0] * per != self.k:
+                f.fail(f"dense of K={self.k} cannot read an input of (packed) shape {shape}")
+            out = (self.out_channels,)
+        else:
+            if len(shape) != 3:
+                f.fail(f"conv2d needs (H, W, C) input, got {shape}")
+            (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+            if kh * kw * shape[2] * per != self.k:
+                f.fail(f"conv2d of K={self.k} cannot read {kh}x{kw} patches of {shape[2]} channels")
+            if ph >= kh or pw >= kw:
+                f.fail(f"padding {self.padding} is not smaller than the kernel {self.kernel}")
+            out = (_out_size(shape[0], kh, sh, ph, f), _out_size(shape[1], kw, sw, pw, f), self.out_channels)
+        if self.border is not None and self.border.shape not in ((self.out_channels,), out):
+            f.fail(f"border map has shape {self.border.shape}, expected {out}")
+        if self.pool is not None:
+            if len(out) != 3:
+                f.fail("a pool needs a conv2d")
+            out = _pooled(out, *self.pool, f)
+        produced = self.epilogue.out if self.epilogue_kind == "threshold" else "float"
+        if produced != out_repr:
+            f.fail(f"writes {produced} values, but its output is declared {out_repr}")
+        return out[:-1] + ((out[-1] + 63) // 64,) if produced == "bits" else out
+
     def _rows(self, x: np.ndarray):
         """The GEMM's input rows and the lead shape of its output."""
         if self.layer == "dense":
@@ -333,7 +370,16 @@ class Gemm(Node):
         return f"{self.layer} -> {self.out_channels} [{kernel}]"
 
 
-class Quantize(Node):
+class Node1(Node):
+    """A node whose output has its input's shape (channels last), unless it overrides ``infer``."""
+
+    same_repr = False  # output repr = input repr (pooling, flatten), else the declared one is checked
+
+    def infer(self, f: _Fields, shapes, out_repr: str):
+        return shapes[0]
+
+
+class Quantize(Node1):
     def __init__(self, f: _Fields, arrays, values):
         levels = f.int("levels", 2, 256)
         out = f.choice("out", ("bits", "codes"))
@@ -344,6 +390,12 @@ class Quantize(Node):
         t = np.broadcast_to(t, (channels, levels - 1))
         sign = np.ones(channels, np.int8)
         self.q = Thresholds(np.ascontiguousarray(t), sign, out)
+        self.channels = channels
+
+    def infer(self, f, shapes, out_repr):
+        if self.q.out != out_repr or shapes[0][-1] != self.channels:
+            f.fail(f"quantizes {shapes[0]} to {self.q.out}, declared {out_repr} with {self.channels} channels")
+        return shapes[0][:-1] + ((self.channels + 63) // 64,) if out_repr == "bits" else shapes[0]
 
     def run(self, kernels, x):
         return self.q.run(kernels, x)
@@ -352,13 +404,21 @@ class Quantize(Node):
         return f"float -> {self.q.levels}-level {self.q.out}"
 
 
-class Decode(Node):
+class Decode(Node1):
     def __init__(self, f: _Fields, arrays, values):
         self.table = _array(arrays, f.spec["name"] + ".table", f, np.float32)
         self.bits_in = values[self.inputs[0]]["repr"] == "bits"
         self.channels = values[self.inputs[0]]["shape"][-1]
         if self.bits_in and self.table.shape != (2,):
             f.fail("decoding bits needs a table of 2 values")
+        if self.table.ndim != 1 or not 2 <= len(self.table) <= 256:
+            f.fail(f"a decode table has 2..256 entries, got shape {self.table.shape}")
+
+    def infer(self, f, shapes, out_repr):
+        words = (self.channels + 63) // 64 if self.bits_in else self.channels
+        if shapes[0][-1] != words:
+            f.fail(f"decodes {shapes[0][-1]} columns, expected {words} for {self.channels} channels")
+        return shapes[0][:-1] + (self.channels,)
 
     def run(self, kernels, x):
         if self.bits_in:
@@ -370,9 +430,11 @@ class Decode(Node):
         return f"{len(self.table)}-level {'bits' if self.bits_in else 'codes'} -> float"
 
 
-class AffineNode(Node):
+class AffineNode(Node1):
     def __init__(self, f: _Fields, arrays, values):
         c = values[self.inputs[0]]["shape"][-1]
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            f.fail(f"its input declares {c!r} channels")
         name = f.spec["name"]
         self.a = Affine(_array(arrays, name + ".scale", f, np.float32, (c,)), _array(arrays, name + ".bias", f, np.float32, (c,)))
 
@@ -380,10 +442,13 @@ class AffineNode(Node):
         return self.a.run(kernels, x)
 
 
-class MaxPool(Node):
+class MaxPool(Node1):
     def __init__(self, f: _Fields, arrays, values):
         self.window = (f.pair("kernel", 1), f.pair("stride", 1), f.pair("padding", 0))
         self.repr = values[self.inputs[0]]["repr"]
+
+    def infer(self, f, shapes, out_repr):
+        return _pooled(shapes[0], *self.window, f)
 
     def run(self, kernels, x):
         if self.repr == "bits":
@@ -391,40 +456,56 @@ class MaxPool(Node):
         return maxpool_nhwc(x, *self.window, fill=0 if self.repr == "codes" else -np.inf)
 
 
-class AvgPool(Node):
+class AvgPool(Node1):
     def __init__(self, f: _Fields, arrays, values):
         self.window = (f.pair("kernel", 1), f.pair("stride", 1), f.pair("padding", 0))
         self.count_include_pad = bool(f.get("count_include_pad", True))
+
+    def infer(self, f, shapes, out_repr):
+        return _pooled(shapes[0], *self.window, f)
 
     def run(self, kernels, x):
         return avgpool_nhwc(x, *self.window, self.count_include_pad)
 
 
-class GlobalAvgPool(Node):
+class GlobalAvgPool(Node1):
     def __init__(self, f, arrays, values):
         pass
+
+    def infer(self, f, shapes, out_repr):
+        if len(shapes[0]) != 3:
+            f.fail(f"global average pooling needs (H, W, C) input, got {shapes[0]}")
+        return (1, 1, shapes[0][2])
 
     def run(self, kernels, x):
         return x.mean(axis=(1, 2), dtype=np.float32, keepdims=True)
 
 
-class Flatten(Node):
+class Flatten(Node1):
     def __init__(self, f, arrays, values):
         pass
+
+    def infer(self, f, shapes, out_repr):
+        return (int(np.prod(shapes[0])),)
 
     def run(self, kernels, x):
         return x.reshape(len(x), -1)
 
 
-class Add(Node):
+class Add(Node1):
     def __init__(self, f, arrays, values):
         pass
+
+    def infer(self, f, shapes, out_repr):
+        if shapes[0] != shapes[1]:
+            f.fail(f"adds values of different shapes {shapes[0]} and {shapes[1]}")
+        return shapes[0]
 
     def run(self, kernels, a, b):
         return a + b
 
 
-class Clamp(Node):
+class Clamp(Node1):
     def __init__(self, f, arrays, values):
         lo, hi = f.get("min", None), f.get("max", None)
         self.lo = None if lo is None else np.float32(lo)
@@ -450,10 +531,21 @@ OPS = {
 ARITY = {"add": 2}
 
 
-def build_node(kernels, spec: Dict, arrays, values: Dict, where: str) -> Node:
+def build_node(kernels, spec: Dict, arrays, values: Dict, where: str, shapes: Dict = None, out_info=None) -> Node:
+    """One node from its JSON record, every field checked (CheckpointError naming the node otherwise)."""
+    try:
+        return _build_node(kernels, spec, arrays, values, where, shapes, out_info)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, MemoryError) as exc:
+        # a field of a type or size no check above anticipated: still the file's fault, said in one line
+        name = spec.get("name") if isinstance(spec, dict) else None
+        raise CheckpointError(f"{where}: node {name!r} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _build_node(kernels, spec: Dict, arrays, values: Dict, where: str, shapes: Dict = None, out_info=None) -> Node:
     f = _Fields(spec, where)
     op = f.choice("op", OPS)
-    f.get("name")
+    if not isinstance(f.get("name"), str):
+        f.fail("field 'name' must be a string")
     inputs, outputs = f.get("inputs"), f.get("outputs")
     if (not isinstance(inputs, list) or len(inputs) != ARITY.get(op, 1) or not isinstance(outputs, list)
             or len(outputs) != 1):
@@ -469,6 +561,19 @@ def build_node(kernels, spec: Dict, arrays, values: Dict, where: str) -> Node:
     node = cls.__new__(cls)
     node.inputs, node.output, node.op, node._k, node.name = list(inputs), outputs[0], op, kernels, spec["name"]
     cls.__init__(node, f, arrays, values)
+    if shapes is not None:
+        in_shapes = [shapes[v] for v in inputs]
+        node.shape = tuple(int(d) for d in node.infer(f, in_shapes, out_info["repr"]))
+        levels = getattr(getattr(node, "epilogue", None), "levels", None) or getattr(getattr(node, "q", None), "levels", None)
+        table = out_info.get("table")
+        if levels is not None and (not isinstance(table, list) or len(table) != levels):
+            f.fail(f"produces {levels}-level codes, but its output declares the table {table!r}")
+        if op == "decode":
+            src = values[inputs[0]].get("table")
+            if not isinstance(src, list) or len(src) != len(node.table):
+                f.fail(f"decodes with {len(node.table)} entries codes whose table is {src!r}")
+        if isinstance(node, Node1) and op in ("maxpool", "flatten", "clamp", "add") and out_info["repr"] != values[inputs[0]]["repr"]:
+            f.fail(f"op {op!r} keeps its input's representation, but its output is declared {out_info['repr']}")
     return node
 
 
@@ -505,17 +610,27 @@ class GraphNetwork:
         if self.input_name not in values or values[self.input_name]["repr"] != "codes":
             raise CheckpointError(f"{where}: the graph input must be a codes value (8-bit pixels)")
         known = {self.input_name: values[self.input_name]}
+        c, h, w = self.input_shape
+        if min(c, h, w) < 1 or not 1 <= self.num_classes:
+            raise CheckpointError(f"{where}: invalid input shape {self.input_shape} or class count {self.num_classes}")
+        shapes = {self.input_name: (h, w, c)}  # per image, as the arrays hold them (packed words for bits)
         self.nodes: List[Node] = []
         for spec in specs:
-            node = build_node(kernels, spec, arrays, known, where)
-            if node.output not in values:
-                raise CheckpointError(f"{where}: node {spec.get('name')!r} writes {node.output!r}, not declared in values")
+            out_name = spec.get("outputs", [None])[0] if isinstance(spec, dict) and isinstance(spec.get("outputs"), list) and spec["outputs"] else None
+            if not isinstance(out_name, str) or out_name not in values:
+                raise CheckpointError(f"{where}: node {spec.get('name') if isinstance(spec, dict) else spec!r} "
+                                      f"writes {out_name!r}, not declared in values")
+            node = build_node(kernels, spec, arrays, known, where, shapes, values[out_name])
+            shapes[node.output] = node.shape
             if node.output in known:
                 raise CheckpointError(f"{where}: value {node.output!r} is written twice")
             known[node.output] = values[node.output]
             self.nodes.append(node)
         if self.output_name not in known or values[self.output_name]["repr"] != "float":
             raise CheckpointError(f"{where}: the graph output {self.output_name!r} is not a float value any node writes")
+        if int(np.prod(shapes[self.output_name])) != self.num_classes:
+            raise CheckpointError(f"{where}: the graph gives {shapes[self.output_name]} outputs per image, "
+                                  f"the file declares {self.num_classes} classes")
         # free each intermediate once its last reader has run
         last_use = {}
         for i, node in enumerate(self.nodes):

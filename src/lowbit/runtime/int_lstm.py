@@ -246,6 +246,9 @@ class IntRecurrentLayer:
         if not ok:
             raise CheckpointError(f"{where}: arrays have inconsistent shapes (w_ih {self.w_ih.shape}, "
                                   f"w_hh {self.w_hh.shape}, qmul {self.qmul.shape})")
+        q = self.qmul.astype(np.int64)
+        if (q[0] < 0).any() or (q[2] < 0).any() or (np.abs(q[1]) > 31).any() or (np.abs(q[3]) > 31).any():
+            raise CheckpointError(f"{where}: qmul holds a multiplier < 0 or a shift outside -31..31")
         if not (-128 <= self.z_h <= 127 and -128 <= self.z_in <= 127 and max(self.input_size, h) <= MAX_K
                 and 0 <= self.hid_m0 < 2 ** 31 and -31 <= self.hid_shift <= 30 and self._constants_ok()):
             raise CheckpointError(f"{where}: integer constants out of range")
