@@ -20,6 +20,10 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
   oK): bit-serial k-bit, int8 (AVX2 / AVX-512 VNNI) and XNOR kernels, chosen by :func:`choose_kernel`;
   :func:`pack_levels` / :func:`prepare_levels` -> :class:`PackedLevels` and :func:`quant_matmul_packed`
   for operands packed once (:mod:`lowbit.kernels.quant`)
+* :func:`pack_conv_levels`, :func:`pack_dense_levels` -- uint8 codes (NHWC, im2col fused in; or (rows, K))
+  straight into the k-bit GEMM's operand layout with row sums, one C pass; :func:`threshold_codes` --
+  int32 accumulators -> [``acc * mul + border``] -> [max-pool] -> per-channel multi-threshold codes or
+  packed bits, one C pass (:mod:`lowbit.kernels.codes`)
 * :func:`binary_matmul_naive` -- the deliberately naive reference kernel
 * :func:`available_paths`, :func:`active_path`, :func:`set_kernel_path` -- code path selection for
   every kernel (env ``LOWBIT_KERNEL_PATH``); :func:`cpu_features` -- the CPU features the kernels test
@@ -54,6 +58,7 @@ from .quant import (  # noqa: F401
     quant_matmul_packed,
     quant_planned_threads,
 )
+from .codes import conv_output_shape, pack_conv_levels, pack_dense_levels, threshold_codes  # noqa: F401
 from .u8 import PreparedU8Weights, prepare_u8_weights, u8_matmul, u8_matmul_is_fast  # noqa: F401
 from .dispatch import (  # noqa: F401
     PATHS,
@@ -70,6 +75,10 @@ __all__ = [
     "KERNELS",
     "PATHS",
     "PackedLevels",
+    "conv_output_shape",
+    "pack_conv_levels",
+    "pack_dense_levels",
+    "threshold_codes",
     "choose_kernel",
     "pack_levels",
     "prepare_levels",
