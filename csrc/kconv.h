@@ -90,8 +90,10 @@ typedef struct {
     const int32_t *sign;      /* (c) +-1 */
     int flip;                 /* some sign is -1 */
     int out_bits;             /* 0: uint8 codes (n, oh, ow) pixels; 1: uint64 bits, ceil(c / 64) words a pixel */
-    void *out;                /* pixel p at out + p * ld_out (bytes for codes, words for bits) */
+    void *out;                /* pixel p at out + p * ld_out (bytes for codes, words for bits, floats) */
     size_t ld_acc, ld_border, ld_thr, ld_out; /* all c (words for bits) when the arrays are whole */
+    int out_float;            /* 1: no thresholds; out = (float)v * scale[ch] + bias[ch] (float32, unfused) */
+    const float *scale, *bias;
 } kc_epi_args;
 
 /* output image rows [r0, r1) (r = n * oh + oy), one ISA each */
@@ -120,6 +122,28 @@ typedef struct {
 
 /* 0, or -1 when no thread could allocate its blocks; *max_code: the largest input code read */
 int kc_conv(kc_conv_args *a, int path, int nthreads, unsigned *max_code);
+
+/* ---- float32 in and out ---------------------------------------------------------------------------- */
+/* per-channel thresholds of float32 values (a quantizer after a float op): code = #{j : sign[ch] * x >=
+ * thr[j][ch]} (float compares: NaN counts no threshold), as uint8 codes or, for one threshold, packed bits */
+typedef struct {
+    const float *x;           /* rows x c, row stride ld_x */
+    size_t rows, c, ld_x;
+    int nthr;
+    const float *thr;         /* (nthr, c) */
+    const float *sign;        /* (c) +-1 or NULL (all +1) */
+    int out_bits;
+    void *out;                /* rows x c uint8, or rows x ceil(c / 64) uint64, contiguous */
+} kc_fthr_args;
+typedef void (*kc_fthr_rows_fn)(const kc_fthr_args *f, size_t r0, size_t r1);
+void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1);
+#if LB_X86
+void kc_fthr_rows_avx2(const kc_fthr_args *f, size_t r0, size_t r1);
+void kc_fthr_rows_avx512(const kc_fthr_args *f, size_t r0, size_t r1);
+#endif
+void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
+/* out[i] = table[codes[i]] for n codes (table: 256 entries); returns the largest code */
+unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads);
 
 /* the window of output position o along one axis: input positions [lo, hi) of [0, size) */
 static inline void kc_window(size_t o, int k, int s, int p, size_t size, size_t *lo, size_t *hi)

@@ -129,11 +129,19 @@ static void conv_task(void *vctx, int t, int nthreads)
             e.oh = py1 - py0;
             e.ow = ow;
         }
-        e.thr = a->epi.thr + j0;
         e.ld_thr = n;
-        e.sign = a->epi.sign + j0;
+        if (e.out_float) {
+            e.scale = a->epi.scale + j0;
+            e.bias = a->epi.bias + j0;
+        } else {
+            e.thr = a->epi.thr + j0;
+            e.sign = a->epi.sign + j0;
+        }
         const size_t first = (img * oh_out + py0) * e.ow;
-        if (e.out_bits) {
+        if (e.out_float) {
+            e.out = (float *)a->epi.out + first * n + j0;
+            e.ld_out = n;
+        } else if (e.out_bits) {
             e.out = (uint64_t *)a->epi.out + first * words + j0 / 64;
             e.ld_out = words;
         } else {

@@ -27,50 +27,163 @@ static inline void load_v(const kc_epi_args *e, size_t img, size_t y, size_t x, 
 
 void kc_epi_rows_scalar(const kc_epi_args *e, size_t r0, size_t r1)
 {
-    const size_t c = e->c, words = (c + 63) / 64;
+    const kc_epi_args a = *e; /* a local copy: the uint8 stores below alias everything */
+    const size_t c = a.c;
     int32_t *v = (int32_t *)malloc((c ? c : 1) * sizeof(int32_t));
     if (!v)
         return; /* the driver checked this size could be allocated; cannot happen in practice */
     for (size_t r = r0; r < r1; r++) {
-        const size_t img = r / e->oh, oy = r % e->oh;
-        for (size_t ox = 0; ox < e->ow; ox++) {
-            if (e->kh == 0) {
-                load_v(e, img, oy, ox, v, 1);
+        const size_t img = r / a.oh, oy = r % a.oh;
+        for (size_t ox = 0; ox < a.ow; ox++) {
+            if (a.kh == 0) {
+                load_v(&a, img, oy, ox, v, 1);
             } else {
                 size_t ylo, yhi, xlo, xhi;
-                kc_window(oy, e->kh, e->sh, e->ph, e->h, &ylo, &yhi);
-                kc_window(ox, e->kw, e->sw, e->pw, e->w, &xlo, &xhi);
+                kc_window(oy, a.kh, a.sh, a.ph, a.h, &ylo, &yhi);
+                kc_window(ox, a.kw, a.sw, a.pw, a.w, &xlo, &xhi);
                 for (size_t ch = 0; ch < c; ch++)
                     v[ch] = INT32_MIN; /* the padded positions' value: never wins */
                 for (size_t y = ylo; y < yhi; y++)
                     for (size_t x = xlo; x < xhi; x++)
-                        load_v(e, img, y, x, v, 0);
+                        load_v(&a, img, y, x, v, 0);
             }
-            if (e->flip)
+            const size_t pix = r * a.ow + ox;
+            if (a.out_float) { /* float32 product, then float32 sum: NumPy's x.astype(f32) * scale + bias */
+                float *o = (float *)a.out + pix * a.ld_out;
+                for (size_t ch = 0; ch < c; ch++) {
+                    volatile float prod = (float)v[ch] * a.scale[ch]; /* no contraction into an fma */
+                    o[ch] = prod + a.bias[ch];
+                }
+                continue;
+            }
+            if (a.flip)
                 for (size_t ch = 0; ch < c; ch++)
-                    v[ch] = (int32_t)((uint32_t)v[ch] * (uint32_t)e->sign[ch]);
-            const size_t pix = r * e->ow + ox;
-            if (e->out_bits) {
-                uint64_t *o = (uint64_t *)e->out + pix * e->ld_out;
-                for (size_t wd = 0; wd < words; wd++) {
+                    v[ch] = (int32_t)((uint32_t)v[ch] * (uint32_t)a.sign[ch]);
+            if (a.out_bits) {
+                uint64_t *o = (uint64_t *)a.out + pix * a.ld_out;
+                for (size_t wd = 0; wd * 64 < c; wd++) {
                     uint64_t word = 0;
                     const size_t end = c - 64 * wd < 64 ? c - 64 * wd : 64;
                     for (size_t q = 0; q < end; q++)
-                        word |= (uint64_t)(v[64 * wd + q] < e->thr[64 * wd + q]) << q;
+                        word |= (uint64_t)(v[64 * wd + q] < a.thr[64 * wd + q]) << q;
                     o[wd] = word;
                 }
             } else {
-                uint8_t *o = (uint8_t *)e->out + pix * e->ld_out;
+                uint8_t *o = (uint8_t *)a.out + pix * a.ld_out;
                 for (size_t ch = 0; ch < c; ch++) {
                     unsigned cnt = 0;
-                    for (int j = 0; j < e->nthr; j++)
-                        cnt += v[ch] >= e->thr[(size_t)j * e->ld_thr + ch];
+                    for (int j = 0; j < a.nthr; j++)
+                        cnt += v[ch] >= a.thr[(size_t)j * a.ld_thr + ch];
                     o[ch] = (uint8_t)cnt;
                 }
             }
         }
     }
     free(v);
+}
+
+/* ---- float32 thresholds and decoding ------------------------------------------------------------- */
+void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1)
+{
+    const kc_fthr_args a = *f;
+    const size_t c = a.c, words = (c + 63) / 64;
+    for (size_t r = r0; r < r1; r++) {
+        const float *x = a.x + r * a.ld_x;
+        if (a.out_bits) {
+            uint64_t *o = (uint64_t *)a.out + r * words;
+            for (size_t wd = 0; wd < words; wd++) {
+                uint64_t word = 0;
+                const size_t end = c - 64 * wd < 64 ? c - 64 * wd : 64;
+                for (size_t q = 0; q < end; q++) {
+                    const size_t ch = 64 * wd + q;
+                    const float v = a.sign ? x[ch] * a.sign[ch] : x[ch];
+                    word |= (uint64_t)!(v >= a.thr[ch]) << q;
+                }
+                o[wd] = word;
+            }
+        } else {
+            uint8_t *o = (uint8_t *)a.out + r * c;
+            for (size_t ch = 0; ch < c; ch++) {
+                const float v = a.sign ? x[ch] * a.sign[ch] : x[ch];
+                unsigned cnt = 0;
+                for (int j = 0; j < a.nthr; j++)
+                    cnt += v >= a.thr[(size_t)j * c + ch];
+                o[ch] = (uint8_t)cnt;
+            }
+        }
+    }
+}
+
+typedef struct {
+    const kc_fthr_args *f;
+    kc_fthr_rows_fn fn;
+} fthr_ctx;
+
+static void fthr_task(void *vctx, int t, int nthreads)
+{
+    const fthr_ctx *ctx = (const fthr_ctx *)vctx;
+    const size_t r0 = bg_share(ctx->f->rows, t, nthreads), r1 = bg_share(ctx->f->rows, t + 1, nthreads);
+    if (r0 < r1)
+        ctx->fn(ctx->f, r0, r1);
+}
+
+void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
+{
+    if (f->rows == 0 || f->c == 0)
+        return;
+    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
+        path = lb_best_path();
+    fthr_ctx ctx = {f, kc_fthr_rows_scalar};
+#if LB_X86
+    if (path >= LB_PATH_AVX512)
+        ctx.fn = kc_fthr_rows_avx512;
+    else if (path >= LB_PATH_AVX2)
+        ctx.fn = kc_fthr_rows_avx2;
+#endif
+    int nt = (int)((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr) * 0.3 / 1e5);
+    if (nt > nthreads) nt = nthreads;
+    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
+    if ((size_t)nt > f->rows) nt = (int)f->rows;
+    if (nt < 1) nt = 1;
+    bg_parallel(nt, fthr_task, &ctx);
+}
+
+typedef struct {
+    const uint8_t *codes;
+    size_t n;
+    const float *table;
+    float *out;
+    unsigned max[KC_MAX_THREADS];
+} decode_ctx;
+
+static void decode_task(void *vctx, int t, int nthreads)
+{
+    decode_ctx *ctx = (decode_ctx *)vctx;
+    const size_t i0 = bg_share(ctx->n, t, nthreads), i1 = bg_share(ctx->n, t + 1, nthreads);
+    const uint8_t *codes = ctx->codes;
+    const float *table = ctx->table;
+    float *out = ctx->out;
+    unsigned m = 0;
+    for (size_t i = i0; i < i1; i++) {
+        const unsigned code = codes[i];
+        m = code > m ? code : m;
+        out[i] = table[code];
+    }
+    ctx->max[t] = m;
+}
+
+unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads)
+{
+    decode_ctx ctx = {codes, n, table, out, {0}};
+    int nt = (int)((double)n / 2e5); /* ~0.5 ns a code */
+    if (nt > nthreads) nt = nthreads;
+    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
+    if (nt < 1) nt = 1;
+    bg_parallel(nt, decode_task, &ctx);
+    unsigned m = 0;
+    for (int t = 0; t < nt; t++)
+        m = ctx.max[t] > m ? ctx.max[t] : m;
+    return m;
 }
 
 kc_epi_rows_fn kc_epi_fn_for(int path)

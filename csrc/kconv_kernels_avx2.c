@@ -79,68 +79,134 @@ KC2_INLINE __m256i load8(const int32_t *p, int full, __m256i mask)
     return full ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskload_epi32((const int *)p, mask);
 }
 
-/* v of 8 channels from cc at (img, y, x) */
-KC2_INLINE __m256i v8(const kc_epi_args *e, size_t img, size_t y, size_t x, size_t cc, int full, __m256i mask,
-                      __m256i mul)
-{
-    __m256i a = load8(e->acc + ((img * e->h + y) * e->w + x) * e->ld_acc + cc, full, mask);
-    if (e->border)
-        a = _mm256_add_epi32(_mm256_mullo_epi32(a, mul),
-                             load8(e->border + (y * e->w + x) * e->ld_border + cc, full, mask));
-    return a;
-}
-
+/* locals for every field the loops read: the uint8 stores alias everything (see the AVX-512 kernel) */
 KC2_FN void kc_epi_rows_avx2(const kc_epi_args *e, size_t r0, size_t r1)
 {
-    const size_t c = e->c;
-    const __m256i mul = _mm256_set1_epi32(e->mul), nthr = _mm256_set1_epi32(e->nthr);
+    const size_t c = e->c, h = e->h, w = e->w, oh = e->oh, ow = e->ow;
+    const size_t ld_acc = e->ld_acc, ld_border = e->ld_border, ld_thr = e->ld_thr, ld_out = e->ld_out;
+    const int32_t *const acc = e->acc, *const border = e->border, *const thr = e->thr, *const sign = e->sign;
+    const int kh = e->kh, kw = e->kw, sh = e->sh, sw = e->sw, ph = e->ph, pw = e->pw, nthr = e->nthr;
+    const int flip = e->flip, out_bits = e->out_bits;
+    uint8_t *const out8 = (uint8_t *)e->out;
+    uint64_t *const out64 = (uint64_t *)e->out;
+    float *const outf = (float *)e->out;
+    const float *const scale = e->scale, *const bias = e->bias;
+    const int out_float = e->out_float;
+    const __m256i mul = _mm256_set1_epi32(e->mul), vnthr = _mm256_set1_epi32(nthr);
+    const __m256i lowest = _mm256_set1_epi32(INT32_MIN);
     for (size_t r = r0; r < r1; r++) {
-        const size_t img = r / e->oh, oy = r % e->oh;
+        const size_t img = r / oh, oy = r % oh;
         size_t ylo = oy, yhi = oy + 1;
-        if (e->kh)
-            kc_window(oy, e->kh, e->sh, e->ph, e->h, &ylo, &yhi);
-        for (size_t ox = 0; ox < e->ow; ox++) {
+        if (kh)
+            kc_window(oy, kh, sh, ph, h, &ylo, &yhi);
+        for (size_t ox = 0; ox < ow; ox++) {
             size_t xlo = ox, xhi = ox + 1;
-            if (e->kh)
-                kc_window(ox, e->kw, e->sw, e->pw, e->w, &xlo, &xhi);
-            const size_t pix = r * e->ow + ox;
+            if (kh)
+                kc_window(ox, kw, sw, pw, w, &xlo, &xhi);
+            const size_t pix = r * ow + ox;
+            const int32_t *a0 = acc + ((img * h + ylo) * w + xlo) * ld_acc;
+            const int32_t *b0 = border ? border + (ylo * w + xlo) * ld_border : NULL;
             uint64_t word = 0;
             for (size_t cc = 0; cc < c; cc += 8) {
                 const int full = c - cc >= 8;
                 const __m256i mask = tail_mask(c - cc);
                 __m256i v;
-                if (!e->kh) {
-                    v = v8(e, img, oy, ox, cc, full, mask, mul);
+                if (!kh) {
+                    v = load8(a0 + cc, full, mask);
+                    if (b0)
+                        v = _mm256_add_epi32(_mm256_mullo_epi32(v, mul), load8(b0 + cc, full, mask));
                 } else {
-                    v = _mm256_set1_epi32(INT32_MIN);
-                    for (size_t y = ylo; y < yhi; y++)
-                        for (size_t x = xlo; x < xhi; x++)
-                            v = _mm256_max_epi32(v, v8(e, img, y, x, cc, full, mask, mul));
+                    v = lowest;
+                    for (size_t y = ylo; y < yhi; y++) {
+                        const int32_t *ay = a0 + (y - ylo) * w * ld_acc;
+                        const int32_t *by = b0 ? b0 + (y - ylo) * w * ld_border : NULL;
+                        for (size_t x = 0; x < xhi - xlo; x++) {
+                            __m256i t = load8(ay + x * ld_acc + cc, full, mask);
+                            if (by)
+                                t = _mm256_add_epi32(_mm256_mullo_epi32(t, mul), load8(by + x * ld_border + cc, full, mask));
+                            v = _mm256_max_epi32(v, t);
+                        }
+                    }
                 }
-                if (e->flip)
-                    v = _mm256_sign_epi32(v, load8(e->sign + cc, full, mask));
-                if (e->out_bits) { /* one threshold: bit 1 where v < t */
-                    const __m256i lt = _mm256_cmpgt_epi32(load8(e->thr + cc, full, mask), v);
+                if (out_float) { /* float out: product then sum, two roundings as NumPy's */
+                    const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_castsi256_ps(load8((const int32_t *)scale + cc, full, mask)));
+                    const __m256 y = _mm256_add_ps(f, _mm256_castsi256_ps(load8((const int32_t *)bias + cc, full, mask)));
+                    if (full)
+                        _mm256_storeu_ps(outf + pix * ld_out + cc, y);
+                    else
+                        _mm256_maskstore_ps(outf + pix * ld_out + cc, mask, y);
+                    continue;
+                }
+                if (flip)
+                    v = _mm256_sign_epi32(v, load8(sign + cc, full, mask));
+                if (out_bits) { /* one threshold: bit 1 where v < t */
+                    const __m256i lt = _mm256_cmpgt_epi32(load8(thr + cc, full, mask), v);
                     word |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(lt)) << (cc % 64);
                     if (cc % 64 == 56 || cc + 8 >= c) {
-                        ((uint64_t *)e->out)[pix * e->ld_out + cc / 64] = word;
+                        out64[pix * ld_out + cc / 64] = word;
                         word = 0;
                     }
                     continue;
                 }
-                __m256i cnt = nthr;
-                for (int j = 0; j < e->nthr; j++)
-                    cnt = _mm256_add_epi32(cnt, _mm256_cmpgt_epi32(load8(e->thr + (size_t)j * e->ld_thr + cc, full, mask), v));
+                /* v >= t counted as nthr + sum(t > v) (vpcmpgtd gives -1), in two independent sums */
+                __m256i n0 = vnthr, n1 = _mm256_setzero_si256();
+                const int32_t *t = thr + cc;
+                int j = 0;
+                for (; j + 2 <= nthr; j += 2, t += 2 * ld_thr) {
+                    n0 = _mm256_add_epi32(n0, _mm256_cmpgt_epi32(load8(t, full, mask), v));
+                    n1 = _mm256_add_epi32(n1, _mm256_cmpgt_epi32(load8(t + ld_thr, full, mask), v));
+                }
+                if (j < nthr)
+                    n0 = _mm256_add_epi32(n0, _mm256_cmpgt_epi32(load8(t, full, mask), v));
+                const __m256i cnt = _mm256_add_epi32(n0, n1);
                 const __m256i p16 = _mm256_packus_epi32(cnt, cnt);
                 const __m256i p8 = _mm256_packus_epi16(p16, p16);
                 const uint64_t bytes = (uint64_t)(uint32_t)_mm256_cvtsi256_si32(p8) |
                                        ((uint64_t)(uint32_t)_mm256_extract_epi32(p8, 4) << 32);
-                uint8_t *o = (uint8_t *)e->out + pix * e->ld_out + cc;
-                if (full)
-                    memcpy(o, &bytes, 8);
-                else
-                    memcpy(o, &bytes, c - cc);
+                memcpy(out8 + pix * ld_out + cc, &bytes, full ? 8 : c - cc);
             }
+        }
+    }
+}
+
+/* ---- float32 thresholds ---------------------------------------------------------------------------- */
+KC2_FN void kc_fthr_rows_avx2(const kc_fthr_args *f, size_t r0, size_t r1)
+{
+    const size_t c = f->c, ld_x = f->ld_x, words = (c + 63) / 64;
+    const int nthr = f->nthr, out_bits = f->out_bits;
+    const float *const thr = f->thr, *const sign = f->sign;
+    uint8_t *const out8 = (uint8_t *)f->out;
+    uint64_t *const out64 = (uint64_t *)f->out;
+    for (size_t r = r0; r < r1; r++) {
+        const float *x = f->x + r * ld_x;
+        uint64_t word = 0;
+        for (size_t cc = 0; cc < c; cc += 8) {
+            const int full = c - cc >= 8;
+            const __m256i mask = tail_mask(c - cc);
+            __m256 v = _mm256_castsi256_ps(load8((const int32_t *)x + cc, full, mask));
+            if (sign)
+                v = _mm256_mul_ps(v, _mm256_castsi256_ps(load8((const int32_t *)sign + cc, full, mask)));
+            if (out_bits) { /* bit 1 where not v >= t (NaN included); lanes past c are 0 */
+                const __m256 ge = _mm256_cmp_ps(v, _mm256_castsi256_ps(load8((const int32_t *)thr + cc, full, mask)),
+                                                _CMP_GE_OQ);
+                const unsigned lanes = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(mask));
+                word |= (uint64_t)(~(unsigned)_mm256_movemask_ps(ge) & lanes) << (cc % 64);
+                if (cc % 64 == 56 || cc + 8 >= c) {
+                    out64[r * words + cc / 64] = word;
+                    word = 0;
+                }
+                continue;
+            }
+            __m256i n0 = _mm256_setzero_si256();
+            for (int j = 0; j < nthr; j++) {
+                const __m256 t = _mm256_castsi256_ps(load8((const int32_t *)thr + (size_t)j * c + cc, full, mask));
+                n0 = _mm256_sub_epi32(n0, _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ)));
+            }
+            const __m256i p16 = _mm256_packus_epi32(n0, n0);
+            const __m256i p8 = _mm256_packus_epi16(p16, p16);
+            const uint64_t bytes = (uint64_t)(uint32_t)_mm256_cvtsi256_si32(p8) |
+                                   ((uint64_t)(uint32_t)_mm256_extract_epi32(p8, 4) << 32);
+            memcpy(out8 + r * c + cc, &bytes, full ? 8 : c - cc);
         }
     }
 }

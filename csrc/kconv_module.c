@@ -107,6 +107,55 @@ done:
     return lb_bufset_return(&bs, result);
 }
 
+/* The thresholds, sign and output of an epilogue over e->c channels with output (n, e->oh, e->ow): out uint8
+ * codes or uint64 bits (thr int32 (nthr, C), sign int32 (C,)), or float32 (thr float32 (2, C): scale and
+ * bias; sign ignored). 0, or -1 with an exception set. */
+static int epi_outputs(lb_bufset *bs, kc_epi_args *e, PyObject *othr, PyObject *osign, PyObject *oout, size_t n)
+{
+    Py_buffer *out = lb_buf_get(bs, oout, "out", LB_T_ANY, 4, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        return -1;
+    const int elem = lb_buf_elem(out);
+    e->out_float = elem == LB_T_F32;
+    e->out_bits = elem == LB_T_U64 || elem == LB_T_I64;
+    if (e->out_float) {
+        Py_buffer *t = lb_buf_get(bs, othr, "thr", LB_T_F32, 2, LB_BUF_CONTIG);
+        if (!t)
+            return -1;
+        if (t->shape[0] != 2 || (size_t)t->shape[1] != e->c)
+            return bad("a float32 out needs thr = float32 (2, C): scale and bias");
+        e->scale = (const float *)t->buf;
+        e->bias = e->scale + e->c;
+        e->nthr = 0;
+    } else {
+        Py_buffer *t = lb_buf_get(bs, othr, "thr", LB_T_I32, 2, LB_BUF_CONTIG);
+        if (!t)
+            return -1;
+        if ((size_t)t->shape[1] != e->c || t->shape[0] < 1 || t->shape[0] > 255)
+            return bad("thr must have shape (1..255, C)");
+        e->thr = (const int32_t *)t->buf;
+        e->nthr = (int)t->shape[0];
+        Py_buffer *sg = lb_buf_get(bs, osign, "sign", LB_T_I32, 1, LB_BUF_CONTIG);
+        if (!sg)
+            return -1;
+        if ((size_t)sg->shape[0] != e->c)
+            return bad("sign must have C entries");
+        e->sign = (const int32_t *)sg->buf;
+    }
+    const size_t last = e->out_bits ? (e->c + 63) / 64 : e->c;
+    if ((!e->out_bits && !e->out_float && elem != LB_T_U8) || (e->out_bits && e->nthr != 1) ||
+        (size_t)out->shape[0] != n || (size_t)out->shape[1] != e->oh || (size_t)out->shape[2] != e->ow ||
+        (size_t)out->shape[3] != last)
+        return bad("out must be uint8 (N, OH, OW, C), uint64 (N, OH, OW, ceil(C / 64)) with one threshold, or "
+                   "float32 (N, OH, OW, C)");
+    if ((e->out_bits && ((uintptr_t)out->buf) % 8 != 0) || (e->out_float && ((uintptr_t)out->buf) % 4 != 0))
+        return bad("out is not aligned to its element size");
+    e->out = out->buf;
+    e->ld_thr = e->c;
+    e->ld_out = last;
+    return 0;
+}
+
 static PyObject *py_kc_epilogue(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *oacc, *oborder, *opool, *othr, *osign, *oout;
@@ -151,41 +200,9 @@ static PyObject *py_kc_epilogue(PyObject *Py_UNUSED(self), PyObject *args)
         }
         e.border = (const int32_t *)b->buf;
     }
-    Py_buffer *thr = lb_buf_get(&bs, othr, "thr", LB_T_I32, 2, LB_BUF_CONTIG);
-    if (!thr)
+    if (epi_outputs(&bs, &e, othr, osign, oout, e.n) < 0)
         goto done;
-    if ((size_t)thr->shape[1] != e.c || thr->shape[0] < 1 || thr->shape[0] > 255) {
-        bad("thr must have shape (1..255, C)");
-        goto done;
-    }
-    e.thr = (const int32_t *)thr->buf;
-    e.nthr = (int)thr->shape[0];
-    Py_buffer *sign = lb_buf_get(&bs, osign, "sign", LB_T_I32, 1, LB_BUF_CONTIG);
-    if (!sign)
-        goto done;
-    if ((size_t)sign->shape[0] != e.c) {
-        bad("sign must have C entries");
-        goto done;
-    }
-    e.sign = (const int32_t *)sign->buf;
-    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_ANY, 4, LB_BUF_CONTIG | LB_BUF_WRITABLE);
-    if (!out)
-        goto done;
-    const int elem = lb_buf_elem(out);
-    e.out_bits = elem == LB_T_U64 || elem == LB_T_I64;
-    const size_t last = e.out_bits ? (e.c + 63) / 64 : e.c;
-    if ((!e.out_bits && elem != LB_T_U8) || (e.out_bits && e.nthr != 1) || (size_t)out->shape[0] != e.n ||
-        (size_t)out->shape[1] != e.oh || (size_t)out->shape[2] != e.ow || (size_t)out->shape[3] != last) {
-        bad("out must be uint8 (N, OH, OW, C), or uint64 (N, OH, OW, ceil(C / 64)) with one threshold");
-        goto done;
-    }
-    if (e.out_bits && ((uintptr_t)out->buf) % 8 != 0) {
-        bad("out is not aligned to its element size");
-        goto done;
-    }
-    e.out = out->buf;
-    e.ld_acc = e.ld_border = e.ld_thr = e.c;
-    e.ld_out = last;
+    e.ld_acc = e.ld_border = e.c;
     LB_NOGIL(kc_epilogue(&e, path, nthreads));
     result = lb_none();
 done:
@@ -331,32 +348,8 @@ static PyObject *py_kc_conv(PyObject *Py_UNUSED(self), PyObject *args)
             }
             e->border = (const int32_t *)bb->buf;
         }
-        Py_buffer *thr = lb_buf_get(&bs, othr, "thr", LB_T_I32, 2, LB_BUF_CONTIG);
-        if (!thr)
+        if (epi_outputs(&bs, e, othr, osign, oout, a.pack.n) < 0)
             goto done;
-        if (thr->shape[1] != n || thr->shape[0] < 1 || thr->shape[0] > 255) {
-            bad("thr must have shape (1..255, n)");
-            goto done;
-        }
-        e->thr = (const int32_t *)thr->buf;
-        e->nthr = (int)thr->shape[0];
-        Py_buffer *sg = lb_buf_get(&bs, osign, "sign", LB_T_I32, 1, LB_BUF_CONTIG);
-        if (!sg)
-            goto done;
-        if (sg->shape[0] != n) {
-            bad("sign must have n entries");
-            goto done;
-        }
-        e->sign = (const int32_t *)sg->buf;
-        e->out_bits = elem == LB_T_U64 || elem == LB_T_I64;
-        const size_t last = e->out_bits ? ((size_t)n + 63) / 64 : (size_t)n;
-        if ((!e->out_bits && elem != LB_T_U8) || (e->out_bits && e->nthr != 1) || out->ndim != 4 ||
-            (size_t)out->shape[0] != a.pack.n || (size_t)out->shape[1] != e->oh || (size_t)out->shape[2] != e->ow ||
-            (size_t)out->shape[3] != last || (e->out_bits && ((uintptr_t)out->buf) % 8 != 0)) {
-            bad("out must be uint8 (N, OH, OW, n), or uint64 (N, OH, OW, ceil(n / 64)) with one threshold");
-            goto done;
-        }
-        e->out = out->buf;
     }
     unsigned best;
     int rc;
@@ -372,7 +365,100 @@ done:
     return lb_bufset_return(&bs, result);
 }
 
+static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ox, *othr, *osign, *oout;
+    int path, nthreads;
+    if (!PyArg_ParseTuple(args, "OOOOii:kc_fthreshold", &ox, &othr, &osign, &oout, &path, &nthreads))
+        return NULL;
+    if (lb_check_path_arg(path) < 0 || lb_check_nthreads(nthreads) < 0)
+        return NULL;
+    LB_BUFSET(bs);
+    PyObject *result = NULL;
+    kc_fthr_args f;
+    memset(&f, 0, sizeof f);
+    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_F32, 2, LB_BUF_ROWS);
+    if (!x)
+        goto done;
+    f.x = (const float *)x->buf, f.rows = (size_t)x->shape[0], f.c = (size_t)x->shape[1], f.ld_x = (size_t)lb_buf_ld(x);
+    Py_buffer *t = lb_buf_get(&bs, othr, "thr", LB_T_F32, 2, LB_BUF_CONTIG);
+    if (!t)
+        goto done;
+    if ((size_t)t->shape[1] != f.c || t->shape[0] < 1 || t->shape[0] > 255) {
+        bad("thr must have shape (1..255, C)");
+        goto done;
+    }
+    f.thr = (const float *)t->buf, f.nthr = (int)t->shape[0];
+    if (osign != Py_None) {
+        Py_buffer *sg = lb_buf_get(&bs, osign, "sign", LB_T_F32, 1, LB_BUF_CONTIG);
+        if (!sg)
+            goto done;
+        if ((size_t)sg->shape[0] != f.c) {
+            bad("sign must have C entries");
+            goto done;
+        }
+        f.sign = (const float *)sg->buf;
+    }
+    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_ANY, 2, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        goto done;
+    const int elem = lb_buf_elem(out);
+    f.out_bits = elem == LB_T_U64 || elem == LB_T_I64;
+    if ((!f.out_bits && elem != LB_T_U8) || (f.out_bits && f.nthr != 1) || (size_t)out->shape[0] != f.rows ||
+        (size_t)out->shape[1] != (f.out_bits ? (f.c + 63) / 64 : f.c) ||
+        (f.out_bits && ((uintptr_t)out->buf) % 8 != 0)) {
+        bad("out must be uint8 (rows, C), or uint64 (rows, ceil(C / 64)) with one threshold");
+        goto done;
+    }
+    f.out = out->buf;
+    LB_NOGIL(kc_fthreshold(&f, path, nthreads));
+    result = lb_none();
+done:
+    return lb_bufset_return(&bs, result);
+}
+
+static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ocodes, *otable, *oout;
+    int nthreads;
+    if (!PyArg_ParseTuple(args, "OOOi:kc_decode", &ocodes, &otable, &oout, &nthreads) ||
+        lb_check_nthreads(nthreads) < 0)
+        return NULL;
+    LB_BUFSET(bs);
+    PyObject *result = NULL;
+    Py_buffer *codes = lb_buf_get(&bs, ocodes, "codes", LB_T_U8, -1, LB_BUF_CONTIG);
+    if (!codes)
+        goto done;
+    Py_buffer *table = lb_buf_get(&bs, otable, "table", LB_T_F32, 1, LB_BUF_CONTIG);
+    if (!table)
+        goto done;
+    if (table->shape[0] != 256) {
+        bad("table must have 256 entries");
+        goto done;
+    }
+    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, -1, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        goto done;
+    if (out->len / 4 != codes->len) {
+        bad("out must hold one float32 per code");
+        goto done;
+    }
+    unsigned m;
+    Py_BEGIN_ALLOW_THREADS
+    m = kc_decode((const uint8_t *)codes->buf, (size_t)codes->len, (const float *)table->buf, (float *)out->buf,
+                  nthreads);
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromUnsignedLong(m);
+done:
+    return lb_bufset_return(&bs, result);
+}
+
 PyMethodDef kc_methods[] = {
+    {"kc_fthreshold", py_kc_fthreshold, METH_VARARGS,
+     "kc_fthreshold(x, thr, sign, out, path, nthreads)\n\nfloat32 (rows, C) -> per-channel multi-threshold codes "
+     "(uint8) or bits (uint64, one threshold)."},
+    {"kc_decode", py_kc_decode, METH_VARARGS,
+     "kc_decode(codes, table, out, nthreads) -> largest code\n\nout = table[codes] (table: 256 float32)."},
     {"kc_conv", py_kc_conv, METH_VARARGS,
      "kc_conv(x, kernel, stride, padding, pad, map, kind, b, abits, bbits, bstore, n, sa, oa, sb, ob, zb, sumb, "
      "mul, border, pool, thr, sign, flip, out, path, nthreads) -> largest input code\n\n"

@@ -224,6 +224,82 @@ def test_threshold_codes_big_and_threaded(kernel_path):
                 ref_epilogue(acc, sign, st, 5, border, pool), err_msg=f"{nt} threads, pool {pool}")
 
 
+def ref_affine(acc, scale, bias, mul=1, border=None, pool=None):
+    """The NumPy passes the float epilogue replaces (runtime.graph: border, pool, Affine.run)."""
+    v = acc if border is None else acc * np.int32(mul) + border
+    if pool is not None:
+        v = ref_epilogue_pool(v, pool)
+    return v.astype(np.float32) * scale + bias
+
+
+def ref_epilogue_pool(v, pool):
+    (kh, kw), (sh, sw), (ph, pw) = pool
+    n, h, w, c = v.shape
+    p = np.full((n, h + 2 * ph, w + 2 * pw, c), INT32_MIN, np.int32)
+    p[:, ph:ph + h, pw:pw + w] = v
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    m = np.full((n, oh, ow, c), INT32_MIN, np.int32)
+    for i in range(kh):
+        for j in range(kw):
+            m = np.maximum(m, p[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw])
+    return m
+
+
+def test_affine_epilogue_rounds_as_numpy(kernel_path):
+    """float32 product, then float32 sum (no fused multiply-add): bit-identical to NumPy, with scales and
+    accumulators that make the two roundings visible."""
+    rng = np.random.default_rng(9)
+    for trial in range(40):
+        c = int(rng.choice([1, 7, 8, 16, 33, 64, 100]))
+        flat = rng.random() < 0.25
+        shape = (int(rng.integers(1, 30)), c) if flat else (int(rng.integers(1, 3)), int(rng.integers(1, 9)),
+                                                         int(rng.integers(1, 9)), c)
+        acc = rng.integers(-2**30, 2**30, shape).astype(np.int32)
+        scale = (rng.standard_normal(c) * 10.0 ** rng.integers(-6, 3, c)).astype(np.float32)
+        bias = (rng.standard_normal(c) * 1e3).astype(np.float32)
+        _, _, border, mul, pool = random_epilogue(rng, shape, 2, pool_ok=not flat)
+        got = K.affine_epilogue(acc, scale, bias, mul=mul or 1, border=border, pool=pool,
+                                num_threads=int(rng.integers(1, 4)))
+        with np.errstate(over="ignore"):
+            ref = ref_affine(acc, scale, bias, mul or 1, border, pool)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32), err_msg=f"{kernel_path} {shape} {pool}")
+
+
+def test_threshold_floats_and_decode(kernel_path):
+    rng = np.random.default_rng(10)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45], np.float32)
+    for trial in range(40):
+        c = int(rng.choice([1, 3, 8, 15, 16, 17, 64, 65, 130]))
+        shape = tuple(int(v) for v in rng.integers(1, 6, int(rng.integers(0, 3)))) + (c,)
+        x = (rng.standard_normal(shape) * 2).astype(np.float32)
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = rng.choice(specials, 3)
+        levels = int(rng.choice([2, 3, 4, 16]))
+        t = np.sort(rng.standard_normal((c, levels - 1)), axis=1).astype(np.float32)
+        t.reshape(-1)[0] = 0.0
+        sign = rng.choice(np.float32([-1, 1]), c) if rng.random() < 0.5 else None
+        v = x if sign is None else x * sign
+        ge = v[..., None] >= t
+        np.testing.assert_array_equal(K.threshold_floats(x, t, sign=sign), ge.sum(-1).astype(np.uint8))
+        if levels == 2:
+            words = (c + 63) // 64
+            padded = np.zeros(shape[:-1] + (words * 64,), bool)
+            padded[..., :c] = ~ge[..., 0]
+            np.testing.assert_array_equal(K.threshold_floats(x, t, sign=sign, out="bits"),
+                                          np.packbits(padded, axis=-1, bitorder="little").view(np.uint64))
+        table = rng.standard_normal(levels).astype(np.float32)
+        codes = rng.integers(0, levels, shape).astype(np.uint8)
+        np.testing.assert_array_equal(K.decode_codes(codes, table), table[codes])
+    codes = np.zeros((3, 4), np.uint8)
+    codes[2, 1] = 4
+    with pytest.raises(ShapeError, match=r"codes\[2, 1\] = 4 has no table entry \(table of 4\)"):
+        K.decode_codes(codes, np.zeros(4, np.float32))
+    with pytest.raises(ShapeError, match="float32 array"):
+        K.threshold_floats(np.zeros((2, 3)), np.zeros((3, 1), np.float32))
+    with pytest.raises(ShapeError, match="one threshold per channel"):
+        K.threshold_floats(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), out="bits")
+
+
 # ---- the fused conv layer ----------------------------------------------------------------------------------
 
 
@@ -254,6 +330,11 @@ def test_conv_levels_matches_pack_gemm_epilogue(kernel_path):
                               mul=mul or 1, border=border, pool=pool, out=out, num_threads=nt)
             np.testing.assert_array_equal(got, ref_epilogue(acc, sign, st, mul or 1, border, pool, out),
                                           err_msg=f"{where}, pool {pool}, {out}")
+        scale = rng.standard_normal(cout).astype(np.float32)
+        bias = rng.standard_normal(cout).astype(np.float32)
+        got = conv_levels(x, pb, kernel, stride, padding, pad, al, values=values, scale=scale, bias=bias,
+                          mul=mul or 1, border=border, pool=pool, out="float", num_threads=nt)
+        np.testing.assert_array_equal(got, ref_affine(acc, scale, bias, mul or 1, border, pool), err_msg=where)
 
 
 def test_conv_levels_bands_and_channel_chunks(kernel_path):
@@ -349,6 +430,10 @@ def test_errors_name_the_problem():
         conv_levels(x, np.ones((4, 27)), 3, 1, 1, 0, "u2")
     with pytest.raises(ShapeError, match="needs sign and signed_thresholds"):
         conv_levels(x, pb, 3, 1, 1, 0, "u2", out="codes")
+    with pytest.raises(ShapeError, match="needs scale and bias"):
+        conv_levels(x, pb, 3, 1, 1, 0, "u2", out="float")
+    with pytest.raises(ShapeError, match=r"scale must be float32 \(4,\)"):
+        conv_levels(x, pb, 3, 1, 1, 0, "u2", out="float", scale=np.ones(4), bias=np.ones(4, np.float32))
     with pytest.raises(ShapeError, match=r"border must have shape \(5, 5, 4\)"):
         conv_levels(x, pb, 3, 1, 1, 0, "u2", sign=np.ones(4, np.int8), signed_thresholds=np.zeros((4, 3), np.int32), out="codes",
                     border=np.zeros((5, 5, 3), np.int32))

@@ -238,13 +238,7 @@ def threshold_codes(acc, sign, signed_thresholds, *, mul: int = 1, border=None, 
             that does not fit, ``out="bits"`` with more than one threshold.
     """
     what = "threshold_codes"
-    arr = _to_numpy(acc, "acc")
-    if arr.dtype != np.int32:
-        raise ShapeError(f"{what}: acc must hold int32 accumulators, got dtype {arr.dtype}")
-    flat = arr.ndim == 2
-    if arr.ndim not in (2, 4):
-        raise ShapeError(f"{what}: acc must be (N, H, W, C) or (M, C), got shape {arr.shape}")
-    arr4 = np.ascontiguousarray(arr).reshape((arr.shape[0], 1, 1, arr.shape[1]) if flat else arr.shape)
+    arr4, flat, mul, border, window = _acc_operands(acc, mul, border, pool, what)
     n, h, w, c = arr4.shape
     sign = _int32(sign, "sign", what)
     if sign.shape != (c,):
@@ -254,6 +248,45 @@ def threshold_codes(acc, sign, signed_thresholds, *, mul: int = 1, border=None, 
     t = _int32(signed_thresholds, "signed_thresholds", what)
     if t.ndim != 2 or t.shape[0] != c or not 1 <= t.shape[1] <= 255:
         raise ShapeError(f"{what}: signed_thresholds must be (C={c}, 1..255), got shape {t.shape}")
+    if out not in ("codes", "bits"):
+        raise ShapeError(f"{what}: out must be 'codes' or 'bits', got {out!r}")
+    if out == "bits" and t.shape[1] != 1:
+        raise ShapeError(f"{what}: out='bits' needs one threshold per channel, got {t.shape[1]}")
+    res = epilogue(arr4, mul, border, window, np.ascontiguousarray(t.T), sign, bool((sign < 0).any()), out,
+                   num_threads)
+    return res.reshape(n, -1) if flat else res
+
+
+def _out_array(n: int, oh: int, ow: int, c: int, out: str) -> np.ndarray:
+    if out == "bits":
+        return np.empty((n, oh, ow, (c + 63) // 64), np.uint64)
+    return np.empty((n, oh, ow, c), np.float32 if out == "float" else np.uint8)
+
+
+def epilogue(acc4: np.ndarray, mul: int, border, window, thr_t: np.ndarray, sign, flip: bool, out: str,
+             num_threads=None) -> np.ndarray:
+    """The unchecked core of :func:`threshold_codes` / :func:`affine_epilogue` for callers that prepared its
+    operands once (the graph runtime): acc4 int32 (N, H, W, C) contiguous, border int32 (H, W, C) or None,
+    window None or (kh, kw, sh, sw, ph, pw); ``out`` "codes" / "bits": thr_t int32 (L-1, C) contiguous and
+    sign int32 (C,); "float": thr_t float32 (2, C), the scale and bias rows, and sign None."""
+    n, h, w, c = acc4.shape
+    oh, ow = _pooled(h, w, window)
+    res = _out_array(n, oh, ow, c, out)
+    _bitgemm.kc_epilogue(acc4, mul, border, window, thr_t, sign, flip, res, path_id(active_path()),
+                         resolve_threads(num_threads))
+    return res
+
+
+def _acc_operands(acc, mul, border, pool, what: str):
+    """Checked (acc4, flat, mul, border, window) of an epilogue's accumulators."""
+    arr = _to_numpy(acc, "acc")
+    if arr.dtype != np.int32:
+        raise ShapeError(f"{what}: acc must hold int32 accumulators, got dtype {arr.dtype}")
+    flat = arr.ndim == 2
+    if arr.ndim not in (2, 4):
+        raise ShapeError(f"{what}: acc must be (N, H, W, C) or (M, C), got shape {arr.shape}")
+    arr4 = np.ascontiguousarray(arr).reshape((arr.shape[0], 1, 1, arr.shape[1]) if flat else arr.shape)
+    n, h, w, c = arr4.shape
     if isinstance(mul, bool) or not isinstance(mul, (int, np.integer)) or not -(2**31) <= mul < 2**31:
         raise ShapeError(f"{what}: mul must be an int32 integer, got {mul!r}")
     if border is not None:
@@ -263,52 +296,55 @@ def threshold_codes(acc, sign, signed_thresholds, *, mul: int = 1, border=None, 
             raise ShapeError(f"{what}: border must have shape {want}, got {b.shape}")
         border = b.reshape(1, 1, c) if flat else b
     window = None
-    oh, ow = h, w
     if pool is not None:
         if flat:
             raise ShapeError(f"{what}: pooling needs (N, H, W, C) accumulators")
-        try:
-            pk, ps, pp = pool
-        except (TypeError, ValueError):
-            raise ShapeError(f"{what}: pool must be (kernel, stride, padding), got {pool!r}") from None
-        (kh, kw), (sh, sw), (ph, pw) = _pair(pk, "pool kernel", 1), _pair(ps, "pool stride", 1), _pair(pp, "pool padding", 0)
-        oh, ow = _out_size(h, kh, sh, ph, what, "height"), _out_size(w, kw, sw, pw, what, "width")
-        window = (kh, kw, sh, sw, ph, pw)
-    if out not in ("codes", "bits"):
-        raise ShapeError(f"{what}: out must be 'codes' or 'bits', got {out!r}")
-    if out == "bits" and t.shape[1] != 1:
-        raise ShapeError(f"{what}: out='bits' needs one threshold per channel, got {t.shape[1]}")
-    res = epilogue(arr4, int(mul), border, window, np.ascontiguousarray(t.T), sign, bool((sign < 0).any()),
-                   out == "bits", num_threads)
-    return res.reshape(n, -1) if flat else res
+        window = _window(pool, h, w, what)
+    return arr4, flat, int(mul), border, window
 
 
-def epilogue(acc4: np.ndarray, mul: int, border, window, thr_t: np.ndarray, sign: np.ndarray, flip: bool,
-             bits: bool, num_threads=None) -> np.ndarray:
-    """The unchecked core of :func:`threshold_codes` for callers that prepared its operands once (the graph
-    runtime): acc4 int32 (N, H, W, C) contiguous, border int32 (H, W, C) or None, window None or
-    (kh, kw, sh, sw, ph, pw), thr_t int32 (L-1, C) contiguous, sign int32 (C,)."""
-    n, h, w, c = acc4.shape
-    if window is None:
-        oh, ow = h, w
-    else:
-        kh, kw, sh, sw, ph, pw = window
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    out = np.empty((n, oh, ow, (c + 63) // 64), np.uint64) if bits else np.empty((n, oh, ow, c), np.uint8)
-    _bitgemm.kc_epilogue(acc4, mul, border, window, thr_t, sign, flip, out, path_id(active_path()),
-                         resolve_threads(num_threads))
-    return out
+def _window(pool, h: int, w: int, what: str) -> tuple:
+    try:
+        pk, ps, pp = pool
+    except (TypeError, ValueError):
+        raise ShapeError(f"{what}: pool must be (kernel, stride, padding), got {pool!r}") from None
+    (kh, kw), (sh, sw), (ph, pw) = _pair(pk, "pool kernel", 1), _pair(ps, "pool stride", 1), _pair(pp, "pool padding", 0)
+    _out_size(h, kh, sh, ph, what, "height")
+    _out_size(w, kw, sw, pw, what, "width")
+    return kh, kw, sh, sw, ph, pw
+
+
+def _scale_bias(scale, bias, c: int, what: str) -> np.ndarray:
+    rows = []
+    for name, v in (("scale", scale), ("bias", bias)):
+        a = np.asarray(_to_numpy(v, name))
+        if a.dtype != np.float32 or a.shape != (c,):
+            raise ShapeError(f"{what}: {name} must be float32 ({c},) (one per channel), got {a.dtype} {a.shape}")
+        rows.append(a)
+    return np.ascontiguousarray(np.stack(rows))
+
+
+def affine_epilogue(acc, scale, bias, *, mul: int = 1, border=None, pool=None, num_threads=None) -> np.ndarray:
+    """int32 accumulators -> float32 ``v * scale + bias`` per channel (a layer whose output is real: logits, or
+    the value a residual add reads), after ``v = acc * mul + border`` and the max-pool as in
+    :func:`threshold_codes`; the float32 product and sum round as NumPy's ``v.astype(np.float32) * scale +
+    bias`` do (no fused multiply-add). ``scale``, ``bias``: float32 (C,)."""
+    what = "affine_epilogue"
+    arr4, flat, mul, border, window = _acc_operands(acc, mul, border, pool, what)
+    sb = _scale_bias(scale, bias, arr4.shape[3], what)
+    res = epilogue(arr4, mul, border, window, sb, None, False, "float", num_threads)
+    return res.reshape(arr4.shape[0], -1) if flat else res
 
 
 # ---- a whole conv layer -----------------------------------------------------------------------------------
 
 
 def conv_levels(x, weights: PackedLevels, kernel, stride=1, padding=0, pad_code: int = 0, levels="u2", *,
-                values=None, sign=None, signed_thresholds=None, mul: int = 1, border=None, pool=None,
-                out: str = "acc", num_threads=None) -> np.ndarray:
+                values=None, sign=None, signed_thresholds=None, scale=None, bias=None, mul: int = 1, border=None,
+                pool=None, out: str = "acc", num_threads=None) -> np.ndarray:
     """A k-bit conv layer in one threaded pass: :func:`pack_conv_levels`, the product with ``weights`` and
-    (``out="codes"`` / ``"bits"``) :func:`threshold_codes`, done band by band of the output so that neither
-    the im2col rows nor the int32 accumulators of the whole layer are ever in memory.
+    its epilogue, done band by band of the output so that neither the im2col rows nor the int32
+    accumulators of the whole layer are ever in memory.
 
     Args:
         x, kernel, stride, padding, pad_code, levels, values: the input and the conv, as
@@ -318,12 +354,13 @@ def conv_levels(x, weights: PackedLevels, kernel, stride=1, padding=0, pad_code:
         out: ``"acc"`` -> the exact int32 product (N, OH, OW, Cout), as
             ``quant_matmul_packed(pack_conv_levels(...), weights)``; ``"codes"`` / ``"bits"`` -> that product
             through :func:`threshold_codes` with ``sign``, ``signed_thresholds``, ``mul``, ``border``
-            ((OH, OW, Cout) or None) and ``pool``.
+            ((OH, OW, Cout) or None) and ``pool``; ``"float"`` -> through :func:`affine_epilogue` with
+            ``scale``, ``bias``, ``mul``, ``border`` and ``pool``.
         num_threads: threads (default :func:`~lowbit.kernels.get_num_threads`).
 
     Raises:
-        ShapeError: as :func:`pack_conv_levels`, :func:`~lowbit.kernels.quant_matmul_packed` and
-            :func:`threshold_codes`.
+        ShapeError: as :func:`pack_conv_levels`, :func:`~lowbit.kernels.quant_matmul_packed`,
+            :func:`threshold_codes` and :func:`affine_epilogue`.
     """
     from .quant import _check_bound
 
@@ -340,15 +377,20 @@ def conv_levels(x, weights: PackedLevels, kernel, stride=1, padding=0, pad_code:
     oh, ow = _out_size(h, kh, sh, ph, what, "height"), _out_size(w, kw, sw, pw, what, "width")
     _check_bound(k, ls, weights.levels)
     cout = weights.rows
-    if out not in ("acc", "codes", "bits"):
-        raise ShapeError(f"{what}: out must be 'acc', 'codes' or 'bits', got {out!r}")
+    if out not in ("acc", "codes", "bits", "float"):
+        raise ShapeError(f"{what}: out must be 'acc', 'codes', 'bits' or 'float', got {out!r}")
     window = thr_t = sign32 = None
     flip = False
     if out != "acc":
+        # the checks of the epilogue functions, on a stand-in for the accumulators (same shape rules)
+        _, _, mul, border, window = _acc_operands(np.zeros((0, oh, ow, cout), np.int32), mul, border, pool, what)
+    if out == "float":
+        if scale is None or bias is None:
+            raise ShapeError(f"{what}: out='float' needs scale and bias")
+        thr_t = _scale_bias(scale, bias, cout, what)
+    elif out != "acc":
         if sign is None or signed_thresholds is None:
             raise ShapeError(f"{what}: out={out!r} needs sign and signed_thresholds")
-        # the checks of threshold_codes, on a stand-in for the accumulators (same shape rules)
-        stand = np.zeros((0, oh, ow, cout), np.int32)
         sign32 = _int32(sign, "sign", what)
         if sign32.shape != (cout,) or (cout and not np.all((sign32 == 1) | (sign32 == -1))):
             raise ShapeError(f"{what}: sign must be {cout} values of +1/-1, got shape {sign32.shape}")
@@ -357,21 +399,6 @@ def conv_levels(x, weights: PackedLevels, kernel, stride=1, padding=0, pad_code:
             raise ShapeError(f"{what}: signed_thresholds must be (Cout={cout}, 1..255), got shape {t.shape}")
         if out == "bits" and t.shape[1] != 1:
             raise ShapeError(f"{what}: out='bits' needs one threshold per channel, got {t.shape[1]}")
-        if isinstance(mul, bool) or not isinstance(mul, (int, np.integer)) or not -(2**31) <= mul < 2**31:
-            raise ShapeError(f"{what}: mul must be an int32 integer, got {mul!r}")
-        if border is not None:
-            border = _int32(border, "border", what)
-            if border.shape != (oh, ow, cout):
-                raise ShapeError(f"{what}: border must have shape {(oh, ow, cout)}, got {border.shape}")
-        if pool is not None:
-            try:
-                pk, ps, pp = pool
-            except (TypeError, ValueError):
-                raise ShapeError(f"{what}: pool must be (kernel, stride, padding), got {pool!r}") from None
-            pk, ps, pp = _pair(pk, "pool kernel", 1), _pair(ps, "pool stride", 1), _pair(pp, "pool padding", 0)
-            _out_size(stand.shape[1], pk[0], ps[0], pp[0], what, "height")
-            _out_size(stand.shape[2], pk[1], ps[1], pp[1], what, "width")
-            window = pk + ps + pp
         thr_t = np.ascontiguousarray(t.T)
         flip = bool((sign32 < 0).any())
     table, ncodes = _code_map(ls, values, what)
@@ -386,7 +413,7 @@ def conv_core(x4: np.ndarray, pb: PackedLevels, kernel, stride, padding, pad_cod
               what: str = "conv") -> np.ndarray:
     """The unchecked core of :func:`conv_levels` (the graph runtime prepares its operands once): x4 uint8
     (N, H, W, C), ``table`` a 256-entry code map or None, ``window`` None or (kh, kw, sh, sw, ph, pw), thr_t
-    int32 (L-1, Cout) contiguous, sign int32 (Cout,). The product must not run on the ``xnor`` kernel."""
+    and sign as :func:`epilogue` takes them for ``out``. The product must not run on the ``xnor`` kernel."""
     from .quant import _KIND_ID, _b_store
 
     lb = pb.levels
@@ -408,10 +435,8 @@ def conv_core(x4: np.ndarray, pb: PackedLevels, kernel, stride, padding, pad_cod
         b_op = pb._planes(nt)
     if out == "acc":
         res = np.empty((n * oh * ow, cout), np.int32)
-    elif out == "bits":
-        res = np.empty((n, *_pooled(oh, ow, window), (cout + 63) // 64), np.uint64)
     else:
-        res = np.empty((n, *_pooled(oh, ow, window), cout), np.uint8)
+        res = _out_array(n, *_pooled(oh, ow, window), cout, out)
     top = _bitgemm.kc_conv(x4, (kh, kw), (sh, sw), (ph, pw), pad_code, table, _KIND_ID[kind], b_op, ls.bits, lb.bits,
                            store, cout, ls.step, ls.offset, lb.step, lb.offset, zb, pb.sums, mul, border, window,
                            thr_t, sign, flip, res, path_id(active_path()), nt)
@@ -425,3 +450,82 @@ def _pooled(oh: int, ow: int, window) -> tuple:
         return oh, ow
     kh, kw, sh, sw, ph, pw = window
     return (oh + 2 * ph - kh) // sh + 1, (ow + 2 * pw - kw) // sw + 1
+
+
+# ---- float values in and out --------------------------------------------------------------------------------
+
+
+def threshold_floats(x, thresholds, *, sign=None, out: str = "codes", num_threads=None) -> np.ndarray:
+    """float32 values -> codes by per-channel thresholds (a quantizer after a float op), in one pass:
+    ``code = #{j : sign[c] * x >= thresholds[c, j]}`` over the last axis (float32 compares: NaN passes no
+    threshold), uint8 codes of x's shape, or for one threshold packed bits (..., ceil(C / 64)) uint64, bit 1
+    where the code is 0.
+
+    Args:
+        x: float32 (..., C). thresholds: float32 (C, L-1), 1 <= L-1 <= 255. sign: None (all +1) or float32
+            (C,) of +-1 values.
+
+    Raises:
+        ShapeError: wrong dtypes or shapes, ``out="bits"`` with more than one threshold.
+    """
+    what = "threshold_floats"
+    arr = _to_numpy(x, "x")
+    if arr.dtype != np.float32 or arr.ndim < 1:
+        raise ShapeError(f"{what}: x must be a float32 array (..., C), got {arr.dtype} {arr.shape}")
+    c = arr.shape[-1]
+    t = np.asarray(_to_numpy(thresholds, "thresholds"))
+    if t.dtype != np.float32 or t.ndim != 2 or t.shape[0] != c or not 1 <= t.shape[1] <= 255:
+        raise ShapeError(f"{what}: thresholds must be float32 (C={c}, 1..255), got {t.dtype} {t.shape}")
+    if sign is not None:
+        sign = np.asarray(_to_numpy(sign, "sign"))
+        if sign.dtype != np.float32 or sign.shape != (c,) or not np.all((sign == 1) | (sign == -1)):
+            raise ShapeError(f"{what}: sign must be float32 ({c},) of +1/-1 values")
+    if out not in ("codes", "bits"):
+        raise ShapeError(f"{what}: out must be 'codes' or 'bits', got {out!r}")
+    if out == "bits" and t.shape[1] != 1:
+        raise ShapeError(f"{what}: out='bits' needs one threshold per channel, got {t.shape[1]}")
+    return float_thresholds(arr, np.ascontiguousarray(t.T), None if sign is None else np.ascontiguousarray(sign),
+                            out == "bits", num_threads)
+
+
+def float_thresholds(x: np.ndarray, thr_t: np.ndarray, sign, bits: bool, num_threads=None) -> np.ndarray:
+    """The unchecked core of :func:`threshold_floats`: thr_t float32 (L-1, C) contiguous, sign float32 or None."""
+    lead, c = x.shape[:-1], x.shape[-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    x2 = x.reshape(rows, c)
+    if c > 1 and x2.strides[1] != 4:
+        x2 = np.ascontiguousarray(x2)
+    out = np.empty((rows, (c + 63) // 64), np.uint64) if bits else np.empty((rows, c), np.uint8)
+    _bitgemm.kc_fthreshold(x2, thr_t, sign, out, path_id(active_path()), resolve_threads(num_threads))
+    return out.reshape(*lead, -1)
+
+
+def decode_codes(codes, table, *, num_threads=None) -> np.ndarray:
+    """``table[codes]`` (float32) in one C pass: uint8 codes of any shape, table float32 (L,), L <= 256.
+
+    Raises:
+        ShapeError: wrong dtypes, or a code >= L (naming its position).
+    """
+    what = "decode_codes"
+    arr = _to_numpy(codes, "codes")
+    t = np.asarray(_to_numpy(table, "table"))
+    if arr.dtype != np.uint8:
+        raise ShapeError(f"{what}: codes must be uint8, got {arr.dtype}")
+    if t.dtype != np.float32 or t.ndim != 1 or not 1 <= len(t) <= 256:
+        raise ShapeError(f"{what}: table must be float32 with 1..256 entries, got {t.dtype} {t.shape}")
+    full = np.zeros(256, np.float32)
+    full[: len(t)] = t
+    out, top = decode(arr, full, num_threads)
+    if arr.size and top >= len(t):
+        idx = tuple(int(i) for i in np.argwhere(arr >= len(t))[0])
+        raise ShapeError(f"{what}: codes[{', '.join(map(str, idx))}] = {int(arr[idx])} has no table entry "
+                         f"(table of {len(t)})")
+    return out
+
+
+def decode(codes: np.ndarray, table256: np.ndarray, num_threads=None):
+    """The unchecked core of :func:`decode_codes`: (table256[codes] float32, the largest code)."""
+    codes = np.ascontiguousarray(codes)
+    out = np.empty(codes.shape, np.float32)
+    top = _bitgemm.kc_decode(codes, table256, out, resolve_threads(num_threads))
+    return out, top

@@ -190,11 +190,18 @@ class Thresholds:
         # they are read as (L-1, C), threshold j of every channel contiguous
         self.native = t.dtype == np.int32
         self.thr_t = np.ascontiguousarray(self.signed_t.T) if self.native else None
+        # float32 thresholds (a quantizer after a float op) in one C pass too
+        self.thr_f = np.ascontiguousarray(self.signed_t.T) if t.dtype == np.float32 else None
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
         if self.fusable and x.dtype == np.int32:
             lead = x.shape[:-1]
             return kernels.threshold_pack(x.reshape(-1, self.channels), self.sign, self._t0, 0).reshape(*lead, self.words)
+        if (self.thr_f is not None and x.dtype == np.float32 and x.ndim >= 1 and x.shape[-1] == self.channels
+                and (self.out == "codes" or self.levels == 2)):
+            from ..kernels.codes import float_thresholds
+
+            return float_thresholds(x, self.thr_f, self.sign if self.any_flip else None, self.out == "bits")
         if self.any_flip:
             x = x * self.sign
         if self.levels == 2:
@@ -211,6 +218,7 @@ class Affine:
 
     def __init__(self, scale: np.ndarray, bias: np.ndarray):
         self.scale, self.bias = scale.astype(np.float32), bias.astype(np.float32)
+        self.rows = np.ascontiguousarray(np.stack([self.scale, self.bias]))  # the C epilogue's (2, C) operand
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32, copy=False) * self.scale + self.bias
@@ -354,15 +362,18 @@ class Gemm(Node):
         return acc.reshape(*lead, -1)
 
     def _native_epilogue(self, shape, dtype) -> bool:
-        """Whether border, pool and thresholds run as one C pass (kernels.codes) on accumulators of this
-        shape and dtype."""
+        """Whether border, pool and the thresholds or affine map run as one C pass (kernels.codes) on
+        accumulators of this shape and dtype."""
         ep = self.epilogue
-        if not (isinstance(ep, Thresholds) and ep.native and dtype == np.int32 and len(shape) in (2, 4)):
+        if dtype != np.int32 or len(shape) not in (2, 4):
             return False
-        if ep.out == "bits" and ep.levels != 2:
+        if isinstance(ep, Thresholds):
+            if not ep.native or (ep.out == "bits" and ep.levels != 2):
+                return False
+            if self.fmt == "bits" and self.pool is None and self.border is None:
+                return False  # kernels.threshold_pack, in Thresholds.run
+        elif not isinstance(ep, Affine):
             return False
-        if self.fmt == "bits" and self.pool is None and self.border is None:
-            return False  # kernels.threshold_pack, in Thresholds.run
         if self.border is not None and (self.border.dtype != np.int32 or self.border.shape != tuple(shape[1:])):
             return False
         if self.pool is not None:
@@ -372,16 +383,22 @@ class Gemm(Node):
         return True
 
     def _epilogue_operands(self):
+        """(mul, border, window, thresholds or scale/bias, sign, flip) as kernels.codes.epilogue takes them."""
         ep = self.epilogue
         window = None if self.pool is None else tuple(v for pair in self.pool for v in pair)  # kh, kw, sh, ...
         mul = self.mul if self.border is not None else 1
+        if isinstance(ep, Affine):
+            return mul, self.border, window, ep.rows, None, False
         return mul, self.border, window, ep.thr_t, ep.sign, ep.any_flip
+
+    def _out_kind(self) -> str:
+        return "float" if isinstance(self.epilogue, Affine) else self.epilogue.out
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
         if self._fused(kernels) and x.ndim == 4:
             lead = kernels.conv_output_shape(x.shape, self.kernel, self.stride, self.padding)
             if self._native_epilogue(lead + (self.out_channels,), np.int32):  # the whole layer in one pass
-                return self._conv(kernels, x, self.epilogue.out, self._epilogue_operands())
+                return self._conv(kernels, x, self._out_kind(), self._epilogue_operands())
         acc = self.reduce(kernels, x)
         if self._native_epilogue(acc.shape, acc.dtype):
             from ..kernels.codes import epilogue
@@ -390,7 +407,7 @@ class Gemm(Node):
             acc4 = np.ascontiguousarray(acc).reshape((len(acc), 1, 1, acc.shape[1]) if flat else acc.shape)
             mul, border, window, thr_t, sign, flip = self._epilogue_operands()
             border = None if border is None else border.reshape(acc4.shape[1:])
-            out = epilogue(acc4, mul, border, window, thr_t, sign, flip, self.epilogue.out == "bits")
+            out = epilogue(acc4, mul, border, window, thr_t, sign, flip, self._out_kind())
             return out.reshape(len(acc), -1) if flat else out
         if self.border is not None:
             acc = acc.astype(self.border.dtype, copy=False) * self.border.dtype.type(self.mul) + self.border
@@ -431,12 +448,21 @@ class Decode(Node):
         self.channels = values[self.inputs[0]]["shape"][-1]
         if self.bits_in and self.table.shape != (2,):
             f.fail("decoding bits needs a table of 2 values")
+        self._table256 = np.zeros(256, np.float32)
+        if self.table.ndim == 1 and 1 <= len(self.table) <= 256:
+            self._table256[:len(self.table)] = self.table
 
     def run(self, kernels, x):
         if self.bits_in:
             minus = np.unpackbits(x.view(np.uint8), axis=-1, bitorder="little")[..., :self.channels]
             return self.table[1 - minus]  # bit 1 = code 0 (-1)
-        return self.table[x]
+        if x.dtype == np.uint8 and self.table.ndim == 1 and 1 <= len(self.table) <= 256:
+            from ..kernels.codes import decode
+
+            out, top = decode(x, self._table256)
+            if top < len(self.table):
+                return out
+        return self.table[x]  # (a code past the table raises IndexError here, as it always did)
 
     def describe(self) -> str:
         return f"{len(self.table)}-level {'bits' if self.bits_in else 'codes'} -> float"
