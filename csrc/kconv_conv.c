@@ -33,9 +33,21 @@ typedef struct {
     size_t max_rows;           /* conv rows x OW of the largest unit */
     size_t row_bytes;          /* bytes of one packed row */
     size_t units;
-    atomic_size_t next;
-    unsigned max[KC_MAX_THREADS];
+    size_t off_blk, off_sums, off_acc; /* the parts of a thread's scratch */
+    atomic_uint max;           /* the largest input code read */
 } conv_ctx;
+
+static size_t align64(size_t n)
+{
+    return (n + 63) / 64 * 64;
+}
+
+static void atomic_max(atomic_uint *m, unsigned v)
+{
+    unsigned cur = atomic_load(m);
+    while (v > cur && !atomic_compare_exchange_weak(m, &cur, v)) {
+    }
+}
 
 static size_t out_h(const kc_conv_args *a)
 {
@@ -57,29 +69,22 @@ static void conv_rows(const kc_conv_args *a, size_t py0, size_t py1, size_t *y0,
         *y1 = *y0;
 }
 
-static void conv_task(void *vctx, int t, int nthreads)
+/* one unit (image, band, channel chunk); scratch: the thread's pack buffer, packed block, sums, int32 block */
+static void conv_unit(void *vctx, size_t u, void *scratch)
 {
-    (void)nthreads;
     conv_ctx *ctx = (conv_ctx *)vctx;
     const kc_conv_args *a = ctx->a;
     const kc_pack_args *p = &a->pack;
     const size_t n = a->gemm.n, ow = p->ow;
     const int planes = p->bits > 0;
-    ctx->max[t] = 0;
-    uint8_t *buf = (uint8_t *)calloc(kc_pack_buf_bytes(p), 1);
-    void *blk = malloc(ctx->max_rows * ctx->row_bytes + 64);
-    int32_t *sums = (int32_t *)malloc(ctx->max_rows * sizeof(int32_t) + 64);
-    int32_t *acc = a->out_acc ? NULL : (int32_t *)malloc(ctx->max_rows * ctx->chunk * sizeof(int32_t) + 64);
-    if (!buf || !blk || !sums || (!a->out_acc && !acc))
-        goto done;
+    uint8_t *buf = (uint8_t *)scratch;
+    void *blk = (uint8_t *)scratch + ctx->off_blk;
+    int32_t *sums = (int32_t *)((uint8_t *)scratch + ctx->off_sums);
+    int32_t *acc = (int32_t *)((uint8_t *)scratch + ctx->off_acc);
     const size_t steps = qg_a8_stride(a->gemm.k) / 4;
     const size_t panel_bytes = steps * (size_t)a->gemm.bstore / 8 * 64;
     const size_t words = (n + 63) / 64, oh_out = out_h(a);
-    unsigned best = 0;
-    for (;;) {
-        const size_t u = atomic_fetch_add(&ctx->next, 1);
-        if (u >= ctx->units)
-            break;
+    {
         const size_t ch = u % ctx->nchunks, sp = u / ctx->nchunks;
         const size_t img = sp / ctx->nbands, b = sp % ctx->nbands;
         const size_t py0 = b * ctx->band, py1 = py0 + ctx->band < oh_out ? py0 + ctx->band : oh_out;
@@ -89,8 +94,7 @@ static void conv_task(void *vctx, int t, int nthreads)
         const size_t j0 = ch * ctx->chunk, j1 = j0 + ctx->chunk < n ? j0 + ctx->chunk : n, nc = j1 - j0;
         if (rows) {
             const ptrdiff_t ldd = planes ? (ptrdiff_t)(ctx->row_bytes / 8) : (ptrdiff_t)ctx->row_bytes;
-            const unsigned m = kc_pack_range(p, &ctx->rf, rs, rs + rows, blk, ldd, sums, buf);
-            best = m > best ? m : best;
+            atomic_max(&ctx->max, kc_pack_range(p, &ctx->rf, rs, rs + rows, blk, ldd, sums, buf));
             qg_args g = a->gemm;
             g.a = blk;
             g.lda = ldd;
@@ -111,7 +115,7 @@ static void conv_task(void *vctx, int t, int nthreads)
             ctx->fold(&g, 0, rows, 0, nc);
         }
         if (a->out_acc)
-            continue;
+            return;
         kc_epi_args e = a->epi;
         e.acc = acc;
         e.ld_acc = nc;
@@ -150,12 +154,6 @@ static void conv_task(void *vctx, int t, int nthreads)
         }
         ctx->epi(&e, 0, py1 - py0);
     }
-    ctx->max[t] = best;
-done:
-    free(buf);
-    free(blk);
-    free(sums);
-    free(acc);
 }
 
 int kc_conv(kc_conv_args *a, int path, int nthreads, unsigned *max_code)
@@ -216,15 +214,13 @@ int kc_conv(kc_conv_args *a, int path, int nthreads, unsigned *max_code)
         }
         ctx->max_rows = most * ow;
     }
-    if ((size_t)nt > ctx->units)
-        nt = (int)ctx->units;
-    atomic_init(&ctx->next, 0);
-    bg_parallel(nt, conv_task, ctx);
-    /* a thread that could not allocate its blocks took no unit; the others took them all, unless every
-     * thread failed */
-    const int rc = atomic_load(&ctx->next) >= ctx->units ? 0 : -1;
-    for (int t = 0; t < nt; t++)
-        *max_code = ctx->max[t] > *max_code ? ctx->max[t] : *max_code;
+    ctx->off_blk = align64(kc_pack_buf_bytes(p));
+    ctx->off_sums = ctx->off_blk + align64(ctx->max_rows * ctx->row_bytes);
+    ctx->off_acc = ctx->off_sums + align64(ctx->max_rows * sizeof(int32_t));
+    const size_t scratch = ctx->off_acc + (a->out_acc ? 0 : align64(ctx->max_rows * ctx->chunk * sizeof(int32_t)));
+    atomic_init(&ctx->max, 0);
+    const int rc = qg_run_units(ctx->units, nt, conv_unit, ctx, scratch);
+    *max_code = atomic_load(&ctx->max);
     free(ctx);
     return rc;
 }

@@ -7,6 +7,7 @@
  * arithmetic is NumPy's int32 arithmetic (wrapping), so the result is bit-identical to the NumPy passes
  * it replaces (lowbit.runtime.graph). Threads split the output image rows.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,15 +118,20 @@ void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1)
 typedef struct {
     const kc_fthr_args *f;
     kc_fthr_rows_fn fn;
+    size_t units;
 } fthr_ctx;
 
-static void fthr_task(void *vctx, int t, int nthreads)
+static void fthr_unit(void *vctx, size_t u, void *scratch)
 {
+    (void)scratch;
     const fthr_ctx *ctx = (const fthr_ctx *)vctx;
-    const size_t r0 = bg_share(ctx->f->rows, t, nthreads), r1 = bg_share(ctx->f->rows, t + 1, nthreads);
+    const size_t r0 = ctx->f->rows * u / ctx->units, r1 = ctx->f->rows * (u + 1) / ctx->units;
     if (r0 < r1)
         ctx->fn(ctx->f, r0, r1);
 }
+
+static size_t units_for(int nt, size_t rows);
+static int threads_for(double work, int nthreads);
 
 void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
 {
@@ -133,33 +139,31 @@ void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
         return;
     if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
         path = lb_best_path();
-    fthr_ctx ctx = {f, kc_fthr_rows_scalar};
+    fthr_ctx ctx = {f, kc_fthr_rows_scalar, 0};
 #if LB_X86
     if (path >= LB_PATH_AVX512)
         ctx.fn = kc_fthr_rows_avx512;
     else if (path >= LB_PATH_AVX2)
         ctx.fn = kc_fthr_rows_avx2;
 #endif
-    int nt = (int)((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr) * 0.3 / 1e5);
-    if (nt > nthreads) nt = nthreads;
-    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
-    if ((size_t)nt > f->rows) nt = (int)f->rows;
-    if (nt < 1) nt = 1;
-    bg_parallel(nt, fthr_task, &ctx);
+    const int nt = threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr) * 0.3, nthreads);
+    ctx.units = units_for(nt, f->rows);
+    qg_run_units(ctx.units, nt, fthr_unit, &ctx, 0);
 }
 
 typedef struct {
     const uint8_t *codes;
-    size_t n;
+    size_t n, units;
     const float *table;
     float *out;
-    unsigned max[KC_MAX_THREADS];
+    atomic_uint max;
 } decode_ctx;
 
-static void decode_task(void *vctx, int t, int nthreads)
+static void decode_unit(void *vctx, size_t u, void *scratch)
 {
+    (void)scratch;
     decode_ctx *ctx = (decode_ctx *)vctx;
-    const size_t i0 = bg_share(ctx->n, t, nthreads), i1 = bg_share(ctx->n, t + 1, nthreads);
+    const size_t i0 = ctx->n * u / ctx->units, i1 = ctx->n * (u + 1) / ctx->units;
     const uint8_t *codes = ctx->codes;
     const float *table = ctx->table;
     float *out = ctx->out;
@@ -169,21 +173,22 @@ static void decode_task(void *vctx, int t, int nthreads)
         m = code > m ? code : m;
         out[i] = table[code];
     }
-    ctx->max[t] = m;
+    unsigned cur = atomic_load(&ctx->max);
+    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
+    }
 }
 
 unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads)
 {
-    decode_ctx ctx = {codes, n, table, out, {0}};
-    int nt = (int)((double)n / 2e5); /* ~0.5 ns a code */
-    if (nt > nthreads) nt = nthreads;
-    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
-    if (nt < 1) nt = 1;
-    bg_parallel(nt, decode_task, &ctx);
-    unsigned m = 0;
-    for (int t = 0; t < nt; t++)
-        m = ctx.max[t] > m ? ctx.max[t] : m;
-    return m;
+    if (n == 0)
+        return 0;
+    decode_ctx ctx;
+    ctx.codes = codes, ctx.n = n, ctx.table = table, ctx.out = out;
+    atomic_init(&ctx.max, 0);
+    const int nt = threads_for((double)n * 0.5, nthreads); /* ~0.5 ns a code */
+    ctx.units = units_for(nt, n);
+    qg_run_units(ctx.units, nt, decode_unit, &ctx, 0);
+    return atomic_load(&ctx.max);
 }
 
 kc_epi_rows_fn kc_epi_fn_for(int path)
@@ -204,15 +209,32 @@ kc_epi_rows_fn kc_epi_fn_for(int path)
 typedef struct {
     const kc_epi_args *e;
     kc_epi_rows_fn fn;
+    size_t units;
 } epi_ctx;
 
-static void epi_task(void *vctx, int t, int nthreads)
+static void epi_unit(void *vctx, size_t u, void *scratch)
 {
+    (void)scratch;
     const epi_ctx *ctx = (const epi_ctx *)vctx;
     const size_t rows = ctx->e->n * ctx->e->oh;
-    const size_t r0 = bg_share(rows, t, nthreads), r1 = bg_share(rows, t + 1, nthreads);
+    const size_t r0 = rows * u / ctx->units, r1 = rows * (u + 1) / ctx->units;
     if (r0 < r1)
         ctx->fn(ctx->e, r0, r1);
+}
+
+/* units for nt threads over `rows`: ~4 a thread (a thread that gets no core leaves its share to the others) */
+static size_t units_for(int nt, size_t rows)
+{
+    const size_t u = nt > 1 ? 4 * (size_t)nt : 1;
+    return u > rows ? rows : u;
+}
+
+static int threads_for(double work, int nthreads)
+{
+    int nt = (int)(work / 1e5);
+    if (nt > nthreads) nt = nthreads;
+    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
+    return nt < 1 ? 1 : nt;
 }
 
 void kc_epilogue(const kc_epi_args *e, int path, int nthreads)
@@ -220,16 +242,10 @@ void kc_epilogue(const kc_epi_args *e, int path, int nthreads)
     const size_t rows = e->n * e->oh;
     if (rows == 0 || e->ow == 0)
         return;
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
-    epi_ctx ctx = {e, kc_epi_fn_for(path)};
+    epi_ctx ctx = {e, kc_epi_fn_for(path), 0};
     /* ~0.3 ns per accumulator read and threshold: a thread per ~100 us of that */
     const double win = e->kh ? (double)e->kh * (double)e->kw : 1.0;
-    const double work = (double)rows * (double)e->ow * (double)e->c * (win + 0.3 * e->nthr) * 0.3;
-    int nt = (int)(work / 1e5);
-    if (nt > nthreads) nt = nthreads;
-    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
-    if ((size_t)nt > rows) nt = (int)rows;
-    if (nt < 1) nt = 1;
-    bg_parallel(nt, epi_task, &ctx);
+    const int nt = threads_for((double)rows * (double)e->ow * (double)e->c * (win + 0.3 * e->nthr) * 0.3, nthreads);
+    ctx.units = units_for(nt, rows);
+    qg_run_units(ctx.units, nt, epi_unit, &ctx, 0);
 }

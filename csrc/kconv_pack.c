@@ -9,6 +9,7 @@
  * buffer of whole 64-code chunks (zero past K) and each chunk turned into its plane words. The row sums and
  * the largest input code come out of the same pass.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,29 +201,26 @@ unsigned kc_pack_range(const kc_pack_args *p, const kc_row_fns *f, size_t r0, si
 typedef struct {
     const kc_pack_args *p;
     kc_row_fns f;
-    unsigned max[KC_MAX_THREADS];
+    size_t units;
+    atomic_uint max;
 } pack_ctx;
 
-static void pack_task(void *vctx, int t, int nthreads)
+static void pack_unit(void *vctx, size_t u, void *buf)
 {
     pack_ctx *ctx = (pack_ctx *)vctx;
     const kc_pack_args *p = ctx->p;
     const size_t rows = kc_pack_rows(p);
-    const size_t r0 = bg_share(rows, t, nthreads), r1 = bg_share(rows, t + 1, nthreads);
-    ctx->max[t] = 0;
+    const size_t r0 = rows * u / ctx->units, r1 = rows * (u + 1) / ctx->units;
     if (r0 >= r1)
         return;
-    uint8_t *buf = (uint8_t *)calloc(kc_pack_buf_bytes(p), 1);
-    if (!buf) { /* no memory for one row: report an impossible code, the caller raises */
-        ctx->max[t] = 0x100;
-        return;
-    }
     void *dst = NULL;
     if (p->dst)
         dst = p->bits ? (void *)((uint64_t *)p->dst + (ptrdiff_t)r0 * p->ldd)
                       : (void *)((uint8_t *)p->dst + (ptrdiff_t)r0 * p->ldd);
-    ctx->max[t] = kc_pack_range(p, &ctx->f, r0, r1, dst, p->ldd, p->sums ? p->sums + r0 : NULL, buf);
-    free(buf);
+    const unsigned m = kc_pack_range(p, &ctx->f, r0, r1, dst, p->ldd, p->sums ? p->sums + r0 : NULL, (uint8_t *)buf);
+    unsigned cur = atomic_load(&ctx->max);
+    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
+    }
 }
 
 unsigned kc_pack(const kc_pack_args *p, int path, int nthreads)
@@ -233,15 +231,15 @@ unsigned kc_pack(const kc_pack_args *p, int path, int nthreads)
     pack_ctx ctx;
     ctx.p = p;
     ctx.f = kc_row_fns_for(path);
-    /* ~1 ns per code and ~20 ns per row: a thread per ~100 us of that */
+    atomic_init(&ctx.max, 0);
+    /* ~1 ns per code and ~20 ns per row: a thread per ~100 us of that, ~4 units a thread */
     int nt = (int)(((double)rows * (double)k + 20.0 * (double)rows) / 1e5);
     if (nt > nthreads) nt = nthreads;
     if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
-    if ((size_t)nt > rows) nt = (int)rows;
     if (nt < 1) nt = 1;
-    bg_parallel(nt, pack_task, &ctx);
-    unsigned best = 0;
-    for (int t = 0; t < nt; t++)
-        best = ctx.max[t] > best ? ctx.max[t] : best;
-    return best;
+    ctx.units = nt > 1 ? 4 * (size_t)nt : 1;
+    if (ctx.units > rows) ctx.units = rows;
+    if (qg_run_units(ctx.units, nt, pack_unit, &ctx, kc_pack_buf_bytes(p)) < 0)
+        return 0x100; /* no memory for a row buffer: an impossible code, the caller raises */
+    return atomic_load(&ctx.max);
 }

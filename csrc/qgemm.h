@@ -70,6 +70,14 @@ qg_kernel_fn qg_fold_for(int path); /* qg_fold, vectorized for the path */
 void qg_gemm(const qg_args *g, int path, int nthreads);
 int qg_plan_threads(const qg_args *g, int path, int nthreads);
 
+/* ---- threads (qgemm_threads.c) --------------------------------------------------------------------
+ * fn(user, u, scratch) for every unit u in [0, units), on up to nthreads threads (the caller included),
+ * units taken from a shared counter; returns once every unit is done, without waiting for a helper that
+ * never got a core. scratch: scratch_bytes of zeroed memory per thread (NULL when 0). 0, or -1 when the
+ * caller could not allocate its scratch (nothing was run). */
+typedef void (*qg_unit_fn)(void *user, size_t unit, void *scratch);
+int qg_run_units(size_t units, int nthreads, qg_unit_fn fn, void *user, size_t scratch_bytes);
+
 /* ---- packing (qgemm_pack.c); codes: rows x k uint8, row stride ldx bytes, unit inner stride ------ */
 size_t qg_plane_words(size_t k, int bits); /* words per planes row */
 /* planes of rows [0, rows); sums[r] = sum of the row's codes (may be NULL) */

@@ -103,31 +103,24 @@ typedef struct {
     size_t nchunks;        /* column chunks */
     size_t rchunk;         /* rows per row chunk */
     size_t nrchunks;       /* row chunks (1 unless there are too few column chunks for the threads) */
-    atomic_size_t next;    /* the next chunk to take */
 } qg_ctx;
 
-/* Threads take chunks of columns from a shared counter instead of fixed halves: on a shared machine
- * (or with one core busy elsewhere) the thread that runs takes the work of the one that waits, and
- * the call ends with the slower core, not after its whole half. Chunks are large enough (>= 1/4 of a
- * thread's share, >= 64 columns) that re-reading the A block per chunk stays small. */
-static void qg_task(void *vctx, int t, int nthreads)
+/* Threads take chunks of columns from a shared counter (qg_run_units) instead of fixed halves: on a shared
+ * machine (or with one core busy elsewhere) the thread that runs takes the work of the one that waits, and
+ * the call ends when the work is done, not when a thread that never got a core finally starts. Chunks are
+ * large enough (>= 1/4 of a thread's share, >= 64 columns) that re-reading the A block per chunk stays small. */
+static void qg_unit(void *vctx, size_t u, void *scratch)
 {
-    (void)t;
-    (void)nthreads;
-    qg_ctx *ctx = (qg_ctx *)vctx;
+    (void)scratch;
+    const qg_ctx *ctx = (const qg_ctx *)vctx;
     const qg_args *g = ctx->g;
-    for (;;) {
-        const size_t u = atomic_fetch_add(&ctx->next, 1);
-        if (u >= ctx->nchunks * ctx->nrchunks)
-            return;
-        const size_t c = u % ctx->nchunks, rc = u / ctx->nchunks;
-        const size_t j0 = c * ctx->chunk;
-        const size_t j1 = (g->n - j0 > ctx->chunk) ? j0 + ctx->chunk : g->n;
-        const size_t i0 = rc * ctx->rchunk;
-        const size_t i1 = (g->m - i0 > ctx->rchunk) ? i0 + ctx->rchunk : g->m;
-        ctx->fn(g, i0, i1, j0, j1);
-        ctx->fold(g, i0, i1, j0, j1);
-    }
+    const size_t c = u % ctx->nchunks, rc = u / ctx->nchunks;
+    const size_t j0 = c * ctx->chunk;
+    const size_t j1 = (g->n - j0 > ctx->chunk) ? j0 + ctx->chunk : g->n;
+    const size_t i0 = rc * ctx->rchunk;
+    const size_t i1 = (g->m - i0 > ctx->rchunk) ? i0 + ctx->rchunk : g->m;
+    ctx->fn(g, i0, i1, j0, j1);
+    ctx->fold(g, i0, i1, j0, j1);
 }
 
 void qg_gemm(const qg_args *g, int path, int nthreads)
@@ -174,6 +167,5 @@ void qg_gemm(const qg_args *g, int path, int nthreads)
             ctx.nrchunks = (g->m + rchunk - 1) / rchunk;
         }
     }
-    atomic_init(&ctx.next, 0);
-    bg_parallel(nt, qg_task, &ctx);
+    qg_run_units(ctx.nchunks * ctx.nrchunks, nt, qg_unit, &ctx, 0);
 }

@@ -20,6 +20,10 @@ whole. The op kinds (:data:`OPS`):
     with a value that is no code), then an epilogue: ``threshold`` (BN + quantizer folded into per-channel
     thresholds: output code = number of thresholds t with ``sign * acc >= sign * t``; ``bits`` or ``codes``
     out) or ``affine`` (``acc * scale + bias``, float out: the logits, or a value a residual add reads).
+    How it runs (:mod:`lowbit.kernels.codes`, bit-identical to the NumPy passes it replaced): a ``codes``
+    conv is one C pass over bands of its output (im2col + pack, GEMM, border / pool / epilogue per band in
+    cache); a ``codes`` dense layer packs its rows in place, then the GEMM, then one C epilogue pass; the
+    integer epilogue of a ``bits`` layer with a pool or border is that C pass too.
 ``quantize``  float -> codes/bits by the same thresholds (a quantizer after a float op, e.g. after an add).
 ``decode``    codes/bits -> float (``table[c] * unit``).
 ``affine``    float per-channel ``x * scale + bias`` (a standalone BN, an input normalization).
