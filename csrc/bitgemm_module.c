@@ -31,6 +31,7 @@
 #include "pybuf.h"
 
 extern PyMethodDef qg_methods[]; /* qgemm_module.c */
+extern PyMethodDef kc_methods[]; /* kconv_module.c */
 
 /* bg_dtype of an element type pybuf.h recognises (the packer reads every one of them). */
 static bg_dtype to_bg_dtype(int t)
@@ -396,7 +397,8 @@ static struct PyModuleDef bitgemm_module = {
 PyMODINIT_FUNC PyInit__bitgemm(void)
 {
     PyObject *m = PyModule_Create(&bitgemm_module);
-    if (m && (PyModule_AddFunctions(m, qg_methods) < 0 || PyModule_AddIntConstant(m, "ABI_VERSION", 3) < 0)) {
+    if (m && (PyModule_AddFunctions(m, qg_methods) < 0 || PyModule_AddFunctions(m, kc_methods) < 0 ||
+              PyModule_AddIntConstant(m, "ABI_VERSION", 4) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -59,9 +59,24 @@ typedef struct {
     ptrdiff_t ldc;
 } qg_args;
 
+/* the kernel computing D for kind (QG_BITSERIAL / QG_INT8) on path (unsupported: the best path) */
+typedef void (*qg_kernel_fn)(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+qg_kernel_fn qg_kernel_for(int kind, int path);
+/* the level-set epilogue on D of rows [i0, i1) x columns [j0, j1): C = sa*sb*(D + zb*SA) + ... (above) */
+void qg_fold(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+qg_kernel_fn qg_fold_for(int path); /* qg_fold, vectorized for the path */
+
 /* C = the level-set product; path as bitgemm's (must be supported or BG_PATH_AUTO). */
 void qg_gemm(const qg_args *g, int path, int nthreads);
 int qg_plan_threads(const qg_args *g, int path, int nthreads);
+
+/* ---- threads (qgemm_threads.c) --------------------------------------------------------------------
+ * fn(user, u, scratch) for every unit u in [0, units), on up to nthreads threads (the caller included),
+ * units taken from a shared counter; returns once every unit is done, without waiting for a helper that
+ * never got a core. scratch: scratch_bytes of zeroed memory per thread (NULL when 0). 0, or -1 when the
+ * caller could not allocate its scratch (nothing was run). */
+typedef void (*qg_unit_fn)(void *user, size_t unit, void *scratch);
+int qg_run_units(size_t units, int nthreads, qg_unit_fn fn, void *user, size_t scratch_bytes);
 
 /* ---- packing (qgemm_pack.c); codes: rows x k uint8, row stride ldx bytes, unit inner stride ------ */
 size_t qg_plane_words(size_t k, int bits); /* words per planes row */
@@ -76,7 +91,6 @@ void qg_pack_panels(const uint8_t *x, ptrdiff_t ldx, size_t rows, size_t k, int 
                     int32_t *sums);
 
 /* ---- kernels: D for rows [i0, i1) of A x panels / rows [j0, j1) of B, raw into g->c ------------- */
-typedef void (*qg_kernel_fn)(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_bits_scalar(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_int8_scalar(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 #if BG_X86
@@ -85,6 +99,8 @@ void qg_bits_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_int8_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_fold_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_fold_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 #endif
 
 /* instruction-rate probe (qgemm_probe.c): seconds for iters iterations of probe kind (-1: not on this

@@ -15,18 +15,18 @@
 #include "qgemm.h"
 
 typedef struct {
-    qg_kernel_fn bits, int8;
+    qg_kernel_fn bits, int8, fold;
 } qg_traits;
 
 static qg_traits qg_traits_for(int path)
 {
-    qg_traits t = {qg_bits_scalar, qg_int8_scalar};
+    qg_traits t = {qg_bits_scalar, qg_int8_scalar, qg_fold};
 #if BG_X86
     switch (path) {
     case BG_PATH_POPCNT: t.bits = qg_bits_popcnt; break;
-    case BG_PATH_AVX2: t.bits = qg_bits_avx2; t.int8 = qg_int8_avx2; break;
-    case BG_PATH_AVX512: t.bits = qg_bits_avx512; t.int8 = qg_int8_avx2; break; /* no VNNI assumed */
-    case BG_PATH_AVX512VNNI: t.bits = qg_bits_avx512; t.int8 = qg_int8_vnni; break;
+    case BG_PATH_AVX2: t.bits = qg_bits_avx2; t.int8 = qg_int8_avx2; t.fold = qg_fold_avx2; break;
+    case BG_PATH_AVX512: t.bits = qg_bits_avx512; t.int8 = qg_int8_avx2; t.fold = qg_fold_avx512; break; /* no VNNI assumed */
+    case BG_PATH_AVX512VNNI: t.bits = qg_bits_avx512; t.int8 = qg_int8_vnni; t.fold = qg_fold_avx512; break;
     default: break;
     }
 #else
@@ -35,15 +35,32 @@ static qg_traits qg_traits_for(int path)
     return t;
 }
 
+qg_kernel_fn qg_kernel_for(int kind, int path)
+{
+    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
+        path = bg_best_path();
+    const qg_traits t = qg_traits_for(path);
+    return kind == QG_INT8 ? t.int8 : t.bits;
+}
+
+qg_kernel_fn qg_fold_for(int path)
+{
+    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
+        path = bg_best_path();
+    return qg_traits_for(path).fold;
+}
+
 /* C = sa*sb*D + ra_i + rb_j, in uint32 (see qgemm.h): ra_i = (sa*sb*zb + sa*ob)*SA_i + K*oa*ob,
  * rb_j = oa*sb*SB_j */
-static void epilogue(const qg_args *g, size_t j0, size_t j1)
+void qg_fold(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
     const uint32_t sab = (uint32_t)g->sa * (uint32_t)g->sb;
     const uint32_t ca = sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
     const uint32_t k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
     const uint32_t cb = (uint32_t)g->oa * (uint32_t)g->sb;
-    for (size_t i = 0; i < g->m; i++) {
+    if (sab == 1u && (ca == 0u || !g->suma) && k0 == 0u && (cb == 0u || !g->sumb))
+        return; /* C = D */
+    for (size_t i = i0; i < i1; i++) {
         const uint32_t ra = (g->suma ? ca * (uint32_t)g->suma[i] : 0u) + k0;
         uint32_t *c = (uint32_t *)(g->c + (ptrdiff_t)i * g->ldc);
         if (g->sumb) {
@@ -72,39 +89,38 @@ int qg_plan_threads(const qg_args *g, int path, int nthreads)
     }
     /* a thread per ~50 us of work, several times its start and join */
     int nt = (int)(qg_work(g) / 5e4);
-    const size_t panels = (g->n + QG_NR - 1) / QG_NR;
+    /* the units qg_gemm can hand out: column panels, times 256-row blocks when the rows are split too */
+    const size_t units = (g->n + QG_NR - 1) / QG_NR * ((g->m + 255) / 256);
     if (nt > nthreads) nt = nthreads;
-    if ((size_t)nt > panels) nt = (int)panels;
+    if ((size_t)nt > units) nt = (int)units;
     return nt < 1 ? 1 : nt;
 }
 
 typedef struct {
     const qg_args *g;
-    qg_kernel_fn fn;
+    qg_kernel_fn fn, fold;
     size_t chunk;          /* columns per chunk, a multiple of QG_NR */
-    size_t nchunks;
-    atomic_size_t next;    /* the next chunk to take */
+    size_t nchunks;        /* column chunks */
+    size_t rchunk;         /* rows per row chunk */
+    size_t nrchunks;       /* row chunks (1 unless there are too few column chunks for the threads) */
 } qg_ctx;
 
-/* Threads take chunks of columns from a shared counter instead of fixed halves: on a shared machine
- * (or with one core busy elsewhere) the thread that runs takes the work of the one that waits, and
- * the call ends with the slower core, not after its whole half. Chunks are large enough (>= 1/4 of a
- * thread's share, >= 64 columns) that re-reading the A block per chunk stays small. */
-static void qg_task(void *vctx, int t, int nthreads)
+/* Threads take chunks of columns from a shared counter (qg_run_units) instead of fixed halves: on a shared
+ * machine (or with one core busy elsewhere) the thread that runs takes the work of the one that waits, and
+ * the call ends when the work is done, not when a thread that never got a core finally starts. Chunks are
+ * large enough (>= 1/4 of a thread's share, >= 64 columns) that re-reading the A block per chunk stays small. */
+static void qg_unit(void *vctx, size_t u, void *scratch)
 {
-    (void)t;
-    (void)nthreads;
-    qg_ctx *ctx = (qg_ctx *)vctx;
+    (void)scratch;
+    const qg_ctx *ctx = (const qg_ctx *)vctx;
     const qg_args *g = ctx->g;
-    for (;;) {
-        const size_t c = atomic_fetch_add(&ctx->next, 1);
-        if (c >= ctx->nchunks)
-            return;
-        const size_t j0 = c * ctx->chunk;
-        const size_t j1 = (g->n - j0 > ctx->chunk) ? j0 + ctx->chunk : g->n;
-        ctx->fn(g, 0, g->m, j0, j1);
-        epilogue(g, j0, j1);
-    }
+    const size_t c = u % ctx->nchunks, rc = u / ctx->nchunks;
+    const size_t j0 = c * ctx->chunk;
+    const size_t j1 = (g->n - j0 > ctx->chunk) ? j0 + ctx->chunk : g->n;
+    const size_t i0 = rc * ctx->rchunk;
+    const size_t i1 = (g->m - i0 > ctx->rchunk) ? i0 + ctx->rchunk : g->m;
+    ctx->fn(g, i0, i1, j0, j1);
+    ctx->fold(g, i0, i1, j0, j1);
 }
 
 void qg_gemm(const qg_args *g, int path, int nthreads)
@@ -123,7 +139,7 @@ void qg_gemm(const qg_args *g, int path, int nthreads)
         for (size_t i = 0; i < g->m; i++)
             for (size_t j = 0; j < g->n; j++)
                 g->c[(ptrdiff_t)i * g->ldc + (ptrdiff_t)j] = 0;
-        epilogue(g, 0, g->n);
+        qg_fold(g, 0, g->m, 0, g->n);
         return;
     }
     const qg_traits t = qg_traits_for(path);
@@ -135,8 +151,21 @@ void qg_gemm(const qg_args *g, int path, int nthreads)
     qg_ctx ctx;
     ctx.g = g;
     ctx.fn = g->kind == QG_INT8 ? t.int8 : t.bits;
+    ctx.fold = t.fold;
     ctx.chunk = per * QG_NR;
     ctx.nchunks = (panels + per - 1) / per;
-    atomic_init(&ctx.next, 0);
-    bg_parallel(nt, qg_task, &ctx);
+    /* few columns (a conv's output channels) for the threads: split the rows too, in blocks of whole
+     * 256-row kernel blocks, ~4 chunks a thread (the rows of A are then read once per column chunk) */
+    ctx.rchunk = g->m;
+    ctx.nrchunks = 1;
+    if (nt > 1 && ctx.nchunks < 4 * (size_t)nt) {
+        const size_t want = (4 * (size_t)nt + ctx.nchunks - 1) / ctx.nchunks;
+        size_t rchunk = (g->m + want - 1) / want;
+        rchunk = (rchunk + 255) / 256 * 256;
+        if (rchunk < g->m) {
+            ctx.rchunk = rchunk;
+            ctx.nrchunks = (g->m + rchunk - 1) / rchunk;
+        }
+    }
+    qg_run_units(ctx.nchunks * ctx.nrchunks, nt, qg_unit, &ctx, 0);
 }

@@ -269,4 +269,31 @@ QG2_FN void qg_int8_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size
     }
 }
 
+
+/* ---- the level-set fold (qg_fold, qgemm_driver.c) ------------------------------------------------ */
+QG2_FN void qg_fold_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
+{
+    const uint32_t sab = (uint32_t)g->sa * (uint32_t)g->sb;
+    const uint32_t ca = sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
+    const uint32_t k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
+    const uint32_t cb = g->sumb ? (uint32_t)g->oa * (uint32_t)g->sb : 0u;
+    if (sab == 1u && (ca == 0u || !g->suma) && k0 == 0u && cb == 0u)
+        return; /* C = D */
+    const __m256i vsab = _mm256_set1_epi32((int)sab), vcb = _mm256_set1_epi32((int)cb);
+    for (size_t i = i0; i < i1; i++) {
+        const uint32_t ra = (g->suma ? ca * (uint32_t)g->suma[i] : 0u) + k0;
+        const __m256i vra = _mm256_set1_epi32((int)ra);
+        int32_t *c = g->c + (ptrdiff_t)i * g->ldc;
+        size_t j = j0;
+        for (; j + 8 <= j1; j += 8) {
+            __m256i v = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(c + j)), vsab), vra);
+            if (cb)
+                v = _mm256_add_epi32(v, _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(g->sumb + j)), vcb));
+            _mm256_storeu_si256((__m256i *)(c + j), v);
+        }
+        for (; j < j1; j++)
+            c[j] = (int32_t)(sab * (uint32_t)c[j] + ra + (cb ? cb * (uint32_t)g->sumb[j] : 0u));
+    }
+}
+
 #endif /* BG_X86 */

@@ -284,4 +284,30 @@ QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size
     }
 }
 
+
+/* ---- the level-set fold (qg_fold, qgemm_driver.c) ------------------------------------------------ */
+__attribute__((target("avx512f"))) void qg_fold_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0,
+                                                      size_t j1)
+{
+    const uint32_t sab = (uint32_t)g->sa * (uint32_t)g->sb;
+    const uint32_t ca = sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
+    const uint32_t k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
+    const uint32_t cb = g->sumb ? (uint32_t)g->oa * (uint32_t)g->sb : 0u;
+    if (sab == 1u && (ca == 0u || !g->suma) && k0 == 0u && cb == 0u)
+        return; /* C = D */
+    const __m512i vsab = _mm512_set1_epi32((int)sab), vcb = _mm512_set1_epi32((int)cb);
+    for (size_t i = i0; i < i1; i++) {
+        const uint32_t ra = (g->suma ? ca * (uint32_t)g->suma[i] : 0u) + k0;
+        const __m512i vra = _mm512_set1_epi32((int)ra);
+        int32_t *c = g->c + (ptrdiff_t)i * g->ldc;
+        for (size_t j = j0; j < j1; j += 16) {
+            const __mmask16 m = j1 - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (j1 - j)) - 1u);
+            __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, c + j), vsab), vra);
+            if (cb)
+                v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, g->sumb + j), vcb));
+            _mm512_mask_storeu_epi32(c + j, m, v);
+        }
+    }
+}
+
 #endif /* BG_X86 */

@@ -20,6 +20,13 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
   oK): bit-serial k-bit, int8 (AVX2 / AVX-512 VNNI) and XNOR kernels, chosen by :func:`choose_kernel`;
   :func:`pack_levels` / :func:`prepare_levels` -> :class:`PackedLevels` and :func:`quant_matmul_packed`
   for operands packed once (:mod:`lowbit.kernels.quant`)
+* :func:`pack_conv_levels`, :func:`pack_dense_levels` -- uint8 codes (NHWC, im2col fused in; or (rows, K))
+  straight into the k-bit GEMM's operand layout with row sums, one C pass; :func:`threshold_codes` --
+  int32 accumulators -> [``acc * mul + border``] -> [max-pool] -> per-channel multi-threshold codes or
+  packed bits, one C pass; :func:`affine_epilogue` -- the same to float32 ``v * scale + bias``;
+  :func:`conv_levels` -- a whole k-bit conv layer (pack, GEMM, epilogue) band by band in one threaded pass;
+  :func:`threshold_floats`, :func:`decode_codes` -- float32 -> codes by thresholds, codes -> float32 by a
+  table (:mod:`lowbit.kernels.codes`)
 * :func:`binary_matmul_naive` -- the deliberately naive reference kernel
 * :func:`available_paths`, :func:`active_path`, :func:`set_kernel_path` -- code path selection for
   every kernel (env ``LOWBIT_KERNEL_PATH``); :func:`cpu_features` -- the CPU features the kernels test
@@ -54,6 +61,16 @@ from .quant import (  # noqa: F401
     quant_matmul_packed,
     quant_planned_threads,
 )
+from .codes import (  # noqa: F401
+    affine_epilogue,
+    conv_levels,
+    conv_output_shape,
+    decode_codes,
+    pack_conv_levels,
+    pack_dense_levels,
+    threshold_codes,
+    threshold_floats,
+)
 from .u8 import PreparedU8Weights, prepare_u8_weights, u8_matmul, u8_matmul_is_fast  # noqa: F401
 from .dispatch import (  # noqa: F401
     PATHS,
@@ -70,6 +87,14 @@ __all__ = [
     "KERNELS",
     "PATHS",
     "PackedLevels",
+    "affine_epilogue",
+    "conv_levels",
+    "conv_output_shape",
+    "decode_codes",
+    "pack_conv_levels",
+    "pack_dense_levels",
+    "threshold_codes",
+    "threshold_floats",
     "choose_kernel",
     "pack_levels",
     "prepare_levels",

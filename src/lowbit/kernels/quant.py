@@ -204,6 +204,27 @@ class PackedLevels:
             self._layouts["a8"] = a8
         self.sums.flags.writeable = False
 
+    @classmethod
+    def _wrap(cls, levels: LevelSet, rows: int, k: int, sums: np.ndarray, *, planes=None, a8=None):
+        """A packed operand around layouts made elsewhere (:mod:`lowbit.kernels.codes`): bit planes, or
+        int8 rows ``a8`` (rows, >= K) whose first K columns are the codes."""
+        self = cls.__new__(cls)
+        self.levels, self.rows, self.k = levels, int(rows), int(k)
+        self.sums = sums
+        self.sums.flags.writeable = False
+        self._layouts = {}
+        self._lock = threading.Lock()
+        self.planes = planes
+        self._codes = None
+        if planes is not None:
+            planes.flags.writeable = False
+        if a8 is not None:
+            if a8.flags.writeable:
+                a8.flags.writeable = False
+            self._layouts["a8"] = a8
+            self._codes = a8[:, : self.k]
+        return self
+
     def _planes(self, nthreads: int) -> np.ndarray:
         with self._lock:
             if self.planes is None:  # packed for the int8 kernel, now multiplied bit-serially

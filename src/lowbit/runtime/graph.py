@@ -20,6 +20,10 @@ whole. The op kinds (:data:`OPS`):
     with a value that is no code), then an epilogue: ``threshold`` (BN + quantizer folded into per-channel
     thresholds: output code = number of thresholds t with ``sign * acc >= sign * t``; ``bits`` or ``codes``
     out) or ``affine`` (``acc * scale + bias``, float out: the logits, or a value a residual add reads).
+    How it runs (:mod:`lowbit.kernels.codes`, bit-identical to the NumPy passes it replaced): a ``codes``
+    conv is one C pass over bands of its output (im2col + pack, GEMM, border / pool / epilogue per band in
+    cache); a ``codes`` dense layer packs its rows in place, then the GEMM, then one C epilogue pass; the
+    integer epilogue of a ``bits`` layer with a pool or border is that C pass too.
 ``quantize``  float -> codes/bits by the same thresholds (a quantizer after a float op, e.g. after an add).
 ``decode``    codes/bits -> float (``table[c] * unit``).
 ``affine``    float per-channel ``x * scale + bias`` (a standalone BN, an input normalization).
@@ -196,11 +200,22 @@ class Thresholds:
         self.words = (self.channels + 63) // 64
         self.fusable = out == "bits" and t.dtype == np.int32
         self._t0 = np.ascontiguousarray(self.signed_t[:, 0]) if self.levels == 2 else None
+        # integer thresholds also run in one C pass (kernels.codes), fused with border and max-pool: there
+        # they are read as (L-1, C), threshold j of every channel contiguous
+        self.native = t.dtype == np.int32
+        self.thr_t = np.ascontiguousarray(self.signed_t.T) if self.native else None
+        # float32 thresholds (a quantizer after a float op) in one C pass too
+        self.thr_f = np.ascontiguousarray(self.signed_t.T) if t.dtype == np.float32 else None
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
         if self.fusable and x.dtype == np.int32:
             lead = x.shape[:-1]
             return kernels.threshold_pack(x.reshape(-1, self.channels), self.sign, self._t0, 0).reshape(*lead, self.words)
+        if (self.thr_f is not None and x.dtype == np.float32 and x.ndim >= 1 and x.shape[-1] == self.channels
+                and (self.out == "codes" or self.levels == 2)):
+            from ..kernels.codes import float_thresholds
+
+            return float_thresholds(x, self.thr_f, self.sign if self.any_flip else None, self.out == "bits")
         if self.any_flip:
             x = x * self.sign
         if self.levels == 2:
@@ -217,6 +232,7 @@ class Affine:
 
     def __init__(self, scale: np.ndarray, bias: np.ndarray):
         self.scale, self.bias = scale.astype(np.float32), bias.astype(np.float32)
+        self.rows = np.ascontiguousarray(np.stack([self.scale, self.bias]))  # the C epilogue's (2, C) operand
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32, copy=False) * self.scale + self.bias
@@ -275,6 +291,7 @@ class Gemm(Node):
         else:
             self.state = _array(arrays, wname, f, np.float32, (self.k, n))
         self.pad_fill = 0
+        self._conv_codes = None
         if self.layer == "conv2d":
             self.kernel, self.stride, self.padding = f.pair("kernel", 1), f.pair("stride", 1), f.pair("padding", 0)
             if self.fmt == "codes":
@@ -342,21 +359,97 @@ class Gemm(Node):
         patches = im2col(x, kh, kw, sh, sw, ph, pw, fill=self.pad_fill)
         return patches.reshape(-1, patches.shape[-1]), patches.shape[:3]
 
+    def _codes_conv(self):
+        """(level set, code map, number of codes) of a k-bit conv's input, made on first use."""
+        if self._conv_codes is None:
+            from ..kernels.codes import _code_map
+            from ..kernels.levels import level_set
+
+            ls = level_set(self.a_levels)
+            self._conv_codes = (ls,) + _code_map(ls, self.a_table, f"layer {self.name!r}")
+        return self._conv_codes
+
+    def _fused(self, kernels) -> bool:
+        """Whether this k-bit conv runs as one pass of pack + GEMM + epilogue (kernels.codes.conv_core): any
+        pair of level sets but binary x binary, which the xnor kernel multiplies."""
+        return self.fmt == "codes" and self.layer == "conv2d" and kernels.choose_kernel(self.a_levels, self.b_levels) != "xnor"
+
+    def _conv(self, kernels, x: np.ndarray, out: str, epilogue=None):
+        from ..kernels.codes import conv_core
+
+        ls, table, ncodes = self._codes_conv()
+        mul, border, window, thr_t, sign, flip = epilogue or (1, None, None, None, None, False)
+        return conv_core(x, self.state, self.kernel, self.stride, self.padding, self.pad_fill, ls, table, ncodes,
+                         out, mul, border, window, thr_t, sign, flip, what=f"layer {self.name!r}")
+
     def reduce(self, kernels, x: np.ndarray) -> np.ndarray:
+        if self.fmt == "codes":  # im2col fused into the packing of the GEMM's operand (one C pass)
+            if self._fused(kernels):
+                return self._conv(kernels, x, "acc")
+            if self.layer == "dense":
+                x = x.reshape(len(x), -1)
+                pa = kernels.pack_dense_levels(x, self.a_levels, weights_levels=self.b_levels, values=self.a_table)
+                lead = (len(x),)
+            else:
+                pa = kernels.pack_conv_levels(x, self.kernel, self.stride, self.padding, self.pad_fill, self.a_levels,
+                                              weights_levels=self.b_levels, values=self.a_table)
+                lead = kernels.conv_output_shape(x.shape, self.kernel, self.stride, self.padding)
+            return kernels.quant_matmul_packed(pa, self.state).reshape(*lead, -1)
         rows, lead = self._rows(x)
         if self.fmt == "bits":
             acc = FORMATS["bits"].gemm(kernels, rows, self.state)
-        elif self.fmt == "codes":
-            if self.a_table is not None:
-                rows = self.a_table[rows]
-            pa = kernels.pack_levels(rows, self.a_levels, weights_levels=self.b_levels)
-            acc = kernels.quant_matmul_packed(pa, self.state)
         else:
             acc = rows.astype(np.float32, copy=False) @ self.state
         return acc.reshape(*lead, -1)
 
+    def _native_epilogue(self, shape, dtype) -> bool:
+        """Whether border, pool and the thresholds or affine map run as one C pass (kernels.codes) on
+        accumulators of this shape and dtype."""
+        ep = self.epilogue
+        if dtype != np.int32 or len(shape) not in (2, 4):
+            return False
+        if isinstance(ep, Thresholds):
+            if not ep.native or (ep.out == "bits" and ep.levels != 2):
+                return False
+            if self.fmt == "bits" and self.pool is None and self.border is None:
+                return False  # kernels.threshold_pack, in Thresholds.run
+        elif not isinstance(ep, Affine):
+            return False
+        if self.border is not None and (self.border.dtype != np.int32 or self.border.shape != tuple(shape[1:])):
+            return False
+        if self.pool is not None:
+            (kh, kw), _, (ph, pw) = self.pool
+            if len(shape) != 4 or shape[1] + 2 * ph < kh or shape[2] + 2 * pw < kw:
+                return False
+        return True
+
+    def _epilogue_operands(self):
+        """(mul, border, window, thresholds or scale/bias, sign, flip) as kernels.codes.epilogue takes them."""
+        ep = self.epilogue
+        window = None if self.pool is None else tuple(v for pair in self.pool for v in pair)  # kh, kw, sh, ...
+        mul = self.mul if self.border is not None else 1
+        if isinstance(ep, Affine):
+            return mul, self.border, window, ep.rows, None, False
+        return mul, self.border, window, ep.thr_t, ep.sign, ep.any_flip
+
+    def _out_kind(self) -> str:
+        return "float" if isinstance(self.epilogue, Affine) else self.epilogue.out
+
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
+        if self._fused(kernels) and x.ndim == 4:
+            lead = kernels.conv_output_shape(x.shape, self.kernel, self.stride, self.padding)
+            if self._native_epilogue(lead + (self.out_channels,), np.int32):  # the whole layer in one pass
+                return self._conv(kernels, x, self._out_kind(), self._epilogue_operands())
         acc = self.reduce(kernels, x)
+        if self._native_epilogue(acc.shape, acc.dtype):
+            from ..kernels.codes import epilogue
+
+            flat = acc.ndim == 2
+            acc4 = np.ascontiguousarray(acc).reshape((len(acc), 1, 1, acc.shape[1]) if flat else acc.shape)
+            mul, border, window, thr_t, sign, flip = self._epilogue_operands()
+            border = None if border is None else border.reshape(acc4.shape[1:])
+            out = epilogue(acc4, mul, border, window, thr_t, sign, flip, self._out_kind())
+            return out.reshape(len(acc), -1) if flat else out
         if self.border is not None:
             acc = acc.astype(self.border.dtype, copy=False) * self.border.dtype.type(self.mul) + self.border
         if self.pool is not None:
@@ -413,6 +506,8 @@ class Decode(Node1):
             f.fail("decoding bits needs a table of 2 values")
         if self.table.ndim != 1 or not 2 <= len(self.table) <= 256:
             f.fail(f"a decode table has 2..256 entries, got shape {self.table.shape}")
+        self._table256 = np.zeros(256, np.float32)
+        self._table256[:len(self.table)] = self.table
 
     def infer(self, f, shapes, out_repr):
         words = (self.channels + 63) // 64 if self.bits_in else self.channels
@@ -424,7 +519,13 @@ class Decode(Node1):
         if self.bits_in:
             minus = np.unpackbits(x.view(np.uint8), axis=-1, bitorder="little")[..., :self.channels]
             return self.table[1 - minus]  # bit 1 = code 0 (-1)
-        return self.table[x]
+        if x.dtype == np.uint8 and self.table.ndim == 1 and 1 <= len(self.table) <= 256:
+            from ..kernels.codes import decode
+
+            out, top = decode(x, self._table256)
+            if top < len(self.table):
+                return out
+        return self.table[x]  # (a code past the table raises IndexError here, as it always did)
 
     def describe(self) -> str:
         return f"{len(self.table)}-level {'bits' if self.bits_in else 'codes'} -> float"

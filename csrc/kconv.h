@@ -1,0 +1,158 @@
+/*
+ * kconv.h -- k-bit codes into and out of the k-bit GEMM (qgemm.h) without NumPy passes in between.
+ *
+ * Two pieces, each one threaded C pass with run-time CPU dispatch (portable / AVX2 / AVX-512):
+ *
+ *   pack      NHWC uint8 codes -> the rows the k-bit GEMM reads, im2col included: row r = (n, oy, ox) of a
+ *             conv with kernel kh x kw, stride, padding (out-of-image taps take the pad code) holds the
+ *             kh*kw*C codes of its window in (ky, kx, c) order, written straight into the kernel's layout:
+ *             int8 "a8" rows (zero padded to qg_a8_stride(K)) or bit planes (qg_plane_words), with the
+ *             row sums of codes the GEMM's level-set epilogue needs. A dense layer is the 1 x 1 conv of
+ *             an (rows, 1, 1, K) input. An optional 256-entry map turns input codes into the kernel's codes
+ *             (a code table that is no affine image of 0..L-1, e.g. log quantizers). With dst == NULL the
+ *             pass computes the row sums only (a dense a8 operand the GEMM can read in place).
+ *             Returns the largest *input* code read (pad code included), so the caller validates the
+ *             input with no pass of its own.
+ *
+ *   epilogue  int32 accumulators (N, H, W, C) -> v = acc * mul + border[y][x][c] (border optional,
+ *             int32 wrapping) -> optional max-pool of v (kernel, stride, padding; padded positions never
+ *             win) -> per-channel multi-threshold: code = #{j : sign[c] * v >= thr[j][c]} (int32, the
+ *             product wrapping like NumPy's) as uint8 codes (N, OH, OW, C), or for one threshold as
+ *             packed bits (N, OH, OW, ceil(C/64)) uint64, bit 1 where the code is 0 (the value -1 of the
+ *             graph runtime's ``bits``), channel pad bits 0.
+ *
+ * Row kernels per ISA: kconv_pack.c / kconv_epilogue.c (drivers and portable code), kconv_kernels_avx2.c,
+ * kconv_kernels_avx512.c (AVX-512BW for the byte work of the packer, AVX-512F for the epilogue).
+ */
+#ifndef LOWBIT_KCONV_H
+#define LOWBIT_KCONV_H
+
+#include "qgemm.h"
+
+#define KC_MAX_THREADS 256 /* as bg_parallel's limit */
+
+/* ---- pack ----------------------------------------------------------------------------------------- */
+typedef struct {
+    const uint8_t *x;         /* element (0, 0, 0, 0) of the NHWC codes */
+    ptrdiff_t xs_n, xs_h;     /* bytes between images and between image rows (pixels are c bytes apart) */
+    size_t n, h, w, c;
+    int kh, kw, sh, sw, ph, pw;
+    size_t oh, ow;            /* output size: rows = n * oh * ow */
+    const uint8_t *map;       /* NULL, or 256 entries: input code -> kernel code */
+    uint8_t pad;              /* input code of out-of-image taps (mapped like any other) */
+    int bits;                 /* 0: a8 rows; 1..8: bit planes of that many bits */
+    void *dst;                /* a8: uint8 rows of >= qg_a8_stride(K); planes: uint64 rows; NULL: sums only */
+    ptrdiff_t ldd;            /* row stride of dst, in bytes (a8) or words (planes) */
+    int32_t *sums;            /* rows entries: sum of each row's kernel codes (may be NULL) */
+} kc_pack_args;
+
+size_t kc_pack_rows(const kc_pack_args *p);          /* n * oh * ow */
+size_t kc_pack_k(const kc_pack_args *p);             /* kh * kw * c */
+/* packs every row; returns the largest input code read */
+unsigned kc_pack(const kc_pack_args *p, int path, int nthreads);
+
+/* per-ISA row finishers: the sum of len bytes; bit planes of nchunks 64-code chunks (buf zero past K) into
+ * a planes row d, with the sum of the codes. Both fold the bytes they read into vmax, a 64-byte running
+ * byte-wise max (its largest byte: the largest code seen), so a row costs no horizontal max. */
+typedef void (*kc_sum_max_fn)(const uint8_t *x, size_t len, uint32_t *sum, uint8_t *vmax);
+typedef void (*kc_planes_fn)(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d, uint32_t *sum,
+                             uint8_t *vmax);
+void kc_sum_max_scalar(const uint8_t *x, size_t len, uint32_t *sum, uint8_t *vmax);
+void kc_planes_scalar(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d, uint32_t *sum, uint8_t *vmax);
+#if LB_X86
+void kc_sum_max_avx2(const uint8_t *x, size_t len, uint32_t *sum, uint8_t *vmax);
+void kc_planes_avx2(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d, uint32_t *sum, uint8_t *vmax);
+void kc_sum_max_avx512(const uint8_t *x, size_t len, uint32_t *sum, uint8_t *vmax);
+void kc_planes_avx512(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d, uint32_t *sum, uint8_t *vmax);
+#endif
+typedef struct {
+    kc_sum_max_fn sum_max;
+    kc_planes_fn planes;
+} kc_row_fns;
+kc_row_fns kc_row_fns_for(int path);
+/* rows [r0, r1) of the pass: row r into dst + (r - r0) * ldd (NULL: sums only) and sums[r - r0] (may be
+ * NULL); buf: kc_pack_buf_bytes(p) bytes, zeroed once by the caller (bit planes and dst-less rows are
+ * gathered there). Returns the largest input code read. */
+size_t kc_pack_buf_bytes(const kc_pack_args *p);
+unsigned kc_pack_range(const kc_pack_args *p, const kc_row_fns *f, size_t r0, size_t r1, void *dst, ptrdiff_t ldd,
+                       int32_t *sums, uint8_t *buf);
+
+/* ---- epilogue ------------------------------------------------------------------------------------- */
+typedef struct {
+    const int32_t *acc;       /* (n, h, w) pixels of c channels, pixel p at acc + p * ld_acc */
+    size_t n, h, w, c;
+    int32_t mul;              /* v = acc * mul + border (uint32 arithmetic: wraps) */
+    const int32_t *border;    /* (h, w) pixels (stride ld_border) or NULL (0) */
+    int kh, kw, sh, sw, ph, pw; /* max-pool window; kh == 0: no pooling (oh = h, ow = w) */
+    size_t oh, ow;
+    int nthr;                 /* thresholds per channel, 1..255 (levels - 1) */
+    const int32_t *thr;       /* the signed thresholds: threshold j of channel ch at thr[j * ld_thr + ch] */
+    const int32_t *sign;      /* (c) +-1 */
+    int flip;                 /* some sign is -1 */
+    int out_bits;             /* 0: uint8 codes (n, oh, ow) pixels; 1: uint64 bits, ceil(c / 64) words a pixel */
+    void *out;                /* pixel p at out + p * ld_out (bytes for codes, words for bits, floats) */
+    size_t ld_acc, ld_border, ld_thr, ld_out; /* all c (words for bits) when the arrays are whole */
+    int out_float;            /* 1: no thresholds; out = (float)v * scale[ch] + bias[ch] (float32, unfused) */
+    const float *scale, *bias;
+} kc_epi_args;
+
+/* output image rows [r0, r1) (r = n * oh + oy), one ISA each */
+typedef void (*kc_epi_rows_fn)(const kc_epi_args *e, size_t r0, size_t r1);
+void kc_epi_rows_scalar(const kc_epi_args *e, size_t r0, size_t r1);
+#if LB_X86
+void kc_epi_rows_avx2(const kc_epi_args *e, size_t r0, size_t r1);
+void kc_epi_rows_avx512(const kc_epi_args *e, size_t r0, size_t r1);
+#endif
+void kc_epilogue(const kc_epi_args *e, int path, int nthreads);
+kc_epi_rows_fn kc_epi_fn_for(int path);
+
+/* ---- a whole conv layer: pack + GEMM + epilogue per band of its output (kconv_conv.c) --------------- */
+typedef struct {
+    kc_pack_args pack;        /* the input and the conv window (dst, ldd, sums unused); bits: the kernel's
+                               * layout, 0 (a8) for QG_INT8, the codes' bits (planes) for QG_BITSERIAL */
+    qg_args gemm;             /* kind, b, ldb, abits, bbits, bstore, n, k, sa, oa, sb, ob, zb, sumb;
+                               * a, lda, m, suma, c, ldc are set per block */
+    int pooled;               /* epi's window is a max-pool (epi.oh, epi.ow: the pooled size) */
+    kc_epi_args epi;          /* border (OH, OW, n) contiguous, mul, window, thresholds (nthr, n), sign,
+                               * flip, out_bits, out (the whole output, contiguous); per-block fields are set
+                               * per block */
+    int32_t *out_acc;         /* non-NULL: no epilogue; the int32 product, rows x n, row stride ld_out_acc */
+    ptrdiff_t ld_out_acc;
+} kc_conv_args;
+
+/* 0, or -1 when no thread could allocate its blocks; *max_code: the largest input code read */
+int kc_conv(kc_conv_args *a, int path, int nthreads, unsigned *max_code);
+
+/* ---- float32 in and out ---------------------------------------------------------------------------- */
+/* per-channel thresholds of float32 values (a quantizer after a float op): code = #{j : sign[ch] * x >=
+ * thr[j][ch]} (float compares: NaN counts no threshold), as uint8 codes or, for one threshold, packed bits */
+typedef struct {
+    const float *x;           /* rows x c, row stride ld_x */
+    size_t rows, c, ld_x;
+    int nthr;
+    const float *thr;         /* (nthr, c) */
+    const float *sign;        /* (c) +-1 or NULL (all +1) */
+    int out_bits;
+    void *out;                /* rows x c uint8, or rows x ceil(c / 64) uint64, contiguous */
+} kc_fthr_args;
+typedef void (*kc_fthr_rows_fn)(const kc_fthr_args *f, size_t r0, size_t r1);
+void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1);
+#if LB_X86
+void kc_fthr_rows_avx2(const kc_fthr_args *f, size_t r0, size_t r1);
+void kc_fthr_rows_avx512(const kc_fthr_args *f, size_t r0, size_t r1);
+#endif
+void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
+/* out[i] = table[codes[i]] for n codes (table: 256 entries); returns the largest code */
+unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads);
+
+/* the window of output position o along one axis: input positions [lo, hi) of [0, size) */
+static inline void kc_window(size_t o, int k, int s, int p, size_t size, size_t *lo, size_t *hi)
+{
+    const ptrdiff_t a = (ptrdiff_t)o * s - p, b = a + k;
+    *lo = a < 0 ? 0 : (size_t)a;
+    *hi = b < 0 ? 0 : ((size_t)b > size ? size : (size_t)b);
+    if (*hi < *lo)
+        *hi = *lo;
+}
+
+#endif /* LOWBIT_KCONV_H */

@@ -1,0 +1,251 @@
+/*
+ * kconv_epilogue.c -- int32 accumulators -> k-bit codes (or packed bits) in one pass (kconv.h): the
+ * driver and the portable row kernel.
+ *
+ * Per output position: v = acc * mul + border over the pooling window (or the one position), the max of
+ * those, the channel's sign applied (int32, wrapping), and the count of thresholds at or below it. The
+ * arithmetic is NumPy's int32 arithmetic (wrapping), so the result is bit-identical to the NumPy passes
+ * it replaces (lowbit.runtime.graph). Threads split the output image rows.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kconv.h"
+
+/* v of channels [0, c) at input position (img, y, x) into dst (first) or maxed into it */
+static inline void load_v(const kc_epi_args *e, size_t img, size_t y, size_t x, int32_t *dst, int first)
+{
+    const size_t c = e->c;
+    const int32_t *a = e->acc + ((img * e->h + y) * e->w + x) * e->ld_acc;
+    const int32_t *b = e->border ? e->border + (y * e->w + x) * e->ld_border : NULL;
+    const uint32_t mul = (uint32_t)e->mul;
+    for (size_t ch = 0; ch < c; ch++) {
+        const int32_t v = (int32_t)((uint32_t)a[ch] * mul + (b ? (uint32_t)b[ch] : 0u));
+        dst[ch] = first || v > dst[ch] ? v : dst[ch];
+    }
+}
+
+void kc_epi_rows_scalar(const kc_epi_args *e, size_t r0, size_t r1)
+{
+    const kc_epi_args a = *e; /* a local copy: the uint8 stores below alias everything */
+    const size_t c = a.c;
+    int32_t *v = (int32_t *)malloc((c ? c : 1) * sizeof(int32_t));
+    if (!v)
+        return; /* the driver checked this size could be allocated; cannot happen in practice */
+    for (size_t r = r0; r < r1; r++) {
+        const size_t img = r / a.oh, oy = r % a.oh;
+        for (size_t ox = 0; ox < a.ow; ox++) {
+            if (a.kh == 0) {
+                load_v(&a, img, oy, ox, v, 1);
+            } else {
+                size_t ylo, yhi, xlo, xhi;
+                kc_window(oy, a.kh, a.sh, a.ph, a.h, &ylo, &yhi);
+                kc_window(ox, a.kw, a.sw, a.pw, a.w, &xlo, &xhi);
+                for (size_t ch = 0; ch < c; ch++)
+                    v[ch] = INT32_MIN; /* the padded positions' value: never wins */
+                for (size_t y = ylo; y < yhi; y++)
+                    for (size_t x = xlo; x < xhi; x++)
+                        load_v(&a, img, y, x, v, 0);
+            }
+            const size_t pix = r * a.ow + ox;
+            if (a.out_float) { /* float32 product, then float32 sum: NumPy's x.astype(f32) * scale + bias */
+                float *o = (float *)a.out + pix * a.ld_out;
+                for (size_t ch = 0; ch < c; ch++) {
+                    volatile float prod = (float)v[ch] * a.scale[ch]; /* no contraction into an fma */
+                    o[ch] = prod + a.bias[ch];
+                }
+                continue;
+            }
+            if (a.flip)
+                for (size_t ch = 0; ch < c; ch++)
+                    v[ch] = (int32_t)((uint32_t)v[ch] * (uint32_t)a.sign[ch]);
+            if (a.out_bits) {
+                uint64_t *o = (uint64_t *)a.out + pix * a.ld_out;
+                for (size_t wd = 0; wd * 64 < c; wd++) {
+                    uint64_t word = 0;
+                    const size_t end = c - 64 * wd < 64 ? c - 64 * wd : 64;
+                    for (size_t q = 0; q < end; q++)
+                        word |= (uint64_t)(v[64 * wd + q] < a.thr[64 * wd + q]) << q;
+                    o[wd] = word;
+                }
+            } else {
+                uint8_t *o = (uint8_t *)a.out + pix * a.ld_out;
+                for (size_t ch = 0; ch < c; ch++) {
+                    unsigned cnt = 0;
+                    for (int j = 0; j < a.nthr; j++)
+                        cnt += v[ch] >= a.thr[(size_t)j * a.ld_thr + ch];
+                    o[ch] = (uint8_t)cnt;
+                }
+            }
+        }
+    }
+    free(v);
+}
+
+/* ---- float32 thresholds and decoding ------------------------------------------------------------- */
+void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1)
+{
+    const kc_fthr_args a = *f;
+    const size_t c = a.c, words = (c + 63) / 64;
+    for (size_t r = r0; r < r1; r++) {
+        const float *x = a.x + r * a.ld_x;
+        if (a.out_bits) {
+            uint64_t *o = (uint64_t *)a.out + r * words;
+            for (size_t wd = 0; wd < words; wd++) {
+                uint64_t word = 0;
+                const size_t end = c - 64 * wd < 64 ? c - 64 * wd : 64;
+                for (size_t q = 0; q < end; q++) {
+                    const size_t ch = 64 * wd + q;
+                    const float v = a.sign ? x[ch] * a.sign[ch] : x[ch];
+                    word |= (uint64_t)!(v >= a.thr[ch]) << q;
+                }
+                o[wd] = word;
+            }
+        } else {
+            uint8_t *o = (uint8_t *)a.out + r * c;
+            for (size_t ch = 0; ch < c; ch++) {
+                const float v = a.sign ? x[ch] * a.sign[ch] : x[ch];
+                unsigned cnt = 0;
+                for (int j = 0; j < a.nthr; j++)
+                    cnt += v >= a.thr[(size_t)j * c + ch];
+                o[ch] = (uint8_t)cnt;
+            }
+        }
+    }
+}
+
+typedef struct {
+    const kc_fthr_args *f;
+    kc_fthr_rows_fn fn;
+    size_t units;
+} fthr_ctx;
+
+static void fthr_unit(void *vctx, size_t u, void *scratch)
+{
+    (void)scratch;
+    const fthr_ctx *ctx = (const fthr_ctx *)vctx;
+    const size_t r0 = ctx->f->rows * u / ctx->units, r1 = ctx->f->rows * (u + 1) / ctx->units;
+    if (r0 < r1)
+        ctx->fn(ctx->f, r0, r1);
+}
+
+static size_t units_for(int nt, size_t rows);
+static int threads_for(double work, int nthreads);
+
+void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
+{
+    if (f->rows == 0 || f->c == 0)
+        return;
+    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
+        path = lb_best_path();
+    fthr_ctx ctx = {f, kc_fthr_rows_scalar, 0};
+#if LB_X86
+    if (path >= LB_PATH_AVX512)
+        ctx.fn = kc_fthr_rows_avx512;
+    else if (path >= LB_PATH_AVX2)
+        ctx.fn = kc_fthr_rows_avx2;
+#endif
+    const int nt = threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr) * 0.3, nthreads);
+    ctx.units = units_for(nt, f->rows);
+    qg_run_units(ctx.units, nt, fthr_unit, &ctx, 0);
+}
+
+typedef struct {
+    const uint8_t *codes;
+    size_t n, units;
+    const float *table;
+    float *out;
+    atomic_uint max;
+} decode_ctx;
+
+static void decode_unit(void *vctx, size_t u, void *scratch)
+{
+    (void)scratch;
+    decode_ctx *ctx = (decode_ctx *)vctx;
+    const size_t i0 = ctx->n * u / ctx->units, i1 = ctx->n * (u + 1) / ctx->units;
+    const uint8_t *codes = ctx->codes;
+    const float *table = ctx->table;
+    float *out = ctx->out;
+    unsigned m = 0;
+    for (size_t i = i0; i < i1; i++) {
+        const unsigned code = codes[i];
+        m = code > m ? code : m;
+        out[i] = table[code];
+    }
+    unsigned cur = atomic_load(&ctx->max);
+    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
+    }
+}
+
+unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads)
+{
+    if (n == 0)
+        return 0;
+    decode_ctx ctx;
+    ctx.codes = codes, ctx.n = n, ctx.table = table, ctx.out = out;
+    atomic_init(&ctx.max, 0);
+    const int nt = threads_for((double)n * 0.5, nthreads); /* ~0.5 ns a code */
+    ctx.units = units_for(nt, n);
+    qg_run_units(ctx.units, nt, decode_unit, &ctx, 0);
+    return atomic_load(&ctx.max);
+}
+
+kc_epi_rows_fn kc_epi_fn_for(int path)
+{
+    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
+        path = lb_best_path();
+#if LB_X86
+    if (path >= LB_PATH_AVX512)
+        return kc_epi_rows_avx512;
+    if (path >= LB_PATH_AVX2)
+        return kc_epi_rows_avx2;
+#else
+    (void)path;
+#endif
+    return kc_epi_rows_scalar;
+}
+
+typedef struct {
+    const kc_epi_args *e;
+    kc_epi_rows_fn fn;
+    size_t units;
+} epi_ctx;
+
+static void epi_unit(void *vctx, size_t u, void *scratch)
+{
+    (void)scratch;
+    const epi_ctx *ctx = (const epi_ctx *)vctx;
+    const size_t rows = ctx->e->n * ctx->e->oh;
+    const size_t r0 = rows * u / ctx->units, r1 = rows * (u + 1) / ctx->units;
+    if (r0 < r1)
+        ctx->fn(ctx->e, r0, r1);
+}
+
+/* units for nt threads over `rows`: ~4 a thread (a thread that gets no core leaves its share to the others) */
+static size_t units_for(int nt, size_t rows)
+{
+    const size_t u = nt > 1 ? 4 * (size_t)nt : 1;
+    return u > rows ? rows : u;
+}
+
+static int threads_for(double work, int nthreads)
+{
+    int nt = (int)(work / 1e5);
+    if (nt > nthreads) nt = nthreads;
+    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
+    return nt < 1 ? 1 : nt;
+}
+
+void kc_epilogue(const kc_epi_args *e, int path, int nthreads)
+{
+    const size_t rows = e->n * e->oh;
+    if (rows == 0 || e->ow == 0)
+        return;
+    epi_ctx ctx = {e, kc_epi_fn_for(path), 0};
+    /* ~0.3 ns per accumulator read and threshold: a thread per ~100 us of that */
+    const double win = e->kh ? (double)e->kh * (double)e->kw : 1.0;
+    const int nt = threads_for((double)rows * (double)e->ow * (double)e->c * (win + 0.3 * e->nthr) * 0.3, nthreads);
+    ctx.units = units_for(nt, rows);
+    qg_run_units(ctx.units, nt, epi_unit, &ctx, 0);
+}
