@@ -124,13 +124,10 @@ def _out_size(size: int, k: int, s: int, p: int, f: _Fields) -> int:
 # ---- the pieces a node is made of -------------------------------------------------------------------------
 
 
-def maxpool_nhwc(a: np.ndarray, kernel, stride, padding, fill) -> np.ndarray:
-    """Max-pooling of an (N, H, W, C) map; padded positions hold ``fill`` (a value no window prefers)."""
+def _windows(a: np.ndarray, kernel, stride, padding, fill, combine) -> np.ndarray:
+    """Combine (elementwise ``combine(out, win, out=out)``) every window tap of an (N, H, W, C) map padded
+    with ``fill``: the strided-slice loop every pooling here shares."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    if (kh, kw) == (sh, sw) == (2, 2) and (ph, pw) == (0, 0):  # the common case: one reshape
-        n, h, w, c = a.shape
-        a = a[:, :h // 2 * 2, :w // 2 * 2]
-        return a.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
     n, h, w, c = a.shape
     if ph or pw:
         p = np.full((n, h + 2 * ph, w + 2 * pw, c), fill, a.dtype)
@@ -141,26 +138,24 @@ def maxpool_nhwc(a: np.ndarray, kernel, stride, padding, fill) -> np.ndarray:
     for i in range(kh):
         for j in range(kw):
             win = a[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-            out = win.copy() if out is None else np.maximum(out, win, out=out)
+            out = win.copy() if out is None else combine(out, win, out=out)
     return out
+
+
+def maxpool_nhwc(a: np.ndarray, kernel, stride, padding, fill) -> np.ndarray:
+    """Max-pooling of an (N, H, W, C) map; padded positions hold ``fill`` (a value no window prefers)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    if (kh, kw) == (sh, sw) == (2, 2) and (ph, pw) == (0, 0):  # the common case: one reshape
+        n, h, w, c = a.shape
+        a = a[:, :h // 2 * 2, :w // 2 * 2]
+        return a.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return _windows(a, kernel, stride, padding, fill, np.maximum)
 
 
 def maxpool_bits(a: np.ndarray, kernel, stride, padding) -> np.ndarray:
     """Max-pooling of packed +-1 codes: the max is -1 (bit 1) only where every input is -1, a bitwise AND.
     Padded positions are all ones (-1), which never wins."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, h, w, c = a.shape
-    if ph or pw:
-        p = np.full((n, h + 2 * ph, w + 2 * pw, c), np.uint64(0xFFFFFFFFFFFFFFFF), np.uint64)
-        p[:, ph:ph + h, pw:pw + w] = a
-        a = p
-    oh, ow = (a.shape[1] - kh) // sh + 1, (a.shape[2] - kw) // sw + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            win = a[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-            out = win.copy() if out is None else np.bitwise_and(out, win, out=out)
-    return out
+    return _windows(a, kernel, stride, padding, np.uint64(0xFFFFFFFFFFFFFFFF), np.bitwise_and)
 
 
 def avgpool_nhwc(a: np.ndarray, kernel, stride, padding, count_include_pad: bool) -> np.ndarray:

@@ -561,8 +561,9 @@ class IntRecurrentModel:
     # ---- running -------------------------------------------------------------------------------------
 
     def _run_layer(self, layer, x: np.ndarray, state: Tuple[np.ndarray, ...]):
-        """One layer over the int8 sequence ``x`` (T, B, I) from ``state``: (int8 (T, B, H), new state)."""
-        raise NotImplementedError
+        """One layer over the int8 sequence ``x`` (T, B, I) from ``state``: (int8 (T, B, H), new state).
+        The cell's own arithmetic: each cell class (IntLSTM, IntGRU, IntRNN) defines it."""
+        raise NotImplementedError(f"{type(self).__name__} is the shared base; load an int_lstm/int_gru/int_rnn file")
 
     def run_quantized(self, x_q: np.ndarray, state: Optional[State] = None):
         x_q = np.asarray(x_q)
