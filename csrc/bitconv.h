@@ -41,7 +41,15 @@
 /* Output channels per weight group: one group is 4 zmm of 8 channels (avx512), 8 ymm of 4 (avx2), and half
  * a packed output word. */
 #define BC_G 32
-/* Output pixels per cache block: the block's patches stay in L1/L2 while every channel group runs over them. */
+/* Tile heights (output pixels per register tile) of the pixel kernels. AVX2: 3 x 8 channels is 6 byte counters +
+ * 4 weight vectors + the table + 2 broadcasts + temporaries = 16 ymm (2 pixels measured slower, 4 spills). */
+#define BC_SCALAR_MR 2
+#ifndef BC_AVX2_MR
+#define BC_AVX2_MR 3 /* 1..4 */
+#endif
+#define BC_AVX512_MR 6
+
+/* Output pixels per cache block (a multiple of every tile height): the block's patches stay in L1/L2 while every channel group runs over them. */
 #define BC_PB 96
 
 /* ---- prepared weights ---------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ static size_t bc_tile_rows(int path)
 {
     switch (path) {
     case LB_PATH_AVX512:
-    case LB_PATH_AVX512VNNI: return 6;
-    case LB_PATH_AVX2: return 3;
-    default: return 2;
+    case LB_PATH_AVX512VNNI: return BC_AVX512_MR;
+    case LB_PATH_AVX2: return BC_AVX2_MR;
+    default: return BC_SCALAR_MR;
     }
 }
 

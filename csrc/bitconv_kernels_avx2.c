@@ -20,7 +20,6 @@
 #define BC_AVX2_FN __attribute__((target("avx2,popcnt")))
 #define BC_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,popcnt")))
 
-#define BC_AVX2_MR 3 /* 6 byte counters + 4 weight vectors + table + 2 broadcasts + temporaries: 16 ymm */
 #define BC_AVX2_RUN 31 /* steps per byte-counter run: 31 * 8 = 248 <= 255 */
 
 #define BC_LUT                                                                                          \
@@ -51,13 +50,13 @@ BC_AVX2_INLINE void tile_avx2(const int MR, const bc_work *wk, size_t g, const u
     const ptrdiff_t hi = wk->hi;
     const ptrdiff_t whi = (ptrdiff_t)(wk->kwords * BC_G);
     const __m256i ksum = _mm256_set1_epi32(wk->ksum);
-    uint32_t bits[BC_AVX2_MR] = {0};
-    const uint64_t *xr[BC_AVX2_MR];
+    uint32_t bits[4] = {0};
+    const uint64_t *xr[4];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++)
         xr[i] = wk->x0 + off[i];
     for (size_t q = 0; q < channels; q += 8) {
-        __m256i cnt[BC_AVX2_MR][2], tot[BC_AVX2_MR][2];
+        __m256i cnt[4][2], tot[4][2];
 #pragma GCC unroll 4
         for (int i = 0; i < MR; i++)
             cnt[i][0] = cnt[i][1] = tot[i][0] = tot[i][1] = zero;
@@ -133,7 +132,12 @@ BC_AVX2_FN void bc_pixels_avx2(const bc_work *wk, size_t p0, size_t p1)
             for (size_t p = pb; p < pe; p += BC_AVX2_MR) {
                 const ptrdiff_t *o = off + (p - pb);
                 switch (pe - p >= BC_AVX2_MR ? BC_AVX2_MR : pe - p) {
+#if BC_AVX2_MR >= 4
+                case 4: tile_avx2(4, wk, g, panel, o, p); break;
+#endif
+#if BC_AVX2_MR >= 3
                 case 3: tile_avx2(3, wk, g, panel, o, p); break;
+#endif
                 case 2: tile_avx2(2, wk, g, panel, o, p); break;
                 default: tile_avx2(1, wk, g, panel, o, p); break;
                 }

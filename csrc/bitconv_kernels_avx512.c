@@ -21,7 +21,7 @@
 #define BC_AVX512_FN __attribute__((target("avx512f,avx512vpopcntdq")))
 #define BC_AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512vpopcntdq")))
 
-#define BC512_MR 6
+#define BC512_MR BC_AVX512_MR
 
 /* the 16 int32 results (K - 2 pop) of two accumulators of 8 channels */
 BC_AVX512_INLINE __m512i results16(__m512i a, __m512i b, __m512i ksum)

@@ -8,7 +8,6 @@
  */
 #include "bitconv.h"
 
-#define BC_SCALAR_MR 2
 
 /* wrapping int32 arithmetic without signed-overflow UB */
 static inline __attribute__((always_inline)) int32_t bc_result(int32_t ksum, uint64_t pop)
