@@ -122,6 +122,31 @@ static inline ptrdiff_t bc_patch_offset(const bc_work *wk, size_t p)
     return (ptrdiff_t)(((img * wk->hp + oy * wk->sh) * wk->wp + ox * wk->sw) * wk->cw);
 }
 
+/* bc_patch_offset of pixels p0 .. p1 - 1 into off[]: one division, then steps along the rows. */
+static inline void bc_patch_offsets(const bc_work *wk, size_t p0, size_t p1, ptrdiff_t *off)
+{
+    if (p0 >= p1)
+        return;
+    const size_t per_image = wk->oh * wk->ow;
+    size_t img = p0 / per_image, r = p0 % per_image;
+    size_t oy = r / wk->ow, ox = r % wk->ow;
+    const ptrdiff_t step = (ptrdiff_t)(wk->sw * wk->cw);
+    ptrdiff_t o = bc_patch_offset(wk, p0);
+    for (size_t p = p0; p < p1; p++) {
+        off[p - p0] = o;
+        if (++ox < wk->ow) {
+            o += step;
+        } else { /* next output row (or image) */
+            ox = 0;
+            if (++oy == wk->oh) {
+                oy = 0;
+                img++;
+            }
+            o = (ptrdiff_t)(((img * wk->hp + oy * wk->sh) * wk->wp) * wk->cw);
+        }
+    }
+}
+
 /* The channels of group g that exist (1..32), and a mask of their bits. */
 static inline size_t bc_group_channels(const bc_work *wk, size_t g)
 {

@@ -125,8 +125,7 @@ BC_AVX2_FN void bc_pixels_avx2(const bc_work *wk, size_t p0, size_t p1)
     ptrdiff_t off[BC_PB];
     for (size_t pb = p0; pb < p1; pb += BC_PB) {
         const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
-        for (size_t p = pb; p < pe; p++)
-            off[p - pb] = bc_patch_offset(wk, p);
+        bc_patch_offsets(wk, pb, pe, off);
         for (size_t g = 0; g < wk->ngroups; g++) {
             const uint64_t *panel = wk->w + g * wk->panel_words;
             for (size_t p = pb; p < pe; p += BC_AVX2_MR) {

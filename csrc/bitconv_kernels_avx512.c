@@ -41,43 +41,43 @@ BC_AVX512_INLINE void tile512(const int MR, const bc_work *wk, size_t g, const u
         for (int v = 0; v < 4; v++)
             acc[i][v] = _mm512_setzero_si512();
 
-    const size_t rowlen = wk->kw * wk->cw;
-    const ptrdiff_t rstride = (ptrdiff_t)(wk->wp * wk->cw);
+    const uint64_t *xr[BC512_MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+        xr[i] = wk->x0 + off[i];
     const uint64_t *w = panel;
-    for (size_t dy = 0; dy < wk->kh; dy++) {
-        const uint64_t *xr[BC512_MR];
+    for (size_t kk = 0; kk < wk->kwords; kk++, w += BC_G) { /* one flat loop over the patch's words */
+        const ptrdiff_t o = wk->koff[kk];
+        const __m512i W0 = _mm512_load_si512((const void *)w);
+        const __m512i W1 = _mm512_load_si512((const void *)(w + 8));
+        const __m512i W2 = _mm512_load_si512((const void *)(w + 16));
+        const __m512i W3 = _mm512_load_si512((const void *)(w + 24));
 #pragma GCC unroll 6
-        for (int i = 0; i < MR; i++)
-            xr[i] = wk->x0 + off[i] + (ptrdiff_t)dy * rstride;
-        for (size_t j = 0; j < rowlen; j++, w += BC_G) {
-            const __m512i W0 = _mm512_load_si512((const void *)w);
-            const __m512i W1 = _mm512_load_si512((const void *)(w + 8));
-            const __m512i W2 = _mm512_load_si512((const void *)(w + 16));
-            const __m512i W3 = _mm512_load_si512((const void *)(w + 24));
-#pragma GCC unroll 6
-            for (int i = 0; i < MR; i++) {
-                const __m512i b = _mm512_set1_epi64((long long)xr[i][j]);
-                acc[i][0] = _mm512_add_epi64(acc[i][0], _mm512_popcnt_epi64(_mm512_xor_si512(b, W0)));
-                acc[i][1] = _mm512_add_epi64(acc[i][1], _mm512_popcnt_epi64(_mm512_xor_si512(b, W1)));
-                acc[i][2] = _mm512_add_epi64(acc[i][2], _mm512_popcnt_epi64(_mm512_xor_si512(b, W2)));
-                acc[i][3] = _mm512_add_epi64(acc[i][3], _mm512_popcnt_epi64(_mm512_xor_si512(b, W3)));
-            }
+        for (int i = 0; i < MR; i++) {
+            const __m512i b = _mm512_set1_epi64((long long)xr[i][o]);
+            acc[i][0] = _mm512_add_epi64(acc[i][0], _mm512_popcnt_epi64(_mm512_xor_si512(b, W0)));
+            acc[i][1] = _mm512_add_epi64(acc[i][1], _mm512_popcnt_epi64(_mm512_xor_si512(b, W1)));
+            acc[i][2] = _mm512_add_epi64(acc[i][2], _mm512_popcnt_epi64(_mm512_xor_si512(b, W2)));
+            acc[i][3] = _mm512_add_epi64(acc[i][3], _mm512_popcnt_epi64(_mm512_xor_si512(b, W3)));
         }
     }
 
     const __m512i ksum = _mm512_set1_epi32(wk->ksum);
     const size_t channels = bc_group_channels(wk, g);
     if (wk->sign) {
-        const __m512i bias = _mm512_set1_epi32(wk->bias);
-        const __m512i s0 = _mm512_loadu_si512((const void *)(wk->sign + g * BC_G));
-        const __m512i s1 = _mm512_loadu_si512((const void *)(wk->sign + g * BC_G + 16));
+        const __m512i bias = _mm512_set1_epi32(wk->bias), zero = _mm512_setzero_si512();
+        /* lanes whose BN scale is negative: x -> -x (wrapping), by a masked subtract */
+        const __mmask16 n0 = _mm512_cmplt_epi32_mask(_mm512_loadu_si512((const void *)(wk->sign + g * BC_G)), zero);
+        const __mmask16 n1 = _mm512_cmplt_epi32_mask(_mm512_loadu_si512((const void *)(wk->sign + g * BC_G + 16)), zero);
         const __m512i t0 = _mm512_loadu_si512((const void *)(wk->thr + g * BC_G));
         const __m512i t1 = _mm512_loadu_si512((const void *)(wk->thr + g * BC_G + 16));
         const uint32_t keep = bc_group_mask(channels);
 #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
-            const __m512i r0 = _mm512_mullo_epi32(_mm512_sub_epi32(results16(acc[i][0], acc[i][1], ksum), bias), s0);
-            const __m512i r1 = _mm512_mullo_epi32(_mm512_sub_epi32(results16(acc[i][2], acc[i][3], ksum), bias), s1);
+            const __m512i x0 = _mm512_sub_epi32(results16(acc[i][0], acc[i][1], ksum), bias);
+            const __m512i x1 = _mm512_sub_epi32(results16(acc[i][2], acc[i][3], ksum), bias);
+            const __m512i r0 = _mm512_mask_sub_epi32(x0, n0, zero, x0);
+            const __m512i r1 = _mm512_mask_sub_epi32(x1, n1, zero, x1);
             const uint32_t bits = ((uint32_t)_mm512_cmplt_epi32_mask(r0, t0) |
                                    ((uint32_t)_mm512_cmplt_epi32_mask(r1, t1) << 16)) & keep;
             bc_put_bits(wk, p + (size_t)i, g, bits);
@@ -106,8 +106,7 @@ BC_AVX512_FN void bc_pixels_avx512(const bc_work *wk, size_t p0, size_t p1)
     ptrdiff_t off[BC_PB];
     for (size_t pb = p0; pb < p1; pb += BC_PB) {
         const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
-        for (size_t p = pb; p < pe; p++)
-            off[p - pb] = bc_patch_offset(wk, p);
+        bc_patch_offsets(wk, pb, pe, off);
         for (size_t g = 0; g < wk->ngroups; g++) {
             const uint64_t *panel = wk->w + g * wk->panel_words;
             for (size_t p = pb; p < pe; p += BC512_MR) {

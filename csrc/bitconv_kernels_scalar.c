@@ -78,8 +78,7 @@ static inline __attribute__((always_inline)) void scalar_pixels(const bc_work *w
     ptrdiff_t off[BC_PB];
     for (size_t pb = p0; pb < p1; pb += BC_PB) {
         const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
-        for (size_t p = pb; p < pe; p++)
-            off[p - pb] = bc_patch_offset(wk, p);
+        bc_patch_offsets(wk, pb, pe, off);
         for (size_t g = 0; g < wk->ngroups; g++) {
             const uint64_t *panel = wk->w + g * wk->panel_words;
             for (size_t p = pb; p < pe; p += BC_SCALAR_MR) {
