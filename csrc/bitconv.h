@@ -102,6 +102,12 @@ typedef struct {
     size_t owords;                /* ceil(nout / 64) */
     const int32_t *sign, *thr;    /* ngroups * 32 long (padded with 1 / 0), or NULL: int32 output */
     int32_t bias;
+    /* The threshold on the popcount itself (set when no int32 wrap can occur, i.e. always in the runtime):
+     *   bit j = (pop_j > pop_thr[j]) XOR (sign[j] < 0)         exactly sign * (ksum - 2 pop - bias) < thr
+     * pop_thr: ngroups * 32 int64 (padding channels 0); neg: per group, bit j set where sign[32 g + j] < 0.
+     * NULL: the kernels compute the int32 value and compare it (wrapping), as threshold_pack does. */
+    const int64_t *pop_thr;
+    const uint32_t *neg;
 } bc_work;
 
 /* output pixels [p0, p1) (flattened over n, oy, ox), every channel */

@@ -10,6 +10,7 @@
  *      channel group over its pixels (it reads all the weights, ~74 KB for 256 x 3 x 3 x 256, from L2).
  */
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,6 +175,8 @@ int bc_conv2d(const bc_conv_args *a, int path, int nthreads)
     uint64_t *lo = NULL;
     int32_t *sign = NULL, *thr = NULL;
     ptrdiff_t *koff = NULL;
+    int64_t *pop_thr = NULL;
+    uint32_t *neg = NULL;
     int rc = 0;
     if (split || a->ph || a->pw || a->in_bits != 64 * a->cw) {
         const size_t words = a->n * hp * wp * a->cw; /* per plane; avx2: low then high nibbles, one block */
@@ -229,6 +232,34 @@ int bc_conv2d(const bc_conv_args *a, int path, int nthreads)
         }
         wk.sign = sign;
         wk.thr = thr;
+        /* The comparison moved onto the popcount, where it needs no conversion to int32: exact when
+         * u = ksum - 2 pop - bias stays in int32 for every pop in 0..ksum (and -u too where sign < 0); then
+         *   sign > 0:  u < thr   <=>  2 pop > ksum - bias - thr    <=>  pop > floor((ksum - bias - thr) / 2)
+         *   sign < 0:  -u < thr  <=>  2 pop < thr + ksum - bias    <=>  !(pop > ceil((thr + ksum - bias) / 2) - 1) */
+        const int64_t K = wk.ksum, b = a->bias;
+        const int exact = K - b <= INT32_MAX && -K - b > INT32_MIN; /* (strict: -INT32_MIN wraps) */
+        if (exact) {
+            pop_thr = (int64_t *)bc_alloc(n * sizeof(int64_t));
+            neg = (uint32_t *)bc_alloc(wk.ngroups * sizeof(uint32_t));
+            if (!pop_thr || !neg) {
+                rc = -1;
+                goto done;
+            }
+            memset(neg, 0, wk.ngroups * sizeof(uint32_t));
+            for (size_t j = 0; j < n; j++) {
+                const int64_t t = thr[j];
+                if (sign[j] > 0) {
+                    const int64_t d = K - b - t; /* floor(d / 2) */
+                    pop_thr[j] = d >= 0 ? d / 2 : -((-d + 1) / 2);
+                } else {
+                    const int64_t d = t + K - b; /* ceil(d / 2) - 1 */
+                    pop_thr[j] = (d >= 0 ? (d + 1) / 2 : -((-d) / 2)) - 1;
+                    neg[j / BC_G] |= 1u << (j % BC_G);
+                }
+            }
+            wk.pop_thr = pop_thr;
+            wk.neg = neg;
+        }
     }
     {
         const int nt = bc_plan_threads(pixels, a->nout, wk.kwords, path, nthreads);
@@ -251,6 +282,8 @@ int bc_conv2d(const bc_conv_args *a, int path, int nthreads)
 done:
     free(lo);
     free(koff);
+    free(pop_thr);
+    free(neg);
     free(sign);
     free(thr);
     return rc;

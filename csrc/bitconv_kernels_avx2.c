@@ -85,7 +85,18 @@ BC_AVX2_INLINE void tile_avx2(const int MR, const bc_work *wk, size_t g, const u
             }
         }
         const size_t nq = channels - q < 8 ? channels - q : 8;
-        if (wk->sign) {
+        if (wk->pop_thr) { /* the threshold on the 64-bit popcounts (bc_work.pop_thr) */
+            const __m256i T0 = _mm256_loadu_si256((const __m256i *)(const void *)(wk->pop_thr + g * BC_G + q));
+            const __m256i T1 = _mm256_loadu_si256((const __m256i *)(const void *)(wk->pop_thr + g * BC_G + q + 4));
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                const __m256i t0 = _mm256_add_epi64(tot[i][0], _mm256_sad_epu8(cnt[i][0], zero));
+                const __m256i t1 = _mm256_add_epi64(tot[i][1], _mm256_sad_epu8(cnt[i][1], zero));
+                const uint32_t m = (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t0, T0))) |
+                                   ((uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t1, T1))) << 4);
+                bits[i] |= m << q; /* missing channels are cleared below */
+            }
+        } else if (wk->sign) {
             const __m256i bias = _mm256_set1_epi32(wk->bias);
             const __m256i s = _mm256_loadu_si256((const __m256i *)(const void *)(wk->sign + g * BC_G + q));
             const __m256i t = _mm256_loadu_si256((const __m256i *)(const void *)(wk->thr + g * BC_G + q));
@@ -114,9 +125,10 @@ BC_AVX2_INLINE void tile_avx2(const int MR, const bc_work *wk, size_t g, const u
         }
     }
     if (wk->sign) {
+        const uint32_t flip = wk->pop_thr ? wk->neg[g] : 0u, keep = bc_group_mask(channels);
 #pragma GCC unroll 4
         for (int i = 0; i < MR; i++)
-            bc_put_bits(wk, p + (size_t)i, g, bits[i]);
+            bc_put_bits(wk, p + (size_t)i, g, (bits[i] ^ flip) & keep);
     }
 }
 

@@ -7,9 +7,10 @@
  * vpxorq + vpopcntq + vpaddq per (pixel, vector): 72 ALU ops per 24 x 512 bits, no horizontal reduction
  * (each lane's sum is its output), no K tail (K is whole words).
  *
- * Epilogue, in registers: vpmovqd to 32-bit, K - 2 pop, then either an int32 store (masked at the last
- * group) or sign * (acc - bias) < thr as a 16-lane compare into a mask register, two of which are the 32
- * output bits of the group.
+ * Epilogue, in registers: the threshold as one vpcmpq of the 64-bit popcounts per 8 channels (pop > T, XOR
+ * the sign flips: see bc_work.pop_thr), the four 8-bit masks being the group's 32 output bits; or for the
+ * int32 output (and thresholds that could wrap int32) vpmovqd to 32-bit, K - 2 pop, then the store (masked
+ * at the last group) or sign * (acc - bias) < thr as a 16-lane compare.
  *
  * AVX-512F + VPOPCNTDQ only (what lb_path_supported(LB_PATH_AVX512) checks): no VL / BW instructions.
  */
@@ -64,7 +65,20 @@ BC_AVX512_INLINE void tile512(const int MR, const bc_work *wk, size_t g, const u
 
     const __m512i ksum = _mm512_set1_epi32(wk->ksum);
     const size_t channels = bc_group_channels(wk, g);
-    if (wk->sign) {
+    if (wk->pop_thr) { /* the threshold on the 64-bit popcounts: one compare per 8 channels */
+        const int64_t *tp = wk->pop_thr + g * BC_G;
+        const __m512i T0 = _mm512_loadu_si512((const void *)tp), T1 = _mm512_loadu_si512((const void *)(tp + 8));
+        const __m512i T2 = _mm512_loadu_si512((const void *)(tp + 16)), T3 = _mm512_loadu_si512((const void *)(tp + 24));
+        const uint32_t flip = wk->neg[g], keep = bc_group_mask(channels);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            const uint32_t bits = (uint32_t)_mm512_cmpgt_epi64_mask(acc[i][0], T0) |
+                                  ((uint32_t)_mm512_cmpgt_epi64_mask(acc[i][1], T1) << 8) |
+                                  ((uint32_t)_mm512_cmpgt_epi64_mask(acc[i][2], T2) << 16) |
+                                  ((uint32_t)_mm512_cmpgt_epi64_mask(acc[i][3], T3) << 24);
+            bc_put_bits(wk, p + (size_t)i, g, (bits ^ flip) & keep);
+        }
+    } else if (wk->sign) { /* int32 values, wrapping (extreme bias / thresholds) */
         const __m512i bias = _mm512_set1_epi32(wk->bias), zero = _mm512_setzero_si512();
         /* lanes whose BN scale is negative: x -> -x (wrapping), by a masked subtract */
         const __mmask16 n0 = _mm512_cmplt_epi32_mask(_mm512_loadu_si512((const void *)(wk->sign + g * BC_G)), zero);

@@ -54,7 +54,13 @@ static inline __attribute__((always_inline)) void scalar_tile(const bc_work *wk,
             for (size_t c = 0; c < nq; c++) {
                 const size_t j = g * BC_G + q + c;
                 const int32_t r = bc_result(wk->ksum, s[i][c]);
-                if (wk->sign) {
+                if (wk->pop_thr) {
+                    const uint32_t b = (uint32_t)((int64_t)s[i][c] > wk->pop_thr[j]) << (q + c);
+                    if (i == 0)
+                        bits0 |= b;
+                    else
+                        bits1 |= b;
+                } else if (wk->sign) {
                     const uint32_t b = bc_bit(wk, j, r) << (q + c);
                     if (i == 0)
                         bits0 |= b;
@@ -67,9 +73,10 @@ static inline __attribute__((always_inline)) void scalar_tile(const bc_work *wk,
         }
     }
     if (wk->sign) {
-        bc_put_bits(wk, p, g, bits0);
+        const uint32_t flip = wk->pop_thr ? wk->neg[g] & bc_group_mask(channels) : 0u;
+        bc_put_bits(wk, p, g, bits0 ^ flip);
         if (mr > 1)
-            bc_put_bits(wk, p + 1, g, bits1);
+            bc_put_bits(wk, p + 1, g, bits1 ^ flip);
     }
 }
 

@@ -133,9 +133,30 @@ def test_saturating_sums_and_extreme_thresholds(path):
     rng = np.random.default_rng(0)
     sign = np.where(rng.random(o) < 0.5, -1, 1).astype(np.int32)
     thr = rng.choice(np.array([-2**31, 2**31 - 1, 0, -9 * c, 9 * c + 1], np.int32), o)
-    for pad_bits in (0, 2**31 - 1, -2**31):
-        bits = K.binary_conv2d(pack_channels(x), prepared, thresholds=(sign, thr), pad_bits=pad_bits)
-        np.testing.assert_array_equal(bits, reference_threshold(ref, sign, thr, pad_bits))
+    k = 9 * c
+    # the kernels compare the popcount itself while K - 2 pop - pad_bits cannot leave int32, else the wrapped
+    # int32 value: both sides of that boundary, with thresholds everywhere in int32
+    for pad_bits in (0, 2**31 - 1, -2**31, k - 2**31 + 1, k - 2**31, 2**31 - k - 1, 2**31 - k, 2**31 - k - 2):
+        for t in (thr, rng.integers(-2**31, 2**31, o).astype(np.int32),
+                  (np.int64(k) - pad_bits + rng.integers(-3, 4, o)).clip(-2**31, 2**31 - 1).astype(np.int32)):
+            bits = K.binary_conv2d(pack_channels(x), prepared, thresholds=(sign, t), pad_bits=pad_bits)
+            np.testing.assert_array_equal(bits, reference_threshold(ref, sign, t, pad_bits))
+
+
+def test_threshold_near_every_output_value(path):
+    """Thresholds at, just below and just above the actual outputs, both signs, odd and even K."""
+    rng = np.random.default_rng(11)
+    for c, o in ((64, 40), (65, 70), (3, 33)):
+        x, wt = pm1(rng, 2, 5, 6, c), pm1(rng, o, 3, 3, c)
+        ref = reference_conv(x, wt, (1, 1), (1, 1))
+        prepared = K.prepare_conv_weights(pack_channels(wt), in_channels=c)
+        sign = np.where(rng.random(o) < 0.5, -1, 1).astype(np.int32)
+        for pad_bits in (0, 1, -2, 5):
+            centre = ref[0, 2, 3] - pad_bits  # the value of one output pixel, per channel
+            for delta in (-1, 0, 1):
+                t = (sign * centre + delta).astype(np.int32)
+                bits = K.binary_conv2d(pack_channels(x), prepared, padding=1, thresholds=(sign, t), pad_bits=pad_bits)
+                np.testing.assert_array_equal(bits, reference_threshold(ref, sign, t, pad_bits))
 
 
 def test_raw_weights_int64_views_and_non_contiguous_input(path):
