@@ -57,6 +57,41 @@ def use_im2col(net) -> int:
     return n
 
 
+class ForeignLoad:
+    """The share of the machine's CPU time that *other* processes used while this one measured: all CPUs' busy
+    time (/proc/stat) minus this process's own user + system time (every thread of it, torch's included), over
+    the wall time x CPUs. A quiet run is near 0; with another process busy on one of 2 CPUs, ~0.5. None where
+    /proc/stat does not exist (not Linux)."""
+
+    def __enter__(self):
+        self._start = self._sample()
+        self.share = None
+        return self
+
+    @staticmethod
+    def _sample():
+        import os
+        import resource
+
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait, in seconds
+        total = sum(fields[:8]) / hz
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return busy, total, ru.ru_utime + ru.ru_stime
+
+    def __exit__(self, *exc):
+        end = self._sample()
+        if self._start is not None and end is not None:
+            busy, total, own = (b - a for a, b in zip(self._start, end))
+            self.share = max(0.0, (busy - own) / total) if total > 0 else None
+        return False
+
+
 def bench_network(name, model, input_shape, batch, repeats, binary_input=False, output="logits", seed=0,
                   im2col_baseline=False, breakdown=False):
     """Time torch eval vs the runtime on one network; check they agree first. With ``im2col_baseline`` the
@@ -113,13 +148,15 @@ def bench_network(name, model, input_shape, batch, repeats, binary_input=False, 
         switched = use_im2col(old)
         assert switched and np.array_equal(old.predict(xn), out), "the im2col path must compute the same outputs"
         fns["im2col"] = lambda: old.predict(xn)
-    times = time_interleaved(fns, min_repeats=repeats, max_repeats=repeats, warmup=2, settle=0.05)
+    with ForeignLoad() as foreign:
+        times = time_interleaved(fns, min_repeats=repeats, max_repeats=repeats, warmup=2, settle=0.05)
     t = medians(times)
     t_ours, t_plain, t_fake = t["ours"], t["plain"], t["fake"]
     r = {"network": name, "batch": batch, "torch_fp32_ms": 1e3 * t_plain, "torch_fake_quant_ms": 1e3 * t_fake,
          "lowbit_ms": 1e3 * t_ours, "speedup": t_plain / t_ours, "speedup_vs_fake_quant": t_fake / t_ours,
          "agreement": agree, "max_abs_diff": max_diff,
-         "model_file_bytes": size, "fp32_state_dict_bytes": fp32_size, "size_ratio": fp32_size / size}
+         "model_file_bytes": size, "fp32_state_dict_bytes": fp32_size, "size_ratio": fp32_size / size,
+         "foreign_cpu_share": foreign.share}
     if old is not None:
         r.update(lowbit_im2col_ms=1e3 * t["im2col"], im2col_speedup=t_plain / t["im2col"],
                  speedup_vs_im2col=t["im2col"] / t_ours,
@@ -171,7 +208,8 @@ def conv_breakdown(net, xn, repeats):
                "gemm": lambda: kernels.binary_matmul_packed(patches, conv.state, patches.shape[1] * 64)}
         out = fns["fused"]()
         assert np.array_equal(out.reshape(-1, out.shape[-1]), fns["im2col"]()), f"layer {i}: fused != im2col path"
-        t = medians(time_interleaved(fns, min_repeats=repeats, max_repeats=repeats, warmup=2))
+        with ForeignLoad() as foreign:
+            t = medians(time_interleaved(fns, min_repeats=repeats, max_repeats=repeats, warmup=2))
         n, oh, ow, _ = out.shape
         k = conv.native.k  # bits per output, pad bits included (64 * words per position)
         ops = 2.0 * n * oh * ow * conv.native.out_channels * conv.kh * conv.kw * conv.native.in_channels
@@ -179,7 +217,8 @@ def conv_breakdown(net, xn, repeats):
                      "out_channels": conv.native.out_channels, "out_hw": [oh, ow], "k_bits": k,
                      "fused_ms": 1e3 * t["fused"], "int32_ms": 1e3 * t["int32"], "im2col_path_ms": 1e3 * t["im2col"],
                      "gemm_only_ms": 1e3 * t["gemm"], "fused_gops": ops / t["fused"] / 1e9,
-                     "gemm_only_gops": ops / t["gemm"] / 1e9, "speedup_vs_im2col": t["im2col"] / t["fused"]})
+                     "gemm_only_gops": ops / t["gemm"] / 1e9, "speedup_vs_im2col": t["im2col"] / t["fused"],
+                     "foreign_cpu_share": foreign.share})
         h = out
     return rows
 
@@ -254,7 +293,8 @@ def conv_markdown(report: dict) -> str:
              f"Outputs identical to PyTorch's: {100 * r['agreement']:.1f}% of the output values; the previous path's "
              f"too. Native vs the previous path: **{r['speedup_vs_im2col']:.1f}x**."
              + (f" Speedup vs torch fp32 per round: quartiles {q[0]:.1f}x / {q[1]:.1f}x / {q[2]:.1f}x." if q else ""),
-             "", "Per layer (each on its real input, median of the same number of interleaved runs; binary ops = "
+             "", _foreign_note(r), "",
+             "Per layer (each on its real input, median of the same number of interleaved runs; binary ops = "
              "2 x outputs x K, i.e. an XNOR and a popcount-add per +-1 product):", "",
              markdown_table(["layer", "native, fused", "native, int32 out", "previous path", "binary GEMM alone",
                              "native Gop/s", "GEMM Gop/s", "native vs previous"], layer_rows, "l" + "r" * 7),
@@ -263,6 +303,17 @@ def conv_markdown(report: dict) -> str:
              "Reproduce: `python benchmarks/bench_runtime.py --conv-only` (the whole runtime benchmark: "
              "`lowbit bench --run`)."]
     return "\n".join(lines) + "\n"
+
+
+def _foreign_note(r: dict) -> str:
+    share = r.get("foreign_cpu_share")
+    if share is None:
+        return "(The CPU time other processes took during the timed runs is not known on this OS.)"
+    layers = [x["foreign_cpu_share"] for x in r.get("layers", []) if x.get("foreign_cpu_share") is not None]
+    return (f"Other processes took {100 * share:.1f}% of the machine's CPU time during these timed rounds"
+            + (f" (at most {100 * max(layers):.1f}% during the per-layer timings)" if layers else "")
+            + ": near 0 is a quiet run; another process busy on one of 2 CPUs shows as ~50%, and torch's 2 "
+            "OpenMP threads then slow down several times (its spin barriers), inflating the ratio.")
 
 
 def conv_stack(hw: int):
@@ -313,10 +364,12 @@ def main(argv=None) -> int:
     r = bench_network(f"4 binary 3x3 convs 64-256-256-256-256 @{hw}x{hw}", conv_stack(hw), (64, hw, hw), 1,
                       conv_reps, binary_input=True, output="bits", im2col_baseline=True, breakdown=True)
     results.append(r)
+    share = r["foreign_cpu_share"]
     print(f"{r['network']} batch 1: torch fp32 {r['torch_fp32_ms']:.2f} ms (fake-quant model "
           f"{r['torch_fake_quant_ms']:.2f} ms), lowbit {r['lowbit_ms']:.2f} ms, speedup {r['speedup']:.1f}x; "
           f"previous im2col path {r['lowbit_im2col_ms']:.2f} ms ({r['im2col_speedup']:.1f}x), native vs previous "
-          f"{r['speedup_vs_im2col']:.1f}x (output agreement {r['agreement']:.4f})", flush=True)
+          f"{r['speedup_vs_im2col']:.1f}x (output agreement {r['agreement']:.4f}; other processes' CPU share "
+          f"{'unknown' if share is None else f'{100 * share:.1f}%'})", flush=True)
     for x in r["layers"]:
         print(f"  {x['in_channels']}->{x['out_channels']}: native fused {x['fused_ms']:.3f} ms, int32 "
               f"{x['int32_ms']:.3f} ms, previous path {x['im2col_path_ms']:.3f} ms, GEMM alone "
