@@ -7,6 +7,7 @@
  * epilogue of each tile, so the accumulators never travel through memory.
  *
  *   bitconv_driver.c         input padding / nibble planes, weight preparation, threading, dispatch
+ *   bitconv_pool.c           persistent worker threads (spinning briefly between calls, as OpenMP's do)
  *   bitconv_kernels_*.c      per-ISA pixel kernels: portable + popcnt (scalar), avx2, avx512
  *   bitconv_module.c         CPython bindings (lowbit.kernels._bitgemm, same module as the GEMM)
  *
@@ -81,6 +82,12 @@ typedef struct {
 
 /* Returns 0, or -1 when work memory could not be allocated. path must be supported (or LB_PATH_AUTO). */
 int bc_conv2d(const bc_conv_args *a, int path, int nthreads);
+
+/* Run fn(ctx) on the calling thread and on up to nthreads - 1 persistent worker threads (bitconv_pool.c);
+ * fn must take its work from a shared queue, so that any number of participants completes it. fallback(ctx, t,
+ * n) is the same job for bg_parallel, used when another caller holds the pool. */
+typedef void (*bc_job_fn)(void *ctx);
+void bc_pool_run(int nthreads, bc_job_fn fn, void *ctx, bg_task_fn fallback);
 
 /* How many threads bc_conv2d would use. */
 int bc_plan_threads(size_t pixels, size_t nout, size_t kwords, int path, int nthreads);

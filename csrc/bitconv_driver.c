@@ -6,8 +6,9 @@
  *   1. the input gets a zero border of ph rows / pw columns (the +1 pad of a binary conv) and its pixel pad
  *      bits cleared, in one copy (~1% of the convolution's time at 56 x 56 x 256); skipped when there is
  *      nothing to add or clear, except on AVX2, which splits it into low / high nibble planes here;
- *   2. the output pixels are cut into equal shares of whole tiles, one per thread; every thread runs every
- *      channel group over its pixels (it reads all the weights, ~74 KB for 256 x 3 x 3 x 256, from L2).
+ *   2. the output pixels are cut into blocks that the threads take from a shared counter (the caller and the
+ *      pool's workers, bitconv_pool.c); every thread runs every channel group over its pixels (it reads all
+ *      the weights, ~74 KB for 256 x 3 x 3 x 256, from L2).
  */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -127,10 +128,9 @@ typedef struct {
     atomic_size_t next;
 } bc_ctx;
 
-static void bc_task(void *vctx, int t, int nthreads)
+static void bc_job(void *vctx)
 {
     bc_ctx *c = (bc_ctx *)vctx;
-    (void)t, (void)nthreads;
     for (;;) {
         const size_t b = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
         if (b >= c->nblocks)
@@ -138,6 +138,12 @@ static void bc_task(void *vctx, int t, int nthreads)
         const size_t p0 = b * c->block, p1 = (p0 + c->block < c->pixels) ? p0 + c->block : c->pixels;
         c->fn(c->wk, p0, p1);
     }
+}
+
+static void bc_task(void *vctx, int t, int nthreads) /* the same job for bg_parallel */
+{
+    (void)t, (void)nthreads;
+    bc_job(vctx);
 }
 
 int bc_plan_threads(size_t pixels, size_t nout, size_t kwords, int path, int nthreads)
@@ -277,7 +283,7 @@ int bc_conv2d(const bc_conv_args *a, int path, int nthreads)
         c.block = block;
         c.nblocks = (pixels + block - 1) / block;
         atomic_init(&c.next, 0);
-        bg_parallel(nt, bc_task, &c);
+        bc_pool_run(nt, bc_job, &c, bc_task);
     }
 done:
     free(lo);

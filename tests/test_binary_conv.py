@@ -333,3 +333,56 @@ def test_output_bits_unpack_to_pm1_floats():
         got = BinaryNetwork._unpack_output(net, h)
         assert got.dtype == np.float32 and got.shape == ref.shape
         np.testing.assert_array_equal(got, ref)
+
+
+def test_concurrent_callers_share_the_worker_pool():
+    """Calls from several Python threads at once (the GIL is released): one holds the persistent workers, the
+    others run on threads of their own; every result exact."""
+    import threading
+
+    rng = np.random.default_rng(21)
+    cases = []
+    for i in range(4):
+        x, wt = pm1(rng, 1, 12, 10, 64 * (i % 2 + 1)), pm1(rng, 48, 3, 3, 64 * (i % 2 + 1))
+        cases.append((pack_channels(x), K.prepare_conv_weights(pack_channels(wt)),
+                      reference_conv(x, wt, (1, 1), (1, 1))))
+    errors = []
+
+    def work(i):
+        xw, prepared, ref = cases[i]
+        try:
+            for _ in range(25):
+                np.testing.assert_array_equal(K.binary_conv2d(xw, prepared, padding=1, num_threads=2), ref)
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_fork_after_the_pool_started():
+    """A forked child (multiprocessing's default on Linux) has none of the parent's worker threads: the pool
+    starts again there instead of waiting for workers that do not exist."""
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this OS")
+    rng = np.random.default_rng(22)
+    x, wt = pm1(rng, 2, 20, 20, 64), pm1(rng, 64, 3, 3, 64)
+    xw, prepared = pack_channels(x), K.prepare_conv_weights(pack_channels(wt))
+    ref = reference_conv(x, wt, (1, 1), (1, 1))
+    np.testing.assert_array_equal(K.binary_conv2d(xw, prepared, padding=1, num_threads=2), ref)  # pool started
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 if exact, 1 if not (never returns into pytest)
+        ok = False
+        try:
+            ok = np.array_equal(K.binary_conv2d(xw, prepared, padding=1, num_threads=2), ref)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    np.testing.assert_array_equal(K.binary_conv2d(xw, prepared, padding=1, num_threads=2), ref)
