@@ -26,6 +26,8 @@ ext_modules = [
         "lowbit.kernels._bitgemm",
         sources=["csrc/bitgemm_module.c", "csrc/bitgemm_driver.c", "csrc/bitgemm_pack.c", "csrc/bitgemm_kernels_scalar.c",
                  "csrc/bitgemm_kernels_avx2.c", "csrc/bitgemm_kernels_avx512.c",
+                 "csrc/bitconv_module.c", "csrc/bitconv_driver.c", "csrc/bitconv_pool.c", "csrc/bitconv_kernels_scalar.c",
+                 "csrc/bitconv_kernels_avx2.c", "csrc/bitconv_kernels_avx512.c",
                  "csrc/qgemm_module.c", "csrc/qgemm_driver.c", "csrc/qgemm_pack.c", "csrc/qgemm_kernels_scalar.c",
                  "csrc/qgemm_kernels_avx2.c", "csrc/qgemm_kernels_avx512.c", "csrc/qgemm_probe.c", "csrc/qgemm_threads.c",
                  "csrc/kconv_module.c", "csrc/kconv_pack.c", "csrc/kconv_epilogue.c", "csrc/kconv_conv.c", "csrc/kconv_kernels_avx2.c",

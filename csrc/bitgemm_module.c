@@ -22,6 +22,7 @@
  *   u8_gemm(x, wp, n, out, path, nthreads) -> None    out[M,N] = x (uint8, K = its width) . w^T, w prepared
  *   path_names() / supported_paths() / cpu_features() -> tuple of str; best_path() -> str  (lowbit_cpu_py.h)
  *   qg_*: the k-bit GEMM, registered from qgemm_module.c (same module: bitgemm's dispatch and threads)
+ *   conv_*, conv2d: the binary convolution, registered from bitconv_module.c (same module)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,6 +33,7 @@
 
 extern PyMethodDef qg_methods[]; /* qgemm_module.c */
 extern PyMethodDef kc_methods[]; /* kconv_module.c */
+extern PyMethodDef bc_methods[]; /* bitconv_module.c */
 
 /* bg_dtype of an element type pybuf.h recognises (the packer reads every one of them). */
 static bg_dtype to_bg_dtype(int t)
@@ -398,7 +400,8 @@ PyMODINIT_FUNC PyInit__bitgemm(void)
 {
     PyObject *m = PyModule_Create(&bitgemm_module);
     if (m && (PyModule_AddFunctions(m, qg_methods) < 0 || PyModule_AddFunctions(m, kc_methods) < 0 ||
-              PyModule_AddIntConstant(m, "ABI_VERSION", 4) < 0)) {
+              PyModule_AddFunctions(m, bc_methods) < 0 ||
+              PyModule_AddIntConstant(m, "ABI_VERSION", 5) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

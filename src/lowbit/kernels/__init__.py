@@ -14,6 +14,9 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
   layout, accepted by :func:`binary_matmul_packed` in place of the packed rows
 * :func:`threshold_pack` -- int32 accumulators -> packed sign bits (``sign * (acc - pad) < threshold``),
   :func:`binary_matmul_threshold` -- product and threshold in one call
+* :func:`binary_conv2d` -- binary 2-D convolution straight on packed NHWC words (implicit GEMM, +1 padding,
+  stride), int32 output or the threshold bits of the next layer fused in; :func:`prepare_conv_weights` ->
+  :class:`PreparedConvWeights` (weights laid out once); :mod:`lowbit.kernels.binconv`
 * :func:`prepare_u8_weights`, :func:`u8_matmul` -- 8-bit inputs x +-1 weights, exact in int32 (the
   first layer; :mod:`lowbit.kernels.u8`)
 * :func:`quant_matmul` -- exact ``a @ b.T`` for operands of named level sets (binary, ternary, uK, sK,
@@ -49,6 +52,13 @@ from .binary import (  # noqa: F401
     planned_threads,
     prepare_packed,
     threshold_pack,
+)
+from .binconv import (  # noqa: F401
+    PreparedConvWeights,
+    binary_conv2d,
+    conv_output_size,
+    conv_planned_threads,
+    prepare_conv_weights,
 )
 from .quant import (  # noqa: F401
     BITSERIAL_MAX_PAIRS,
@@ -101,19 +111,24 @@ __all__ = [
     "quant_matmul",
     "quant_matmul_packed",
     "quant_planned_threads",
+    "PreparedConvWeights",
     "PreparedMatrix",
     "PreparedU8Weights",
     "active_path",
     "available_paths",
+    "binary_conv2d",
     "binary_matmul",
     "binary_matmul_naive",
     "binary_matmul_packed",
     "binary_matmul_threshold",
+    "conv_output_size",
+    "conv_planned_threads",
     "cpu_features",
     "get_num_threads",
     "pack_bits",
     "pack_signs",
     "planned_threads",
+    "prepare_conv_weights",
     "prepare_packed",
     "prepare_u8_weights",
     "set_kernel_path",

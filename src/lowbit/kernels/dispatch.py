@@ -30,6 +30,10 @@ avx512vnni  as ``avx512``                                       as ``avx512`` (V
 
 .. [#] with AVX-512 BW, VL and VNNI, which every CPU of the avx512 path has but Knights Mill (AVX2 GEMM there)
 
+The binary convolution (:mod:`~lowbit.kernels.binconv`) runs scalar tiles of 2 pixels x 4 channels on
+``portable`` / ``popcnt``, 4 pixels x 8 channels with a nibble-split ``vpshufb`` popcount on ``avx2``, and
+6 pixels x 32 channels with ``vpopcntq`` (AVX-512F only besides) on ``avx512`` and ``avx512vnni``.
+
 The k-bit GEMM (:mod:`~lowbit.kernels.quant`) runs its bit-serial AND-popcount kernel in scalar code on
 ``portable`` (POPCNT instruction on ``popcnt``), AVX2 on ``avx2``, ``vpopcntq`` on ``avx512`` and above; its
 int8 kernel in scalar code below ``avx2``, ``vpmaddubsw`` + ``vpmaddwd`` on ``avx2`` and ``avx512`` (no VNNI

@@ -9,6 +9,7 @@ an older checkout would otherwise be called with the wrong arguments).
 extension       kernels                                                Python face
 ==============  =====================================================  ==============================
 ``_bitgemm``    binary (XNOR-popcount) GEMM, packing, threshold, u8;   :mod:`lowbit.kernels.binary`,
+                binary convolution (implicit GEMM, fused threshold);   :mod:`lowbit.kernels.binconv`,
                 k-bit GEMM of level sets (bit-serial, int8)            :mod:`lowbit.kernels.u8`,
                                                                        :mod:`lowbit.kernels.quant`
 ``_intlstm``    integer-only LSTM, GRU, RNN: int8 GEMM, the steps      :mod:`lowbit.kernels.intlstm`
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 
-ABI_VERSIONS = {"_bitgemm": 4, "_intlstm": 5}
+ABI_VERSIONS = {"_bitgemm": 5, "_intlstm": 5}
 
 _cache: dict = {}
 

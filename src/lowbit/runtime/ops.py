@@ -6,7 +6,7 @@ A layer of an exported network is three pieces, each looked up in a table:
 
 **Weight formats** (:data:`FORMATS`, one entry per format, as ggml's ``type_traits``): how the weights are
 packed once at load time, the GEMM that turns a batch of input rows into int32 accumulators, and the value
-an im2col pad takes:
+an im2col pad takes (convolutions of the ``bits`` format skip im2col: see :class:`Conv2d`):
 
 | format   | input rows              | weights        | GEMM                                          | pad          |
 |----------|-------------------------|----------------|-----------------------------------------------|--------------|
@@ -15,7 +15,8 @@ an im2col pad takes:
 
 **Epilogues** (:data:`EPILOGUES`): ``bits`` folds BN + sign into one integer comparison per channel and packs
 the result straight back to bits (in one C pass, ``kernels.threshold_pack``, when no pooling comes
-between); ``logits`` applies the last BN's affine map in float32.
+between; inside the convolution kernel itself for binary convs); ``logits`` applies the last BN's affine map
+in float32.
 
 Adding a weight format is one :class:`WeightFormat` entry; adding an output kind one :class:`Epilogue`.
 """
@@ -131,16 +132,52 @@ class Dense:
 
 
 class Conv2d(Dense):
-    """(N, H, W, C) NHWC input -> (N, OH, OW, out) int32 accumulators, by im2col + the format's GEMM."""
+    """(N, H, W, C) NHWC input -> (N, OH, OW, out) int32 accumulators.
+
+    ``bits`` weights run the native binary convolution (``kernels.binary_conv2d``: an implicit GEMM on the
+    packed words, no im2col matrix, +1 padding; its weights laid out once, here), which can also apply the
+    layer's threshold epilogue itself (:meth:`run_threshold`); other formats, or ``use_native = False``, run
+    im2col + the format's GEMM (:meth:`run_im2col`). Both give the same accumulators, pad bits included."""
 
     def __init__(self, fmt: WeightFormat, state, kernel, stride, padding):
         super().__init__(fmt, state)
         (self.kh, self.kw), (self.sh, self.sw), (self.ph, self.pw) = kernel, stride, padding
+        self.native = _native_conv_weights(fmt, state, self.kh, self.kw)
+        #: run the native convolution (when the format has one); False: the NumPy im2col + GEMM path
+        self.use_native = self.native is not None
+
+    @property
+    def fuses_threshold(self) -> bool:
+        """Whether :meth:`run_threshold` can compute the thresholded output bits directly."""
+        return self.use_native and self.native is not None
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
+        if self.fuses_threshold:
+            return kernels.binary_conv2d(x, self.native, stride=(self.sh, self.sw), padding=(self.ph, self.pw))
+        return self.run_im2col(kernels, x)
+
+    def run_threshold(self, kernels, x: np.ndarray, epilogue: "ThresholdBits", pad: int) -> np.ndarray:
+        """The packed output bits of ``epilogue`` applied to this convolution, in one native call."""
+        return kernels.binary_conv2d(x, self.native, stride=(self.sh, self.sw), padding=(self.ph, self.pw),
+                                     thresholds=(epilogue.sign, epilogue.signed_threshold), pad_bits=pad)
+
+    def run_im2col(self, kernels, x: np.ndarray) -> np.ndarray:
+        """im2col (NumPy, padded with the format's pad value) + the format's GEMM."""
         patches = im2col(x, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, fill=self.fmt.pad)
         n, oh, ow, k = patches.shape
         return self.fmt.gemm(kernels, patches.reshape(-1, k), self.state).reshape(n, oh, ow, -1)
+
+
+def _native_conv_weights(fmt: WeightFormat, state, kh: int, kw: int):
+    """The conv weights laid out for ``kernels.binary_conv2d`` (every bit counted, as the GEMM counts them), or
+    None where the format has no native convolution."""
+    if fmt.name != "bits":
+        return None
+    from ..kernels import PreparedMatrix, prepare_conv_weights
+
+    if not isinstance(state, PreparedMatrix) or state.words % (kh * kw) or state.k != 64 * state.words:
+        return None
+    return prepare_conv_weights(state.packed, kh, kw)
 
 
 # ---- epilogues -------------------------------------------------------------------------------------------
@@ -230,6 +267,9 @@ class Layer:
         return cls(reduction, epilogue_kind(arrays, name), pad, bool(spec.get("maxpool")), spec)
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
+        if self.epilogue.fusable and not self.maxpool and getattr(self.reduction, "fuses_threshold", False):
+            # a binary conv with BN + sign after it: one native call from packed bits to packed bits
+            return self.reduction.run_threshold(kernels, x, self.epilogue, self.pad)
         acc = self.reduction.run(kernels, x)
         if self.maxpool:
             # the pad is a per-layer constant: subtracting it before or after the max gives the same result
