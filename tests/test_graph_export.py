@@ -164,6 +164,28 @@ def test_binary_residual_network_with_real_shortcuts(tmp_path):
     assert sum("xnor" in line for line in report["layers"]) == 2
 
 
+def test_binary_conv_stack_runs_the_native_conv_on_every_path(tmp_path, kernel_path, monkeypatch):
+    """Binary convs with +1 padding run kernels.binary_conv2d (no im2col), with the next layer's sign
+    threshold fused when nothing comes between, the int32 variant before a max-pool; same logits as PyTorch."""
+    import lowbit.kernels as K
+
+    calls = []
+    real = K.binary_conv2d
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("thresholds") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "binary_conv2d", counting)
+    model = seq(QuantConv2d(3, 70, 3, padding=1, bias=False, pixel_input=True, pad_value=-1.0), nn.BatchNorm2d(70),
+                QuantAct(), QuantConv2d(70, 130, 3, stride=2, padding=1, bias=False, pad_value=1.0),
+                nn.BatchNorm2d(130), QuantAct(), QuantConv2d(130, 64, 3, padding=1, bias=False, pad_value=1.0),
+                nn.MaxPool2d(2), nn.BatchNorm2d(64), QuantAct(), nn.Flatten(),
+                QuantLinear(64 * 3 * 3, 10, bias=False), nn.BatchNorm1d(10))
+    roundtrip(model, (3, 13, 13), tmp_path, n=5)
+    assert sorted(calls) == [False, True]  # the pooled conv on int32, the strided one fused
+
+
 class PlainW2A2(nn.Module):
     """A W2A2 PACT+SAWB ConvNet in plain PyTorch style: float input scaling, ReLU before PACT, x.view."""
 

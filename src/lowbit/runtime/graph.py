@@ -38,7 +38,7 @@ from typing import Dict, List
 import numpy as np
 
 from ..errors import CheckpointError, InputError, ShapeError
-from .ops import FORMATS, im2col, pack_last_axis
+from .ops import FORMATS, _native_conv_weights, im2col, pack_last_axis
 
 KIND = "graph"
 REPRS = ("float", "codes", "bits")
@@ -287,8 +287,12 @@ class Gemm(Node):
             self.state = _array(arrays, wname, f, np.float32, (self.k, n))
         self.pad_fill = 0
         self._conv_codes = None
+        #: a binary conv's weights laid out for kernels.binary_conv2d (no im2col matrix; pad bit 0 = +1, as here)
+        self.native_bits = None
         if self.layer == "conv2d":
             self.kernel, self.stride, self.padding = f.pair("kernel", 1), f.pair("stride", 1), f.pair("padding", 0)
+            if self.fmt == "bits":
+                self.native_bits = _native_conv_weights(FORMATS["bits"], self.state, *self.kernel)
             if self.fmt == "codes":
                 self.pad_fill = f.int("pad_code", 0, 255, default=0)
             elif self.fmt == "float":
@@ -390,6 +394,8 @@ class Gemm(Node):
                                               weights_levels=self.b_levels, values=self.a_table)
                 lead = kernels.conv_output_shape(x.shape, self.kernel, self.stride, self.padding)
             return kernels.quant_matmul_packed(pa, self.state).reshape(*lead, -1)
+        if self.native_bits is not None and x.ndim == 4:
+            return kernels.binary_conv2d(x, self.native_bits, stride=self.stride, padding=self.padding)
         rows, lead = self._rows(x)
         if self.fmt == "bits":
             acc = FORMATS["bits"].gemm(kernels, rows, self.state)
@@ -431,6 +437,12 @@ class Gemm(Node):
         return "float" if isinstance(self.epilogue, Affine) else self.epilogue.out
 
     def run(self, kernels, x: np.ndarray) -> np.ndarray:
+        ep = self.epilogue
+        if (self.native_bits is not None and x.ndim == 4 and self.pool is None and self.border is None
+                and isinstance(ep, Thresholds) and ep.fusable and ep.levels == 2):
+            # binary conv + sign threshold: packed bits to packed bits in one native call
+            return kernels.binary_conv2d(x, self.native_bits, stride=self.stride, padding=self.padding,
+                                         thresholds=(ep.sign, ep._t0))
         if self._fused(kernels) and x.ndim == 4:
             lead = kernels.conv_output_shape(x.shape, self.kernel, self.stride, self.padding)
             if self._native_epilogue(lead + (self.out_channels,), np.int32):  # the whole layer in one pass
