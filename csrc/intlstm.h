@@ -110,12 +110,51 @@ void intlstm_gemm_avx2(const intlstm_gemm_args *g);
 void intlstm_gemm_avx512(const intlstm_gemm_args *g); /* needs AVX-512 BW, VL and VNNI besides the path */
 #endif
 
+/* ---- prepared weights: the int8 panels of the k-bit GEMM (qgemm.h, 8-bit storage) -----------------------
+ * W (N, K) int8 -> panels of INTLSTM_NR = 16 rows; panel p holds S = Kp / 4 "k4 steps" of 64 bytes, byte
+ * 4 l + q of step s = W[16 p + l][4 s + q] (0 past N or K): Np = round_up(N, 16) rows of Kp = INTLSTM_KP(K)
+ * bytes in all. A is read as unsigned bytes u = x + 128 (= x ^ 0x80), rows of Kp (any bytes past K: the
+ * panels hold 0 there), so that VNNI's vpdpbusd (u8 x s8) applies; since
+ *     sum_k W[j][k] x[k] = sum_k W[j][k] u[k] - 128 rowsum(W[j]),
+ * the prepared bias is bias - 128 rowsum(W) (the "effective bias", in wrapping int32 arithmetic: the true
+ * result fits int32 -- |bias| <= 2^30, K <= 65536 -- so the wrapped sum is exact).
+ *
+ *   c[m][j] = bias_eff[j] + sum_k u[m][k] * W[j][k]     for m < M, j < N (row stride ldc)
+ */
+#define INTLSTM_NR 16
+#define INTLSTM_NP(N) (((N) + INTLSTM_NR - 1) / INTLSTM_NR * INTLSTM_NR)
+
+/* panels (INTLSTM_NP(N) * INTLSTM_KP(K) bytes) and the effective bias (N int32; bias NULL: 0) of W, whose
+ * row j starts at W + j * ldw (ldw >= K: rows packed to 16 columns or not) */
+void intlstm_prepare(const int8_t *W, size_t ldw, int N, int K, const int32_t *bias, int8_t *panels,
+                     int32_t *bias_eff);
+
+typedef struct {
+    const uint8_t *a; /* M rows of u8 (x ^ 0x80), row stride lda >= Kp */
+    size_t lda;
+    const int8_t *p;        /* panels */
+    const int32_t *bias;    /* N effective bias (NULL: none) */
+    int32_t *c;             /* M rows of N int32, row stride ldc */
+    size_t ldc;
+    int m, n, kp;           /* kp = INTLSTM_KP(K) */
+    int16_t *scratch;       /* the AVX2 kernel's int16 copy of A: at least m * kp int16 */
+} intlstm_pgemm_args;
+
+typedef void (*intlstm_pgemm_fn)(const intlstm_pgemm_args *g);
+void intlstm_pgemm_scalar(const intlstm_pgemm_args *g);
+#if LB_X86
+void intlstm_pgemm_avx2(const intlstm_pgemm_args *g);
+void intlstm_pgemm_vnni(const intlstm_pgemm_args *g); /* AVX-512 F, BW, VNNI */
+#endif
+
 /* ---- element-wise step -------------------------------------------------------------------------------- */
 typedef struct {
-    const int8_t *w_ih;     /* (4H, Ip) packed, Ip = INTLSTM_KP(I) */
+    const int8_t *w_ih;     /* (4H, Ip) packed, Ip = INTLSTM_KP(I) (intlstm_layer_run) */
     const int8_t *w_hh;     /* (4H, Hp) packed */
-    const int32_t *bias_x;  /* (4H) effective input bias (zero point folded in) */
-    const int32_t *bias_h;  /* (4H) effective recurrent bias */
+    const int8_t *p_ih;     /* the same as panels (intlstm_prepare; intlstm_layer_run_prepared) */
+    const int8_t *p_hh;
+    const int32_t *bias_x;  /* (4H) input bias (zero point folded in); with panels: its effective bias */
+    const int32_t *bias_h;  /* (4H) recurrent bias; with panels: its effective bias */
     const int32_t *qmul;    /* (4, 4H): m0_x, shift_x, m0_h, shift_h */
     const int32_t *lut_sig, *lut_tanh, *lut_cell; /* (LUT_SEGMENTS + 1) Q0.23 */
     int I, H;
@@ -156,6 +195,10 @@ void intlstm_rescale_rows_avx2(const int32_t *acc, const int32_t *m0, const int3
                                int G);
 void intlstm_step_rows_avx2(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
                             int B);
+void intlstm_rescale_rows_avx512(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out, size_t rows,
+                                 int G); /* AVX-512 F, BW, VL */
+void intlstm_step_rows_avx512(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
+                              int B);
 #endif
 
 /* ---- driver (intlstm_driver.c); path: a supported lb_path (the caller resolves LB_PATH_AUTO) ------------ */
@@ -165,8 +208,20 @@ void intlstm_gemm(int path, const int8_t *A, const int8_t *W, const int32_t *bia
                   int16_t *scratch);
 
 /* Run one layer over a sequence. x (T, B, I) int8; h (B, H) int8 and c (B, H) int16 are read as the initial
- * state and overwritten with the final one; y (T, B, H) int8. Returns 0, or -1 if out of memory. */
+ * state and overwritten with the final one; y (T, B, H) int8. Returns 0, or -1 if out of memory.
+ * intlstm_layer_run reads L's packed rows (w_ih, w_hh) and prepares panels from them for the run;
+ * intlstm_layer_run_prepared reads L's panels (p_ih, p_hh) and effective biases. nthreads (>= 1) threads
+ * split the batch rows (each runs every time step of its rows: no synchronisation between steps). */
 int intlstm_layer_run(int path, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h, int16_t *c,
                       int8_t *y);
+int intlstm_layer_run_prepared(int path, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h,
+                               int16_t *c, int8_t *y, int nthreads);
+/* threads a prepared run of T steps of B rows would use (at most nthreads) */
+int intlstm_plan_threads(int T, int B, int I, int H, int nthreads);
+
+/* c (M, N) = a (M, K) int8 @ W.T + bias through W's panels and effective bias; nthreads split the columns.
+ * Returns 0, or -1 if out of memory. */
+int intlstm_gemm_prepared(int path, const int8_t *a, const int8_t *panels, const int32_t *bias_eff, int32_t *c, int M,
+                          int N, int K, int nthreads);
 
 #endif /* LOWBIT_INTLSTM_H */

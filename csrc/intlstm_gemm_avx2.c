@@ -155,3 +155,80 @@ void intlstm_gemm_avx2(const intlstm_gemm_args *g)
         gemm_w8(g);
 }
 #endif /* LB_X86 */
+
+/* ---- prepared (panel) weights, see intlstm.h -------------------------------------------------------------
+ * A's bytes u (0..255) are widened to int16 once (scratch); per k4 step a row's 4 values, broadcast as one
+ * 64-bit lane, meet 16 bytes of the panel (4 rows x 4 k) sign-extended to int16: vpmaddwd gives, per row, two
+ * int32 partial sums (k0 k1 and k2 k3; |2 * 255 * 128| fits easily). A panel is 4 such accumulators (16 rows);
+ * at the end vphaddd pairs the partials and a vpermq puts the rows in order. Tile: MR rows of A x 1 panel. */
+#if LB_X86
+#define PG2_INLINE static inline __attribute__((always_inline, target("avx2")))
+
+PG2_INLINE __m256i pg2_rows8(__m256i lo, __m256i hi) /* rows 0..3 (lo), 4..7 (hi) -> the 8 row sums */
+{
+    return _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), 0xD8);
+}
+
+PG2_INLINE void pg2_tile(const int MR, const int16_t *a16, int kp, const int8_t *P, const int32_t *bias, int32_t *c,
+                         size_t ldc, int nc)
+{
+    __m256i acc[2][4];
+    for (int i = 0; i < MR; i++)
+        for (int q = 0; q < 4; q++) acc[i][q] = _mm256_setzero_si256();
+    const int S = kp / 4;
+    for (int s = 0; s < S; s++) {
+        const int8_t *ps = P + (size_t)s * 64;
+        __m256i x[2];
+        for (int i = 0; i < MR; i++)
+            x[i] = _mm256_set1_epi64x(*(const long long *)(const void *)(a16 + (size_t)i * kp + 4 * s));
+        for (int q = 0; q < 4; q++) {
+            const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(ps + 16 * q)));
+            for (int i = 0; i < MR; i++) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(x[i], w));
+        }
+    }
+    __m256i b0 = _mm256_setzero_si256(), b1 = b0;
+    if (bias && nc == INTLSTM_NR) {
+        b0 = _mm256_loadu_si256((const __m256i *)bias);
+        b1 = _mm256_loadu_si256((const __m256i *)(bias + 8));
+    }
+    for (int i = 0; i < MR; i++) {
+        const __m256i r0 = _mm256_add_epi32(pg2_rows8(acc[i][0], acc[i][1]), b0);
+        const __m256i r1 = _mm256_add_epi32(pg2_rows8(acc[i][2], acc[i][3]), b1);
+        int32_t *ci = c + (size_t)i * ldc;
+        if (nc == INTLSTM_NR) {
+            _mm256_storeu_si256((__m256i *)ci, r0);
+            _mm256_storeu_si256((__m256i *)(ci + 8), r1);
+        } else {
+            int32_t t[INTLSTM_NR];
+            _mm256_storeu_si256((__m256i *)t, r0);
+            _mm256_storeu_si256((__m256i *)(t + 8), r1);
+            for (int l = 0; l < nc; l++) ci[l] = (int32_t)((uint32_t)t[l] + (bias ? (uint32_t)bias[l] : 0u));
+        }
+    }
+}
+
+__attribute__((target("avx2"))) static void pgemm_avx2(const intlstm_pgemm_args *g)
+{
+    const int M = g->m, N = g->n, kp = g->kp;
+    int16_t *a16 = g->scratch;
+    for (int m = 0; m < M; m++) { /* u8 -> int16, zero-extended */
+        const uint8_t *a = g->a + (size_t)m * g->lda;
+        int16_t *d = a16 + (size_t)m * kp;
+        for (int k = 0; k < kp; k += 16)
+            _mm256_storeu_si256((__m256i *)(d + k), _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(a + k))));
+    }
+    const size_t pbytes = (size_t)kp * INTLSTM_NR;
+    for (int j0 = 0; j0 < N; j0 += INTLSTM_NR) {
+        const int8_t *P = g->p + (size_t)(j0 / INTLSTM_NR) * pbytes;
+        const int nc = N - j0 < INTLSTM_NR ? N - j0 : INTLSTM_NR;
+        const int32_t *bias = g->bias ? g->bias + j0 : NULL;
+        int m = 0;
+        for (; m + 2 <= M; m += 2)
+            pg2_tile(2, a16 + (size_t)m * kp, kp, P, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc);
+        if (m < M)
+            pg2_tile(1, a16 + (size_t)m * kp, kp, P, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc);
+    }
+}
+
+void intlstm_pgemm_avx2(const intlstm_pgemm_args *g) { pgemm_avx2(g); }
+#endif /* LB_X86 */

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 
-ABI_VERSIONS = {"_bitgemm": 3, "_intlstm": 4}
+ABI_VERSIONS = {"_bitgemm": 3, "_intlstm": 5}
 
 _cache: dict = {}
 

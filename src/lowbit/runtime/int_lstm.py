@@ -246,6 +246,16 @@ class IntLSTMLayer:
     def scalars(self) -> Dict[str, Any]:
         return {n: getattr(self, n) for n in self.SCALARS}
 
+    def prepared(self):
+        """(input, recurrent) weights with their biases laid out for the C kernels
+        (:func:`lowbit.kernels.intlstm.prepare_weights`), made on first use and kept."""
+        p = self.__dict__.get("_prepared")
+        if p is None:
+            from ..kernels.intlstm import prepare_weights
+
+            p = self._prepared = (prepare_weights(self.w_ih, self.bias_x), prepare_weights(self.w_hh, self.bias_h))
+        return p
+
     def arrays(self) -> Dict[str, np.ndarray]:
         return {n: getattr(self, n) for n in self.ARRAYS}
 
@@ -342,7 +352,8 @@ class _Kernels:
     """Backend selection: "c" (:mod:`lowbit.kernels.intlstm`; ``path`` "auto" follows the kernel path of
     :mod:`lowbit.kernels` at each call, or one of its path names), "numpy" (reference), or "auto" (C when built)."""
 
-    def __init__(self, backend: str = "auto", path: str = "auto"):
+    def __init__(self, backend: str = "auto", path: str = "auto", num_threads: Optional[int] = None):
+        self.num_threads = num_threads  # None: lowbit.kernels.get_num_threads() at each call
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         ext = extension() if backend in ("auto", "c") else None
@@ -372,20 +383,21 @@ class _Kernels:
         h = np.array(h, dtype=np.int8, order="C", copy=True)
         c = np.array(c, dtype=np.int16, order="C", copy=True)
         y = np.empty((T, B, H), dtype=np.int8)
-        packed = layer.__dict__.get("_packed")
-        if packed is None:
-            packed = layer._packed = (pack_rows(layer.w_ih), pack_rows(layer.w_hh))
-        self.ext.lstm_layer(
-            x, packed[0], packed[1], layer.bias_x, layer.bias_h, layer.qmul, lut_sig, lut_tanh, layer.lut_cell,
+        p_ih, p_hh = layer.prepared()
+        self.ext.lstm_layer_prepared(
+            x, p_ih, p_hh, layer.qmul, lut_sig, lut_tanh, layer.lut_cell,
             h, c, y, z_h=layer.z_h, cell_frac_bits=layer.cell_frac_bits, hid_m0=layer.hid_m0,
-            hid_shift=layer.hid_shift, cell_clip=layer.cell_clip, path=self.path)
+            hid_shift=layer.hid_shift, cell_clip=layer.cell_clip, path=self.path, num_threads=self.num_threads)
         return y, h, c
 
     def gemm(self, a, w, bias, w_packed=None):
-        """int32 ``a @ w.T + bias``; ``w_packed`` = :func:`pack_rows` (w) if the caller keeps one."""
+        """int32 ``a @ w.T + bias``; ``w_packed``: :func:`pack_rows` (w), or better the weights prepared with
+        bias (:func:`lowbit.kernels.intlstm.prepare_weights` (w, bias)), if the caller keeps one."""
         if self.ext is None:
             return gemm_reference(a, w, bias)
         a = np.ascontiguousarray(a, dtype=np.int8)
+        if isinstance(w_packed, self.ext.PreparedWeights):
+            return self.ext.gemm_prepared(a, w_packed, path=self.path, num_threads=self.num_threads)
         if w_packed is None:
             w_packed = pack_rows(w)
         return self.ext.gemm(a, w_packed, np.ascontiguousarray(bias, dtype=np.int32), path=self.path)
@@ -561,7 +573,7 @@ class IntLSTM:
         y, state = self.run_ids(ids, state)
         T, B, H = y.shape
         if self._decoder_packed is None and self.kernels.backend == "c":
-            self._decoder_packed = pack_rows(self.decoder_w)
+            self._decoder_packed = self.kernels.ext.prepare_weights(self.decoder_w, self.decoder_bias_int)
         acc = self.kernels.gemm(y.reshape(T * B, H), self.decoder_w, self.decoder_bias_int, self._decoder_packed)
         out = acc.astype(np.float32) * self.decoder_scale + self.decoder_bias
         return out.reshape(T, B, self.decoder_w.shape[0]), state
