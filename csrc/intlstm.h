@@ -133,6 +133,7 @@ typedef struct {
     const uint8_t *a; /* M rows of u8 (x ^ 0x80), row stride lda >= Kp */
     size_t lda;
     const int8_t *p;        /* panels */
+    const int16_t *p16;     /* the same widened to int16 (NULL: none; only the AVX2 kernel reads it) */
     const int32_t *bias;    /* N effective bias (NULL: none) */
     int32_t *c;             /* M rows of N int32, row stride ldc */
     size_t ldc;

@@ -150,6 +150,30 @@ static intlstm_pgemm_fn pgemm_for(int path)
     return f;
 }
 
+/* The AVX2 kernel multiplies int16 pairs: with weights widened to int16 ahead it skips a sign extension per
+ * load (a third of its uops). Worth the copy (n int16, and twice the bytes to read) only when many rows of A
+ * pass over the weights: the LSTM widens them per layer run (T * B rows; the recurrent ones only with
+ * several batch rows), gemm_prepared per call (M rows), from 8 * WIDEN_ROWS rows. NULL if out of memory (the
+ * int8 panels then serve). */
+#define WIDEN_ROWS 8
+
+static intlstm_pgemm_fn pgemm_avx2_fn(void)
+{
+#if LB_X86
+    return intlstm_pgemm_avx2;
+#else
+    return NULL;
+#endif
+}
+
+static int16_t *widen(size_t n, const int8_t *p)
+{
+    int16_t *w = (int16_t *)malloc((n + 1) * sizeof(int16_t));
+    if (w)
+        for (size_t i = 0; i < n; i++) w[i] = p[i];
+    return w;
+}
+
 /* rows of int8 -> u8 (x ^ 0x80) rows of kp bytes, zeros past k */
 static void to_u8(const int8_t *x, size_t ldx, int rows, int k, uint8_t *d, int kp)
 {
@@ -166,6 +190,7 @@ typedef struct {
     intlstm_pgemm_fn fn;
     const uint8_t *a;
     const int8_t *panels;
+    const int16_t *panels16;
     const int32_t *bias;
     int32_t *c;
     int M, N, Kp;
@@ -179,7 +204,8 @@ static void gemm_task(void *vctx, int t, int nthreads)
     const int p0 = share(np, t, nthreads), p1 = share(np, t + 1, nthreads);
     if (p1 <= p0) return;
     const int j0 = p0 * INTLSTM_NR, j1 = p1 * INTLSTM_NR < g->N ? p1 * INTLSTM_NR : g->N;
-    const intlstm_pgemm_args a = {g->a, (size_t)g->Kp, g->panels + (size_t)j0 * g->Kp, g->bias + j0, g->c + j0,
+    const intlstm_pgemm_args a = {g->a, (size_t)g->Kp, g->panels + (size_t)j0 * g->Kp,
+                                  g->panels16 ? g->panels16 + (size_t)j0 * g->Kp : NULL, g->bias + j0, g->c + j0,
                                   (size_t)g->N, g->M, j1 - j0, g->Kp, g->scratch + (size_t)t * g->M * g->Kp};
     g->fn(&a);
 }
@@ -201,9 +227,11 @@ int intlstm_gemm_prepared(int path, const int8_t *a, const int8_t *panels, const
         return -1;
     }
     to_u8(a, (size_t)K, M, K, au, Kp);
-    gemm_ctx g = {pgemm_for(path), au, panels, bias_eff, c, M, N, Kp, scratch};
+    gemm_ctx g = {pgemm_for(path), au, panels, NULL, bias_eff, c, M, N, Kp, scratch};
+    int16_t *p16 = g.fn == pgemm_avx2_fn() && M >= WIDEN_ROWS * 8 ? widen((size_t)INTLSTM_NP(N) * Kp, panels) : NULL;
+    g.panels16 = p16;
     parallel(nt, gemm_task, &g);
-    free(au); free(scratch);
+    free(p16); free(au); free(scratch);
     return 0;
 }
 
@@ -222,6 +250,7 @@ typedef struct {
     int8_t *h;
     int16_t *c;
     int8_t *y;
+    const int16_t *p16_ih, *p16_hh; /* widened panels for the AVX2 kernel (NULL: none) */
     int failed[INTLSTM_MAX_THREADS];
 } layer_ctx;
 
@@ -252,8 +281,8 @@ static int run_rows(const layer_ctx *r, int b0, int b1)
     s.H = H;
     s.ig_shift = 30 - L->cell_frac_bits;
     s.cell_left = L->cell_frac_bits < INTLSTM_GATE_FRAC_BITS ? INTLSTM_GATE_FRAC_BITS - L->cell_frac_bits : 0;
-    intlstm_pgemm_args gih = {xu, (size_t)Ip, L->p_ih, L->bias_x, accx, (size_t)G, 0, G, Ip, scratch};
-    intlstm_pgemm_args ghh = {hu, (size_t)Hp, L->p_hh, L->bias_h, acch, (size_t)G, bn, G, Hp, scratch};
+    intlstm_pgemm_args gih = {xu, (size_t)Ip, L->p_ih, r->p16_ih, L->bias_x, accx, (size_t)G, 0, G, Ip, scratch};
+    intlstm_pgemm_args ghh = {hu, (size_t)Hp, L->p_hh, r->p16_hh, L->bias_h, acch, (size_t)G, bn, G, Hp, scratch};
     int8_t *h = r->h + (size_t)b0 * H;
     int16_t *c = r->c + (size_t)b0 * H;
     const int32_t *m0x = L->qmul, *shx = L->qmul + G;
@@ -312,8 +341,20 @@ int intlstm_layer_run_prepared(int path, const intlstm_layer *L, const int8_t *x
     r.h = h;
     r.c = c;
     r.y = y;
+    int16_t *p16_ih = NULL, *p16_hh = NULL;
+    if (pgemm_for(path) == pgemm_avx2_fn()) { /* the recurrent weights: B rows per step (a GEMV reads twice
+                                                * the bytes from int16 and gains nothing) */
+        const size_t G = 4 * (size_t)L->H;
+        if ((size_t)T * B >= WIDEN_ROWS * 8)
+            p16_ih = widen(INTLSTM_NP(G) * (size_t)INTLSTM_KP(L->I), L->p_ih);
+        if (B >= 4 && (size_t)T * B >= WIDEN_ROWS * 8)
+            p16_hh = widen(INTLSTM_NP(G) * (size_t)INTLSTM_KP(L->H), L->p_hh);
+    }
+    r.p16_ih = p16_ih;
+    r.p16_hh = p16_hh;
     const int nt = intlstm_plan_threads(T, B, L->I, L->H, nthreads);
     parallel(nt, layer_task, &r);
+    free(p16_ih); free(p16_hh);
     for (int t = 0; t < nt; t++)
         if (r.failed[t]) return -1;
     return 0;
