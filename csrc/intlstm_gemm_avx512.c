@@ -127,8 +127,8 @@ void intlstm_gemm_avx512(const intlstm_gemm_args *g)
  * products into each row's int32 lane: no int16 stage, so no saturation, and the 16 lanes are 16 outputs
  * (no horizontal sums). Tile: MR (1..4) rows of A x NP (1..4) panels, MR * NP zmm accumulators; a single row
  * (batch 1) alternates two sets, so that vpdpbusd's latency does not bound the few dependency chains. The
- * panels of a tile (NP x Kp x 16 bytes) stay in L1 while every row of A passes over them. Bias added and
- * partial panels masked at the store. */
+ * panels of a tile (NP x Kp x 16 bytes) stay in L1 while a block of rows of A passes over them. Bias added
+ * and partial panels masked at the store. */
 #if LB_X86
 #define PGV_INLINE static inline __attribute__((always_inline, target(T512)))
 
@@ -167,17 +167,17 @@ PGV_INLINE void pgv_tile(const int MR, const int NP, const uint8_t *a, size_t ld
     }
 }
 
-/* all rows of A against the NP panels from column j0 (nc valid columns) */
-PGV_INLINE void pgv_cols(const int NP, const intlstm_pgemm_args *g, int j0, int nc)
+/* rows [m0, m1) of A against the NP panels from column j0 (nc valid columns) */
+PGV_INLINE void pgv_cols(const int NP, const intlstm_pgemm_args *g, int j0, int nc, int m0, int m1)
 {
-    const int S = g->kp / 4, M = g->m;
+    const int S = g->kp / 4;
     const size_t pbytes = (size_t)g->kp * INTLSTM_NR;
     const int8_t *P = g->p + (size_t)(j0 / INTLSTM_NR) * pbytes;
     const int32_t *bias = g->bias ? g->bias + j0 : NULL;
-    int m = 0;
-    for (; m + 4 <= M; m += 4)
+    int m = m0;
+    for (; m + 4 <= m1; m += 4)
         pgv_tile(4, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc);
-    switch (M - m) {
+    switch (m1 - m) {
     case 3: pgv_tile(3, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc); break;
     case 2: pgv_tile(2, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc); break;
     case 1: pgv_tile(1, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc); break;
@@ -185,18 +185,24 @@ PGV_INLINE void pgv_cols(const int NP, const intlstm_pgemm_args *g, int j0, int 
     }
 }
 
+/* Blocks of PGV_MB rows of A (in L1) pass over all the panels (from L2), so the output is written a block of
+ * rows at a time: a wide output (the decoder's vocabulary) is not strewn over all its rows at once. */
+#define PGV_MB 64
+
 __attribute__((target(T512))) static void pgemm_vnni(const intlstm_pgemm_args *g)
 {
-    const int N = g->n;
-    int j0 = 0;
-    for (; N - j0 > 3 * INTLSTM_NR; j0 += 4 * INTLSTM_NR) /* 4 panels (the last one possibly partial) */
-        pgv_cols(4, g, j0, N - j0 < 4 * INTLSTM_NR ? N - j0 : 4 * INTLSTM_NR);
-    const int np = (N - j0 + INTLSTM_NR - 1) / INTLSTM_NR;
-    switch (np) {
-    case 3: pgv_cols(3, g, j0, N - j0); break;
-    case 2: pgv_cols(2, g, j0, N - j0); break;
-    case 1: pgv_cols(1, g, j0, N - j0); break;
-    default: break;
+    const int N = g->n, M = g->m;
+    for (int m0 = 0; m0 < M; m0 += PGV_MB) {
+        const int m1 = M - m0 < PGV_MB ? M : m0 + PGV_MB;
+        int j0 = 0;
+        for (; N - j0 > 3 * INTLSTM_NR; j0 += 4 * INTLSTM_NR) /* 4 panels (the last one possibly partial) */
+            pgv_cols(4, g, j0, N - j0 < 4 * INTLSTM_NR ? N - j0 : 4 * INTLSTM_NR, m0, m1);
+        switch ((N - j0 + INTLSTM_NR - 1) / INTLSTM_NR) {
+        case 3: pgv_cols(3, g, j0, N - j0, m0, m1); break;
+        case 2: pgv_cols(2, g, j0, N - j0, m0, m1); break;
+        case 1: pgv_cols(1, g, j0, N - j0, m0, m1); break;
+        default: break;
+        }
     }
 }
 

@@ -567,23 +567,39 @@ class IntLSTM:
         ids = self._ids(ids)
         return self.run_quantized(self.embedding[ids], state)
 
+    def _decode(self, y: np.ndarray, log_softmax: bool) -> np.ndarray:
+        """float32 (T, B, V) logits (or their log-softmax) of the hidden outputs y int8 (T, B, H). Computed a
+        block of rows at a time (the int32 products of a block, ~1 MB, stay in cache while they are
+        dequantized and normalized); every row's arithmetic is that of the whole array at once."""
+        T, B, H = y.shape
+        V = self.decoder_w.shape[0]
+        if self._decoder_packed is None and self.kernels.backend == "c":
+            self._decoder_packed = self.kernels.ext.prepare_weights(self.decoder_w, self.decoder_bias_int)
+        rows = y.reshape(T * B, H)
+        out = np.empty((T * B, V), dtype=np.float32)
+        step = max(1, (1 << 18) // V)
+        for r0 in range(0, T * B, step):
+            acc = self.kernels.gemm(rows[r0:r0 + step], self.decoder_w, self.decoder_bias_int, self._decoder_packed)
+            z = out[r0:r0 + step]
+            np.multiply(acc, self.decoder_scale, out=z, dtype=np.float32)  # = acc.astype(float32) * scale
+            z += self.decoder_bias
+            if log_softmax:
+                z -= z.max(axis=-1, keepdims=True)
+                z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        return out.reshape(T, B, V)
+
     def logits(self, ids, state: Optional[State] = None):
         if self.decoder_w is None:
             raise ConfigError(f"{self.source} has no decoder (exported from a bare LSTM)")
         y, state = self.run_ids(ids, state)
-        T, B, H = y.shape
-        if self._decoder_packed is None and self.kernels.backend == "c":
-            self._decoder_packed = self.kernels.ext.prepare_weights(self.decoder_w, self.decoder_bias_int)
-        acc = self.kernels.gemm(y.reshape(T * B, H), self.decoder_w, self.decoder_bias_int, self._decoder_packed)
-        out = acc.astype(np.float32) * self.decoder_scale + self.decoder_bias
-        return out.reshape(T, B, self.decoder_w.shape[0]), state
+        return self._decode(y, False), state
 
     def log_probs(self, ids, state: Optional[State] = None):
         """float32 (T, B, V) log-softmax of the logits, and the new state."""
-        z, state = self.logits(ids, state)
-        z -= z.max(axis=-1, keepdims=True)
-        z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
-        return z, state
+        if self.decoder_w is None:
+            raise ConfigError(f"{self.source} has no decoder (exported from a bare LSTM)")
+        y, state = self.run_ids(ids, state)
+        return self._decode(y, True), state
 
     def perplexity(self, ids, batch_size: int = 1, bptt: int = 35) -> Dict[str, float]:
         """Mean next-token cross-entropy of a token stream, cut into ``batch_size`` columns and read in
