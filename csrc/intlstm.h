@@ -1,28 +1,33 @@
 /*
  * intlstm.h -- internal interface of lowbit's integer-only LSTM (TensorFlow Lite "8x8_16" design).
  *
- * The number formats and the arithmetic are documented in src/lowbit/rnn/int_lstm.py, whose NumPy reference
- * computes exactly the same integers. Split like the binary GEMM (bitgemm.h), one file per concern:
+ * The number formats and the arithmetic are documented in src/lowbit/runtime/int_lstm.py, whose NumPy
+ * reference computes exactly the same integers. Split like the binary GEMM (bitgemm.h), one file per concern:
  *
- *   intlstm_gemm_scalar.c   int8 x int8 -> int32 GEMM, plain C
- *   intlstm_gemm_avx2.c     the same with vpmaddwd (2 x 4 register tiles, L2 blocks of weight rows)
- *   intlstm_gemm_avx512.c   the same with AVX-512 VNNI vpdpwssd (4 x 4 tiles of zmm accumulators)
+ *   intlstm_gemm_scalar.c   int8 x int8 -> int32 GEMMs in plain C: on packed rows (gemm()), and on prepared
+ *                           panels (the LSTM layer, gemm_prepared())
+ *   intlstm_gemm_avx2.c     the same with vpmaddwd (rows: 2 x 4 register tiles; panels: 4 rows x half a panel)
+ *   intlstm_gemm_avx512.c   rows: AVX-512 vpdpwssd, 4 x 4 tiles; panels: VNNI vpdpbusd, 4 rows x 4 panels
  *   intlstm_step_scalar.c   element-wise step: gate rescale, table activations, cell and hidden update
  *   intlstm_step_avx2.c     the same, 8 lanes
- *   intlstm_driver.c        per-path kernel table, the layer over a sequence (buffers, GEMM, step)
+ *   intlstm_step_avx512.c   the same, 16 lanes (AVX-512 F/BW/VL: 64-bit arithmetic shifts, saturating packs)
+ *   intlstm_driver.c        per-path kernel table, weight preparation, threads, the layer over a sequence
  *   intlstm_module.c        CPython bindings (buffer protocol through pybuf.h, no NumPy headers)
+ *
+ * The LSTM layer runs on prepared weights: the int8 panels of the k-bit GEMM (qgemm.h, 8-bit storage; see
+ * intlstm_prepare below), made once at load by the Python side (lowbit.kernels.intlstm.prepare_weights) or
+ * per call by the packed-rows entry point (intlstm_layer_run). The row kernels serve gemm() on packed rows.
  *
  * Paths are the shared enum of lowbit_cpu.h; each runs (integer sums are exact and the element-wise code
  * computes the same integers in every variant, so all paths give the same bits):
  *
- *   path       GEMM     step     note
- *   portable   scalar   scalar
- *   popcnt     scalar   scalar   nothing here counts bits: the portable code
- *   avx2       avx2     avx2     weights widened to int16 once per layer run when batch >= 2
- *   avx512     avx512   avx2     GEMM: needs AVX-512 BW, VL, VNNI besides the path's F + VPOPCNTDQ (every such
- *                                CPU but Knights Mill, which runs the AVX2 GEMM); the step is bound by its
- *                                table gathers, not its width, and stays AVX2 (the path implies AVX2)
- *   avx512vnni avx512   avx2     as avx512 (the path guarantees BW, VL and VNNI)
+ *   path       panel GEMM  step     note
+ *   portable   scalar      scalar
+ *   popcnt     scalar      scalar   nothing here counts bits: the portable code
+ *   avx2       avx2        avx2     panels widened to int16 per layer run when many rows pass over them
+ *   avx512     vnni        avx512   GEMM: needs AVX-512 BW, VL, VNNI besides the path's F + VPOPCNTDQ, the step
+ *                                   BW and VL (every such CPU but Knights Mill, which runs the AVX2 code)
+ *   avx512vnni vnni        avx512   as avx512 (the path guarantees BW, VL and VNNI)
  */
 #ifndef LOWBIT_INTLSTM_H
 #define LOWBIT_INTLSTM_H
@@ -89,10 +94,10 @@ static inline int32_t intlstm_lut16(const int32_t *T, int32_t x)
     return intlstm_sat16((v + (1 << (s - 1))) >> s);
 }
 
-/* ---- GEMM ------------------------------------------------------------------------------------------------
+/* ---- GEMM on packed rows (gemm()) ----------------------------------------------------------------------
  *   c[m*n_ + j] = bias[j] + sum_k a[m*K + k] * w[j*Kp + k]     int8 x int8 -> int32, exact for K <= 65536
- * w rows hold Kp = INTLSTM_KP(K) weights, zeros beyond K: int8 (wsz 1, as packed) or int16 (wsz 2, the copy
- * intlstm_layer_run widens once when the batch reads every row several times). */
+ * w rows hold Kp = INTLSTM_KP(K) weights, zeros beyond K: int8 (wsz 1, as packed) or an int16 copy (wsz 2;
+ * the kernels take it, no caller makes one now: the LSTM runs on the panels below). */
 typedef struct {
     const int8_t *a;
     const void *w;
@@ -204,7 +209,7 @@ void intlstm_step_rows_avx512(const intlstm_step_ctx *s, const int32_t *acch, co
 
 /* ---- driver (intlstm_driver.c); path: a supported lb_path (the caller resolves LB_PATH_AUTO) ------------ */
 
-/* The GEMM above with int8 packed weights W; scratch as intlstm_gemm_args.scratch. */
+/* The row GEMM above with int8 packed weights W; scratch as intlstm_gemm_args.scratch. */
 void intlstm_gemm(int path, const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N, int K,
                   int16_t *scratch);
 

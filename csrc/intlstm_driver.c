@@ -1,16 +1,9 @@
 /*
- * intlstm_driver.c -- per-path kernel table and the integer LSTM layer over a sequence.
- *
- * A layer run, for T steps of B batch rows:
- *
- *   for each chunk of time steps (CHUNK_ELEMS accumulators)
- *     input GEMM of the whole chunk (x does not depend on h), rescale to Q3.12      once per chunk
- *     for each step
- *       recurrent GEMM (B rows of h)                                                the serial part
- *       element-wise step of the B rows -> c, y; h = y
+ * intlstm_driver.c -- per-path kernel table, weight preparation, threads, and the integer LSTM layer over a
+ * sequence (see run_rows below for its loop).
  *
  * The arithmetic of each piece is in intlstm_step_scalar.c; which code runs on which path is the table in
- * intlstm.h, made here by kernel_for().
+ * intlstm.h, made here by kernel_for() (row GEMM, step) and pgemm_for() (panel GEMM).
  */
 #include <stdlib.h>
 #include <string.h>

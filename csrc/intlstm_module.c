@@ -11,6 +11,15 @@
  *   lstm_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, lut_cell, h, c, y,
  *              (T, B, I, H), (z_h, cell_frac_bits, hid_m0, hid_shift, cell_clip), path)
  *                                              one layer over a sequence (w_ih, w_hh packed as for gemm)
+ *   prepare(w, bias|None, panels, bias_eff, N, K, ldw)
+ *                                              w int8 (N rows of stride ldw >= K) -> panels int8
+ *                                              (round_up(N, 16) * round_up(K, 16)), effective bias int32 (N)
+ *   gemm_prepared(a, panels, bias_eff, out, M, N, K, path, nthreads)
+ *                                              out int32 (M, N) = a int8 (M, K) @ w.T + bias
+ *   lstm_layer_prepared(x, p_ih, p_hh, bias_x_eff, bias_h_eff, qmul, lut_sig, lut_tanh, lut_cell, h, c, y,
+ *              (T, B, I, H), (z_h, cell_frac_bits, hid_m0, hid_shift, cell_clip), path, nthreads)
+ *                                              lstm_layer on prepared weights, threads over the batch rows
+ *   plan_threads(T, B, I, H, nthreads)         threads lstm_layer_prepared starts
  *   lut(table, x, out)                         int16 -> int16 through an interpolated table (for tests)
  *   rescale(x, m0, shift, out)                 int32 -> int32 MultiplyByQuantizedMultiplier (for tests)
  *   path_names() / supported_paths() / cpu_features() / best_path()   (lowbit_cpu_py.h)
@@ -271,7 +280,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "gemm(a, w, bias, out, M, N, K, path): out = a @ w.T + bias (int8 -> int32)"},
-    {"lstm_layer", py_lstm_layer, METH_VARARGS, "run one integer LSTM layer over a sequence (see lowbit.rnn.int_lstm)"},
+    {"lstm_layer", py_lstm_layer, METH_VARARGS, "run one integer LSTM layer over a sequence (see lowbit.runtime.int_lstm)"},
     {"lstm_layer_prepared", py_lstm_layer_prepared, METH_VARARGS,
      "lstm_layer with prepared weights (panels, effective biases) and a thread count"},
     {"prepare", py_prepare, METH_VARARGS,
