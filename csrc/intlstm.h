@@ -229,5 +229,6 @@ int intlstm_plan_threads(int T, int B, int I, int H, int nthreads);
  * Returns 0, or -1 if out of memory. */
 int intlstm_gemm_prepared(int path, const int8_t *a, const int8_t *panels, const int32_t *bias_eff, int32_t *c, int M,
                           int N, int K, int nthreads);
+int intlstm_gemm_plan_threads(int M, int N, int K, int nthreads); /* threads intlstm_gemm_prepared uses */
 
 #endif /* LOWBIT_INTLSTM_H */

@@ -203,16 +203,23 @@ static void gemm_task(void *vctx, int t, int nthreads)
     g->fn(&a);
 }
 
+int intlstm_gemm_plan_threads(int M, int N, int K, int nthreads)
+{
+    const int np = (N + INTLSTM_NR - 1) / INTLSTM_NR;
+    /* 2e7 multiply-adds per thread, as the LSTM layer (intlstm_plan_threads), and whole panels */
+    int nt = (int)((double)M * N * INTLSTM_KP(K) / 2e7);
+    if (nt > nthreads) nt = nthreads;
+    if (nt > np) nt = np;
+    if (nt > INTLSTM_MAX_THREADS) nt = INTLSTM_MAX_THREADS;
+    return nt < 1 ? 1 : nt;
+}
+
 int intlstm_gemm_prepared(int path, const int8_t *a, const int8_t *panels, const int32_t *bias_eff, int32_t *c, int M,
                           int N, int K, int nthreads)
 {
     if (M <= 0 || N <= 0) return 0;
-    const int Kp = INTLSTM_KP(K), np = (N + INTLSTM_NR - 1) / INTLSTM_NR;
-    /* a thread per ~100 us of work (~4 G multiply-adds/s at the slowest path that threads), whole panels */
-    int nt = (int)((double)M * N * Kp / 4e5);
-    if (nt > nthreads) nt = nthreads;
-    if (nt > np) nt = np;
-    if (nt < 1) nt = 1;
+    const int Kp = INTLSTM_KP(K);
+    const int nt = intlstm_gemm_plan_threads(M, N, K, nthreads);
     uint8_t *au = (uint8_t *)malloc((size_t)M * Kp + 1);
     int16_t *scratch = (int16_t *)malloc(((size_t)nt * M * Kp + 1) * sizeof(int16_t));
     if (!au || !scratch) {

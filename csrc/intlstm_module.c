@@ -20,6 +20,7 @@
  *              (T, B, I, H), (z_h, cell_frac_bits, hid_m0, hid_shift, cell_clip), path, nthreads)
  *                                              lstm_layer on prepared weights, threads over the batch rows
  *   plan_threads(T, B, I, H, nthreads)         threads lstm_layer_prepared starts
+ *   gemm_threads(M, N, K, nthreads)            threads gemm_prepared starts
  *   lut(table, x, out)                         int16 -> int16 through an interpolated table (for tests)
  *   rescale(x, m0, shift, out)                 int32 -> int32 MultiplyByQuantizedMultiplier (for tests)
  *   path_names() / supported_paths() / cpu_features() / best_path()   (lowbit_cpu_py.h)
@@ -229,6 +230,14 @@ static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
     return PyLong_FromLong(intlstm_plan_threads(T, B, I, H, n < 1 ? 1 : n));
 }
 
+static PyObject *py_gemm_threads(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    int M, N, K, n;
+    if (!PyArg_ParseTuple(args, "iiii:gemm_threads", &M, &N, &K, &n))
+        return NULL;
+    return PyLong_FromLong(intlstm_gemm_plan_threads(M, N, K, n < 1 ? 1 : n));
+}
+
 static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *ot, *ox, *oout;
@@ -288,6 +297,7 @@ static PyMethodDef methods[] = {
     {"gemm_prepared", py_gemm_prepared, METH_VARARGS,
      "gemm_prepared(a, panels, bias_eff, out, M, N, K, path, nthreads): out = a @ w.T + bias (int8 -> int32)"},
     {"plan_threads", py_plan_threads, METH_VARARGS, "plan_threads(T, B, I, H, n): threads a layer run uses"},
+    {"gemm_threads", py_gemm_threads, METH_VARARGS, "gemm_threads(M, N, K, n): threads gemm_prepared uses"},
     {"lut", py_lut, METH_VARARGS, "lut(table, x, out): int16 -> int16 through an interpolated table"},
     {"rescale", py_rescale, METH_VARARGS, "rescale(x, m0, shift, out): int32 MultiplyByQuantizedMultiplier"},
     LB_CPU_PY_METHODS,

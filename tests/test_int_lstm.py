@@ -144,7 +144,7 @@ def test_prepared_weights_gemm_equals_reference(kernel_path):
 
     rng = np.random.default_rng(2)
     for M, N, K in [(1, 1, 1), (1, 16, 16), (1, 800, 200), (2, 17, 33), (3, 47, 5), (4, 64, 64), (5, 65, 100),
-                    (9, 130, 47), (37, 200, 31), (6, 13, 655), (64, 130, 655)]:
+                    (9, 130, 47), (37, 200, 31), (6, 13, 655), (64, 130, 655), (256, 400, 655)]:
         a = rng.integers(-128, 128, (M, K), dtype=np.int8)
         w = rng.integers(-128, 128, (N, K), dtype=np.int8)
         w[0, :] = -128  # extremes: u = 255 against -128 in every product of a row
@@ -155,6 +155,8 @@ def test_prepared_weights_gemm_equals_reference(kernel_path):
         assert pw.panels.ctypes.data % 64 == 0 and pw.panels.size == -(-N // 16) * 16 * -(-K // 16) * 16
         for threads in (1, 2, 3):
             assert np.array_equal(intlstm.gemm_prepared(a, pw, num_threads=threads), want), (kernel_path, M, N, K)
+        if M * N * K > 6e7:  # threads split the columns in whole panels
+            assert intlstm._ext.gemm_threads(M, N, K, 3) == 3
         assert np.array_equal(intlstm.gemm_prepared(a, intlstm.prepare_weights(il.pack_rows(w), b, k=K)), want)
         assert np.array_equal(intlstm.gemm_prepared(a, intlstm.prepare_weights(w)), il.gemm_reference(a, w, 0 * b))
         assert np.array_equal(il._Kernels("c").gemm(a, w, b, pw), want)
