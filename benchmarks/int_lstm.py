@@ -292,7 +292,9 @@ def markdown(r) -> str:
         lines.append(f"| {row['model']} | {row['batch']} | {row.get('threads', 1)} | {row['torch_fp32_ms']:.2f} | "
                      f"{row['torch_dynamic_int8_ms']:.2f} | {row['integer_ms']:.2f} | {row['best_path']} | "
                      f"x{row['speedup_vs_fp32']:.2f} | x{row['speedup_vs_dynamic_int8']:.2f} |")
-    paths = sorted({k for row in r["speed_lstm"] for k in row if k.startswith("int_") and k.endswith("_ms")})
+    keys = {k for row in r["speed_lstm"] for k in row if k.startswith("int_") and k.endswith("_ms")}
+    order = [f"int_{p}_ms" for p in r["kernel_paths"]]
+    paths = [k for k in order if k in keys] + sorted(keys - set(order))
     first = r["threads"][0]
     lines += ["", f"Every kernel path ({first} thread{'s' if first > 1 else ''}; ms):", "",
               "| model | batch | " + " | ".join(p[4:-3] for p in paths) + " |",

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import NamedTuple, Optional
 
 import numpy as np
-
-from typing import NamedTuple, Optional
 
 from .dispatch import PATHS, active_path, check_path, path_id, resolve_threads
 from .native import load
@@ -88,6 +87,8 @@ def lstm_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_sig, lut_tanh, lut_cell,
     bias_h int32 (4H); qmul int32 (4, 4H) (m0_x, shift_x, m0_h, shift_h); the three tables int32
     (LUT_SEGMENTS + 1). h int8 (B, H) and c int16 (B, H) hold the initial state and receive the final one;
     y int8 (T, B, H) receives the hidden outputs. The scalars are those of :class:`lowbit.runtime.int_lstm.IntLSTMLayer`.
+    The C side lays the weights out for its kernels at every call; for repeated calls with the same weights,
+    :func:`prepare_weights` once and :func:`lstm_layer_prepared` skip that (same results).
     """
     T, B, I = x.shape
     H = h.shape[1]
