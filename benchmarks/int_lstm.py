@@ -305,8 +305,15 @@ def markdown(r) -> str:
                          + " | ".join(f"{row[p]:.2f}" if p in row else "" for p in paths) + " |")
     lines += ["", f"Exported model at batch 1 at least 2x faster than fp32: "
               f"{'yes' if r['batch1_at_least_2x_fp32'] else 'NO'}; faster than torch's dynamic int8 LSTM at batch 1 "
-              f"and 32: {'yes' if r.get('faster_than_dynamic_int8') else 'NO'}. Timings are medians on a shared "
-              f"machine (other processes running make them noisy; the 2-thread rows most).", "",
+              f"and 32: {'yes' if r.get('faster_than_dynamic_int8') else 'NO'} (every thread count). Timings are "
+              f"medians on a shared machine: other processes running make them noisy."]
+    if any(t > 1 for t in r["threads"]) and r["machine"].get("cpus", 0) <= max(r["threads"]):
+        lines += ["", f"Threads: this machine has {r['machine'].get('cpus')} CPUs, shared with other users' processes "
+                  f"(load average {r['machine'].get('loadavg')}). With as many threads as CPUs every contender "
+                  "competes with them for a core, and a thread that waits for one holds up its whole call; torch's "
+                  "OpenMP pool, which also spins between calls (taking a core from the contender timed next), "
+                  "suffers most. Read the 1-thread rows as the comparison and the others as what this machine gave."]
+    lines += ["",
               "## Whole language model (embedding, LSTM, decoder, log-softmax)", "",
               "| batch | threads | torch fp32 ms | integer ms | speed-up |", "|---|---|---|---|---|"]
     for row in r["speed_whole_lm"]:
