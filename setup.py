@@ -40,7 +40,7 @@ ext_modules = [
         "lowbit.kernels._intlstm",
         sources=["csrc/intlstm_module.c", "csrc/intlstm_driver.c", "csrc/intlstm_gemm_scalar.c",
                  "csrc/intlstm_gemm_avx2.c", "csrc/intlstm_gemm_avx512.c",
-                 "csrc/intlstm_step_scalar.c", "csrc/intlstm_step_avx2.c", "csrc/intrnn_cells.c", LOWBIT_CPU],
+                 "csrc/intlstm_step_scalar.c", "csrc/intlstm_step_avx2.c", "csrc/intlstm_step_avx512.c", "csrc/intrnn_cells.c", LOWBIT_CPU],
         include_dirs=["csrc"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,

@@ -1,28 +1,33 @@
 /*
  * intlstm.h -- internal interface of lowbit's integer-only LSTM (TensorFlow Lite "8x8_16" design).
  *
- * The number formats and the arithmetic are documented in src/lowbit/rnn/int_lstm.py, whose NumPy reference
- * computes exactly the same integers. Split like the binary GEMM (bitgemm.h), one file per concern:
+ * The number formats and the arithmetic are documented in src/lowbit/runtime/int_lstm.py, whose NumPy
+ * reference computes exactly the same integers. Split like the binary GEMM (bitgemm.h), one file per concern:
  *
- *   intlstm_gemm_scalar.c   int8 x int8 -> int32 GEMM, plain C
- *   intlstm_gemm_avx2.c     the same with vpmaddwd (2 x 4 register tiles, L2 blocks of weight rows)
- *   intlstm_gemm_avx512.c   the same with AVX-512 VNNI vpdpwssd (4 x 4 tiles of zmm accumulators)
+ *   intlstm_gemm_scalar.c   int8 x int8 -> int32 GEMMs in plain C: on packed rows (gemm()), and on prepared
+ *                           panels (the LSTM layer, gemm_prepared())
+ *   intlstm_gemm_avx2.c     the same with vpmaddwd (rows: 2 x 4 register tiles; panels: 4 rows x half a panel)
+ *   intlstm_gemm_avx512.c   rows: AVX-512 vpdpwssd, 4 x 4 tiles; panels: VNNI vpdpbusd, 4 rows x 4 panels
  *   intlstm_step_scalar.c   element-wise step: gate rescale, table activations, cell and hidden update
  *   intlstm_step_avx2.c     the same, 8 lanes
- *   intlstm_driver.c        per-path kernel table, the layer over a sequence (buffers, GEMM, step)
+ *   intlstm_step_avx512.c   the same, 16 lanes (AVX-512 F/BW/VL: 64-bit arithmetic shifts, saturating packs)
+ *   intlstm_driver.c        per-path kernel table, weight preparation, threads, the layer over a sequence
  *   intlstm_module.c        CPython bindings (buffer protocol through pybuf.h, no NumPy headers)
+ *
+ * The LSTM layer runs on prepared weights: the int8 panels of the k-bit GEMM (qgemm.h, 8-bit storage; see
+ * intlstm_prepare below), made once at load by the Python side (lowbit.kernels.intlstm.prepare_weights) or
+ * per call by the packed-rows entry point (intlstm_layer_run). The row kernels serve gemm() on packed rows.
  *
  * Paths are the shared enum of lowbit_cpu.h; each runs (integer sums are exact and the element-wise code
  * computes the same integers in every variant, so all paths give the same bits):
  *
- *   path       GEMM     step     note
- *   portable   scalar   scalar
- *   popcnt     scalar   scalar   nothing here counts bits: the portable code
- *   avx2       avx2     avx2     weights widened to int16 once per layer run when batch >= 2
- *   avx512     avx512   avx2     GEMM: needs AVX-512 BW, VL, VNNI besides the path's F + VPOPCNTDQ (every such
- *                                CPU but Knights Mill, which runs the AVX2 GEMM); the step is bound by its
- *                                table gathers, not its width, and stays AVX2 (the path implies AVX2)
- *   avx512vnni avx512   avx2     as avx512 (the path guarantees BW, VL and VNNI)
+ *   path       panel GEMM  step     note
+ *   portable   scalar      scalar
+ *   popcnt     scalar      scalar   nothing here counts bits: the portable code
+ *   avx2       avx2        avx2     panels widened to int16 per layer run when many rows pass over them
+ *   avx512     vnni        avx512   GEMM: needs AVX-512 BW, VL, VNNI besides the path's F + VPOPCNTDQ, the step
+ *                                   BW and VL (every such CPU but Knights Mill, which runs the AVX2 code)
+ *   avx512vnni vnni        avx512   as avx512 (the path guarantees BW, VL and VNNI)
  */
 #ifndef LOWBIT_INTLSTM_H
 #define LOWBIT_INTLSTM_H
@@ -89,10 +94,10 @@ static inline int32_t intlstm_lut16(const int32_t *T, int32_t x)
     return intlstm_sat16((v + (1 << (s - 1))) >> s);
 }
 
-/* ---- GEMM ------------------------------------------------------------------------------------------------
+/* ---- GEMM on packed rows (gemm()) ----------------------------------------------------------------------
  *   c[m*n_ + j] = bias[j] + sum_k a[m*K + k] * w[j*Kp + k]     int8 x int8 -> int32, exact for K <= 65536
- * w rows hold Kp = INTLSTM_KP(K) weights, zeros beyond K: int8 (wsz 1, as packed) or int16 (wsz 2, the copy
- * intlstm_layer_run widens once when the batch reads every row several times). */
+ * w rows hold Kp = INTLSTM_KP(K) weights, zeros beyond K: int8 (wsz 1, as packed) or an int16 copy (wsz 2;
+ * the kernels take it, no caller makes one now: the LSTM runs on the panels below). */
 typedef struct {
     const int8_t *a;
     const void *w;
@@ -110,12 +115,52 @@ void intlstm_gemm_avx2(const intlstm_gemm_args *g);
 void intlstm_gemm_avx512(const intlstm_gemm_args *g); /* needs AVX-512 BW, VL and VNNI besides the path */
 #endif
 
+/* ---- prepared weights: the int8 panels of the k-bit GEMM (qgemm.h, 8-bit storage) -----------------------
+ * W (N, K) int8 -> panels of INTLSTM_NR = 16 rows; panel p holds S = Kp / 4 "k4 steps" of 64 bytes, byte
+ * 4 l + q of step s = W[16 p + l][4 s + q] (0 past N or K): Np = round_up(N, 16) rows of Kp = INTLSTM_KP(K)
+ * bytes in all. A is read as unsigned bytes u = x + 128 (= x ^ 0x80), rows of Kp (any bytes past K: the
+ * panels hold 0 there), so that VNNI's vpdpbusd (u8 x s8) applies; since
+ *     sum_k W[j][k] x[k] = sum_k W[j][k] u[k] - 128 rowsum(W[j]),
+ * the prepared bias is bias - 128 rowsum(W) (the "effective bias", in wrapping int32 arithmetic: the true
+ * result fits int32 -- |bias| <= 2^30, K <= 65536 -- so the wrapped sum is exact).
+ *
+ *   c[m][j] = bias_eff[j] + sum_k u[m][k] * W[j][k]     for m < M, j < N (row stride ldc)
+ */
+#define INTLSTM_NR 16
+#define INTLSTM_NP(N) (((N) + INTLSTM_NR - 1) / INTLSTM_NR * INTLSTM_NR)
+
+/* panels (INTLSTM_NP(N) * INTLSTM_KP(K) bytes) and the effective bias (N int32; bias NULL: 0) of W, whose
+ * row j starts at W + j * ldw (ldw >= K: rows packed to 16 columns or not) */
+void intlstm_prepare(const int8_t *W, size_t ldw, int N, int K, const int32_t *bias, int8_t *panels,
+                     int32_t *bias_eff);
+
+typedef struct {
+    const uint8_t *a; /* M rows of u8 (x ^ 0x80), row stride lda >= Kp */
+    size_t lda;
+    const int8_t *p;        /* panels */
+    const int16_t *p16;     /* the same widened to int16 (NULL: none; only the AVX2 kernel reads it) */
+    const int32_t *bias;    /* N effective bias (NULL: none) */
+    int32_t *c;             /* M rows of N int32, row stride ldc */
+    size_t ldc;
+    int m, n, kp;           /* kp = INTLSTM_KP(K) */
+    int16_t *scratch;       /* the AVX2 kernel's int16 copy of A: at least m * kp int16 */
+} intlstm_pgemm_args;
+
+typedef void (*intlstm_pgemm_fn)(const intlstm_pgemm_args *g);
+void intlstm_pgemm_scalar(const intlstm_pgemm_args *g);
+#if LB_X86
+void intlstm_pgemm_avx2(const intlstm_pgemm_args *g);
+void intlstm_pgemm_vnni(const intlstm_pgemm_args *g); /* AVX-512 F, BW, VNNI */
+#endif
+
 /* ---- element-wise step -------------------------------------------------------------------------------- */
 typedef struct {
-    const int8_t *w_ih;     /* (4H, Ip) packed, Ip = INTLSTM_KP(I) */
+    const int8_t *w_ih;     /* (4H, Ip) packed, Ip = INTLSTM_KP(I) (intlstm_layer_run) */
     const int8_t *w_hh;     /* (4H, Hp) packed */
-    const int32_t *bias_x;  /* (4H) effective input bias (zero point folded in) */
-    const int32_t *bias_h;  /* (4H) effective recurrent bias */
+    const int8_t *p_ih;     /* the same as panels (intlstm_prepare; intlstm_layer_run_prepared) */
+    const int8_t *p_hh;
+    const int32_t *bias_x;  /* (4H) input bias (zero point folded in); with panels: its effective bias */
+    const int32_t *bias_h;  /* (4H) recurrent bias; with panels: its effective bias */
     const int32_t *qmul;    /* (4, 4H): m0_x, shift_x, m0_h, shift_h */
     const int32_t *lut_sig, *lut_tanh, *lut_cell; /* (LUT_SEGMENTS + 1) Q0.23 */
     int I, H;
@@ -156,11 +201,15 @@ void intlstm_rescale_rows_avx2(const int32_t *acc, const int32_t *m0, const int3
                                int G);
 void intlstm_step_rows_avx2(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
                             int B);
+void intlstm_rescale_rows_avx512(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out, size_t rows,
+                                 int G); /* AVX-512 F, BW, VL */
+void intlstm_step_rows_avx512(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
+                              int B);
 #endif
 
 /* ---- driver (intlstm_driver.c); path: a supported lb_path (the caller resolves LB_PATH_AUTO) ------------ */
 
-/* The GEMM above with int8 packed weights W; scratch as intlstm_gemm_args.scratch. */
+/* The row GEMM above with int8 packed weights W; scratch as intlstm_gemm_args.scratch. */
 void intlstm_gemm(int path, const int8_t *A, const int8_t *W, const int32_t *bias, int32_t *C, int M, int N, int K,
                   int16_t *scratch);
 
@@ -180,8 +229,21 @@ int intlstm_buffers_alloc(intlstm_buffers *b, int T, int B, int I, int H, int G)
 void intlstm_buffers_free(intlstm_buffers *b);
 
 /* Run one layer over a sequence. x (T, B, I) int8; h (B, H) int8 and c (B, H) int16 are read as the initial
- * state and overwritten with the final one; y (T, B, H) int8. Returns 0, or -1 if out of memory. */
+ * state and overwritten with the final one; y (T, B, H) int8. Returns 0, or -1 if out of memory.
+ * intlstm_layer_run reads L's packed rows (w_ih, w_hh) and prepares panels from them for the run;
+ * intlstm_layer_run_prepared reads L's panels (p_ih, p_hh) and effective biases. nthreads (>= 1) threads
+ * split the batch rows (each runs every time step of its rows: no synchronisation between steps). */
 int intlstm_layer_run(int path, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h, int16_t *c,
                       int8_t *y);
+int intlstm_layer_run_prepared(int path, const intlstm_layer *L, const int8_t *x, int T, int B, int8_t *h,
+                               int16_t *c, int8_t *y, int nthreads);
+/* threads a prepared run of T steps of B rows would use (at most nthreads) */
+int intlstm_plan_threads(int T, int B, int I, int H, int nthreads);
+
+/* c (M, N) = a (M, K) int8 @ W.T + bias through W's panels and effective bias; nthreads split the columns.
+ * Returns 0, or -1 if out of memory. */
+int intlstm_gemm_prepared(int path, const int8_t *a, const int8_t *panels, const int32_t *bias_eff, int32_t *c, int M,
+                          int N, int K, int nthreads);
+int intlstm_gemm_plan_threads(int M, int N, int K, int nthreads); /* threads intlstm_gemm_prepared uses */
 
 #endif /* LOWBIT_INTLSTM_H */

@@ -120,3 +120,91 @@ void intlstm_gemm_avx512(const intlstm_gemm_args *g)
         gemm_w8(g);
 }
 #endif /* LB_X86 */
+
+/* ---- prepared (panel) weights with VNNI vpdpbusd, see intlstm.h ------------------------------------------
+ * The k-bit GEMM's int8 scheme (qgemm_kernels_avx512.c): per k4 step a row's 4 bytes u are broadcast to the
+ * 16 lanes and vpdpbusd multiplies them (u8) with the step's 64 panel bytes (s8, 16 rows x 4) and adds the 4
+ * products into each row's int32 lane: no int16 stage, so no saturation, and the 16 lanes are 16 outputs
+ * (no horizontal sums). Tile: MR (1..4) rows of A x NP (1..4) panels, MR * NP zmm accumulators; a single row
+ * (batch 1) alternates two sets, so that vpdpbusd's latency does not bound the few dependency chains. The
+ * panels of a tile (NP x Kp x 16 bytes) stay in L1 while a block of rows of A passes over them. Bias added
+ * and partial panels masked at the store. */
+#if LB_X86
+#define PGV_INLINE static inline __attribute__((always_inline, target(T512)))
+
+PGV_INLINE void pgv_tile(const int MR, const int NP, const uint8_t *a, size_t lda, const int8_t *P, size_t pbytes,
+                         int S, const int32_t *bias, int32_t *c, size_t ldc, int nc)
+{
+    enum { SETS = 2 };
+    const int sets = MR == 1 ? 2 : 1;
+    __m512i acc[SETS][4][4];
+    for (int e = 0; e < sets; e++)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NP; j++) acc[e][i][j] = _mm512_setzero_si512();
+    for (int s = 0; s < S; s += 4) { /* S is a multiple of 4 (Kp of 16) */
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++) {
+            const int e = sets == 2 ? (h & 1) : 0;
+            __m512i w[4];
+            for (int j = 0; j < NP; j++)
+                w[j] = _mm512_loadu_si512((const void *)(P + (size_t)j * pbytes + (size_t)(s + h) * 64));
+            for (int i = 0; i < MR; i++) {
+                int32_t v;
+                __builtin_memcpy(&v, a + (size_t)i * lda + 4 * (size_t)(s + h), 4);
+                const __m512i x = _mm512_set1_epi32(v);
+                for (int j = 0; j < NP; j++) acc[e][i][j] = _mm512_dpbusd_epi32(acc[e][i][j], x, w[j]);
+            }
+        }
+    }
+    for (int j = 0; j < NP; j++) {
+        const int left = nc - INTLSTM_NR * j;
+        const __mmask16 m = left >= INTLSTM_NR ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        const __m512i b = bias ? _mm512_maskz_loadu_epi32(m, bias + INTLSTM_NR * j) : _mm512_setzero_si512();
+        for (int i = 0; i < MR; i++) {
+            __m512i r = sets == 2 ? _mm512_add_epi32(acc[0][i][j], acc[1][i][j]) : acc[0][i][j];
+            _mm512_mask_storeu_epi32(c + (size_t)i * ldc + INTLSTM_NR * j, m, _mm512_add_epi32(r, b));
+        }
+    }
+}
+
+/* rows [m0, m1) of A against the NP panels from column j0 (nc valid columns) */
+PGV_INLINE void pgv_cols(const int NP, const intlstm_pgemm_args *g, int j0, int nc, int m0, int m1)
+{
+    const int S = g->kp / 4;
+    const size_t pbytes = (size_t)g->kp * INTLSTM_NR;
+    const int8_t *P = g->p + (size_t)(j0 / INTLSTM_NR) * pbytes;
+    const int32_t *bias = g->bias ? g->bias + j0 : NULL;
+    int m = m0;
+    for (; m + 4 <= m1; m += 4)
+        pgv_tile(4, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc);
+    switch (m1 - m) {
+    case 3: pgv_tile(3, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc); break;
+    case 2: pgv_tile(2, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc); break;
+    case 1: pgv_tile(1, NP, g->a + (size_t)m * g->lda, g->lda, P, pbytes, S, bias, g->c + (size_t)m * g->ldc + j0, g->ldc, nc); break;
+    default: break;
+    }
+}
+
+/* Blocks of PGV_MB rows of A (in L1) pass over all the panels (from L2), so the output is written a block of
+ * rows at a time: a wide output (the decoder's vocabulary) is not strewn over all its rows at once. */
+#define PGV_MB 64
+
+__attribute__((target(T512))) static void pgemm_vnni(const intlstm_pgemm_args *g)
+{
+    const int N = g->n, M = g->m;
+    for (int m0 = 0; m0 < M; m0 += PGV_MB) {
+        const int m1 = M - m0 < PGV_MB ? M : m0 + PGV_MB;
+        int j0 = 0;
+        for (; N - j0 > 3 * INTLSTM_NR; j0 += 4 * INTLSTM_NR) /* 4 panels (the last one possibly partial) */
+            pgv_cols(4, g, j0, N - j0 < 4 * INTLSTM_NR ? N - j0 : 4 * INTLSTM_NR, m0, m1);
+        switch ((N - j0 + INTLSTM_NR - 1) / INTLSTM_NR) {
+        case 3: pgv_cols(3, g, j0, N - j0, m0, m1); break;
+        case 2: pgv_cols(2, g, j0, N - j0, m0, m1); break;
+        case 1: pgv_cols(1, g, j0, N - j0, m0, m1); break;
+        default: break;
+        }
+    }
+}
+
+void intlstm_pgemm_vnni(const intlstm_pgemm_args *g) { pgemm_vnni(g); }
+#endif /* LB_X86 */

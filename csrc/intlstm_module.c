@@ -15,6 +15,16 @@
  *             (z_h, hid_m0, hid_shift), path)  one integer GRU layer over a sequence (h int16 Q0.15, intrnn.h)
  *   rnn_layer(x, w_ih, w_hh, bias_x, bias_h, qmul, lut_tanh, h, y, (T, B, I, H), (z_h, hid_m0, hid_shift), path)
  *                                              one integer tanh RNN layer over a sequence (h int8)
+ *   prepare(w, bias|None, panels, bias_eff, N, K, ldw)
+ *                                              w int8 (N rows of stride ldw >= K) -> panels int8
+ *                                              (round_up(N, 16) * round_up(K, 16)), effective bias int32 (N)
+ *   gemm_prepared(a, panels, bias_eff, out, M, N, K, path, nthreads)
+ *                                              out int32 (M, N) = a int8 (M, K) @ w.T + bias
+ *   lstm_layer_prepared(x, p_ih, p_hh, bias_x_eff, bias_h_eff, qmul, lut_sig, lut_tanh, lut_cell, h, c, y,
+ *              (T, B, I, H), (z_h, cell_frac_bits, hid_m0, hid_shift, cell_clip), path, nthreads)
+ *                                              lstm_layer on prepared weights, threads over the batch rows
+ *   plan_threads(T, B, I, H, nthreads)         threads lstm_layer_prepared starts
+ *   gemm_threads(M, N, K, nthreads)            threads gemm_prepared starts
  *   lut(table, x, out)                         int16 -> int16 through an interpolated table (for tests)
  *   rescale(x, m0, shift, out)                 int32 -> int32 MultiplyByQuantizedMultiplier (for tests)
  *   path_names() / supported_paths() / cpu_features() / best_path()   (lowbit_cpu_py.h)
@@ -96,14 +106,16 @@ static int qmul_ok(const char *fn, const int32_t *q, Py_ssize_t G)
     return 1;
 }
 
-static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
+/* The arguments of both layer bindings: 12 arrays, the sizes, the integer constants, the path (and threads). */
+static PyObject *lstm_layer_common(PyObject *args, int prepared)
 {
     PyObject *o[12];
     Py_ssize_t T, B, I, H;
-    int z_h, cs, hid_m0, hid_shift, cell_clip, path;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOO(nnnn)(iiiii)i:lstm_layer", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
-                          &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &T, &B, &I, &H, &z_h, &cs, &hid_m0, &hid_shift,
-                          &cell_clip, &path))
+    int z_h, cs, hid_m0, hid_shift, cell_clip, path, nthreads = 1;
+    const char *fmt = prepared ? "OOOOOOOOOOOO(nnnn)(iiiii)ii:lstm_layer_prepared"
+                               : "OOOOOOOOOOOO(nnnn)(iiiii)i:lstm_layer";
+    if (!PyArg_ParseTuple(args, fmt, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10],
+                          &o[11], &T, &B, &I, &H, &z_h, &cs, &hid_m0, &hid_shift, &cell_clip, &path, &nthreads))
         return NULL;
     if ((path = lb_resolve_path_arg(path)) < 0)
         return NULL;
@@ -114,33 +126,114 @@ static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "lstm_layer: integer constants out of range");
         return NULL;
     }
+    if (nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "lstm_layer: nthreads must be >= 1");
+        return NULL;
+    }
     const Py_ssize_t G = 4 * H, LUT = INTLSTM_LUT_SEGMENTS + 1;
     static const char *const names[12] = {"x", "w_ih (packed)", "w_hh (packed)", "bias_x", "bias_h", "qmul",
                                           "lut_sig", "lut_tanh", "lut_cell", "h", "c", "y"};
+    static const char *const pnames[3] = {"x", "w_ih (prepared panels)", "w_hh (prepared panels)"};
     const lb_elem types[12] = {LB_T_I8, LB_T_I8, LB_T_I8, LB_T_I32, LB_T_I32, LB_T_I32,
                                LB_T_I32, LB_T_I32, LB_T_I32, LB_T_I8, LB_T_I16, LB_T_I8};
-    const Py_ssize_t counts[12] = {T * B * I, G * INTLSTM_KP(I), G * INTLSTM_KP(H), G, G, 4 * G,
-                                   LUT, LUT, LUT, B * H, B * H, T * B * H};
+    const Py_ssize_t wi = prepared ? INTLSTM_NP(G) * INTLSTM_KP(I) : G * INTLSTM_KP(I);
+    const Py_ssize_t wh = prepared ? INTLSTM_NP(G) * INTLSTM_KP(H) : G * INTLSTM_KP(H);
+    const Py_ssize_t counts[12] = {T * B * I, wi, wh, G, G, 4 * G, LUT, LUT, LUT, B * H, B * H, T * B * H};
     LB_BUFSET(bs);
     PyObject *ret = NULL;
     void *p[12];
     for (int i = 0; i < 12; i++) { /* h, c (the state, updated in place) and y are written */
-        Py_buffer *v = get(&bs, o[i], names[i], types[i], counts[i], i >= 9 ? LB_BUF_WRITABLE : 0);
+        Py_buffer *v = get(&bs, o[i], prepared && i < 3 ? pnames[i] : names[i], types[i], counts[i],
+                           i >= 9 ? LB_BUF_WRITABLE : 0);
         if (!v)
             goto done;
         p[i] = v->buf;
     }
     if (!qmul_ok("lstm_layer", (const int32_t *)p[5], G))
         goto done;
-    const intlstm_layer L = {.w_ih = (const int8_t *)p[1], .w_hh = (const int8_t *)p[2],
-                             .bias_x = (const int32_t *)p[3], .bias_h = (const int32_t *)p[4],
-                             .qmul = (const int32_t *)p[5], .lut_sig = (const int32_t *)p[6],
-                             .lut_tanh = (const int32_t *)p[7], .lut_cell = (const int32_t *)p[8], .I = (int)I,
-                             .H = (int)H, .z_h = z_h, .cell_frac_bits = cs, .hid_m0 = hid_m0,
-                             .hid_shift = hid_shift, .cell_clip = cell_clip};
+    intlstm_layer L = {.qmul = (const int32_t *)p[5], .lut_sig = (const int32_t *)p[6],
+                       .lut_tanh = (const int32_t *)p[7], .lut_cell = (const int32_t *)p[8], .I = (int)I,
+                       .H = (int)H, .z_h = z_h, .cell_frac_bits = cs, .hid_m0 = hid_m0, .hid_shift = hid_shift,
+                       .cell_clip = cell_clip, .bias_x = (const int32_t *)p[3], .bias_h = (const int32_t *)p[4]};
+    if (prepared) {
+        L.p_ih = (const int8_t *)p[1];
+        L.p_hh = (const int8_t *)p[2];
+    } else {
+        L.w_ih = (const int8_t *)p[1];
+        L.w_hh = (const int8_t *)p[2];
+    }
     int rc;
-    LB_NOGIL(rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9], (int16_t *)p[10],
-                                    (int8_t *)p[11]));
+    if (prepared)
+        LB_NOGIL(rc = intlstm_layer_run_prepared(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9],
+                                                 (int16_t *)p[10], (int8_t *)p[11], nthreads));
+    else
+        LB_NOGIL(rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9],
+                                        (int16_t *)p[10], (int8_t *)p[11]));
+    ret = rc != 0 ? PyErr_NoMemory() : lb_none();
+done:
+    return lb_bufset_return(&bs, ret);
+}
+
+static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args) { return lstm_layer_common(args, 0); }
+
+static PyObject *py_lstm_layer_prepared(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    return lstm_layer_common(args, 1);
+}
+
+static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ow, *obias, *op, *ob;
+    Py_ssize_t N, K, ldw;
+    if (!PyArg_ParseTuple(args, "OOOOnnn:prepare", &ow, &obias, &op, &ob, &N, &K, &ldw))
+        return NULL;
+    if (N < 0 || K < 1 || K > INTLSTM_MAX_K || N > INT32_MAX / 2 || ldw < K) {
+        PyErr_Format(PyExc_ValueError, "prepare: bad sizes N=%zd K=%zd ldw=%zd (K <= %d)", N, K, ldw, INTLSTM_MAX_K);
+        return NULL;
+    }
+    LB_BUFSET(bs);
+    PyObject *ret = NULL;
+    Py_buffer *w = get(&bs, ow, "w", LB_T_I8, N * ldw, 0);
+    Py_buffer *bias = w && obias != Py_None ? get(&bs, obias, "bias", LB_T_I32, N, 0) : NULL;
+    if (!w || (obias != Py_None && !bias))
+        goto done;
+    Py_buffer *p = get(&bs, op, "panels", LB_T_I8, INTLSTM_NP(N) * INTLSTM_KP(K), LB_BUF_WRITABLE);
+    Py_buffer *b = p ? get(&bs, ob, "bias_eff", LB_T_I32, N, LB_BUF_WRITABLE) : NULL;
+    if (!b)
+        goto done;
+    LB_NOGIL(intlstm_prepare((const int8_t *)w->buf, (size_t)ldw, (int)N, (int)K,
+                             bias ? (const int32_t *)bias->buf : NULL, (int8_t *)p->buf, (int32_t *)b->buf));
+    ret = lb_none();
+done:
+    return lb_bufset_return(&bs, ret);
+}
+
+static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *oa, *op, *obias, *oout;
+    Py_ssize_t M, N, K;
+    int path, nthreads;
+    if (!PyArg_ParseTuple(args, "OOOOnnnii:gemm_prepared", &oa, &op, &obias, &oout, &M, &N, &K, &path, &nthreads))
+        return NULL;
+    if ((path = lb_resolve_path_arg(path)) < 0)
+        return NULL;
+    if (M < 0 || N < 0 || K < 1 || K > INTLSTM_MAX_K || M > INT32_MAX / 2 || N > INT32_MAX / 2 || nthreads < 1) {
+        PyErr_Format(PyExc_ValueError, "gemm_prepared: bad sizes M=%zd N=%zd K=%zd (K <= %d) or threads", M, N, K,
+                     INTLSTM_MAX_K);
+        return NULL;
+    }
+    LB_BUFSET(bs);
+    PyObject *ret = NULL;
+    Py_buffer *a = get(&bs, oa, "a", LB_T_I8, M * K, 0);
+    Py_buffer *p = a ? get(&bs, op, "panels", LB_T_I8, INTLSTM_NP(N) * INTLSTM_KP(K), 0) : NULL;
+    Py_buffer *bias = p ? get(&bs, obias, "bias_eff", LB_T_I32, N, 0) : NULL;
+    Py_buffer *out = bias ? get(&bs, oout, "out", LB_T_I32, M * N, LB_BUF_WRITABLE) : NULL;
+    if (!out)
+        goto done;
+    int rc;
+    LB_NOGIL(rc = intlstm_gemm_prepared(path, (const int8_t *)a->buf, (const int8_t *)p->buf,
+                                        (const int32_t *)bias->buf, (int32_t *)out->buf, (int)M, (int)N, (int)K,
+                                        nthreads));
     ret = rc != 0 ? PyErr_NoMemory() : lb_none();
 done:
     return lb_bufset_return(&bs, ret);
@@ -206,6 +299,22 @@ static PyObject *py_gru_layer(PyObject *Py_UNUSED(self), PyObject *args) { retur
 
 static PyObject *py_rnn_layer(PyObject *Py_UNUSED(self), PyObject *args) { return cell_layer(args, 0); }
 
+static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    int T, B, I, H, n;
+    if (!PyArg_ParseTuple(args, "iiiii:plan_threads", &T, &B, &I, &H, &n))
+        return NULL;
+    return PyLong_FromLong(intlstm_plan_threads(T, B, I, H, n < 1 ? 1 : n));
+}
+
+static PyObject *py_gemm_threads(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    int M, N, K, n;
+    if (!PyArg_ParseTuple(args, "iiii:gemm_threads", &M, &N, &K, &n))
+        return NULL;
+    return PyLong_FromLong(intlstm_gemm_plan_threads(M, N, K, n < 1 ? 1 : n));
+}
+
 static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *ot, *ox, *oout;
@@ -260,6 +369,14 @@ static PyMethodDef methods[] = {
     {"lstm_layer", py_lstm_layer, METH_VARARGS, "run one integer LSTM layer over a sequence (see lowbit.rnn.int_lstm)"},
     {"gru_layer", py_gru_layer, METH_VARARGS, "run one integer GRU layer over a sequence (see lowbit.runtime.int_rnn)"},
     {"rnn_layer", py_rnn_layer, METH_VARARGS, "run one integer tanh RNN layer over a sequence (see lowbit.runtime.int_rnn)"},
+    {"lstm_layer_prepared", py_lstm_layer_prepared, METH_VARARGS,
+     "lstm_layer with prepared weights (panels, effective biases) and a thread count"},
+    {"prepare", py_prepare, METH_VARARGS,
+     "prepare(w, bias|None, panels, bias_eff, N, K, ldw): weights -> int8 panels and effective bias"},
+    {"gemm_prepared", py_gemm_prepared, METH_VARARGS,
+     "gemm_prepared(a, panels, bias_eff, out, M, N, K, path, nthreads): out = a @ w.T + bias (int8 -> int32)"},
+    {"plan_threads", py_plan_threads, METH_VARARGS, "plan_threads(T, B, I, H, n): threads a layer run uses"},
+    {"gemm_threads", py_gemm_threads, METH_VARARGS, "gemm_threads(M, N, K, n): threads gemm_prepared uses"},
     {"lut", py_lut, METH_VARARGS, "lut(table, x, out): int16 -> int16 through an interpolated table"},
     {"rescale", py_rescale, METH_VARARGS, "rescale(x, m0, shift, out): int32 MultiplyByQuantizedMultiplier"},
     LB_CPU_PY_METHODS,
@@ -276,7 +393,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__intlstm(void)
 {
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", 5) < 0) {
+    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", 6) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -120,6 +120,89 @@ def test_kernel_equals_numpy_reference_bit_for_bit(kernel_path):
         assert np.array_equal(k.gemm(a, w, b), il.gemm_reference(a, w, b))
 
 
+def _run_layer_ref(layer, T, B, rng, sig, th):
+    x = rng.integers(-128, 128, (T, B, layer.input_size), dtype=np.int8)
+    h = rng.integers(-128, 128, (B, layer.hidden_size), dtype=np.int8)
+    c = rng.integers(-32768, 32768, (B, layer.hidden_size), dtype=np.int16)
+    return (x, h, c), il.lstm_layer_reference(layer, x, h, c, sig, th)
+
+
+def _layer_kwargs(layer):
+    return dict(z_h=layer.z_h, cell_frac_bits=layer.cell_frac_bits, hid_m0=layer.hid_m0, hid_shift=layer.hid_shift,
+                cell_clip=layer.cell_clip)
+
+
+@needs_ext
+def test_prepared_weights_gemm_equals_reference(kernel_path):
+    """The panel GEMM (prepared weights: 16-row panels, u8 activations, effective bias) on every path: tiles
+    of 1..4 rows and 1..4 panels, partial panels (N % 16), K of whole and partial 16-value steps, weights at
+    -128, packed rows (k=), no bias, threads splitting the columns."""
+    from lowbit.kernels import intlstm
+
+    rng = np.random.default_rng(2)
+    for M, N, K in [(1, 1, 1), (1, 16, 16), (1, 800, 200), (2, 17, 33), (3, 47, 5), (4, 64, 64), (5, 65, 100),
+                    (9, 130, 47), (37, 200, 31), (6, 13, 655), (64, 130, 655), (256, 400, 655)]:
+        a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+        w = rng.integers(-128, 128, (N, K), dtype=np.int8)
+        w[0, :] = -128  # extremes: u = 255 against -128 in every product of a row
+        a[0, :] = 127
+        b = rng.integers(-2 ** 30, 2 ** 30, N, dtype=np.int32)
+        want = il.gemm_reference(a, w, b)
+        pw = intlstm.prepare_weights(w, b)
+        assert pw.panels.ctypes.data % 64 == 0 and pw.panels.size == -(-N // 16) * 16 * -(-K // 16) * 16
+        for threads in (1, 2, 3):
+            assert np.array_equal(intlstm.gemm_prepared(a, pw, num_threads=threads), want), (kernel_path, M, N, K)
+        if M * N * K > 6e7:  # threads split the columns in whole panels
+            assert intlstm._ext.gemm_threads(M, N, K, 3) == 3
+        assert np.array_equal(intlstm.gemm_prepared(a, intlstm.prepare_weights(il.pack_rows(w), b, k=K)), want)
+        assert np.array_equal(intlstm.gemm_prepared(a, intlstm.prepare_weights(w)), il.gemm_reference(a, w, 0 * b))
+        assert np.array_equal(il._Kernels("c").gemm(a, w, b, pw), want)
+        assert np.array_equal(intlstm.gemm(a, il.pack_rows(w), b), want)  # the row kernels, kept
+    with pytest.raises(ValueError, match="K=3"):
+        intlstm.gemm_prepared(np.zeros((1, 3), np.int8), intlstm.prepare_weights(np.zeros((2, 4), np.int8)))
+    with pytest.raises(TypeError, match="int8"):
+        intlstm.prepare_weights(np.zeros((2, 4), np.int16))
+
+
+@needs_ext
+def test_layer_entry_points_and_threads_equal_reference(kernel_path):
+    """lstm_layer (packed rows, prepared per call) and lstm_layer_prepared with 1..3 threads splitting the batch
+    rows (evenly and not) give the reference's integers on every path."""
+    from lowbit.kernels import intlstm
+
+    rng = np.random.default_rng(3)
+    sig, th = il.standard_luts()
+    for T, B, I, H, threads in [(3, 1, 5, 7, 2), (4, 5, 33, 20, 3), (6, 4, 16, 24, 2)]:
+        layer = _random_layer(rng, I, H)
+        (x, h0, c0), ref = _run_layer_ref(layer, T, B, rng, sig, th)
+        h, c, y = h0.copy(), c0.copy(), np.empty((T, B, H), np.int8)
+        intlstm.lstm_layer(x, il.pack_rows(layer.w_ih), il.pack_rows(layer.w_hh), layer.bias_x, layer.bias_h,
+                           layer.qmul, sig, th, layer.lut_cell, h, c, y, **_layer_kwargs(layer))
+        assert all(np.array_equal(a, b) for a, b in zip(ref, (y, h, c))), (kernel_path, T, B, I, H)
+        p_ih, p_hh = layer.prepared()
+        for n in (1, threads):
+            h, c, y = h0.copy(), c0.copy(), np.empty((T, B, H), np.int8)
+            intlstm.lstm_layer_prepared(x, p_ih, p_hh, layer.qmul, sig, th, layer.lut_cell, h, c, y, num_threads=n,
+                                        **_layer_kwargs(layer))
+            assert all(np.array_equal(a, b) for a, b in zip(ref, (y, h, c))), (kernel_path, T, B, I, H, n)
+    with pytest.raises(ValueError, match="do not fit"):
+        intlstm.lstm_layer_prepared(x, p_hh, p_ih, layer.qmul, sig, th, layer.lut_cell, h, c, y,
+                                    **_layer_kwargs(layer))
+    # large enough that the driver starts threads: each takes whole batch rows, every step of them
+    T, B, I, H = 80, 7, 96, 128
+    layer = _random_layer(rng, I, H)
+    assert intlstm.plan_threads(T, B, I, H, 1) == 1
+    assert intlstm.plan_threads(T, B, I, H, 3) == 3 and intlstm.plan_threads(T, 1, I, H, 3) == 1
+    assert intlstm.plan_threads(2, B, I, H, 3) == 1  # too little work
+    (x, h0, c0), ref = _run_layer_ref(layer, T, B, rng, sig, th)
+    p_ih, p_hh = layer.prepared()
+    for n in (1, 2, 3):
+        h, c, y = h0.copy(), c0.copy(), np.empty((T, B, H), np.int8)
+        intlstm.lstm_layer_prepared(x, p_ih, p_hh, layer.qmul, sig, th, layer.lut_cell, h, c, y, num_threads=n,
+                                    **_layer_kwargs(layer))
+        assert all(np.array_equal(a, b) for a, b in zip(ref, (y, h, c))), (kernel_path, n)
+
+
 @needs_ext
 def test_kernel_primitives_equal_numpy(kernel_path):
     ext = il.extension()

@@ -41,8 +41,8 @@ assumed there) and ``vpdpbusd`` on ``avx512vnni``.
 
 By default the best path the CPU supports is used. ``LOWBIT_KERNEL_PATH=<name>`` in the environment,
 or :func:`set_kernel_path`, forces one (an error if the CPU lacks it). ``LOWBIT_NUM_THREADS`` or
-:func:`set_num_threads` sets the default thread count (else ``os.cpu_count()``; the integer-LSTM kernels
-run on the calling thread). Environment values are read on first use, and a bad one raises
+:func:`set_num_threads` sets the default thread count (else ``os.cpu_count()``; the integer-LSTM layer
+splits its batch rows over them when the batch and the work are large enough). Environment values are read on first use, and a bad one raises
 :class:`lowbit.errors.ConfigError` then. :func:`cpu_features` reports the CPU features the kernels test.
 """
 from __future__ import annotations

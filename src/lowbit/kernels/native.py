@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 
-ABI_VERSIONS = {"_bitgemm": 5, "_intlstm": 5}
+ABI_VERSIONS = {"_bitgemm": 5, "_intlstm": 6}
 
 _cache: dict = {}
 

@@ -265,6 +265,16 @@ class IntRecurrentLayer:
     def scalars(self) -> Dict[str, Any]:
         return {n: getattr(self, n) for n in self.SCALARS}
 
+    def prepared(self):
+        """(input, recurrent) weights with their biases laid out for the C kernels
+        (:func:`lowbit.kernels.intlstm.prepare_weights`), made on first use and kept."""
+        p = self.__dict__.get("_prepared")
+        if p is None:
+            from ..kernels.intlstm import prepare_weights
+
+            p = self._prepared = (prepare_weights(self.w_ih, self.bias_x), prepare_weights(self.w_hh, self.bias_h))
+        return p
+
     def arrays(self) -> Dict[str, np.ndarray]:
         return {n: getattr(self, n) for n in self.ARRAYS}
 
@@ -374,7 +384,8 @@ class _Kernels:
     """Backend selection: "c" (:mod:`lowbit.kernels.intlstm`; ``path`` "auto" follows the kernel path of
     :mod:`lowbit.kernels` at each call, or one of its path names), "numpy" (reference), or "auto" (C when built)."""
 
-    def __init__(self, backend: str = "auto", path: str = "auto"):
+    def __init__(self, backend: str = "auto", path: str = "auto", num_threads: Optional[int] = None):
+        self.num_threads = num_threads  # None: lowbit.kernels.get_num_threads() at each call
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         ext = extension() if backend in ("auto", "c") else None
@@ -404,11 +415,11 @@ class _Kernels:
         h = np.array(h, dtype=np.int8, order="C", copy=True)
         c = np.array(c, dtype=np.int16, order="C", copy=True)
         y = np.empty((T, B, H), dtype=np.int8)
-        packed = self.packed(layer)
-        self.ext.lstm_layer(
-            x, packed[0], packed[1], layer.bias_x, layer.bias_h, layer.qmul, lut_sig, lut_tanh, layer.lut_cell,
+        p_ih, p_hh = layer.prepared()
+        self.ext.lstm_layer_prepared(
+            x, p_ih, p_hh, layer.qmul, lut_sig, lut_tanh, layer.lut_cell,
             h, c, y, z_h=layer.z_h, cell_frac_bits=layer.cell_frac_bits, hid_m0=layer.hid_m0,
-            hid_shift=layer.hid_shift, cell_clip=layer.cell_clip, path=self.path)
+            hid_shift=layer.hid_shift, cell_clip=layer.cell_clip, path=self.path, num_threads=self.num_threads)
         return y, h, c
 
     @staticmethod
@@ -420,10 +431,13 @@ class _Kernels:
         return packed
 
     def gemm(self, a, w, bias, w_packed=None):
-        """int32 ``a @ w.T + bias``; ``w_packed`` = :func:`pack_rows` (w) if the caller keeps one."""
+        """int32 ``a @ w.T + bias``; ``w_packed``: :func:`pack_rows` (w), or better the weights prepared with
+        bias (:func:`lowbit.kernels.intlstm.prepare_weights` (w, bias)), if the caller keeps one."""
         if self.ext is None:
             return gemm_reference(a, w, bias)
         a = np.ascontiguousarray(a, dtype=np.int8)
+        if isinstance(w_packed, self.ext.PreparedWeights):
+            return self.ext.gemm_prepared(a, w_packed, path=self.path, num_threads=self.num_threads)
         if w_packed is None:
             w_packed = pack_rows(w)
         return self.ext.gemm(a, w_packed, np.ascontiguousarray(bias, dtype=np.int32), path=self.path)
@@ -616,23 +630,39 @@ class IntRecurrentModel:
         ids = self._ids(ids)
         return self.run_quantized(self.embedding[ids], state)
 
+    def _decode(self, y: np.ndarray, log_softmax: bool) -> np.ndarray:
+        """float32 (T, B, V) logits (or their log-softmax) of the hidden outputs y int8 (T, B, H). Computed a
+        block of rows at a time (the int32 products of a block, ~1 MB, stay in cache while they are
+        dequantized and normalized); every row's arithmetic is that of the whole array at once."""
+        T, B, H = y.shape
+        V = self.decoder_w.shape[0]
+        if self._decoder_packed is None and self.kernels.backend == "c":
+            self._decoder_packed = self.kernels.ext.prepare_weights(self.decoder_w, self.decoder_bias_int)
+        rows = y.reshape(T * B, H)
+        out = np.empty((T * B, V), dtype=np.float32)
+        step = max(1, (1 << 18) // V)
+        for r0 in range(0, T * B, step):
+            acc = self.kernels.gemm(rows[r0:r0 + step], self.decoder_w, self.decoder_bias_int, self._decoder_packed)
+            z = out[r0:r0 + step]
+            np.multiply(acc, self.decoder_scale, out=z, dtype=np.float32)  # = acc.astype(float32) * scale
+            z += self.decoder_bias
+            if log_softmax:
+                z -= z.max(axis=-1, keepdims=True)
+                z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        return out.reshape(T, B, V)
+
     def logits(self, ids, state: Optional[State] = None):
         if self.decoder_w is None:
             raise ConfigError(f"{self.source} has no decoder (exported from a bare recurrent layer)")
         y, state = self.run_ids(ids, state)
-        T, B, H = y.shape
-        if self._decoder_packed is None and self.kernels.backend == "c":
-            self._decoder_packed = pack_rows(self.decoder_w)
-        acc = self.kernels.gemm(y.reshape(T * B, H), self.decoder_w, self.decoder_bias_int, self._decoder_packed)
-        out = acc.astype(np.float32) * self.decoder_scale + self.decoder_bias
-        return out.reshape(T, B, self.decoder_w.shape[0]), state
+        return self._decode(y, False), state
 
     def log_probs(self, ids, state: Optional[State] = None):
         """float32 (T, B, V) log-softmax of the logits, and the new state."""
-        z, state = self.logits(ids, state)
-        z -= z.max(axis=-1, keepdims=True)
-        z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
-        return z, state
+        if self.decoder_w is None:
+            raise ConfigError(f"{self.source} has no decoder (exported from a bare LSTM)")
+        y, state = self.run_ids(ids, state)
+        return self._decode(y, True), state
 
     def perplexity(self, ids, batch_size: int = 1, bptt: int = 35) -> Dict[str, float]:
         """Mean next-token cross-entropy of a token stream, cut into ``batch_size`` columns and read in
