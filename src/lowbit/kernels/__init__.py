@@ -60,6 +60,7 @@ from .binconv import (  # noqa: F401
     conv_planned_threads,
     prepare_conv_weights,
 )
+from .floatmm import float_matmul, single_threaded_blas  # noqa: F401
 from .quant import (  # noqa: F401
     BITSERIAL_MAX_PAIRS,
     KERNELS,
@@ -93,6 +94,8 @@ from .dispatch import (  # noqa: F401
 )
 
 __all__ = [
+    "float_matmul",
+    "single_threaded_blas",
     "BITSERIAL_MAX_PAIRS",
     "KERNELS",
     "PATHS",

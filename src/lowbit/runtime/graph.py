@@ -400,7 +400,7 @@ class Gemm(Node):
         if self.fmt == "bits":
             acc = FORMATS["bits"].gemm(kernels, rows, self.state)
         else:
-            acc = rows.astype(np.float32, copy=False) @ self.state
+            acc = kernels.float_matmul(rows, self.state)
         return acc.reshape(*lead, -1)
 
     def _native_epilogue(self, shape, dtype) -> bool:
@@ -754,7 +754,8 @@ class GraphNetwork:
         if n == 0:
             return np.zeros((0, self.num_classes), np.float32)
         step = max(1, int(self.batch_chunk))
-        parts = [self._run(x[i:i + step]) for i in range(0, n, step)]
+        with self._k.single_threaded_blas():  # spinning BLAS threads would slow the native kernels (floatmm)
+            parts = [self._run(x[i:i + step]) for i in range(0, n, step)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def classify(self, x) -> np.ndarray:
