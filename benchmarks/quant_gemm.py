@@ -29,13 +29,12 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lowbit.benchmarking import loadavg, machine_record, write_results
+from lowbit.benchmarking import PROBE_NAMES, loadavg, machine_record, probe_peaks, write_results
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -44,35 +43,6 @@ FORMATS = [  # (weights, activations)
     ("binary", "binary"), ("o2", "u2"), ("binary", "u2"), ("o2", "binary"), ("ternary", "u8"), ("o4", "u4"),
     ("s8", "u8"),
 ]
-# probe kinds (csrc/qgemm_probe.c)
-PROBE_NAMES = {0: "vpdpbusd zmm", 1: "vpand+vpopcntq+vpaddq zmm", 2: "vpxor+vpopcntq+vpaddq zmm",
-               3: "vpmaddubsw+vpmaddwd+vpaddd ymm", 4: "vpand+nibble-lut popcount ymm", 5: "vfmadd231ps zmm"}
-
-
-def probe_peaks(threads: int, seconds: float = 0.15) -> dict:
-    """GOPS of each probe on `threads` threads at once (the C loops release the GIL)."""
-    from lowbit.kernels import _bitgemm
-
-    peaks = {}
-    for kind, name in PROBE_NAMES.items():
-        t, ops = _bitgemm.qg_probe(kind, 1000)
-        if t < 0:
-            continue
-        iters = max(1000, int(1000 * seconds / max(t, 1e-6)))
-        results = [None] * threads
-
-        def run(i):
-            results[i] = _bitgemm.qg_probe(kind, iters)
-
-        ths = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
-        peaks[name] = sum(ops / t for t, ops in results) / 1e9
-    return peaks
-
-
 def kernel_peak(kernel: str, w: str, a: str, path: str, peaks: dict):
     """(peak GOPS, instruction mix) of the kernel that ran this format."""
     from lowbit.kernels.levels import LEVEL_SETS

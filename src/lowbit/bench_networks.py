@@ -17,7 +17,8 @@ import io
 import tempfile
 from pathlib import Path
 
-from .benchmarking import machine_record, markdown_table, medians, results_dir, time_interleaved, write_results
+from .benchmarking import (PROBE_NAMES, machine_record, markdown_table, medians, probe_peaks, results_dir,
+                           time_interleaved, write_results)
 
 W2A2 = {"weight_quantizer": "linear:bits=2", "act_quantizer": "linear:bits=2"}
 PACT_SAWB = {"weight_quantizer": "sawb:bits=2", "act_quantizer": "pact:bits=2,alpha=3.0"}
@@ -141,7 +142,23 @@ def markdown(report: dict) -> str:
         "PyTorch model's predicted classes on the timed batch.", "",
         markdown_table(["network", "batch", "lowbit", "torch fp32", "onnxruntime fp32", "vs torch", "vs onnxruntime",
                         "agree", "model file", "smaller than fp32"], rows, "lrrrrrrrrr"),
+        "", ceiling(report.get("instruction_peaks_gops") or {}),
         "", "Reproduce: `lowbit bench --run networks` (or `python benchmarks/bench_networks.py`)."]) + "\n"
+
+
+def ceiling(peaks: dict) -> str:
+    """What the CPU's instruction rates allow: the bound on a k-bit layer's speed-up over an fp32 one."""
+    vnni, fma, pop = (peaks.get(PROBE_NAMES[i]) for i in (0, 5, 2))
+    if not fma:
+        return ""
+    parts = [f"**Ceiling on this CPU** (instruction-rate probe, all threads): vfmadd231ps zmm {fma:.0f} GOPS"]
+    if vnni:
+        parts.append(f"vpdpbusd zmm {vnni:.0f} GOPS, so a k-bit layer run on the int8 kernel is at most "
+                     f"**{vnni / fma:.1f}x** an fp32 layer at the same efficiency")
+    if pop:
+        parts.append(f"xor+vpopcntq+add {pop:.0f} GOPS, so a binary layer at most **{pop / fma:.1f}x** (a bit-serial "
+                     f"layer of p x q bit planes {pop / fma:.1f}/(p q) x)")
+    return "; ".join(parts) + ". Float layers (first, last, real-valued shortcuts) run at fp32 speed."
 
 
 def main(argv=None) -> int:
@@ -172,7 +189,7 @@ def main(argv=None) -> int:
                   f"{r['speedup_vs_torch']:.1f}x torch; agree {r['argmax_agreement']:.3f}; file "
                   f"{r['size_ratio']:.1f}x smaller", flush=True)
     report = {"machine": machine_record(args.threads), "threads": args.threads, "torch": torch.__version__,
-              "reps": reps, "results": results}
+              "reps": reps, "results": results, "instruction_peaks_gops": probe_peaks(args.threads)}
     if not args.quick:
         out = Path(args.out) if args.out else (results_dir() or Path("lowbit-bench-results"))
         paths = write_results(out / "networks", report, markdown(report))

@@ -70,6 +70,37 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, min_repeats: in
     return times
 
 
+# probe kinds (csrc/qgemm_probe.c)
+PROBE_NAMES = {0: "vpdpbusd zmm", 1: "vpand+vpopcntq+vpaddq zmm", 2: "vpxor+vpopcntq+vpaddq zmm",
+               3: "vpmaddubsw+vpmaddwd+vpaddd ymm", 4: "vpand+nibble-lut popcount ymm", 5: "vfmadd231ps zmm"}
+
+
+def probe_peaks(threads: int, seconds: float = 0.15) -> dict:
+    """GOPS of each probe on `threads` threads at once (the C loops release the GIL)."""
+    import threading
+
+    from .kernels import _bitgemm
+
+    peaks = {}
+    for kind, name in PROBE_NAMES.items():
+        t, ops = _bitgemm.qg_probe(kind, 1000)
+        if t < 0:
+            continue
+        iters = max(1000, int(1000 * seconds / max(t, 1e-6)))
+        results = [None] * threads
+
+        def run(i):
+            results[i] = _bitgemm.qg_probe(kind, iters)
+
+        ths = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        peaks[name] = sum(ops / t for t, ops in results) / 1e9
+    return peaks
+
+
 def median(times: Sequence[float]) -> float:
     """The median of a list of times."""
     return statistics.median(times)
