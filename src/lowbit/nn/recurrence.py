@@ -47,10 +47,18 @@ class _Act:
         return x if self.fn is None else self.fn(x)
 
 
+def _scalar(value: float) -> torch.Tensor:
+    """A 0-dim float32 tensor for a constant of the step loops: ``x * 2.5`` wraps and converts the Python
+    number on every call (aten::to + copy, about as costly as the multiply on these small tensors); a 0-dim
+    tensor is read as the same scalar, so results are unchanged."""
+    return torch.tensor(value, dtype=torch.float32)
+
+
 def _linear_nearest(bits: int, a: float):
     n = 2 ** bits - 1
     half = 2 ** (bits - 1)
-    scale = n / (2.0 * a)
+    scale = _scalar(n / (2.0 * a))
+    n_t = _scalar(n)
 
     def q(x):
         # kbit._uniform_levels (symmetric, nearest): clamp(x * s, -n/2, n/2) -> floor -> clamp(-half, half-1)
@@ -61,8 +69,9 @@ def _linear_nearest(bits: int, a: float):
         v.mul_(2.0).add_(1.0).div_(n)
         return v.mul_(a) if a != 1.0 else v
 
-    two = torch.tensor(2.0)
-    one = torch.tensor(1.0)
+    two = _scalar(2.0)
+    one = _scalar(1.0)
+    a_t = _scalar(a)
 
     def bounded(x, out):
         # |x| <= 1 <= a: x * s lies in [-n/2, n/2], so floor(x * s) is already in [-half, half - 1] (n/2 =
@@ -70,8 +79,8 @@ def _linear_nearest(bits: int, a: float):
         v = x * scale
         v.floor_()
         v = torch.addcmul(one, v, two)
-        torch.div(v, n, out=out)
-        return out.mul_(a) if a != 1.0 else out
+        torch.div(v, n_t, out=out)
+        return out.mul_(a_t) if a != 1.0 else out
 
     return q, bounded
 
@@ -147,11 +156,12 @@ class LSTMRecurrence(torch.autograd.Function):
         d_out_t, vs_t, tcs_t = d_out.unbind(0), vs.unbind(0), tcs.unbind(0)
         c_prev = (c0,) + cs[:-1].unbind(0)
         dc = d_cn
+        one = _scalar(1.0)
         for t in range(T - 1, -1, -1):
             # per step, on cache-resident (B, 4H) tensors: fewer passes over memory than whole-sequence factors
             dh = d_out_t[t] if t == T - 1 else torch.addmm(d_out_t[t], dG_t[t + 1], w_hh)
             tc = tcs_t[t]
-            dc = torch.addcmul(dc, dh * o_t[t], 1.0 - tc * tc)
+            dc = torch.addcmul(dc, dh * o_t[t], torch.addcmul(one, tc, tc, value=-1.0))  # * (1 - tanh^2)
             torch.mul(dc, g_t[t], out=dGk[0][t])
             torch.mul(dc, c_prev[t], out=dGk[1][t])
             torch.mul(dc, i_t[t], out=dGk[2][t])
@@ -189,12 +199,13 @@ class GRURecurrence(torch.autograd.Function):
         xr_t, xz_t, xn_t = (xproj[:, :, k * H:(k + 1) * H].unbind(0) for k in range(3))
         r_t, z_t = rzs[:, :, :H].unbind(0), rzs[:, :, H:].unbind(0)
         h = h0
+        one, two, half = _scalar(1.0), _scalar(2.0), _scalar(0.5)
         for t in range(T):
             hp = F.linear(h, w_hh, b_hh)
             hr, hz, hn = hp.chunk(3, 1)
             s = torch.sigmoid(torch.cat([xr_t[t] + hr, xz_t[t] + hz], 1), out=ss_t[t])
             if act.fn is not None:
-                torch.mul(act(2.0 * s - 1.0) + 1.0, 0.5, out=rzs_t[t])
+                torch.mul(act(s * two - one) + one, half, out=rzs_t[t])
             hns_t[t].copy_(hn)
             tn = torch.tanh(torch.addcmul(xn_t[t], r_t[t], hn), out=tns_t[t])
             n = act(tn)
