@@ -17,8 +17,12 @@
  */
 #include "bitgemm.h"
 
+#include <string.h>
+
 #if LB_X86
 #include <immintrin.h>
+
+#include "simd_avx512.h"
 
 #define BG_AVX512_FN __attribute__((target("avx512f,avx512vpopcntdq")))
 #define BG_AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512vpopcntdq")))
@@ -93,14 +97,26 @@ BG_AVX512_INLINE void tile512(const int MRc, const uint64_t *a, ptrdiff_t lda, c
                 acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(A[i], B)));
         }
     }
+    /* the tile's horizontal sums two rows (8 accumulators) at a time by a transpose-and-add tree: with K of a
+     * few thousand bits the K loop is short, and one reduce per accumulator cost ~20% of the tile */
+    __m512i sums[BG_AVX512_MR / 2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+#pragma GCC unroll 2
+    for (int i = 0; i < MRc; i += 2) {
+        __m512i v[8];
+#pragma GCC unroll 4
+        for (int j = 0; j < BG_AVX512_NR; j++) {
+            v[j] = acc[i][j];
+            v[4 + j] = i + 1 < MRc ? acc[i + 1][j] : _mm512_setzero_si512();
+        }
+        sums[i / 2] = lb_reduce8_epi64(v);
+    }
+    uint64_t pop[BG_AVX512_MR * BG_AVX512_NR];
+    memcpy(pop, sums, sizeof pop);
 #pragma GCC unroll 4
     for (int i = 0; i < MRc; i++) {
         int32_t *ci = c + (ptrdiff_t)i * ldc;
-        for (int j = 0; j < nr; j++) {
-            const uint64_t pop = (uint64_t)_mm512_reduce_add_epi64(acc[i][j]);
-            /* |result| <= K < 2^31 fits; 2*pop may not, so compute in 64 bits */
-            ci[j] = (int32_t)((int64_t)(first ? k : ci[j]) - 2 * (int64_t)pop);
-        }
+        for (int j = 0; j < nr; j++) /* |result| <= K < 2^31 fits; 2*pop may not, so compute in 64 bits */
+            ci[j] = (int32_t)((int64_t)(first ? k : ci[j]) - 2 * (int64_t)pop[4 * i + j]);
     }
 }
 

@@ -26,26 +26,14 @@
 #if BG_X86
 #include <immintrin.h>
 
+#include "simd_avx512.h"
+
 #define QGB_FN __attribute__((target("avx512f,avx512vpopcntdq")))
 #define QGB_INLINE static inline __attribute__((always_inline, target("avx512f,avx512vpopcntdq")))
 #define QGV_FN __attribute__((target("avx512f,avx512bw,avx512vnni")))
 #define QGV_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vnni")))
 
 /* ---- bit-serial ------------------------------------------------------------------------------- */
-/* the 8 horizontal sums of v[0..7] (64-bit lanes), in order, by a transpose-and-add tree */
-QGB_INLINE __m512i reduce8(const __m512i *v)
-{
-    __m512i s[4], u[2];
-    for (int p = 0; p < 4; p++) /* 128-bit lane L of s[p] = (partial of v[2p], partial of v[2p+1]) */
-        s[p] = _mm512_add_epi64(_mm512_unpacklo_epi64(v[2 * p], v[2 * p + 1]),
-                                _mm512_unpackhi_epi64(v[2 * p], v[2 * p + 1]));
-    for (int p = 0; p < 2; p++) /* lanes: s[2p] (L0+L1, L2+L3), s[2p+1] (L0+L1, L2+L3) */
-        u[p] = _mm512_add_epi64(_mm512_shuffle_i64x2(s[2 * p], s[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                _mm512_shuffle_i64x2(s[2 * p], s[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_add_epi64(_mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                            _mm512_shuffle_i64x2(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR, const uint64_t *a, ptrdiff_t lda,
                           const uint64_t *b, ptrdiff_t ldb, size_t nv, int32_t *c, ptrdiff_t ldc)
 {
@@ -97,9 +85,9 @@ QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR
             t[i * NR + j] = u;
         }
     int32_t sums[16];
-    _mm256_storeu_si256((__m256i *)sums, _mm512_cvtepi64_epi32(reduce8(t)));
+    _mm256_storeu_si256((__m256i *)sums, _mm512_cvtepi64_epi32(lb_reduce8_epi64(t)));
     if (MR * NR > 8)
-        _mm256_storeu_si256((__m256i *)(sums + 8), _mm512_cvtepi64_epi32(reduce8(t + 8)));
+        _mm256_storeu_si256((__m256i *)(sums + 8), _mm512_cvtepi64_epi32(lb_reduce8_epi64(t + 8)));
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
