@@ -38,6 +38,12 @@ RUNS = {
     "mlp-fp32": ("mnist-mlp", 20, MLP_SETTINGS + FP32, None),
     "cnn-w1a1": ("mnist-cnn", 9, CNN_SETTINGS, 0.992),
     "cnn-fp32": ("mnist-cnn", 9, CNN_SETTINGS + FP32, None),
+    # issue 11's three-way comparison, same seed and budget (4 epochs of the 3x2048 MLP): the BinaryNet
+    # reference (latent weights U[-1, 1] and the Glorot LR scale), the Glorot start with the scale, and the
+    # Glorot start without it (what the recipes ran)
+    "mlp-init-reference-scale": ("mnist-mlp", 4, MLP_SETTINGS + ["model.init=reference", "lr_scale=true"], None),
+    "mlp-init-glorot-scale": ("mnist-mlp", 4, MLP_SETTINGS + ["model.init=glorot", "lr_scale=true"], None),
+    "mlp-init-glorot-noscale": ("mnist-mlp", 4, MLP_SETTINGS + ["model.init=glorot", "lr_scale=false"], None),
 }
 BUDGET_S = 45 * 60  # the issue's limit on training time per run
 

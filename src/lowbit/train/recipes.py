@@ -11,8 +11,10 @@ from ..models.lm import LM_SETTINGS
 from .config import TrainConfig, recipe
 
 # init="glorot": the latent-weight start these recipes were measured with (BinaryConnect's Glorot range).
-# The layers' default is the BinaryNet reference code's U[-1, 1]; the side-by-side measurement of the two
-# (with and without the Glorot LR scale) decides the recipes' default: benchmarks/mnist_accuracy.py.
+# The layers' default is the BinaryNet reference code's U[-1, 1]. Side by side (benchmarks/mnist_accuracy.py,
+# W1A1 MLP 3x2048, 4 epochs, same seed): reference init + Glorot LR scale 97.39%, Glorot init + scale 96.93%,
+# Glorot init without the scale 97.31%; so mnist-mlp (which keeps the scale) now starts as the reference
+# does. mnist-cnn runs without the scale, where the Glorot start measured 99.26%: it keeps it.
 BINARY = dict(weight_quantizer="ste_sign", act_quantizer="ste_sign", init="glorot")
 
 
@@ -22,7 +24,7 @@ def mnist_mlp() -> TrainConfig:
     return TrainConfig(
         recipe="mnist-mlp", dataset="mnist", model="mlp",
         model_args=dict(in_shape=[1, 28, 28], num_classes=10, hidden=4096, depth=3,
-                        dropout_in=0.2, dropout_hidden=0.5, **BINARY),
+                        dropout_in=0.2, dropout_hidden=0.5, **dict(BINARY, init="reference")),
         epochs=20, batch_size=100, lr_start=3e-3, lr_end=3e-7,
     )
 
