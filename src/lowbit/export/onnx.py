@@ -52,15 +52,16 @@ QONNX_DOMAIN = "qonnx.custom_op.general"
 class _Graph:
     """Nodes and initializers being collected, with fresh names. ``qonnx``: emit the QONNX dialect."""
 
-    def __init__(self, qonnx: bool = False):
+    def __init__(self, qonnx: bool = False, prefix: str = ""):
         self.qonnx = qonnx
+        self.prefix = prefix  # a subgraph's names must not shadow the outer graph's
         self.nodes: List = []
         self.inits: List = []
         self._n = 0
 
     def name(self, stem: str) -> str:
         self._n += 1
-        return f"{stem}_{self._n}"
+        return f"{self.prefix}{stem}_{self._n}"
 
     def const(self, value, stem: str = "c", dtype=np.float32) -> str:
         from onnx import numpy_helper
