@@ -150,6 +150,12 @@ def _export(p):
     p.add_argument("--onnx-activations", choices=["arith", "qdq"], default="arith",
                    help="ONNX only: k-bit activations as exact round/clip arithmetic (default) or as "
                         "QuantizeLinear/DequantizeLinear pairs (ties round to even)")
+    p.add_argument("--onnx-weights", choices=["float", "qdq"], default="float",
+                   help="ONNX only: quantized weights as float32 constants (default) or as integer codes + "
+                        "DequantizeLinear (binary in int2, 2-/3-bit symmetric in int4)")
+    p.add_argument("--onnx-int2", choices=["auto", "yes", "no"], default="auto",
+                   help="ONNX Q/DQ only: 2-bit codes as int2/uint2 (opset 25, onnx >= 1.20; 'auto': when the "
+                        "installed onnx has them) or as int4/uint4 ('no': for runtimes without int2)")
     p.add_argument("--calibration-batches", type=int, default=8,
                    help="integer LSTM/GRU/RNN only: batches of training text used to calibrate ranges")
     p.add_argument("--data-dir", help="integer LSTM/GRU/RNN only: data directory for calibration text")
@@ -159,7 +165,8 @@ def _export(p):
 
         report = export_checkpoint(args.checkpoint, args.output, data_dir=args.data_dir,
                                    calibration_batches=args.calibration_batches, format=args.format,
-                                   onnx_activations=args.onnx_activations)
+                                   onnx_activations=args.onnx_activations, onnx_weights=args.onnx_weights,
+                                   onnx_int2={"auto": None, "yes": True, "no": False}[args.onnx_int2])
         print(f"wrote {report['model_file']}: {report['bytes']} bytes "
               f"({report['ratio']:.1f}x smaller than the fp32 state_dict of {report['fp32_state_dict_bytes']} bytes)")
         if report.get("layers"):
