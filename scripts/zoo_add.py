@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     if task == "lm":
         figures, corpus = _lm_figures(compact, net, cfg, args.data_dir)
         _same_eval_forward(original, compact, task, corpus.test)
-        trained_on = metrics.get("data", {}).get("note") or "the recipe's training split"
+        trained_on = metrics.get("data_source") or "the recipe's training split"
     else:
         from lowbit.data import load_dataset
 
