@@ -55,7 +55,7 @@ def test_image_entry_reproduces_its_accuracy_on_the_first_1000_images(name, mnis
     assert np.array_equal(runtime_pred, torch_pred)
     assert int((torch_pred == labels).sum()) == round(e["check"]["pytorch"] * n)
     assert int((runtime_pred == labels).sum()) == round(e["check"]["runtime"] * n)
-    assert e["metric"]["differing_predictions"] == 0 and e["metric"]["pytorch"] > 0.97
+    assert e["metric"]["differing_predictions"] == 0 and e["metric"]["pytorch"] > 0.95
 
 
 @pytest.mark.parametrize("name", LMS)
