@@ -230,12 +230,16 @@ def _eval(p):
 
         data = read_checkpoint(args.model)
         cfg = data["config"]
-        if cfg.get("task", "image") == "lm":
+        task = cfg.get("task", "image")
+        if task not in ("image", "lm"):
+            raise ConfigError(f"{args.model} is a {task} model: evaluate it on its folders with "
+                              f"'lowbit train ... --resume' metrics, 'lowbit eval' reads in-memory datasets")
+        if task == "lm":
             from .train.tasks.lm import load_lm_checkpoint
 
             model, _, _ = load_lm_checkpoint(args.model)
             return _eval_pytorch(args, model, cfg, data["vocab"])
-        return _eval_pytorch(args, None if cfg.get("task", "image") != "image" else load_checkpoint(args.model), cfg)
+        return _eval_pytorch(args, load_checkpoint(args.model), cfg)
 
     return run
 
@@ -247,15 +251,12 @@ def _eval_model_file(args, net) -> int:
 
 
 def _eval_pytorch(args, model, cfg, vocab=None) -> int:
-    """Score an eval-mode PyTorch model of training configuration ``cfg`` (a language model: with the
-    vocabulary dict it was trained with)."""
+    """Score an eval-mode PyTorch image classifier or language model (with the vocabulary dict it was trained
+    with) of training configuration ``cfg``."""
     import torch
 
     if cfg.get("task", "image") == "lm":
         return _eval_lm_pytorch(args, model, cfg, vocab)
-    if cfg.get("task", "image") != "image":
-        raise ConfigError(f"{args.model} is a {cfg.get('task')} model: evaluate it on its folders with "
-                          f"'lowbit train ... --resume' metrics, 'lowbit eval' reads in-memory datasets")
 
     def predict(x):
         with torch.no_grad():
