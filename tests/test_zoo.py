@@ -145,8 +145,8 @@ def test_cli_lists_the_zoo_and_evaluates_an_entry_with_both_engines(capsys, shar
     out = capsys.readouterr().out
     for name, e in ENTRIES.items():
         assert name in out and e["command"] in out
-    assert main(["zoo", "--show", "mnist-cnn"]) == 0
-    assert json.loads(capsys.readouterr().out)["name"] == "mnist-cnn"
+    assert main(["zoo", "--show", "mnist-mlp"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "mnist-mlp"
     e = ENTRIES["mnist-mlp"]
     for engine in ("runtime", "pytorch"):
         assert main(["eval", "zoo:mnist-mlp", "--engine", engine, "--data-dir", str(shared_data)]) == 0
@@ -155,30 +155,30 @@ def test_cli_lists_the_zoo_and_evaluates_an_entry_with_both_engines(capsys, shar
 
 
 def test_unknown_zoo_name_lists_the_known_ones(capsys):
-    with pytest.raises(ConfigError, match=r"no zoo model named 'mnist-nope'; the zoo has: .*mnist-cnn"):
+    with pytest.raises(ConfigError, match=r"no zoo model named 'mnist-nope'; the zoo has: .*mnist-mlp"):
         zoo.load("mnist-nope")
     assert main(["eval", "zoo:mnist-nope"]) == 2
     assert "the zoo has:" in capsys.readouterr().err
     assert main(["eval", "model.lbt", "--engine", "pytorch"]) == 2
     assert "--engine is for zoo:NAME" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="kind must be one of runtime, pytorch"):
-        zoo.file_path("mnist-cnn", "onnx")
+        zoo.file_path("mnist-mlp", "onnx")
 
 
 def test_missing_or_corrupt_zoo_files_are_clear_errors(tmp_path, monkeypatch):
     folder = tmp_path / "files"
     shutil.copytree(zoo.FILES, folder)
     monkeypatch.setattr(zoo, "FILES", folder)
-    e = ENTRIES["mnist-cnn"]
+    e = ENTRIES["mnist-mlp"]
     lbt, pt = folder / e["files"]["runtime"]["file"], folder / e["files"]["pytorch"]["file"]
     blob = bytearray(pt.read_bytes())
     blob[-100] ^= 0x01  # one flipped bit in a weight
     pt.write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match=r"mnist-cnn.*pytorch file .* is corrupt .*reinstall"):
-        zoo.load("mnist-cnn")
+    with pytest.raises(CheckpointError, match=r"mnist-mlp.*pytorch file .* is corrupt .*reinstall"):
+        zoo.load("mnist-mlp")
     lbt.unlink()
-    with pytest.raises(CheckpointError, match=r"mnist-cnn.*runtime file .* is missing"):
-        zoo.load_runtime("mnist-cnn")
+    with pytest.raises(CheckpointError, match=r"mnist-mlp.*runtime file .* is missing"):
+        zoo.load_runtime("mnist-mlp")
     # the container's own checksum, past the table's: a damaged compact checkpoint read directly
     with pytest.raises(CheckpointError, match="checksum"):
         read_compact(pt)

@@ -33,8 +33,8 @@ PREFIX = "zoo:"
 KINDS = ("runtime", "pytorch")
 
 
-def _read_index(folder: Path = FILES) -> List[Dict[str, Any]]:
-    path = folder / INDEX
+def _read_index() -> List[Dict[str, Any]]:
+    path = FILES / INDEX
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
