@@ -21,7 +21,7 @@ DEPLOYMENT = ("lowbit.runtime", "lowbit.kernels")
 # API and level sets, but nothing else in the deployment half may import them.
 GPU_KERNELS = ("lowbit.kernels.gpu", "lowbit.kernels._triton_kernels")
 TRAINING = ("lowbit.quant", "lowbit.nn", "lowbit.models", "lowbit.train", "lowbit.export", "lowbit.summary",
-            "lowbit.bench", "lowbit.bench_networks", "lowbit.cli", "lowbit.generate")
+            "lowbit.bench", "lowbit.bench_networks", "lowbit.cli", "lowbit.generate", "lowbit.zoo")
 # Shared by both halves: no torch, no quantization, no training.
 BASE = ("lowbit._version", "lowbit.errors", "lowbit.fileio", "lowbit.registry")
 NUMPY_DATA = ("lowbit.data.base", "lowbit.data.text", "lowbit.data.idx", "lowbit.data.cifar", "lowbit.data.svhn",
@@ -145,6 +145,16 @@ def test_deployment_half_never_imports_the_training_half_or_torch():
     assert not _violations(DEPLOYMENT, allowed)
 
 
+def test_the_zoo_sits_on_top():
+    """Only the command line imports the zoo; the zoo's table module itself imports no torch at module level
+    (``load_runtime`` runs without it: tests/test_zoo.py)."""
+    users = sorted({m for m in MODULES for t, _ in GRAPH[m] if _in(t, ("lowbit.zoo",)) and not _in(m, ("lowbit.zoo",))})
+    assert users == ["lowbit.cli"]
+    tree = ast.parse(MODULES["lowbit.zoo"].read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not any("torch" in (getattr(n, "module", None) or "") or any("torch" in a.name for a in n.names) for n in top)
+
+
 def test_kernels_sit_below_the_runtime():
     allowed = lambda m, t: not _in(t, ("lowbit.runtime",))
     assert not _violations(("lowbit.kernels",), allowed)
@@ -152,7 +162,8 @@ def test_kernels_sit_below_the_runtime():
 
 def test_training_layers_import_only_downhill():
     def allowed(m, t):
-        if _in(t, ("lowbit.export", "lowbit.cli", "lowbit.bench", "lowbit.bench_networks", "lowbit.summary", "lowbit.runtime")):
+        if _in(t, ("lowbit.export", "lowbit.cli", "lowbit.bench", "lowbit.bench_networks", "lowbit.summary", "lowbit.runtime",
+                   "lowbit.zoo")):
             return False  # nothing in the training half reaches the bridge, the tools or the runtime
         rank = next(i for i, p in enumerate(TRAINING_ORDER) if _in(m, (p,)))
         higher = TRAINING_ORDER[rank + 1:]

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -109,3 +110,30 @@ def test_tensorboard_logging_writes_scalars_and_histograms():
     assert w.scalars[("train/loss", 3)] == 0.5 and w.scalars[("test/accuracy", 3)] == 0.9 and ("lr", 3) in w.scalars
     assert w.scalars[("flip_ratio/0.weight", 3)] == 0.0
     assert set(w.hists) == {("latent_weights/0.weight", 3), ("latent_weights/2.weight", 3)}
+
+
+def test_tensorboard_training_run_writes_an_event_file_tensorboard_reads(tmp_path, shared_data):
+    """The real --tensorboard path: train 2 short epochs, read the event file back with TensorBoard's own
+    reader, and find each epoch's metrics (equal to metrics.json) and the latent-weight histograms."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard, or the "
+                                              "'test' extra): the real --tensorboard path cannot run")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, tb = tmp_path / "r", tmp_path / "tb"
+    assert main(["train", "mnist-mlp", "--epochs", "2", "--data-dir", str(shared_data), "--out", str(out),
+                 "--set", "model.hidden=16", "--set", "model.depth=1", "--set", "train_subset=300",
+                 "--set", "test_subset=200", "--tensorboard", str(tb), "--no-progress"]) == 0
+    assert list(tb.glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
+    for key, tag in (("train_loss", "train/loss"), ("test_accuracy", "test/accuracy"), ("lr", "lr")):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2]
+        np.testing.assert_allclose([e.value for e in events], [h[key] for h in history], rtol=1e-6)
+    assert {f"flip_ratio/{n}" for n in history[-1]["flip_ratio"]} <= set(tags["scalars"])
+    hists = [t for t in tags["histograms"] if t.startswith("latent_weights/")]
+    assert len(hists) == 2  # the binary hidden layer and the binary output layer
+    h = acc.Histograms(hists[0])[-1].histogram_value
+    assert h.num == 784 * 16 and -1.0 <= h.min <= h.max <= 1.0  # every latent weight, clipped to [-1, 1]

@@ -83,20 +83,87 @@ def test_onnxruntime_equals_pytorch_on_all_10000_test_images(trained, mnist_test
     np.testing.assert_allclose(_run(path, x[:3], batch=1), out[:3], rtol=1e-6, atol=1e-6)
 
 
-def test_w2a2_qdq_activations(trained, mnist_test, tmp_path):
-    """--onnx-activations qdq: PACT activations as QuantizeLinear/DequantizeLinear pairs in uint4."""
+def _ort_runs(proto) -> bool:
+    try:
+        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return True
+    except Exception:  # noqa: BLE001 - an onnxruntime without int2 kernels refuses the model
+        return False
+
+
+def _initializer_types(proto, prefix):
+    return {t.data_type for t in proto.graph.initializer if t.name.startswith(prefix)}
+
+
+@pytest.mark.parametrize("int2", ["auto", "no"])
+def test_w2a2_qdq_activations_and_weights(trained, mnist_test, tmp_path, int2):
+    """--onnx-activations qdq --onnx-weights qdq: PACT 2-bit activations as QuantizeLinear/DequantizeLinear
+    pairs in uint2 (where the installed onnx has it; uint4 with --onnx-int2 no), SAWB 2-bit weights as int4
+    odd codes +-1, +-3 and a DequantizeLinear; predictions equal PyTorch's (up to ties and last-bit levels)."""
+    from lowbit.export.onnx import INT2_OPSET, int2_available
+
+    use_int2 = int2 == "auto" and int2_available()
     ck = trained["w2a2"] / "checkpoint.pt"
     path = tmp_path / "model.bin"
-    assert main(["export", str(ck), "-o", str(path), "--format", "onnx", "--onnx-activations", "qdq"]) == 0
+    assert main(["export", str(ck), "-o", str(path), "--format", "onnx", "--onnx-activations", "qdq",
+                 "--onnx-weights", "qdq", "--onnx-int2", int2]) == 0
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == (INT2_OPSET if use_int2 else 21)
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") > 0
-    zps = [t for t in proto.graph.initializer if t.name.startswith("zero_point")]
-    assert zps and all(t.data_type == onnx.TensorProto.UINT4 for t in zps)
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") == ops.count("QuantizeLinear") + 4
+    T = onnx.TensorProto
+    # activation zero points are uint2/uint4; weight zero points (int4) sit beside their int4 codes
+    assert _initializer_types(proto, "weight") == {T.FLOAT, T.INT4}  # scales, sums (float) and codes
+    zp_types = _initializer_types(proto, "zero_point")
+    assert zp_types == {T.UINT2 if use_int2 else T.UINT4, T.INT4}
+    codes = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if "_codes" in t.name]
+    assert len(codes) == 4 and all(set(np.unique(c)) <= {-3, -1, 1, 3} for c in codes)
     x = mnist_test.images[:2000].astype(np.float32)
-    ref, out = _torch(ck, x), _run(path, x)
+    ref = _torch(ck, x)
+    if _ort_runs(proto):
+        out = _run(path, x)
+    else:  # an onnxruntime without int2 kernels: ONNX's reference evaluator runs the graph
+        from onnx.reference import ReferenceEvaluator
+
+        x = x[:200]
+        ref, out = ref[:200], ReferenceEvaluator(proto).run(None, {"pixels": x})[0]
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.999  # ties round to even in QuantizeLinear
+
+
+def test_binary_weights_as_int2_codes(trained, mnist_test, tmp_path):
+    """A W1A1 ConvNet's binary weights as int2 codes +-1 (scale 1, exact) where onnx has int2: onnxruntime
+    (or the reference evaluator) gives PyTorch's logits."""
+    from lowbit.export.onnx import export_onnx_checkpoint, int2_available
+
+    if not int2_available():
+        pytest.skip(f"onnx {onnx.__version__} has no int2 (needs onnx >= 1.20)")
+    ck = trained["cnn"] / "checkpoint.pt"
+    export_onnx_checkpoint(ck, tmp_path / "m.onnx", weights="qdq")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    codes = [t for t in proto.graph.initializer if "_codes" in t.name]
+    assert codes and all(t.data_type == onnx.TensorProto.INT2 for t in codes)
+    assert all(set(np.unique(onnx.numpy_helper.to_array(t))) == {-1, 1} for t in codes)
+    x = mnist_test.images[:500].astype(np.float32)
+    if _ort_runs(proto):
+        out = _run(tmp_path / "m.onnx", x)
+    else:
+        from onnx.reference import ReferenceEvaluator
+
+        x = x[:50]
+        out = ReferenceEvaluator(proto).run(None, {"pixels": x})[0]
+    np.testing.assert_allclose(out, _torch(ck, x), rtol=1e-5, atol=1e-4)
+
+
+def test_int2_when_onnx_lacks_it_is_a_clear_error(monkeypatch):
+    import lowbit.export.onnx as ex
+
+    monkeypatch.setattr(ex, "int2_available", lambda: False)
+    with pytest.raises(CheckpointError, match=r"int2 Q/DQ needs onnx >= 1.20.*--onnx-int2 no"):
+        export_onnx_model(nn.Sequential(QuantAct("pact:bits=2")), [4], activations="qdq", int2=True)
+    proto = export_onnx_model(nn.Sequential(QuantAct("pact:bits=2")), [4], activations="qdq")  # auto: uint4
+    assert _initializer_types(proto, "zero_point") == {onnx.TensorProto.UINT4}
 
 
 def test_sign_of_zero_is_plus_one_and_kbit_levels_are_exact():

@@ -3,7 +3,8 @@
     lowbit train RECIPE [--epochs N] [--data-dir DIR] [--out DIR] [--seed S] [--set key=value ...] [--resume]
     lowbit recipes [--show RECIPE]
     lowbit export CHECKPOINT -o MODEL.lbt|MODEL.onnx [--format lbt|onnx|qonnx]
-    lowbit eval MODEL.lbt|CHECKPOINT.pt [--data-dir DIR]     (accuracy, perplexity or bits per character)
+    lowbit eval MODEL.lbt|CHECKPOINT.pt|zoo:NAME [--data-dir DIR]   (accuracy, perplexity or bits per character)
+    lowbit zoo [--show NAME]                                 (the trained models shipped with lowbit)
     lowbit summary RECIPE|CHECKPOINT
     lowbit generate CHECKPOINT|MODEL.lbt --prompt TEXT [--tokens N] [--temperature T] [--seed S]
     lowbit bench [--show NAME] [--results DIR] | --run [--quick]
@@ -149,6 +150,12 @@ def _export(p):
     p.add_argument("--onnx-activations", choices=["arith", "qdq"], default="arith",
                    help="ONNX only: k-bit activations as exact round/clip arithmetic (default) or as "
                         "QuantizeLinear/DequantizeLinear pairs (ties round to even)")
+    p.add_argument("--onnx-weights", choices=["float", "qdq"], default="float",
+                   help="ONNX only: quantized weights as float32 constants (default) or as integer codes + "
+                        "DequantizeLinear (binary in int2, 2-/3-bit symmetric in int4)")
+    p.add_argument("--onnx-int2", choices=["auto", "yes", "no"], default="auto",
+                   help="ONNX Q/DQ only: 2-bit codes as int2/uint2 (opset 25, onnx >= 1.20; 'auto': when the "
+                        "installed onnx has them) or as int4/uint4 ('no': for runtimes without int2)")
     p.add_argument("--calibration-batches", type=int, default=8,
                    help="integer LSTM/GRU/RNN only: batches of training text used to calibrate ranges")
     p.add_argument("--data-dir", help="integer LSTM/GRU/RNN only: data directory for calibration text")
@@ -158,7 +165,8 @@ def _export(p):
 
         report = export_checkpoint(args.checkpoint, args.output, data_dir=args.data_dir,
                                    calibration_batches=args.calibration_batches, format=args.format,
-                                   onnx_activations=args.onnx_activations)
+                                   onnx_activations=args.onnx_activations, onnx_weights=args.onnx_weights,
+                                   onnx_int2={"auto": None, "yes": True, "no": False}[args.onnx_int2])
         print(f"wrote {report['model_file']}: {report['bytes']} bytes "
               f"({report['ratio']:.1f}x smaller than the fp32 state_dict of {report['fp32_state_dict_bytes']} bytes)")
         if report.get("layers"):
@@ -189,45 +197,72 @@ def _generate(p):
     return run
 
 
-@command("eval", "score a .lbt model file (runtime, no torch) or a checkpoint.pt (PyTorch): accuracy, "
-                 "perplexity or bits per character")
+@command("eval", "score a .lbt model file (runtime, no torch), a checkpoint.pt (PyTorch) or a zoo model (zoo:NAME): "
+                 "accuracy, perplexity or bits per character")
 def _eval(p):
-    p.add_argument("model", help="a .lbt file from 'lowbit export' (runs the runtime, no torch) or a checkpoint.pt")
+    p.add_argument("model", help="a .lbt file from 'lowbit export' (runs the runtime, no torch), a checkpoint.pt, or "
+                                 "zoo:NAME (a model shipped with lowbit, see 'lowbit zoo')")
     p.add_argument("--data-dir", help="dataset directory (default: $LOWBIT_DATA or ~/.cache/lowbit/data)")
     p.add_argument("--dataset", help="image models: dataset to evaluate on (default: the one the model was trained on)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (default 1000); language models: columns (default: as in training)")
     p.add_argument("--save-predictions", metavar="FILE.npy", help="image models: write the predicted class of every test image")
+    p.add_argument("--engine", choices=["runtime", "pytorch"], default="runtime",
+                   help="zoo:NAME only: score its runtime model file (default) or its PyTorch model")
 
     def run(args) -> int:
         if args.batch_size is not None and args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        from . import zoo
+
+        if zoo.is_zoo_ref(args.model):
+            if args.engine == "runtime":
+                return _eval_model_file(args, zoo.load_runtime(args.model))
+            model, meta = zoo.load_with_metadata(args.model)
+            return _eval_pytorch(args, model, meta["config"], meta.get("vocab"))
+        if args.engine != "runtime":
+            raise ConfigError("--engine is for zoo:NAME models (a .lbt runs the runtime, a checkpoint.pt PyTorch)")
         if _is_model_file(args.model):
             from .runtime import load
 
-            net = load(args.model)
-            if net.task == "lm":
-                return _eval_lm_model_file(args, net, f"lowbit runtime ({net.backend})")
-            return _eval_images(args, net.classify, args.dataset or net.meta.get("dataset"), "lowbit runtime")
-        import torch
-
+            return _eval_model_file(args, load(args.model))
         from .train.checkpoint import load_checkpoint, read_checkpoint
 
-        cfg = read_checkpoint(args.model)["config"]
-        if cfg.get("task", "image") == "lm":
-            return _eval_lm_checkpoint(args, cfg)
-        if cfg.get("task", "image") != "image":
-            raise ConfigError(f"{args.model} is a {cfg.get('task')} model: evaluate it on its folders with "
+        data = read_checkpoint(args.model)
+        cfg = data["config"]
+        task = cfg.get("task", "image")
+        if task not in ("image", "lm"):
+            raise ConfigError(f"{args.model} is a {task} model: evaluate it on its folders with "
                               f"'lowbit train ... --resume' metrics, 'lowbit eval' reads in-memory datasets")
-        model = load_checkpoint(args.model)
+        if task == "lm":
+            from .train.tasks.lm import load_lm_checkpoint
 
-        def predict(x):
-            with torch.no_grad():
-                return model(torch.from_numpy(x).float()).argmax(1).numpy()
-
-        return _eval_images(args, predict, args.dataset or cfg.get("dataset"), "PyTorch")
+            model, _, _ = load_lm_checkpoint(args.model)
+            return _eval_pytorch(args, model, cfg, data["vocab"])
+        return _eval_pytorch(args, load_checkpoint(args.model), cfg)
 
     return run
+
+
+def _eval_model_file(args, net) -> int:
+    if net.task == "lm":
+        return _eval_lm_model_file(args, net, f"lowbit runtime ({net.backend})")
+    return _eval_images(args, net.classify, args.dataset or net.meta.get("dataset"), "lowbit runtime")
+
+
+def _eval_pytorch(args, model, cfg, vocab=None) -> int:
+    """Score an eval-mode PyTorch image classifier or language model (with the vocabulary dict it was trained
+    with) of training configuration ``cfg``."""
+    import torch
+
+    if cfg.get("task", "image") == "lm":
+        return _eval_lm_pytorch(args, model, cfg, vocab)
+
+    def predict(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x).float()).argmax(1).numpy()
+
+    return _eval_images(args, predict, args.dataset or cfg.get("dataset"), "PyTorch")
 
 
 def _eval_images(args, predict, dataset, engine: str) -> int:
@@ -281,17 +316,17 @@ def _eval_lm_model_file(args, net, engine: str) -> int:
     return 0
 
 
-def _eval_lm_checkpoint(args, cfg) -> int:
+def _eval_lm_pytorch(args, model, cfg, vocab) -> int:
+    from .data.text import Vocabulary
     from .models.lm import split_model_args
     from .train.config import TrainConfig
-    from .train.tasks.lm import evaluate_lm, load_lm_checkpoint, load_lm_data, lm_columns
+    from .train.tasks.lm import evaluate_lm, load_lm_data, lm_columns
 
     if args.save_predictions:
         raise ConfigError("--save-predictions is for image classifiers")
-    model, vocab, _ = load_lm_checkpoint(args.model)
     tc = TrainConfig.from_dict(cfg)
     corpus = load_lm_data(tc, args.data_dir)
-    if corpus.vocab.tokens != vocab.tokens:
+    if corpus.vocab.tokens != Vocabulary.from_dict(vocab).tokens:
         raise ConfigError(f"the data has another vocabulary than {args.model} was trained with")
     bptt = int(split_model_args(cfg["model_args"])[1]["bptt"])
     t = time.perf_counter()
@@ -299,6 +334,30 @@ def _eval_lm_checkpoint(args, cfg) -> int:
     loss, _ = evaluate_lm(model, data, bptt, "cpu")
     _print_lm("PyTorch", corpus.level, loss, int(data.size(0) - 1) * int(data.size(1)), time.perf_counter() - t)
     return 0
+
+
+@command("zoo", "list the trained models shipped with lowbit (score one with 'lowbit eval zoo:NAME')")
+def _zoo(p):
+    p.add_argument("--show", metavar="NAME", help="print one entry in full (files, sizes, checksums, date, machine)")
+
+    def run(args) -> int:
+        from . import zoo
+
+        if args.show:
+            print(json.dumps(zoo.entry(args.show), indent=2))
+            return 0
+        table = zoo.entries()
+        width = max(map(len, table), default=4)
+        for name, e in table.items():
+            print(f"{name:{width}s}  {e['task']}, {e['dataset']}: {e['description']}")
+            print(f"{'':{width}s}  {zoo.describe_metric(e)} on {e['metric']['split']}; "
+                  f"{zoo.total_bytes(e) / 1024:.0f} KB (runtime {e['files']['runtime']['bytes'] / 1024:.0f} KB)")
+            print(f"{'':{width}s}  trained by: {e['command']}")
+        print("score one: lowbit eval zoo:NAME [--engine pytorch]; in Python: lowbit.zoo.load(NAME) (PyTorch), "
+              "lowbit.zoo.load_runtime(NAME) (runtime)")
+        return 0
+
+    return run
 
 
 @command("summary", "per-layer bits, size, MACs and an energy estimate for a recipe or a checkpoint")

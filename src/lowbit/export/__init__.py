@@ -38,10 +38,13 @@ def export_format(output: PathLike, format: Optional[str] = None) -> str:
 
 def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional[PathLike] = None,
                       calibration_batches: int = 8, format: Optional[str] = None,
-                      onnx_activations: str = "arith") -> Dict[str, Any]:
+                      onnx_activations: str = "arith", onnx_weights: str = "float",
+                      onnx_int2: Optional[bool] = None) -> Dict[str, Any]:
     """Export a ``lowbit train`` checkpoint to a model file, choosing the exporter by its format (see
     :func:`export_format`) and task (language models -> integer LSTM, GRU or RNN by their cell, calibrated on ``calibration_batches``
-    batches of its training text; image classifiers -> binarized network; ``onnx`` -> an ONNX graph).
+    batches of its training text; image classifiers -> binarized network; ``onnx`` -> an ONNX graph, with
+    ``onnx_activations`` / ``onnx_weights`` ``"qdq"`` as QuantizeLinear/DequantizeLinear, 2-bit codes in int2
+    per ``onnx_int2``: see :func:`lowbit.export.onnx.export_onnx_model`).
     Returns a report (file, sizes)."""
     from ..train.checkpoint import read_checkpoint
 
@@ -58,7 +61,8 @@ def export_checkpoint(checkpoint: PathLike, output: PathLike, data_dir: Optional
             raise CheckpointError("QONNX export: language models are exported to plain ONNX only (--format onnx)")
         from .onnx import export_onnx_checkpoint
 
-        return export_onnx_checkpoint(checkpoint, output, activations=onnx_activations, dialect=fmt)
+        return export_onnx_checkpoint(checkpoint, output, activations=onnx_activations, dialect=fmt,
+                                      weights=onnx_weights, int2=onnx_int2)
     if cfg.get("task") == "lm":
         from .lstm import export_int_rnn_checkpoint
 

@@ -16,9 +16,14 @@ The graph is built node by node with ``onnx.helper`` from the eval-mode ``nn.Seq
   (ONNX ``Sign`` maps 0 to 0).
 * **k-bit activations** (``linear``, PACT) are the quantizer's own round/clip arithmetic in the same order
   (``Clip``/``Min``/``Max``, ``Mul``, ``Div``, ``Floor``), so the levels are bit-identical to PyTorch's.
-  With ``activations="qdq"`` they are ``QuantizeLinear``/``DequantizeLinear`` pairs instead (uint8, or
-  uint4/int4 for <= 4 bits) after the same clip; QuantizeLinear rounds ties to even and computes
+  With ``activations="qdq"`` they are ``QuantizeLinear``/``DequantizeLinear`` pairs instead (uint8, uint4 for
+  3-4 bits, uint2 for 2 bits) after the same clip; QuantizeLinear rounds ties to even and computes
   ``x / scale``, so a value on a rounding boundary may land one level away from PyTorch's.
+* with ``weights="qdq"`` quantized weights are integer codes and a ``DequantizeLinear`` (binary: int2
+  codes +-1; symmetric 2-/3-bit: int4 odd codes, see :func:`_weight_dq` for why not int2).
+* **int2**: 2-bit codes use ONNX's int2/uint2 (opset 25, IR 13) where the installed onnx has them
+  (``onnx >= 1.20``; onnxruntime executes them in recent releases, older ones refuse the file: export with
+  ``int2=False`` / ``--onnx-int2 no`` for those, and int4/uint4 carry the 2-bit codes at opset 21).
 * ``BatchNorm1d/2d`` are ``BatchNormalization`` with the running statistics; ``MaxPool2d`` is ``MaxPool``;
   ``Flatten`` is ``Flatten``; ``Dropout`` is left out (eval mode).
 
@@ -42,6 +47,7 @@ from ..quant.kbit import LinearQuant
 from ..quant.pact_sawb import PACT, PACT_MIN_ALPHA, SAWB, sawb_scale
 
 OPSET = 21  # QuantizeLinear/DequantizeLinear with int4/uint4 (opset 21); onnxruntime >= 1.18
+INT2_OPSET = 25  # ... with int2/uint2 (opset 25, IR 13: onnx >= 1.20; onnxruntime runs them from 1.23 or so)
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 
@@ -52,15 +58,19 @@ QONNX_DOMAIN = "qonnx.custom_op.general"
 class _Graph:
     """Nodes and initializers being collected, with fresh names. ``qonnx``: emit the QONNX dialect."""
 
-    def __init__(self, qonnx: bool = False):
+    def __init__(self, qonnx: bool = False, prefix: str = "", int2: bool = False, qdq_weights: bool = False):
         self.qonnx = qonnx
+        self.int2 = int2  # 2-bit Q/DQ codes as int2/uint2 (else int4/uint4); raises the opset to INT2_OPSET
+        self.qdq_weights = qdq_weights  # quantized weights as integer codes + DequantizeLinear
+        self.opset = OPSET
+        self.prefix = prefix  # a subgraph's names must not shadow the outer graph's
         self.nodes: List = []
         self.inits: List = []
         self._n = 0
 
     def name(self, stem: str) -> str:
         self._n += 1
-        return f"{stem}_{self._n}"
+        return f"{self.prefix}{stem}_{self._n}"
 
     def const(self, value, stem: str = "c", dtype=np.float32) -> str:
         from onnx import numpy_helper
@@ -77,6 +87,40 @@ class _Graph:
         return out
 
 
+def int2_available() -> bool:
+    """Whether the installed onnx has the 2-bit integer types for Q/DQ (``TensorProto.INT2``/``UINT2``,
+    QuantizeLinear opset 25)."""
+    import onnx
+
+    return hasattr(onnx.TensorProto, "INT2") and onnx.defs.onnx_opset_version() >= INT2_OPSET
+
+
+def _resolve_int2(int2: Optional[bool]) -> bool:
+    """``None``: int2 where the installed onnx has it; ``True``: required; ``False``: int4 carries 2-bit codes."""
+    if int2 is None:
+        return int2_available()
+    if int2 and not int2_available():
+        import onnx
+
+        raise CheckpointError(f"ONNX export: int2 Q/DQ needs onnx >= 1.20 (TensorProto.INT2, opset {INT2_OPSET}); "
+                              f"the installed onnx {onnx.__version__} has not got it: export with int2=False "
+                              f"(--onnx-int2 no), where int4 carries the 2-bit codes")
+    return bool(int2)
+
+
+def _code_type(g: "_Graph", bits: int, signed: bool):
+    """The narrowest ONNX integer type for ``bits``-bit codes: int2/uint2 where the graph allows them (which
+    raises its opset to INT2_OPSET), else int4/uint4, else int8/uint8."""
+    from onnx import TensorProto
+
+    if bits <= 2 and g.int2:
+        g.opset = max(g.opset, INT2_OPSET)
+        return TensorProto.INT2 if signed else TensorProto.UINT2
+    if bits <= 4:
+        return TensorProto.INT4 if signed else TensorProto.UINT4
+    return TensorProto.INT8 if signed else TensorProto.UINT8
+
+
 def _f32(v) -> np.float32:
     """A Python scalar as PyTorch uses it against a float32 tensor."""
     return np.float32(v)
@@ -89,13 +133,11 @@ def _sign(g: _Graph, x: str) -> str:
 
 
 def _levels_qdq(g: _Graph, y: str, scale: float, zero_point: int, bits: int, signed: bool) -> str:
-    """QuantizeLinear/DequantizeLinear to ``bits``-bit codes: the narrowest ONNX integer type that holds them."""
-    from onnx import TensorProto, helper
+    """QuantizeLinear/DequantizeLinear to ``bits``-bit codes: the narrowest ONNX integer type that holds them
+    (int2/uint2 for 2-bit codes when the graph allows it)."""
+    from onnx import helper
 
-    if bits <= 4:
-        dtype = TensorProto.INT4 if signed else TensorProto.UINT4
-    else:
-        dtype = TensorProto.INT8 if signed else TensorProto.UINT8
+    dtype = _code_type(g, bits, signed)
     zp_name = g.name("zero_point")
     zp = helper.make_tensor(zp_name, dtype, [], [int(zero_point)])
     g.inits.append(zp)
@@ -201,9 +243,50 @@ def _weight(m: nn.Module) -> np.ndarray:
         return m.weight_quantizer(m.weight.detach().float()).numpy().astype(np.float32)
 
 
+def _weight_step(m: nn.Module, w: np.ndarray, where: str) -> float:
+    """The distance between a quantized weight tensor's neighbouring codes: binary +-a -> a (codes +-1);
+    symmetric k-bit levels a (2j + 1) / n -> a / n (odd codes 2j + 1: the levels have no zero)."""
+    q = m.weight_quantizer
+    if is_binary(q):
+        return float(np.abs(w).max())
+    bits = quantizer_bits(q)
+    if isinstance(q, SAWB):
+        a = float(sawb_scale(m.weight.detach().float(), bits))
+    elif isinstance(q, LinearQuant) and q.mode == "symmetric":
+        a = float(q.max_value)
+    else:
+        raise CheckpointError(f"ONNX export: {where}: weight quantizer {getattr(q, 'registry_name', type(q).__name__)!r} "
+                              f"has no Q/DQ form (supported: ste_sign, symmetric linear, sawb)")
+    return a / (2 ** bits - 1)
+
+
+def _weight_dq(g: _Graph, m: nn.Module, w: np.ndarray, stem: str, where: str) -> str:
+    """Quantized weights as integer codes (an initializer of the narrowest integer type) and a
+    ``DequantizeLinear`` (zero point 0, per-tensor scale): binary weights as codes +-1, which int2 (-2..1)
+    holds; symmetric k-bit levels as their odd codes 2j + 1 at scale a / n. int2 cannot carry 2-bit
+    symmetric weights: their codes +-1, +-3 need 3 bits, because the levels (j + 1/2) 2a/n sit half a step off
+    an integer grid and a zero point of -1/2 does not exist; int4 carries them (and 3-bit), int8 beyond.
+    ``code * scale`` is a float32 product where PyTorch computes ((2j + 1) / n) * a: a level may differ in
+    its last bit (binary weights are exact)."""
+    from onnx import helper
+
+    step = _weight_step(m, w, where)
+    codes = np.rint(w / np.float32(step)).astype(np.int64)
+    if np.abs(codes * np.float64(step) - w).max() > 1e-5 * max(step, 1e-30) * max(1, np.abs(codes).max()):
+        raise CheckpointError(f"ONNX export: {where}: the quantized weights are not on the grid of step {step:g}")
+    dtype = _code_type(g, int(np.abs(codes).max()).bit_length() + 1, signed=True)
+    name, zp = g.name(stem + "_codes"), g.name("zero_point")
+    g.inits.append(helper.make_tensor(name, dtype, list(w.shape), codes.ravel().tolist()))
+    g.inits.append(helper.make_tensor(zp, dtype, [], [0]))
+    return g.op("DequantizeLinear", [name, g.const(step, "weight_scale"), zp], stem)
+
+
 def _weight_input(g: _Graph, m: nn.Module, w: np.ndarray, stem: str, where: str) -> str:
     """The quantized weights ``w`` as an initializer; in QONNX followed by the node that states their
-    quantization (``BipolarQuant`` for +-1, ``Quant`` for k-bit levels; on these values it is the identity)."""
+    quantization (``BipolarQuant`` for +-1, ``Quant`` for k-bit levels; on these values it is the identity);
+    with ``qdq_weights`` integer codes and a ``DequantizeLinear`` (:func:`_weight_dq`)."""
+    if g.qdq_weights and not isinstance(m.weight_quantizer, Identity):
+        return _weight_dq(g, m, w, stem, where)
     name = g.const(w, stem)
     if not g.qonnx:
         return name
@@ -321,12 +404,16 @@ def _module(g: _Graph, m: nn.Module, x: str, where: str, activations: str) -> st
 
 def export_onnx_model(model: nn.Module, input_shape: Sequence[int], num_classes: Optional[int] = None,
                       activations: str = "arith", opset: int = OPSET, doc: str = "",
-                      metadata: Optional[Dict[str, str]] = None, dialect: str = "onnx"):
+                      metadata: Optional[Dict[str, str]] = None, dialect: str = "onnx", weights: str = "float",
+                      int2: Optional[bool] = None):
     """The ONNX graph (``onnx.ModelProto``) of an eval-mode ``nn.Sequential`` image classifier.
 
     Input ``pixels``: float32 (batch, *input_shape) raw pixel values in [0, 255] (as the models take them);
     output ``logits``: float32 (batch, num_classes). ``activations``: ``"arith"`` (exact round/clip arithmetic)
-    or ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs for k-bit unsigned activations)."""
+    or ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs for k-bit unsigned activations). ``weights``:
+    ``"float"`` (the quantized values as float32 constants) or ``"qdq"`` (integer codes + DequantizeLinear).
+    ``int2``: 2-bit Q/DQ codes as int2/uint2 (opset 25) rather than int4/uint4: ``None`` where the installed
+    onnx has the types, ``True`` to require them, ``False`` never."""
     try:
         import onnx
         from onnx import TensorProto, helper
@@ -338,8 +425,14 @@ def export_onnx_model(model: nn.Module, input_shape: Sequence[int], num_classes:
         raise CheckpointError("ONNX export: the model must be an nn.Sequential of lowbit layers")
     if dialect not in ("onnx", "qonnx"):
         raise CheckpointError(f"ONNX export: dialect must be 'onnx' or 'qonnx', got {dialect!r}")
+    if weights not in ("float", "qdq"):
+        raise CheckpointError(f"ONNX export: weights must be 'float' or 'qdq', got {weights!r}")
+    if dialect == "qonnx" and (weights == "qdq" or activations == "qdq"):
+        raise CheckpointError("ONNX export: the QONNX dialect states quantization with Quant nodes, not Q/DQ pairs")
     model = model.eval()
-    g = _Graph(qonnx=dialect == "qonnx")
+    g = _Graph(qonnx=dialect == "qonnx", int2=_resolve_int2(int2) if "qdq" in (weights, activations) else False,
+               qdq_weights=weights == "qdq")
+    g.opset = opset
     x = INPUT_NAME
     if g.qonnx:  # the input is 8-bit pixels: say so (identity on integers 0..255), as FINN reads input types
         x = _qonnx_quant(g, x, 1.0, 0.0, 8, False, "ROUND")
@@ -353,10 +446,11 @@ def export_onnx_model(model: nn.Module, input_shape: Sequence[int], num_classes:
     )
     from .._version import __version__
 
-    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if g.qonnx else [])
+    opsets = [helper.make_opsetid("", g.opset)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if g.qonnx else [])
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="lowbit",
                               producer_version=__version__, doc_string=doc)
-    proto.ir_version = min(proto.ir_version, 10)  # onnxruntime 1.16+ reads IR 10
+    # the lowest IR version the opset allows: onnxruntime 1.16+ reads IR 10 (opset 21); int2 needs IR 13
+    proto.ir_version = helper.find_min_ir_version_for(opsets[:1])
     for k, v in (metadata or {}).items():
         proto.metadata_props.add(key=str(k), value=str(v))
     # full_check adds strict shape inference, which cannot see through the QONNX custom ops
@@ -381,7 +475,7 @@ def export_qonnx_model(model: nn.Module, input_shape: Sequence[int], num_classes
 
 
 def export_onnx_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], activations: str = "arith",
-                           dialect: str = "onnx") -> Dict:
+                           dialect: str = "onnx", weights: str = "float", int2: Optional[bool] = None) -> Dict:
     """``lowbit export CHECKPOINT -o model.onnx [--format qonnx]``: write the ONNX (or QONNX) graph of an image
     classifier checkpoint."""
     from ..train.checkpoint import load_model_state, model_from_config, read_checkpoint
@@ -397,7 +491,7 @@ def export_onnx_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], 
     meta = {"recipe": cfg.get("recipe", ""), "dataset": cfg.get("dataset", ""), "model": cfg.get("model", ""),
             "source_checkpoint": Path(checkpoint).name, "input": "raw pixels in [0, 255], float32 NCHW"}
     proto = export_onnx_model(model, args["in_shape"], args.get("num_classes", 10), activations=activations,
-                              dialect=dialect,
+                              dialect=dialect, weights=weights, int2=int2,
                               doc=f"lowbit {cfg.get('recipe', '')} exported from {Path(checkpoint).name}",
                               metadata=meta)
     return _save(proto, out, model)
