@@ -160,6 +160,27 @@ static inline void bc_patch_offsets(const bc_work *wk, size_t p0, size_t p1, ptr
     }
 }
 
+/* The sweep every pixel kernel makes over pixels [p0, p1): blocks of BC_PB pixels (their patch offsets computed
+ * once), each 32-channel group's panel against the block, tiles of up to MR pixels: tile(wk, g, panel, o, p, mr)
+ * for the mr (1..MR) pixels from p, o their patch offsets. always_inline with a constant tile function: the
+ * call is direct, inlined (GCC's indirect inlining), and the kernel's tile heights stay compile-time constants. */
+typedef void (*bc_tile_fn)(const bc_work *wk, size_t g, const uint64_t *panel, const ptrdiff_t *o, size_t p,
+                           size_t mr);
+static inline __attribute__((always_inline)) void bc_sweep(const bc_work *wk, size_t p0, size_t p1, size_t MR,
+                                                           bc_tile_fn tile)
+{
+    ptrdiff_t off[BC_PB];
+    for (size_t pb = p0; pb < p1; pb += BC_PB) {
+        const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
+        bc_patch_offsets(wk, pb, pe, off);
+        for (size_t g = 0; g < wk->ngroups; g++) {
+            const uint64_t *panel = wk->w + g * wk->panel_words;
+            for (size_t p = pb; p < pe; p += MR)
+                tile(wk, g, panel, off + (p - pb), p, pe - p >= MR ? MR : pe - p);
+        }
+    }
+}
+
 /* The channels of group g that exist (1..32), and a mask of their bits. */
 static inline size_t bc_group_channels(const bc_work *wk, size_t g)
 {
