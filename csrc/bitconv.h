@@ -117,14 +117,11 @@ typedef struct {
     const uint32_t *neg;
 } bc_work;
 
-/* output pixels [p0, p1) (flattened over n, oy, ox), every channel */
-typedef void (*bc_pixels_fn)(const bc_work *wk, size_t p0, size_t p1);
-void bc_pixels_portable(const bc_work *wk, size_t p0, size_t p1);
-#if LB_X86
-void bc_pixels_popcnt(const bc_work *wk, size_t p0, size_t p1);
-void bc_pixels_avx2(const bc_work *wk, size_t p0, size_t p1);
-void bc_pixels_avx512(const bc_work *wk, size_t p0, size_t p1);
-#endif
+/* output pixels [p0, p1) (flattened over n, oy, ox), every channel; per path (all but the portable one on
+ * x86 only) */
+typedef void bc_pixels_k(const bc_work *wk, size_t p0, size_t p1);
+typedef bc_pixels_k *bc_pixels_fn;
+bc_pixels_k bc_pixels_portable, bc_pixels_popcnt, bc_pixels_avx2, bc_pixels_avx512;
 
 /* Word offset in x0 (and in the high-nibble plane) of the top-left corner of pixel p's patch. */
 static inline ptrdiff_t bc_patch_offset(const bc_work *wk, size_t p)

@@ -51,8 +51,7 @@ static PyObject *py_conv_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OnnnnOi:conv_prepare", &ow, &kh, &kw, &cw, &in_bits, &odst, &path) ||
         lb_check_path_arg(path) < 0 || check_geometry(kh, kw, cw, in_bits) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *w = lb_buf_get(&bs, ow, "w", LB_T_WORD64, 2, LB_BUF_ROWS);
     if (!w)
         goto done;
@@ -106,8 +105,7 @@ static PyObject *py_conv2d(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "conv2d: bad argument (nout, stride, padding, bias or thresholds)");
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_WORD64, 4, LB_BUF_CONTIG);
     if (!x)
         goto done;

@@ -64,8 +64,7 @@ static PyObject *py_pack(PyObject *Py_UNUSED(self), PyObject *args)
     int check, nthreads;
     if (!PyArg_ParseTuple(args, "OOpi:pack", &osrc, &odst, &check, &nthreads))
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *src = lb_buf_get(&bs, osrc, "src", LB_T_KNOWN, 2, 0); /* any strides: the packer walks them */
     Py_buffer *dst = src ? lb_buf_get(&bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
     if (!dst)
@@ -189,8 +188,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads) ||
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *b = WORDS(&bs, ob, "b");
     if (!b)
         goto done;
@@ -214,8 +212,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads) ||
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     bg_gemm_args g;
     if (gemm_operands(&bs, oa, ob, k, oc, &g) < 0)
         goto done;
@@ -260,8 +257,7 @@ static PyObject *py_threshold_pack(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "bias must fit int32");
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *acc = lb_buf_get(&bs, oacc, "acc", LB_T_I32, 2, LB_BUF_ROWS);
     if (!acc)
         goto done;
@@ -305,8 +301,7 @@ static PyObject *py_u8_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *ow, *odst;
     if (!PyArg_ParseTuple(args, "OO:u8_prepare", &ow, &odst))
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *w = lb_buf_get(&bs, ow, "w", LB_T_I8, 2, 0); /* any strides */
     if (!w)
         goto done;
@@ -334,8 +329,7 @@ static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1 and n >= 0");
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 2, LB_BUF_ROWS);
     if (!x)
         goto done;

@@ -61,8 +61,7 @@ static PyObject *py_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_Format(PyExc_ValueError, "gemm: bad sizes M=%zd N=%zd K=%zd (K <= %d)", M, N, K, INTLSTM_MAX_K);
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     int16_t *scratch = NULL;
     Py_buffer *a = get(&bs, oa, "a", LB_T_I8, M * K, 0);
     Py_buffer *w = a ? get(&bs, ow, "w (packed: rows of round_up(K, 16))", LB_T_I8, N * INTLSTM_KP(K), 0) : NULL;
@@ -139,8 +138,7 @@ static PyObject *lstm_layer_common(PyObject *args, int prepared)
     const Py_ssize_t wi = prepared ? INTLSTM_NP(G) * INTLSTM_KP(I) : G * INTLSTM_KP(I);
     const Py_ssize_t wh = prepared ? INTLSTM_NP(G) * INTLSTM_KP(H) : G * INTLSTM_KP(H);
     const Py_ssize_t counts[12] = {T * B * I, wi, wh, G, G, 4 * G, LUT, LUT, LUT, B * H, B * H, T * B * H};
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     void *p[12];
     for (int i = 0; i < 12; i++) { /* h, c (the state, updated in place) and y are written */
         Py_buffer *v = get(&bs, o[i], prepared && i < 3 ? pnames[i] : names[i], types[i], counts[i],
@@ -191,8 +189,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_Format(PyExc_ValueError, "prepare: bad sizes N=%zd K=%zd ldw=%zd (K <= %d)", N, K, ldw, INTLSTM_MAX_K);
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     Py_buffer *w = get(&bs, ow, "w", LB_T_I8, N * ldw, 0);
     Py_buffer *bias = w && obias != Py_None ? get(&bs, obias, "bias", LB_T_I32, N, 0) : NULL;
     if (!w || (obias != Py_None && !bias))
@@ -222,8 +219,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
                      INTLSTM_MAX_K);
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     Py_buffer *a = get(&bs, oa, "a", LB_T_I8, M * K, 0);
     Py_buffer *p = a ? get(&bs, op, "panels", LB_T_I8, INTLSTM_NP(N) * INTLSTM_KP(K), 0) : NULL;
     Py_buffer *bias = p ? get(&bs, obias, "bias_eff", LB_T_I32, N, 0) : NULL;
@@ -267,8 +263,7 @@ static PyObject *cell_layer(PyObject *args, int gru)
                                LB_T_I32, LB_T_I32, gru ? LB_T_I16 : LB_T_I8, LB_T_I8};
     const Py_ssize_t counts[10] = {T * B * I, G * INTLSTM_KP(I), G * INTLSTM_KP(H), G, G, 4 * G,
                                    LUT, LUT, B * H, T * B * H};
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     void *p[10] = {NULL};
     for (int i = 0; i < 10; i++) { /* h (the state, updated in place) and y are written */
         if (!o[i])
@@ -320,8 +315,7 @@ static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *ot, *ox, *oout;
     if (!PyArg_ParseTuple(args, "OOO:lut", &ot, &ox, &oout))
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     Py_buffer *t = get(&bs, ot, "table", LB_T_I32, INTLSTM_LUT_SEGMENTS + 1, 0);
     Py_buffer *x = t ? lb_buf_get(&bs, ox, "x", LB_T_I16, -1, LB_BUF_CONTIG) : NULL;
     Py_buffer *out = x ? get(&bs, oout, "out", LB_T_I16, x->len / 2, LB_BUF_WRITABLE) : NULL;
@@ -348,8 +342,7 @@ static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "rescale: multiplier or shift out of range");
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_I32, -1, LB_BUF_CONTIG);
     Py_buffer *out = x ? get(&bs, oout, "out", LB_T_I32, x->len / 4, LB_BUF_WRITABLE) : NULL;
     if (!out)

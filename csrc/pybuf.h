@@ -60,6 +60,12 @@ static inline void lb_bufset_init(lb_bufset *s) { s->n = 0; }
     lb_bufset name;     \
     lb_bufset_init(&name)
 
+/* A binding's buffer set `name` and its result `res` (NULL until it succeeds), declared together: the start of
+ * every binding that takes arrays, which leaves through its `done:` label and lb_bufset_return. */
+#define LB_BINDING(name, res) \
+    LB_BUFSET(name);          \
+    PyObject *res = NULL
+
 static inline void lb_bufset_release(lb_bufset *s)
 {
     while (s->n > 0)

@@ -109,8 +109,7 @@ static Py_buffer *pack_dst(lb_bufset *bs, PyObject *odst, const pack_spec *ps, s
 
 static PyObject *pack_codes(PyObject *ox, PyObject *odst, PyObject *osums, const pack_spec *ps)
 {
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     int ok;
     Py_buffer *x = CODES(&bs, ox, "codes", 0);
     if (!x)
@@ -204,8 +203,7 @@ static PyObject *py_qg_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "qg_gemm: nthreads >= 1, 0 <= n, 0 <= k < 2^31");
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     int ok;
     ptrdiff_t ldb = 0;
     Py_buffer *a = kind == QG_INT8 ? CODES(&bs, oa, "a", 0)
