@@ -133,7 +133,7 @@ BC_AVX2_INLINE void tile_avx2(const int MR, const bc_work *wk, size_t g, const u
 }
 
 /* the sweep's tile: MR pixels, or the last 1..MR-1 */
-BC_AVX2_FN static void tile(const bc_work *wk, size_t g, const uint64_t *panel, const ptrdiff_t *o, size_t p, size_t mr)
+BC_AVX2_INLINE void tile(const bc_work *wk, size_t g, const uint64_t *panel, const ptrdiff_t *o, size_t p, size_t mr)
 {
     switch (mr) {
 #if BC_AVX2_MR >= 4

@@ -90,7 +90,8 @@ static inline __attribute__((always_inline)) void tile_any(const bc_work *wk, si
         scalar_tile(wk, g, panel, o[0], o[0], p, 1);
 }
 
-static void tile_portable(const bc_work *wk, size_t g, const uint64_t *panel, const ptrdiff_t *o, size_t p, size_t mr)
+static inline __attribute__((always_inline)) void tile_portable(const bc_work *wk, size_t g, const uint64_t *panel,
+                                                                const ptrdiff_t *o, size_t p, size_t mr)
 {
     tile_any(wk, g, panel, o, p, mr);
 }
@@ -101,8 +102,9 @@ void bc_pixels_portable(const bc_work *wk, size_t p0, size_t p1)
 }
 
 #if LB_X86
-__attribute__((target("popcnt"))) static void tile_popcnt(const bc_work *wk, size_t g, const uint64_t *panel,
-                                                          const ptrdiff_t *o, size_t p, size_t mr)
+static inline __attribute__((always_inline, target("popcnt"))) void tile_popcnt(const bc_work *wk, size_t g,
+                                                                              const uint64_t *panel, const ptrdiff_t *o,
+                                                                              size_t p, size_t mr)
 {
     tile_any(wk, g, panel, o, p, mr);
 }

@@ -92,20 +92,20 @@ static bg_pack_row_fn scalar_packer(bg_dtype t)
 #if BG_HAVE_SSE2
 /* Per type, of the values in 16 bytes: the bits of those < 0 (neg), of those exactly +-1 (pm1; NaN compares
  * unequal); for int8, movemask_epi8 takes each byte's sign bit, exactly "v < 0". */
-static inline unsigned neg_f32(__m128i v) { return (unsigned)_mm_movemask_ps(_mm_cmplt_ps(_mm_castsi128_ps(v), _mm_setzero_ps())); }
-static inline unsigned neg_f64(__m128i v) { return (unsigned)_mm_movemask_pd(_mm_cmplt_pd(_mm_castsi128_pd(v), _mm_setzero_pd())); }
-static inline unsigned neg_i8(__m128i v) { return (unsigned)_mm_movemask_epi8(v); }
-static inline unsigned pm1_f32(__m128i v)
+static inline __attribute__((always_inline)) unsigned neg_f32(__m128i v) { return (unsigned)_mm_movemask_ps(_mm_cmplt_ps(_mm_castsi128_ps(v), _mm_setzero_ps())); }
+static inline __attribute__((always_inline)) unsigned neg_f64(__m128i v) { return (unsigned)_mm_movemask_pd(_mm_cmplt_pd(_mm_castsi128_pd(v), _mm_setzero_pd())); }
+static inline __attribute__((always_inline)) unsigned neg_i8(__m128i v) { return (unsigned)_mm_movemask_epi8(v); }
+static inline __attribute__((always_inline)) unsigned pm1_f32(__m128i v)
 {
     const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
     return (unsigned)_mm_movemask_ps(_mm_cmpeq_ps(_mm_and_ps(_mm_castsi128_ps(v), absmask), _mm_set1_ps(1.0f)));
 }
-static inline unsigned pm1_f64(__m128i v)
+static inline __attribute__((always_inline)) unsigned pm1_f64(__m128i v)
 {
     const __m128d absmask = _mm_castsi128_pd(_mm_set1_epi64x(0x7fffffffffffffffLL));
     return (unsigned)_mm_movemask_pd(_mm_cmpeq_pd(_mm_and_pd(_mm_castsi128_pd(v), absmask), _mm_set1_pd(1.0)));
 }
-static inline unsigned pm1_i8(__m128i v)
+static inline __attribute__((always_inline)) unsigned pm1_i8(__m128i v)
 {
     return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(1)), _mm_cmpeq_epi8(v, _mm_set1_epi8(-1))));
 }
