@@ -143,10 +143,8 @@ static PyObject *py_gemm_naive(PyObject *Py_UNUSED(self), PyObject *args)
     int hw;
     if (!PyArg_ParseTuple(args, "OOLOp:gemm_naive", &oa, &ob, &k, &oc, &hw))
         return NULL;
-    if (hw && !lb_path_supported(LB_PATH_POPCNT)) {
-        PyErr_SetString(PyExc_ValueError, "this CPU has no POPCNT instruction");
-        return NULL;
-    }
+    if (hw && !lb_path_supported(LB_PATH_POPCNT))
+        return lb_value_error("this CPU has no POPCNT instruction");
     return run_gemm(oa, ob, k, oc, LB_PATH_AUTO, 1, hw);
 }
 
@@ -156,10 +154,8 @@ static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "nnnii:plan_threads", &m, &n, &k, &path, &nthreads))
         return NULL;
-    if (m < 0 || n < 0 || k < 0 || nthreads < 1 || path < LB_PATH_AUTO || path >= LB_NPATHS) {
-        PyErr_SetString(PyExc_ValueError, "plan_threads: bad argument");
-        return NULL;
-    }
+    if (m < 0 || n < 0 || k < 0 || nthreads < 1 || path < LB_PATH_AUTO || path >= LB_NPATHS)
+        return lb_value_error("plan_threads: bad argument");
     bg_gemm_args g = {NULL, 0, NULL, 0, NULL, 0, (size_t)m, (size_t)n, (size_t)k, NULL};
     if (path < 0)
         path = lb_best_path();
@@ -169,15 +165,7 @@ static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
 /* ---- prepared B ------------------------------------------------------------------------------- */
 static PyObject *py_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    int path;
-    Py_ssize_t n, k;
-    if (!PyArg_ParseTuple(args, "inn:prepared_bytes", &path, &n, &k))
-        return NULL;
-    if (path < 0 || path >= LB_NPATHS || n < 0 || k < 0) {
-        PyErr_SetString(PyExc_ValueError, "prepared_bytes: bad argument");
-        return NULL;
-    }
-    return PyLong_FromSize_t(bg_prepared_bytes(path, (size_t)n, (size_t)k));
+    return lb_path_size(args, "inn:prepared_bytes", bg_prepared_bytes);
 }
 
 static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
@@ -253,10 +241,8 @@ static PyObject *py_threshold_pack(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads) ||
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    if (bias < -0x80000000LL || bias > 0x7fffffffLL) {
-        PyErr_SetString(PyExc_ValueError, "bias must fit int32");
-        return NULL;
-    }
+    if (bias < -0x80000000LL || bias > 0x7fffffffLL)
+        return lb_value_error("bias must fit int32");
     LB_BINDING(bs, result);
     Py_buffer *acc = lb_buf_get(&bs, oacc, "acc", LB_T_I32, 2, LB_BUF_ROWS);
     if (!acc)
@@ -289,10 +275,8 @@ static PyObject *py_u8_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
     Py_ssize_t n, k;
     if (!PyArg_ParseTuple(args, "nn:u8_prepared_bytes", &n, &k))
         return NULL;
-    if (n < 0 || k < 0) {
-        PyErr_SetString(PyExc_ValueError, "u8_prepared_bytes: bad argument");
-        return NULL;
-    }
+    if (n < 0 || k < 0)
+        return lb_value_error("u8_prepared_bytes: bad argument");
     return PyLong_FromSize_t(bg_u8_prepared_bytes((size_t)n, (size_t)k));
 }
 
@@ -325,10 +309,8 @@ static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     if (lb_check_path_arg(path) < 0)
         return NULL;
-    if (nthreads < 1 || n < 0) {
-        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1 and n >= 0");
-        return NULL;
-    }
+    if (nthreads < 1 || n < 0)
+        return lb_value_error("nthreads must be >= 1 and n >= 0");
     LB_BINDING(bs, result);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 2, LB_BUF_ROWS);
     if (!x)

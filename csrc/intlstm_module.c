@@ -121,14 +121,10 @@ static PyObject *lstm_layer_common(PyObject *args, int prepared)
     if (!layer_sizes_ok("lstm_layer", T, B, I, H))
         return NULL;
     if (cs < 0 || cs > 30 || z_h < -128 || z_h > 127 || hid_shift < -31 || hid_shift > 31 || cell_clip < 0 ||
-        cell_clip > 32767) {
-        PyErr_SetString(PyExc_ValueError, "lstm_layer: integer constants out of range");
-        return NULL;
-    }
-    if (nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "lstm_layer: nthreads must be >= 1");
-        return NULL;
-    }
+        cell_clip > 32767)
+        return lb_value_error("lstm_layer: integer constants out of range");
+    if (nthreads < 1)
+        return lb_value_error("lstm_layer: nthreads must be >= 1");
     const Py_ssize_t G = 4 * H, LUT = INTLSTM_LUT_SEGMENTS + 1;
     static const char *const names[12] = {"x", "w_ih (packed)", "w_hh (packed)", "bias_x", "bias_h", "qmul",
                                           "lut_sig", "lut_tanh", "lut_cell", "h", "c", "y"};
@@ -338,10 +334,8 @@ static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
     int m0, shift;
     if (!PyArg_ParseTuple(args, "OiiO:rescale", &ox, &m0, &shift, &oout))
         return NULL;
-    if (shift < -31 || shift > 31 || m0 < 0) {
-        PyErr_SetString(PyExc_ValueError, "rescale: multiplier or shift out of range");
-        return NULL;
-    }
+    if (shift < -31 || shift > 31 || m0 < 0)
+        return lb_value_error("rescale: multiplier or shift out of range");
     LB_BINDING(bs, ret);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_I32, -1, LB_BUF_CONTIG);
     Py_buffer *out = x ? get(&bs, oout, "out", LB_T_I32, x->len / 4, LB_BUF_WRITABLE) : NULL;

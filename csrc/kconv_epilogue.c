@@ -124,6 +124,23 @@ typedef struct {
     size_t rows, units;
 } rows_ctx;
 
+/* The row kernels of both passes on path (a pass calls its own). */
+static void kernels_for(int path, rows_ctx *ctx)
+{
+    path = lb_path_or_best(path);
+    ctx->epi = kc_epi_rows_scalar;
+    ctx->fthr = kc_fthr_rows_scalar;
+#if LB_X86
+    if (path >= LB_PATH_AVX512) {
+        ctx->epi = kc_epi_rows_avx512;
+        ctx->fthr = kc_fthr_rows_avx512;
+    } else if (path >= LB_PATH_AVX2) {
+        ctx->epi = kc_epi_rows_avx2;
+        ctx->fthr = kc_fthr_rows_avx2;
+    }
+#endif
+}
+
 static void rows_unit(void *vctx, size_t u, void *scratch)
 {
     (void)scratch;
@@ -144,14 +161,8 @@ void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
 {
     if (f->rows == 0 || f->c == 0)
         return;
-    path = lb_path_or_best(path);
-    rows_ctx ctx = {.f = f, .fthr = kc_fthr_rows_scalar, .rows = f->rows};
-#if LB_X86
-    if (path >= LB_PATH_AVX512)
-        ctx.fthr = kc_fthr_rows_avx512;
-    else if (path >= LB_PATH_AVX2)
-        ctx.fthr = kc_fthr_rows_avx2;
-#endif
+    rows_ctx ctx = {.f = f, .rows = f->rows};
+    kernels_for(path, &ctx);
     const int nt = threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr) * 0.3, nthreads);
     ctx.units = units_for(nt, f->rows);
     qg_run_units(ctx.units, nt, rows_unit, &ctx, 0);
@@ -199,16 +210,9 @@ unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *ou
 
 kc_epi_rows_fn kc_epi_fn_for(int path)
 {
-    path = lb_path_or_best(path);
-#if LB_X86
-    if (path >= LB_PATH_AVX512)
-        return kc_epi_rows_avx512;
-    if (path >= LB_PATH_AVX2)
-        return kc_epi_rows_avx2;
-#else
-    (void)path;
-#endif
-    return kc_epi_rows_scalar;
+    rows_ctx ctx;
+    kernels_for(path, &ctx);
+    return ctx.epi;
 }
 
 /* units for nt threads over `rows`: ~4 a thread (a thread that gets no core leaves its share to the others) */
@@ -231,7 +235,8 @@ void kc_epilogue(const kc_epi_args *e, int path, int nthreads)
     const size_t rows = e->n * e->oh;
     if (rows == 0 || e->ow == 0)
         return;
-    rows_ctx ctx = {.e = e, .epi = kc_epi_fn_for(path), .rows = rows};
+    rows_ctx ctx = {.e = e, .rows = rows};
+    kernels_for(path, &ctx);
     /* ~0.3 ns per accumulator read and threshold: a thread per ~100 us of that */
     const double win = e->kh ? (double)e->kh * (double)e->kw : 1.0;
     const int nt = threads_for((double)rows * (double)e->ow * (double)e->c * (win + 0.3 * e->nthr) * 0.3, nthreads);

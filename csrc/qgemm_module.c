@@ -146,10 +146,8 @@ static PyObject *py_pack_planes(PyObject *Py_UNUSED(self), PyObject *args)
     pack_spec ps = {PACK_PLANES, 0, 0, 0, 0};
     if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &ps.bits, &odst, &osums, &ps.nthreads))
         return NULL;
-    if (ps.bits < 1 || ps.bits > 8 || ps.nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "qg_pack_planes: bits must be 1..8, nthreads >= 1");
-        return NULL;
-    }
+    if (ps.bits < 1 || ps.bits > 8 || ps.nthreads < 1)
+        return lb_value_error("qg_pack_planes: bits must be 1..8, nthreads >= 1");
     return pack_codes(ox, odst, osums, &ps);
 }
 
@@ -199,10 +197,8 @@ static PyObject *py_qg_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     if (lb_check_path_arg(path) < 0 || check_kind_bits(kind, abits, bbits, bstore) < 0)
         return NULL;
-    if (nthreads < 1 || n < 0 || k < 0 || k > 0x7fffffffL) {
-        PyErr_SetString(PyExc_ValueError, "qg_gemm: nthreads >= 1, 0 <= n, 0 <= k < 2^31");
-        return NULL;
-    }
+    if (nthreads < 1 || n < 0 || k < 0 || k > 0x7fffffffL)
+        return lb_value_error("qg_gemm: nthreads >= 1, 0 <= n, 0 <= k < 2^31");
     LB_BINDING(bs, result);
     int ok;
     ptrdiff_t ldb = 0;
@@ -279,10 +275,8 @@ static PyObject *py_qg_probe(PyObject *Py_UNUSED(self), PyObject *args)
     long iters;
     if (!PyArg_ParseTuple(args, "il:qg_probe", &kind, &iters))
         return NULL;
-    if (iters < 1) {
-        PyErr_SetString(PyExc_ValueError, "iters must be >= 1");
-        return NULL;
-    }
+    if (iters < 1)
+        return lb_value_error("iters must be >= 1");
     double t;
     Py_BEGIN_ALLOW_THREADS
     t = qg_probe(kind, iters);
