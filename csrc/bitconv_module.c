@@ -58,8 +58,7 @@ static PyObject *py_conv_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     LB_NOGIL(bc_prepare(path, (const uint64_t *)w->buf, lb_buf_ld(w), nout, (size_t)kh, (size_t)kw, (size_t)cw,
                         (size_t)in_bits, dst->buf));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static int expect_4d(const Py_buffer *v, const char *name, Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t d)
@@ -141,8 +140,7 @@ static PyObject *py_conv2d(PyObject *Py_UNUSED(self), PyObject *args)
         }
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_conv_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)

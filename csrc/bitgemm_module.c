@@ -84,8 +84,7 @@ static PyObject *py_pack(PyObject *Py_UNUSED(self), PyObject *args)
             LB_NOGIL(bad = bg_pack(&p, nthreads));
         result = PyLong_FromLongLong(bad);
     }
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
@@ -188,8 +187,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
         goto done;
     LB_NOGIL(bg_prepare(path, (const uint64_t *)b->buf, lb_buf_ld(b), n, (size_t)k, dst->buf, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
@@ -213,8 +211,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
     g.bprep = bytes ? prep->buf : NULL;
     LB_NOGIL(bg_gemm(&g, path, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* ---- threshold epilogue ----------------------------------------------------------------------- */
@@ -265,8 +262,7 @@ static PyObject *py_threshold_pack(PyObject *Py_UNUSED(self), PyObject *args)
         LB_NOGIL(bg_threshold_pack(&t, path, nthreads));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* ---- first layer: uint8 x +-1 ----------------------------------------------------------------- */
@@ -296,8 +292,7 @@ static PyObject *py_u8_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     LB_NOGIL(bg_u8_prepare((const int8_t *)w->buf, (ptrdiff_t)w->strides[0], (ptrdiff_t)w->strides[1], n, k,
                            (int8_t *)dst->buf));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
@@ -332,8 +327,7 @@ static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         LB_NOGIL(bg_u8_gemm(&g, path, nthreads));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyMethodDef bitgemm_methods[] = {

@@ -164,8 +164,7 @@ static PyObject *lstm_layer_common(PyObject *args, int prepared)
         LB_NOGIL(rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9],
                                         (int16_t *)p[10], (int8_t *)p[11]));
     ret = rc != 0 ? PyErr_NoMemory() : lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args) { return lstm_layer_common(args, 0); }
@@ -197,8 +196,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     LB_NOGIL(intlstm_prepare((const int8_t *)w->buf, (size_t)ldw, (int)N, (int)K,
                              bias ? (const int32_t *)bias->buf : NULL, (int8_t *)p->buf, (int32_t *)b->buf));
     ret = lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
@@ -227,8 +225,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
                                         (const int32_t *)bias->buf, (int32_t *)out->buf, (int)M, (int)N, (int)K,
                                         nthreads));
     ret = rc != 0 ? PyErr_NoMemory() : lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 /* gru_layer (gru = 1) and rnn_layer (gru = 0): the same arguments but the sigmoid table, which the RNN lacks. */
@@ -282,8 +279,7 @@ static PyObject *cell_layer(PyObject *args, int gru)
     else
         LB_NOGIL(rc = intrnn_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[8], (int8_t *)p[9]));
     ret = rc != 0 ? PyErr_NoMemory() : lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_gru_layer(PyObject *Py_UNUSED(self), PyObject *args) { return cell_layer(args, 1); }
@@ -324,8 +320,7 @@ static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
         for (Py_ssize_t i = 0; i < x->len / 2; i++) o[i] = (int16_t)intlstm_lut16(tab, xv[i]);
     }
     ret = lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
@@ -347,8 +342,7 @@ static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
         for (Py_ssize_t i = 0; i < x->len / 4; i++) o[i] = intlstm_rescale(xv[i], m0, shift);
     }
     ret = lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyMethodDef methods[] = {

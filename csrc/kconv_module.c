@@ -118,8 +118,7 @@ static PyObject *py_kc_pack(PyObject *Py_UNUSED(self), PyObject *args)
     best = kc_pack(&p, path, nthreads);
     Py_END_ALLOW_THREADS
     result = PyLong_FromUnsignedLong(best);
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* The thresholds, sign and output of an epilogue over e->c channels with output (n, e->oh, e->ow): out uint8
@@ -219,8 +218,7 @@ static PyObject *py_kc_epilogue(PyObject *Py_UNUSED(self), PyObject *args)
     e.ld_acc = e.ld_border = e.c;
     LB_NOGIL(kc_epilogue(&e, path, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* kc_conv(x, kernel, stride, padding, pad, map, kind, b, abits, bbits, bstore, n, sa, oa, sb, ob, zb, sumb,
@@ -347,8 +345,7 @@ static PyObject *py_kc_conv(PyObject *Py_UNUSED(self), PyObject *args)
         goto done;
     }
     result = PyLong_FromUnsignedLong(best);
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
@@ -398,8 +395,7 @@ static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
     f.out = out->buf;
     LB_NOGIL(kc_fthreshold(&f, path, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
@@ -429,8 +425,7 @@ static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
                   nthreads);
     Py_END_ALLOW_THREADS
     result = PyLong_FromUnsignedLong(m);
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 PyMethodDef kc_methods[] = {

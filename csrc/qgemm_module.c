@@ -136,8 +136,7 @@ static PyObject *pack_codes(PyObject *ox, PyObject *odst, PyObject *osums, const
         LB_NOGIL(qg_pack_panels(src, lds, rows, k, ps->store, ps->zb, (uint8_t *)d, sums));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_pack_planes(PyObject *Py_UNUSED(self), PyObject *args)
@@ -249,8 +248,7 @@ static PyObject *py_qg_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         LB_NOGIL(qg_gemm(&g, path, nthreads));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_qg_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
