@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from lowbit.benchmarking import machine_record, write_results  # noqa: E402
+from lowbit.benchmarking import command_line, machine_record, write_report  # noqa: E402
 
 import plain_lstm_lm  # noqa: E402
 from rnn_perplexity import run_one  # noqa: E402
@@ -101,7 +100,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "lm_side_by_side", "tables": tables, "threads": args.threads,
               "machine": machine_record(),
               "wall_seconds": time.time() - t0,
-              "command": "python benchmarks/lm_side_by_side.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
+              "command": command_line("lm_side_by_side.py", argv)}
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md = ["# lowbit at 32 bits vs a plain torch.nn.LSTM language model (same data, settings and steps)", ""]
@@ -117,11 +116,8 @@ def main(argv=None) -> int:
         if notes:
             md += ["Plain-model values: " + "; ".join(notes) + ".", ""]
     md += [f"Threads: {args.threads}; machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs "
-           f"(shared), torch {result['machine']['torch']}; total {result['wall_seconds'] / 60:.1f} min.", "",
-           f"Reproduce: `{result['command']}`", ""]
-    write_results(stem, result, "\n".join(md))
-    print(f"wrote {stem.with_suffix('.json')} and .md")
-    return 0
+           f"(shared), torch {result['machine']['torch']}; total {result['wall_seconds'] / 60:.1f} min."]
+    return write_report(stem, result, md)
 
 
 if __name__ == "__main__":

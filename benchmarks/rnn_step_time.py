@@ -17,7 +17,6 @@ Writes benchmarks/results/rnn_step_time.json and .md.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from lowbit.benchmarking import machine_record, write_results  # noqa: E402
+from lowbit.benchmarking import command_line, machine_record, write_report  # noqa: E402
 from torch import nn  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "rnn_step_time", "shape": dict(vocab=V, emb=E, hidden=H, layers=L, batch=B, bptt=T),
               "bits": k, "reps": args.reps, "threads": args.threads, "rows": rows,
               "machine": machine_record(),
-              "command": "python benchmarks/rnn_step_time.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
+              "command": command_line("rnn_step_time.py", argv)}
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(n for row in rows for n in row["median_ms"]))
@@ -122,10 +121,8 @@ def main(argv=None) -> int:
                   + " | " + " | ".join(f"{row['ratio_to_torch'][n]:.2f}" if n in row["ratio_to_torch"] else ""
                                        for n in names[1:]) + " |")
     md += ["", f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs (shared), torch "
-               f"{result['machine']['torch']}.", "", f"Reproduce: `{result['command']}`", ""]
-    write_results(stem, result, "\n".join(md))
-    print(f"wrote {stem.with_suffix('.json')} and .md")
-    return 0
+               f"{result['machine']['torch']}."]
+    return write_report(stem, result, md)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from lowbit.benchmarking import machine_record, write_results  # noqa: E402
+from lowbit.benchmarking import command_line, machine_record, write_report  # noqa: E402
 
 from rnn_perplexity import run_one  # noqa: E402
 
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
                      "run_dir": str(out.relative_to(ROOT))})
     result = {"benchmark": "shakespeare_long", "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
               "runs": runs, "machine": machine_record(),
-              "command": "python benchmarks/shakespeare_long.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
+              "command": command_line("shakespeare_long.py", argv)}
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md = [f"# Tiny Shakespeare, shakespeare-lstm recipe, {args.epochs} epochs: test bits per character", "",
@@ -66,10 +65,8 @@ def main(argv=None) -> int:
                    f"{'yes' if by[4] <= 2.2 else 'NO'}."]
     md += ["", f"Wall time includes the per-epoch test evaluation. {args.threads} thread(s); machine: "
                f"{result['machine']['platform']}, {result['machine']['cpus']} CPUs, shared with other jobs; torch "
-               f"{result['machine']['torch']}.", "", f"Reproduce: `{result['command']}`", ""]
-    write_results(stem, result, "\n".join(md))
-    print(f"wrote {stem.with_suffix('.json')} and .md")
-    return 0
+               f"{result['machine']['torch']}."]
+    return write_report(stem, result, md)
 
 
 if __name__ == "__main__":

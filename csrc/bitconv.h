@@ -117,14 +117,11 @@ typedef struct {
     const uint32_t *neg;
 } bc_work;
 
-/* output pixels [p0, p1) (flattened over n, oy, ox), every channel */
-typedef void (*bc_pixels_fn)(const bc_work *wk, size_t p0, size_t p1);
-void bc_pixels_portable(const bc_work *wk, size_t p0, size_t p1);
-#if LB_X86
-void bc_pixels_popcnt(const bc_work *wk, size_t p0, size_t p1);
-void bc_pixels_avx2(const bc_work *wk, size_t p0, size_t p1);
-void bc_pixels_avx512(const bc_work *wk, size_t p0, size_t p1);
-#endif
+/* output pixels [p0, p1) (flattened over n, oy, ox), every channel; per path (all but the portable one on
+ * x86 only) */
+typedef void bc_pixels_k(const bc_work *wk, size_t p0, size_t p1);
+typedef bc_pixels_k *bc_pixels_fn;
+bc_pixels_k bc_pixels_portable, bc_pixels_popcnt, bc_pixels_avx2, bc_pixels_avx512;
 
 /* Word offset in x0 (and in the high-nibble plane) of the top-left corner of pixel p's patch. */
 static inline ptrdiff_t bc_patch_offset(const bc_work *wk, size_t p)
@@ -156,6 +153,27 @@ static inline void bc_patch_offsets(const bc_work *wk, size_t p0, size_t p1, ptr
                 img++;
             }
             o = (ptrdiff_t)(((img * wk->hp + oy * wk->sh) * wk->wp) * wk->cw);
+        }
+    }
+}
+
+/* The sweep every pixel kernel makes over pixels [p0, p1): blocks of BC_PB pixels (their patch offsets computed
+ * once), each 32-channel group's panel against the block, tiles of up to MR pixels: tile(wk, g, panel, o, p, mr)
+ * for the mr (1..MR) pixels from p, o their patch offsets. always_inline with a constant tile function: the
+ * call is direct, inlined (GCC's indirect inlining), and the kernel's tile heights stay compile-time constants. */
+typedef void (*bc_tile_fn)(const bc_work *wk, size_t g, const uint64_t *panel, const ptrdiff_t *o, size_t p,
+                           size_t mr);
+static inline __attribute__((always_inline)) void bc_sweep(const bc_work *wk, size_t p0, size_t p1, size_t MR,
+                                                           bc_tile_fn tile)
+{
+    ptrdiff_t off[BC_PB];
+    for (size_t pb = p0; pb < p1; pb += BC_PB) {
+        const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
+        bc_patch_offsets(wk, pb, pe, off);
+        for (size_t g = 0; g < wk->ngroups; g++) {
+            const uint64_t *panel = wk->w + g * wk->panel_words;
+            for (size_t p = pb; p < pe; p += MR)
+                tile(wk, g, panel, off + (p - pb), p, pe - p >= MR ? MR : pe - p);
         }
     }
 }

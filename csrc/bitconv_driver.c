@@ -172,8 +172,7 @@ int bc_conv2d(const bc_conv_args *a, int path, int nthreads)
     const size_t pixels = a->n * a->oh * a->ow;
     if (pixels == 0 || a->nout == 0)
         return 0;
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
+    path = lb_path_or_best(path);
     bc_work wk;
     memset(&wk, 0, sizeof wk);
     const int split = bc_split_nibbles(path);

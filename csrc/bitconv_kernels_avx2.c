@@ -132,29 +132,24 @@ BC_AVX2_INLINE void tile_avx2(const int MR, const bc_work *wk, size_t g, const u
     }
 }
 
-BC_AVX2_FN void bc_pixels_avx2(const bc_work *wk, size_t p0, size_t p1)
+/* the sweep's tile: MR pixels, or the last 1..MR-1 */
+BC_AVX2_INLINE void tile(const bc_work *wk, size_t g, const uint64_t *panel, const ptrdiff_t *o, size_t p, size_t mr)
 {
-    ptrdiff_t off[BC_PB];
-    for (size_t pb = p0; pb < p1; pb += BC_PB) {
-        const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
-        bc_patch_offsets(wk, pb, pe, off);
-        for (size_t g = 0; g < wk->ngroups; g++) {
-            const uint64_t *panel = wk->w + g * wk->panel_words;
-            for (size_t p = pb; p < pe; p += BC_AVX2_MR) {
-                const ptrdiff_t *o = off + (p - pb);
-                switch (pe - p >= BC_AVX2_MR ? BC_AVX2_MR : pe - p) {
+    switch (mr) {
 #if BC_AVX2_MR >= 4
-                case 4: tile_avx2(4, wk, g, panel, o, p); break;
+    case 4: tile_avx2(4, wk, g, panel, o, p); break;
 #endif
 #if BC_AVX2_MR >= 3
-                case 3: tile_avx2(3, wk, g, panel, o, p); break;
+    case 3: tile_avx2(3, wk, g, panel, o, p); break;
 #endif
-                case 2: tile_avx2(2, wk, g, panel, o, p); break;
-                default: tile_avx2(1, wk, g, panel, o, p); break;
-                }
-            }
-        }
+    case 2: tile_avx2(2, wk, g, panel, o, p); break;
+    default: tile_avx2(1, wk, g, panel, o, p); break;
     }
+}
+
+BC_AVX2_FN void bc_pixels_avx2(const bc_work *wk, size_t p0, size_t p1)
+{
+    bc_sweep(wk, p0, p1, BC_AVX2_MR, tile);
 }
 
 #endif /* LB_X86 */

@@ -115,27 +115,23 @@ BC_AVX512_INLINE void tile512(const int MR, const bc_work *wk, size_t g, const u
     }
 }
 
+/* the sweep's tile: 6 pixels, or the last 1..5 */
+BC_AVX512_INLINE void tile(const bc_work *wk, size_t g, const uint64_t *panel, const ptrdiff_t *o, size_t p,
+                              size_t mr)
+{
+    switch (mr) {
+    case 6: tile512(6, wk, g, panel, o, p); break;
+    case 5: tile512(5, wk, g, panel, o, p); break;
+    case 4: tile512(4, wk, g, panel, o, p); break;
+    case 3: tile512(3, wk, g, panel, o, p); break;
+    case 2: tile512(2, wk, g, panel, o, p); break;
+    default: tile512(1, wk, g, panel, o, p); break;
+    }
+}
+
 BC_AVX512_FN void bc_pixels_avx512(const bc_work *wk, size_t p0, size_t p1)
 {
-    ptrdiff_t off[BC_PB];
-    for (size_t pb = p0; pb < p1; pb += BC_PB) {
-        const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
-        bc_patch_offsets(wk, pb, pe, off);
-        for (size_t g = 0; g < wk->ngroups; g++) {
-            const uint64_t *panel = wk->w + g * wk->panel_words;
-            for (size_t p = pb; p < pe; p += BC512_MR) {
-                const ptrdiff_t *o = off + (p - pb);
-                switch (pe - p >= BC512_MR ? BC512_MR : pe - p) {
-                case 6: tile512(6, wk, g, panel, o, p); break;
-                case 5: tile512(5, wk, g, panel, o, p); break;
-                case 4: tile512(4, wk, g, panel, o, p); break;
-                case 3: tile512(3, wk, g, panel, o, p); break;
-                case 2: tile512(2, wk, g, panel, o, p); break;
-                default: tile512(1, wk, g, panel, o, p); break;
-                }
-            }
-        }
-    }
+    bc_sweep(wk, p0, p1, BC512_MR, tile);
 }
 
 #endif /* LB_X86 */

@@ -80,32 +80,37 @@ static inline __attribute__((always_inline)) void scalar_tile(const bc_work *wk,
     }
 }
 
-static inline __attribute__((always_inline)) void scalar_pixels(const bc_work *wk, size_t p0, size_t p1)
+/* a tile of the sweep: 2 pixels, or the last 1 (its offset passed twice); each height its own inlined body */
+static inline __attribute__((always_inline)) void tile_any(const bc_work *wk, size_t g, const uint64_t *panel,
+                                                           const ptrdiff_t *o, size_t p, size_t mr)
 {
-    ptrdiff_t off[BC_PB];
-    for (size_t pb = p0; pb < p1; pb += BC_PB) {
-        const size_t pe = (p1 - pb < BC_PB) ? p1 : pb + BC_PB;
-        bc_patch_offsets(wk, pb, pe, off);
-        for (size_t g = 0; g < wk->ngroups; g++) {
-            const uint64_t *panel = wk->w + g * wk->panel_words;
-            for (size_t p = pb; p < pe; p += BC_SCALAR_MR) {
-                if (pe - p >= 2)
-                    scalar_tile(wk, g, panel, off[p - pb], off[p - pb + 1], p, 2);
-                else
-                    scalar_tile(wk, g, panel, off[p - pb], off[p - pb], p, 1);
-            }
-        }
-    }
+    if (mr > 1)
+        scalar_tile(wk, g, panel, o[0], o[1], p, 2);
+    else
+        scalar_tile(wk, g, panel, o[0], o[0], p, 1);
+}
+
+static inline __attribute__((always_inline)) void tile_portable(const bc_work *wk, size_t g, const uint64_t *panel,
+                                                                const ptrdiff_t *o, size_t p, size_t mr)
+{
+    tile_any(wk, g, panel, o, p, mr);
 }
 
 void bc_pixels_portable(const bc_work *wk, size_t p0, size_t p1)
 {
-    scalar_pixels(wk, p0, p1);
+    bc_sweep(wk, p0, p1, BC_SCALAR_MR, tile_portable);
 }
 
 #if LB_X86
+static inline __attribute__((always_inline, target("popcnt"))) void tile_popcnt(const bc_work *wk, size_t g,
+                                                                              const uint64_t *panel, const ptrdiff_t *o,
+                                                                              size_t p, size_t mr)
+{
+    tile_any(wk, g, panel, o, p, mr);
+}
+
 __attribute__((target("popcnt"))) void bc_pixels_popcnt(const bc_work *wk, size_t p0, size_t p1)
 {
-    scalar_pixels(wk, p0, p1);
+    bc_sweep(wk, p0, p1, BC_SCALAR_MR, tile_popcnt);
 }
 #endif

@@ -21,15 +21,7 @@
 
 static PyObject *py_conv_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    int path;
-    Py_ssize_t nout, kwords;
-    if (!PyArg_ParseTuple(args, "inn:conv_prepared_bytes", &path, &nout, &kwords))
-        return NULL;
-    if (path < 0 || path >= LB_NPATHS || nout < 0 || kwords < 0) {
-        PyErr_SetString(PyExc_ValueError, "conv_prepared_bytes: bad argument");
-        return NULL;
-    }
-    return PyLong_FromSize_t(bc_prepared_bytes(path, (size_t)nout, (size_t)kwords));
+    return lb_path_size(args, "inn:conv_prepared_bytes", bc_prepared_bytes);
 }
 
 static int check_geometry(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cw, Py_ssize_t in_bits)
@@ -51,8 +43,7 @@ static PyObject *py_conv_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OnnnnOi:conv_prepare", &ow, &kh, &kw, &cw, &in_bits, &odst, &path) ||
         lb_check_path_arg(path) < 0 || check_geometry(kh, kw, cw, in_bits) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *w = lb_buf_get(&bs, ow, "w", LB_T_WORD64, 2, LB_BUF_ROWS);
     if (!w)
         goto done;
@@ -67,8 +58,7 @@ static PyObject *py_conv_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     LB_NOGIL(bc_prepare(path, (const uint64_t *)w->buf, lb_buf_ld(w), nout, (size_t)kh, (size_t)kw, (size_t)cw,
                         (size_t)in_bits, dst->buf));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static int expect_4d(const Py_buffer *v, const char *name, Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t d)
@@ -102,12 +92,9 @@ static PyObject *py_conv2d(PyObject *Py_UNUSED(self), PyObject *args)
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
     if (nout < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || bias < -0x80000000LL || bias > 0x7fffffffLL ||
-        (osign == Py_None) != (othr == Py_None)) {
-        PyErr_SetString(PyExc_ValueError, "conv2d: bad argument (nout, stride, padding, bias or thresholds)");
-        return NULL;
-    }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+        (osign == Py_None) != (othr == Py_None))
+        return lb_value_error("conv2d: bad argument (nout, stride, padding, bias or thresholds)");
+    LB_BINDING(bs, result);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_WORD64, 4, LB_BUF_CONTIG);
     if (!x)
         goto done;
@@ -153,8 +140,7 @@ static PyObject *py_conv2d(PyObject *Py_UNUSED(self), PyObject *args)
         }
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_conv_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
@@ -164,10 +150,8 @@ static PyObject *py_conv_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "nnnii:conv_plan_threads", &pixels, &nout, &kwords, &path, &nthreads) ||
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    if (pixels < 0 || nout < 0 || kwords < 0) {
-        PyErr_SetString(PyExc_ValueError, "conv_plan_threads: bad argument");
-        return NULL;
-    }
+    if (pixels < 0 || nout < 0 || kwords < 0)
+        return lb_value_error("conv_plan_threads: bad argument");
     return PyLong_FromLong(bc_plan_threads((size_t)pixels, (size_t)nout, (size_t)kwords, path, nthreads));
 }
 

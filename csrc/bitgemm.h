@@ -177,10 +177,9 @@ int bg_plan_threads(const bg_gemm_args *g, int path, int nthreads);
  * gives); 1: the same loops with the POPCNT instruction (only if supported). */
 void bg_gemm_naive(const bg_gemm_args *g, int hw_popcount);
 
-/* Run fn(ctx, t, nthreads) for t in [0, nthreads) on nthreads threads (the caller is thread 0).
- * Falls back to running the shares one after the other if a thread cannot be started. */
-typedef void (*bg_task_fn)(void *ctx, int t, int nthreads);
-void bg_parallel(int nthreads, bg_task_fn fn, void *ctx);
+/* Threads: lb_parallel (lowbit_cpu.h), under the names the kernel families of this extension use. */
+typedef lb_task_fn bg_task_fn;
+#define bg_parallel lb_parallel
 /* Where thread t of nthreads starts its share of n items (its share ends where thread t + 1's starts). */
 static inline size_t bg_share(size_t n, int t, int nthreads) { return n * (size_t)t / (size_t)nthreads; }
 
@@ -204,11 +203,10 @@ typedef struct {
     ptrdiff_t ldo; /* in words; each row gets ceil(n/64) words */
 } bg_threshold_args;
 
-typedef void (*bg_threshold_rows_fn)(const bg_threshold_args *t, size_t r0, size_t r1);
-void bg_threshold_rows_scalar(const bg_threshold_args *t, size_t r0, size_t r1);
-#if LB_X86
-void bg_threshold_rows_avx2(const bg_threshold_args *t, size_t r0, size_t r1);
-#endif
+/* rows [r0, r1), per ISA (one function type declares them all; the AVX2 one exists on x86 only) */
+typedef void bg_threshold_rows_k(const bg_threshold_args *t, size_t r0, size_t r1);
+typedef bg_threshold_rows_k *bg_threshold_rows_fn;
+bg_threshold_rows_k bg_threshold_rows_scalar, bg_threshold_rows_avx2;
 void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads);
 
 /* ------------------------------------------------------------------------------------------------
@@ -241,12 +239,10 @@ typedef struct {
 
 size_t bg_u8_prepared_bytes(size_t n, size_t k);
 void bg_u8_prepare(const int8_t *w, ptrdiff_t s0, ptrdiff_t s1, size_t n, size_t k, int8_t *dst);
-/* the panels [p0, p1) of the product, all rows of x; per ISA */
-typedef void (*bg_u8_panels_fn)(const bg_u8_args *g, size_t p0, size_t p1);
-void bg_u8_panels_scalar(const bg_u8_args *g, size_t p0, size_t p1);
-#if LB_X86
-void bg_u8_panels_avx2(const bg_u8_args *g, size_t p0, size_t p1);
-#endif
+/* the panels [p0, p1) of the product, all rows of x; per ISA (the AVX2 one on x86 only) */
+typedef void bg_u8_panels_k(const bg_u8_args *g, size_t p0, size_t p1);
+typedef bg_u8_panels_k *bg_u8_panels_fn;
+bg_u8_panels_k bg_u8_panels_scalar, bg_u8_panels_avx2;
 /* path: LB_PATH_AVX2 or better runs the AVX2 kernel, the others the scalar loops */
 void bg_u8_gemm(const bg_u8_args *g, int path, int nthreads);
 

@@ -19,26 +19,18 @@
  * together take 256 KB of the 512 KB L2. The scalar and AVX-512 kernels read packed rows in place
  * (rows are already contiguous along K) with KC = 128 words and 256-row blocks.
  *
- * Threads are plain pthreads started per call: simple, no idle pool to manage, fork-safe. Starting
- * one costs tens of microseconds, so problems with less than BG_MIN_WORK_PER_THREAD word pairs per
+ * Threads are lb_parallel's (lowbit_cpu.c), plain pthreads started per call. Starting one costs tens
+ * of microseconds, so problems with less than BG_MIN_WORK_PER_THREAD word pairs per
  * thread use fewer threads, down to one (the calling thread; no thread is started then).
  */
 #include <stdlib.h>
 
 #include "bitgemm.h"
 
-#if !defined(_WIN32)
-#include <pthread.h>
-#define BG_HAVE_PTHREADS 1
-#else
-#define BG_HAVE_PTHREADS 0
-#endif
-
 /* blocking of the paths that read packed rows in place (AVX2's is in bitgemm.h) */
 #define BG_KC 128 /* words (8192 bits) of K per block */
 #define BG_NC 256 /* rows of B per block */
 #define BG_MC 256 /* rows of A per block */
-#define BG_MAX_THREADS 256
 /* word pairs (row of A x row of B x 64-bit word) below which one more thread is not worth
  * starting: about 100 us of single-core AVX2 work, several times a thread's start + join */
 #define BG_MIN_WORK_PER_THREAD ((double)(1 << 19))
@@ -68,54 +60,6 @@ static bg_kernel bg_kernel_for(int path)
     (void)path;
 #endif
     return k;
-}
-
-/* ---- threads ---------------------------------------------------------------------------------- */
-#if BG_HAVE_PTHREADS
-typedef struct {
-    bg_task_fn fn;
-    void *ctx;
-    int t, n;
-} bg_thread_arg;
-
-static void *bg_thread_main(void *p)
-{
-    const bg_thread_arg *a = (const bg_thread_arg *)p;
-    a->fn(a->ctx, a->t, a->n);
-    return NULL;
-}
-#endif
-
-void bg_parallel(int nthreads, bg_task_fn fn, void *ctx)
-{
-    if (nthreads > BG_MAX_THREADS)
-        nthreads = BG_MAX_THREADS;
-    if (nthreads <= 1) {
-        fn(ctx, 0, 1);
-        return;
-    }
-#if BG_HAVE_PTHREADS
-    pthread_t th[BG_MAX_THREADS];
-    bg_thread_arg args[BG_MAX_THREADS];
-    int started[BG_MAX_THREADS];
-    for (int t = 1; t < nthreads; t++) {
-        args[t].fn = fn;
-        args[t].ctx = ctx;
-        args[t].t = t;
-        args[t].n = nthreads;
-        started[t] = pthread_create(&th[t], NULL, bg_thread_main, &args[t]) == 0;
-    }
-    fn(ctx, 0, nthreads);
-    for (int t = 1; t < nthreads; t++) {
-        if (started[t])
-            pthread_join(th[t], NULL);
-        else /* could not start a thread (resource limits): do its share here */
-            fn(ctx, t, nthreads);
-    }
-#else
-    for (int t = 0; t < nthreads; t++)
-        fn(ctx, t, nthreads);
-#endif
 }
 
 /* ---- blocking --------------------------------------------------------------------------------- */
@@ -229,7 +173,7 @@ static int plan(const bg_gemm_args *g, const bg_kernel *kern, int nthreads, int 
     const size_t tiles_n = (g->n + (size_t)kern->nr - 1) / (size_t)kern->nr;
     double t = work / BG_MIN_WORK_PER_THREAD;
     if (t > (double)nthreads) t = (double)nthreads;
-    if (t > BG_MAX_THREADS) t = BG_MAX_THREADS;
+    if (t > LB_MAX_THREADS) t = LB_MAX_THREADS;
     int nt = t < 1.0 ? 1 : (int)t;
     /* Split the rows of B (each thread then reads a disjoint slice of the usually larger weight
      * matrix) unless there are too few of them to balance, e.g. a 10-output layer. */
@@ -282,8 +226,7 @@ void bg_gemm(const bg_gemm_args *g, int path, int nthreads)
                 g->c[(ptrdiff_t)i * g->ldc + (ptrdiff_t)j] = 0;
         return;
     }
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
+    path = lb_path_or_best(path);
     const bg_kernel kern = bg_kernel_for(path);
     gemm_ctx ctx;
     ctx.g = g;
@@ -338,25 +281,33 @@ void bg_prepare(int path, const uint64_t *b, ptrdiff_t ldb, size_t n, size_t k, 
 }
 
 /* ---- threshold epilogue ----------------------------------------------------------------------- */
+/* A pass the threads split by items (threshold: rows of t; first layer: panels of g): t or g set. */
 typedef struct {
     const bg_threshold_args *t;
     bg_threshold_rows_fn rows;
-} thr_ctx;
+    const bg_u8_args *g;
+    bg_u8_panels_fn panels;
+    size_t items;
+} pass_ctx;
 
-static void thr_task(void *vctx, int t, int nthreads)
+static void pass_task(void *vctx, int t, int nthreads)
 {
-    const thr_ctx *c = (const thr_ctx *)vctx;
-    const size_t m = c->t->m;
-    c->rows(c->t, bg_share(m, t, nthreads), bg_share(m, t + 1, nthreads));
+    const pass_ctx *c = (const pass_ctx *)vctx;
+    const size_t i0 = bg_share(c->items, t, nthreads), i1 = bg_share(c->items, t + 1, nthreads);
+    if (i0 >= i1)
+        return;
+    if (c->t)
+        c->rows(c->t, i0, i1);
+    else
+        c->panels(c->g, i0, i1);
 }
 
 void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads)
 {
     if (t->m == 0 || t->n == 0)
         return;
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
-    thr_ctx c = {t, bg_threshold_rows_scalar};
+    path = lb_path_or_best(path);
+    pass_ctx c = {.t = t, .rows = bg_threshold_rows_scalar, .items = t->m};
 #if LB_X86
     if (path >= LB_PATH_AVX2) /* AVX-512 CPUs run the AVX2 version: this pass is memory bound */
         c.rows = bg_threshold_rows_avx2;
@@ -365,7 +316,7 @@ void bg_threshold_pack(const bg_threshold_args *t, int path, int nthreads)
     int nt = (int)((double)t->m * (double)t->n / (double)(1 << 19));
     if (nt > nthreads) nt = nthreads;
     if ((size_t)nt > t->m) nt = (int)t->m;
-    bg_parallel(nt < 1 ? 1 : nt, thr_task, &c);
+    bg_parallel(nt < 1 ? 1 : nt, pass_task, &c);
 }
 
 /* ---- first layer: uint8 x +-1 ---------------------------------------------------------------- */
@@ -386,35 +337,20 @@ void bg_u8_prepare(const int8_t *w, ptrdiff_t s0, ptrdiff_t s1, size_t n, size_t
     }
 }
 
-typedef struct {
-    const bg_u8_args *g;
-    bg_u8_panels_fn panels;
-} u8_ctx;
-
-static void u8_task(void *vctx, int t, int nthreads)
-{
-    const u8_ctx *c = (const u8_ctx *)vctx;
-    const size_t np = (c->g->n + BG_U8_NR - 1) / BG_U8_NR; /* threads share the panels (weights) */
-    const size_t p0 = bg_share(np, t, nthreads), p1 = bg_share(np, t + 1, nthreads);
-    if (p0 < p1)
-        c->panels(c->g, p0, p1);
-}
-
 void bg_u8_gemm(const bg_u8_args *g, int path, int nthreads)
 {
     if (g->m == 0 || g->n == 0)
         return;
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
-    u8_ctx c = {g, bg_u8_panels_scalar};
+    path = lb_path_or_best(path);
+    const size_t np = (g->n + BG_U8_NR - 1) / BG_U8_NR; /* threads share the panels (weights) */
+    pass_ctx c = {.g = g, .panels = bg_u8_panels_scalar, .items = np};
 #if LB_X86
     if (path >= LB_PATH_AVX2)
         c.panels = bg_u8_panels_avx2;
 #endif
     /* ~40 multiply-adds per cycle (AVX2): a thread per 8 M of them (~70 us) */
-    const size_t np = (g->n + BG_U8_NR - 1) / BG_U8_NR;
     int nt = (int)((double)g->m * (double)g->n * (double)(g->k ? g->k : 1) / (double)(1 << 23));
     if (nt > nthreads) nt = nthreads;
     if ((size_t)nt > np) nt = (int)np;
-    bg_parallel(nt < 1 ? 1 : nt, u8_task, &c);
+    bg_parallel(nt < 1 ? 1 : nt, pass_task, &c);
 }

@@ -150,25 +150,22 @@ BG_AVX2_INLINE void tile_2x4(const uint64_t *a0, const uint64_t *a1, const uint6
         __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;
         __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
         const size_t vend = (tail->nvec - v > BG_AVX2_CHUNK) ? v + BG_AVX2_CHUNK : tail->nvec;
-        for (; v < vend; v++) {
-            const size_t o = 4 * v;
-            const __m256i A0 = LOADU(a0 + o), A1 = LOADU(a1 + o);
-            __m256i B;
-            B = LOADU(b0 + o); ACC(c00, A0, B); ACC(c10, A1, B);
-            B = LOADU(b1 + o); ACC(c01, A0, B); ACC(c11, A1, B);
-            B = LOADU(b2 + o); ACC(c02, A0, B); ACC(c12, A1, B);
-            B = LOADU(b3 + o); ACC(c03, A0, B); ACC(c13, A1, B);
-        }
+/* one vector step of the tile at word o, its loads by LOAD: LOADU, or TAIL_LOAD for the K tail */
+#define STEP_2X4(LOAD, o)                                                                                  \
+    do {                                                                                                   \
+        const __m256i A0 = LOAD(a0 + (o)), A1 = LOAD(a1 + (o));                                            \
+        __m256i B;                                                                                         \
+        B = LOAD(b0 + (o)); ACC(c00, A0, B); ACC(c10, A1, B);                                              \
+        B = LOAD(b1 + (o)); ACC(c01, A0, B); ACC(c11, A1, B);                                              \
+        B = LOAD(b2 + (o)); ACC(c02, A0, B); ACC(c12, A1, B);                                              \
+        B = LOAD(b3 + (o)); ACC(c03, A0, B); ACC(c13, A1, B);                                              \
+    } while (0)
+        for (; v < vend; v++)
+            STEP_2X4(LOADU, 4 * v);
         const int done = v == tail->nvec;
-        if (done && tail->rem) {
-            const size_t o = 4 * tail->nvec;
-            const __m256i A0 = TAIL_LOAD(a0 + o), A1 = TAIL_LOAD(a1 + o);
-            __m256i B;
-            B = TAIL_LOAD(b0 + o); ACC(c00, A0, B); ACC(c10, A1, B);
-            B = TAIL_LOAD(b1 + o); ACC(c01, A0, B); ACC(c11, A1, B);
-            B = TAIL_LOAD(b2 + o); ACC(c02, A0, B); ACC(c12, A1, B);
-            B = TAIL_LOAD(b3 + o); ACC(c03, A0, B); ACC(c13, A1, B);
-        }
+        if (done && tail->rem)
+            STEP_2X4(TAIL_LOAD, 4 * tail->nvec);
+#undef STEP_2X4
         tot0 = _mm256_add_epi64(tot0, reduce4(c00, c01, c02, c03));
         tot1 = _mm256_add_epi64(tot1, reduce4(c10, c11, c12, c13));
         if (done)

@@ -64,8 +64,7 @@ static PyObject *py_pack(PyObject *Py_UNUSED(self), PyObject *args)
     int check, nthreads;
     if (!PyArg_ParseTuple(args, "OOpi:pack", &osrc, &odst, &check, &nthreads))
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *src = lb_buf_get(&bs, osrc, "src", LB_T_KNOWN, 2, 0); /* any strides: the packer walks them */
     Py_buffer *dst = src ? lb_buf_get(&bs, odst, "dst", LB_T_WORD64, 2, LB_BUF_WRITABLE | LB_BUF_ROWS) : NULL;
     if (!dst)
@@ -85,8 +84,7 @@ static PyObject *py_pack(PyObject *Py_UNUSED(self), PyObject *args)
             LB_NOGIL(bad = bg_pack(&p, nthreads));
         result = PyLong_FromLongLong(bad);
     }
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
@@ -144,10 +142,8 @@ static PyObject *py_gemm_naive(PyObject *Py_UNUSED(self), PyObject *args)
     int hw;
     if (!PyArg_ParseTuple(args, "OOLOp:gemm_naive", &oa, &ob, &k, &oc, &hw))
         return NULL;
-    if (hw && !lb_path_supported(LB_PATH_POPCNT)) {
-        PyErr_SetString(PyExc_ValueError, "this CPU has no POPCNT instruction");
-        return NULL;
-    }
+    if (hw && !lb_path_supported(LB_PATH_POPCNT))
+        return lb_value_error("this CPU has no POPCNT instruction");
     return run_gemm(oa, ob, k, oc, LB_PATH_AUTO, 1, hw);
 }
 
@@ -157,10 +153,8 @@ static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
     int path, nthreads;
     if (!PyArg_ParseTuple(args, "nnnii:plan_threads", &m, &n, &k, &path, &nthreads))
         return NULL;
-    if (m < 0 || n < 0 || k < 0 || nthreads < 1 || path < LB_PATH_AUTO || path >= LB_NPATHS) {
-        PyErr_SetString(PyExc_ValueError, "plan_threads: bad argument");
-        return NULL;
-    }
+    if (m < 0 || n < 0 || k < 0 || nthreads < 1 || path < LB_PATH_AUTO || path >= LB_NPATHS)
+        return lb_value_error("plan_threads: bad argument");
     bg_gemm_args g = {NULL, 0, NULL, 0, NULL, 0, (size_t)m, (size_t)n, (size_t)k, NULL};
     if (path < 0)
         path = lb_best_path();
@@ -170,15 +164,7 @@ static PyObject *py_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
 /* ---- prepared B ------------------------------------------------------------------------------- */
 static PyObject *py_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    int path;
-    Py_ssize_t n, k;
-    if (!PyArg_ParseTuple(args, "inn:prepared_bytes", &path, &n, &k))
-        return NULL;
-    if (path < 0 || path >= LB_NPATHS || n < 0 || k < 0) {
-        PyErr_SetString(PyExc_ValueError, "prepared_bytes: bad argument");
-        return NULL;
-    }
-    return PyLong_FromSize_t(bg_prepared_bytes(path, (size_t)n, (size_t)k));
+    return lb_path_size(args, "inn:prepared_bytes", bg_prepared_bytes);
 }
 
 static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
@@ -189,8 +175,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OLOii:prepare", &ob, &k, &odst, &path, &nthreads) ||
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *b = WORDS(&bs, ob, "b");
     if (!b)
         goto done;
@@ -202,8 +187,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
         goto done;
     LB_NOGIL(bg_prepare(path, (const uint64_t *)b->buf, lb_buf_ld(b), n, (size_t)k, dst->buf, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
@@ -214,8 +198,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOLOii:gemm_prepared", &oa, &ob, &oprep, &k, &oc, &path, &nthreads) ||
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     bg_gemm_args g;
     if (gemm_operands(&bs, oa, ob, k, oc, &g) < 0)
         goto done;
@@ -228,8 +211,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
     g.bprep = bytes ? prep->buf : NULL;
     LB_NOGIL(bg_gemm(&g, path, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* ---- threshold epilogue ----------------------------------------------------------------------- */
@@ -256,12 +238,9 @@ static PyObject *py_threshold_pack(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOLOii:threshold_pack", &oacc, &osign, &othr, &bias, &oout, &path, &nthreads) ||
         lb_check_path_nthreads(path, nthreads) < 0)
         return NULL;
-    if (bias < -0x80000000LL || bias > 0x7fffffffLL) {
-        PyErr_SetString(PyExc_ValueError, "bias must fit int32");
-        return NULL;
-    }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    if (bias < -0x80000000LL || bias > 0x7fffffffLL)
+        return lb_value_error("bias must fit int32");
+    LB_BINDING(bs, result);
     Py_buffer *acc = lb_buf_get(&bs, oacc, "acc", LB_T_I32, 2, LB_BUF_ROWS);
     if (!acc)
         goto done;
@@ -283,8 +262,7 @@ static PyObject *py_threshold_pack(PyObject *Py_UNUSED(self), PyObject *args)
         LB_NOGIL(bg_threshold_pack(&t, path, nthreads));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* ---- first layer: uint8 x +-1 ----------------------------------------------------------------- */
@@ -293,10 +271,8 @@ static PyObject *py_u8_prepared_bytes(PyObject *Py_UNUSED(self), PyObject *args)
     Py_ssize_t n, k;
     if (!PyArg_ParseTuple(args, "nn:u8_prepared_bytes", &n, &k))
         return NULL;
-    if (n < 0 || k < 0) {
-        PyErr_SetString(PyExc_ValueError, "u8_prepared_bytes: bad argument");
-        return NULL;
-    }
+    if (n < 0 || k < 0)
+        return lb_value_error("u8_prepared_bytes: bad argument");
     return PyLong_FromSize_t(bg_u8_prepared_bytes((size_t)n, (size_t)k));
 }
 
@@ -305,8 +281,7 @@ static PyObject *py_u8_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *ow, *odst;
     if (!PyArg_ParseTuple(args, "OO:u8_prepare", &ow, &odst))
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *w = lb_buf_get(&bs, ow, "w", LB_T_I8, 2, 0); /* any strides */
     if (!w)
         goto done;
@@ -317,8 +292,7 @@ static PyObject *py_u8_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     LB_NOGIL(bg_u8_prepare((const int8_t *)w->buf, (ptrdiff_t)w->strides[0], (ptrdiff_t)w->strides[1], n, k,
                            (int8_t *)dst->buf));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
@@ -330,12 +304,9 @@ static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     if (lb_check_path_arg(path) < 0)
         return NULL;
-    if (nthreads < 1 || n < 0) {
-        PyErr_SetString(PyExc_ValueError, "nthreads must be >= 1 and n >= 0");
-        return NULL;
-    }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    if (nthreads < 1 || n < 0)
+        return lb_value_error("nthreads must be >= 1 and n >= 0");
+    LB_BINDING(bs, result);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 2, LB_BUF_ROWS);
     if (!x)
         goto done;
@@ -356,8 +327,7 @@ static PyObject *py_u8_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         LB_NOGIL(bg_u8_gemm(&g, path, nthreads));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyMethodDef bitgemm_methods[] = {

@@ -90,68 +90,45 @@ static bg_pack_row_fn scalar_packer(bg_dtype t)
  * (a multiple of 64), or -(1 + word index) when check found a non-+-1 value in that word: the
  * caller then rescans that word with the scalar packer to name the exact element. */
 #if BG_HAVE_SSE2
-static long long pack_f32_sse2(const float *x, size_t k, uint64_t *dst, int check)
+/* Per type, of the values in 16 bytes: the bits of those < 0 (neg), of those exactly +-1 (pm1; NaN compares
+ * unequal); for int8, movemask_epi8 takes each byte's sign bit, exactly "v < 0". */
+static inline __attribute__((always_inline)) unsigned neg_f32(__m128i v) { return (unsigned)_mm_movemask_ps(_mm_cmplt_ps(_mm_castsi128_ps(v), _mm_setzero_ps())); }
+static inline __attribute__((always_inline)) unsigned neg_f64(__m128i v) { return (unsigned)_mm_movemask_pd(_mm_cmplt_pd(_mm_castsi128_pd(v), _mm_setzero_pd())); }
+static inline __attribute__((always_inline)) unsigned neg_i8(__m128i v) { return (unsigned)_mm_movemask_epi8(v); }
+static inline __attribute__((always_inline)) unsigned pm1_f32(__m128i v)
 {
-    const __m128 zero = _mm_setzero_ps();
-    const __m128 one = _mm_set1_ps(1.0f);
     const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
-    const size_t nw = k / 64;
-    for (size_t w = 0; w < nw; w++) {
-        const float *p = x + 64 * w;
-        uint64_t word = 0;
-        int ok = 0xF;
-        for (unsigned q = 0; q < 16; q++) {
-            const __m128 v = _mm_loadu_ps(p + 4 * q);
-            word |= (uint64_t)_mm_movemask_ps(_mm_cmplt_ps(v, zero)) << (4 * q);
-            if (check) /* |v| == 1 exactly (NaN compares unequal) */
-                ok &= _mm_movemask_ps(_mm_cmpeq_ps(_mm_and_ps(v, absmask), one));
-        }
-        if (ok != 0xF)
-            return -1 - (long long)w;
-        dst[w] = word;
-    }
-    return (long long)(64 * nw);
+    return (unsigned)_mm_movemask_ps(_mm_cmpeq_ps(_mm_and_ps(_mm_castsi128_ps(v), absmask), _mm_set1_ps(1.0f)));
 }
-
-static long long pack_f64_sse2(const double *x, size_t k, uint64_t *dst, int check)
+static inline __attribute__((always_inline)) unsigned pm1_f64(__m128i v)
 {
-    const __m128d zero = _mm_setzero_pd();
-    const __m128d one = _mm_set1_pd(1.0);
     const __m128d absmask = _mm_castsi128_pd(_mm_set1_epi64x(0x7fffffffffffffffLL));
-    const size_t nw = k / 64;
-    for (size_t w = 0; w < nw; w++) {
-        const double *p = x + 64 * w;
-        uint64_t word = 0;
-        int ok = 0x3;
-        for (unsigned q = 0; q < 32; q++) {
-            const __m128d v = _mm_loadu_pd(p + 2 * q);
-            word |= (uint64_t)_mm_movemask_pd(_mm_cmplt_pd(v, zero)) << (2 * q);
-            if (check)
-                ok &= _mm_movemask_pd(_mm_cmpeq_pd(_mm_and_pd(v, absmask), one));
-        }
-        if (ok != 0x3)
-            return -1 - (long long)w;
-        dst[w] = word;
-    }
-    return (long long)(64 * nw);
+    return (unsigned)_mm_movemask_pd(_mm_cmpeq_pd(_mm_and_pd(_mm_castsi128_pd(v), absmask), _mm_set1_pd(1.0)));
+}
+static inline __attribute__((always_inline)) unsigned pm1_i8(__m128i v)
+{
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(1)), _mm_cmpeq_epi8(v, _mm_set1_epi8(-1))));
 }
 
-static long long pack_i8_sse2(const int8_t *x, size_t k, uint64_t *dst, int check)
+/* The one SSE2 packer loop, for per (4 float, 2 double, 16 int8) values per 16 bytes and that type's neg and
+ * pm1 (constants where it is inlined: the calls are direct and inlined). */
+static inline __attribute__((always_inline)) long long pack_sse2(const char *x, size_t k, uint64_t *dst, int check,
+                                                                unsigned per, unsigned (*neg)(__m128i),
+                                                                unsigned (*pm1)(__m128i))
 {
-    const __m128i one = _mm_set1_epi8(1), minus_one = _mm_set1_epi8(-1);
+    const unsigned all = (1u << per) - 1u;
     const size_t nw = k / 64;
     for (size_t w = 0; w < nw; w++) {
-        const int8_t *p = x + 64 * w;
+        const char *p = x + 1024 / per * w;
         uint64_t word = 0;
-        int ok = 0xFFFF;
-        for (unsigned q = 0; q < 4; q++) {
+        unsigned ok = all;
+        for (unsigned q = 0; q < 64 / per; q++) {
             const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * q));
-            /* movemask_epi8 takes the sign bit of each byte: exactly "v < 0" for int8 */
-            word |= (uint64_t)(unsigned)_mm_movemask_epi8(v) << (16 * q);
+            word |= (uint64_t)neg(v) << (per * q);
             if (check)
-                ok &= _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, one), _mm_cmpeq_epi8(v, minus_one)));
+                ok &= pm1(v);
         }
-        if (ok != 0xFFFF)
+        if (ok != all)
             return -1 - (long long)w;
         dst[w] = word;
     }
@@ -177,9 +154,9 @@ static long long pack_rows(const bg_pack_args *p, size_t r0, size_t r1)
         if (contiguous && p->k >= 64) {
             long long done = -2; /* -2: no fast packer for this dtype */
             switch (p->dtype) {
-            case BG_T_F32: done = pack_f32_sse2((const float *)(const void *)row, p->k, dst, p->check_pm1); break;
-            case BG_T_F64: done = pack_f64_sse2((const double *)(const void *)row, p->k, dst, p->check_pm1); break;
-            case BG_T_I8: done = pack_i8_sse2((const int8_t *)(const void *)row, p->k, dst, p->check_pm1); break;
+            case BG_T_F32: done = pack_sse2(row, p->k, dst, p->check_pm1, 4, neg_f32, pm1_f32); break;
+            case BG_T_F64: done = pack_sse2(row, p->k, dst, p->check_pm1, 2, neg_f64, pm1_f64); break;
+            case BG_T_I8: done = pack_sse2(row, p->k, dst, p->check_pm1, 16, neg_i8, pm1_i8); break;
             default: break;
             }
             if (done >= 0) {

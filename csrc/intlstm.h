@@ -109,6 +109,16 @@ typedef struct {
 } intlstm_gemm_args;
 
 typedef void (*intlstm_gemm_fn)(const intlstm_gemm_args *g);
+/* A row-GEMM kernel runs the instance of its body for the weights' width: body(g, 1) (int8) or body(g, 2)
+ * (int16). always_inline with a constant body: both calls are direct and inlined, wsz a constant in each. */
+static inline __attribute__((always_inline)) void intlstm_gemm_by_width(const intlstm_gemm_args *g,
+                                                                        void (*body)(const intlstm_gemm_args *, int))
+{
+    if (g->wsz == 2)
+        body(g, 2);
+    else
+        body(g, 1);
+}
 void intlstm_gemm_scalar(const intlstm_gemm_args *g);
 #if LB_X86
 void intlstm_gemm_avx2(const intlstm_gemm_args *g);
@@ -186,6 +196,16 @@ typedef void (*intlstm_rescale_rows_fn)(const int32_t *acc, const int32_t *m0, c
  * is updated in place, y (B, H) receives the new hidden state. */
 typedef void (*intlstm_step_rows_fn)(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c,
                                      int8_t *y, int B);
+
+/* A step of B rows, one row kernel row(s, ah, ax, c, y) per batch row (inlined: a constant in each caller). */
+static inline __attribute__((always_inline)) void intlstm_step_each_row(
+    const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y, int B,
+    void (*row)(const intlstm_step_ctx *, const int32_t *, const int16_t *, int16_t *, int8_t *))
+{
+    const size_t G = 4 * (size_t)s->H;
+    for (int b = 0; b < B; b++)
+        row(s, acch + b * G, gx + b * G, c + (size_t)b * s->H, y + (size_t)b * s->H);
+}
 
 void intlstm_rescale_rows_scalar(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out, size_t rows,
                                  int G);

@@ -74,60 +74,12 @@ void intlstm_buffers_free(intlstm_buffers *b)
 }
 
 
-/* ---- threads (as bitgemm's bg_parallel: started per call, joined at its end) --------------------------- */
-#if !defined(_WIN32)
-#include <pthread.h>
-#define INTLSTM_PTHREADS 1
-#else
-#define INTLSTM_PTHREADS 0
-#endif
+/* ---- threads: lb_parallel (lowbit_cpu.c), capped at INTLSTM_MAX_THREADS shares ---------------------------- */
 #define INTLSTM_MAX_THREADS 64
 
-typedef void (*intlstm_task_fn)(void *ctx, int t, int nthreads);
-
-#if INTLSTM_PTHREADS
-typedef struct {
-    intlstm_task_fn fn;
-    void *ctx;
-    int t, n;
-} thread_arg;
-
-static void *thread_main(void *p)
+static void parallel(int nthreads, lb_task_fn fn, void *ctx)
 {
-    const thread_arg *a = (const thread_arg *)p;
-    a->fn(a->ctx, a->t, a->n);
-    return NULL;
-}
-#endif
-
-static void parallel(int nthreads, intlstm_task_fn fn, void *ctx)
-{
-    if (nthreads > INTLSTM_MAX_THREADS) nthreads = INTLSTM_MAX_THREADS;
-    if (nthreads <= 1) {
-        fn(ctx, 0, 1);
-        return;
-    }
-#if INTLSTM_PTHREADS
-    pthread_t th[INTLSTM_MAX_THREADS];
-    thread_arg args[INTLSTM_MAX_THREADS];
-    int started[INTLSTM_MAX_THREADS];
-    for (int t = 1; t < nthreads; t++) {
-        args[t].fn = fn;
-        args[t].ctx = ctx;
-        args[t].t = t;
-        args[t].n = nthreads;
-        started[t] = pthread_create(&th[t], NULL, thread_main, &args[t]) == 0;
-    }
-    fn(ctx, 0, nthreads);
-    for (int t = 1; t < nthreads; t++) {
-        if (started[t])
-            pthread_join(th[t], NULL);
-        else /* could not start a thread: do its share here */
-            fn(ctx, t, nthreads);
-    }
-#else
-    for (int t = 0; t < nthreads; t++) fn(ctx, t, nthreads);
-#endif
+    lb_parallel(nthreads > INTLSTM_MAX_THREADS ? INTLSTM_MAX_THREADS : nthreads, fn, ctx);
 }
 
 static int share(int n, int t, int nthreads) { return (int)((long long)n * t / nthreads); }
@@ -359,15 +311,7 @@ int intlstm_layer_run_prepared(int path, const intlstm_layer *L, const int8_t *x
 {
     if (T <= 0 || B <= 0)
         return 0;
-    layer_ctx r;
-    r.path = path;
-    r.L = L;
-    r.x = x;
-    r.T = T;
-    r.B = B;
-    r.h = h;
-    r.c = c;
-    r.y = y;
+    layer_ctx r = {.path = path, .L = L, .x = x, .T = T, .B = B, .h = h, .c = c, .y = y};
     int16_t *p16_ih = NULL, *p16_hh = NULL;
     if (pgemm_for(path) == pgemm_avx2_fn()) { /* the recurrent weights: B rows per step (a GEMV reads twice
                                                 * the bytes from int16 and gains nothing) */

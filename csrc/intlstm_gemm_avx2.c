@@ -136,23 +136,15 @@ static inline void gemm_avx2_any(const int8_t *A, const char *W, int wsz, const 
     }
 }
 
-/* the two instances: W int8 (packed rows), and W already widened to int16 (intlstm_layer_run) */
-__attribute__((target("avx2"))) static void gemm_w8(const intlstm_gemm_args *g)
+/* the body of each weight width: W int8 (packed rows), or W already widened to int16 (intlstm_layer_run) */
+__attribute__((target("avx2"), always_inline)) static inline void gemm_width(const intlstm_gemm_args *g, int wsz)
 {
-    gemm_avx2_any(g->a, (const char *)g->w, 1, g->bias, g->c, g->m, g->n, g->k, g->scratch);
+    gemm_avx2_any(g->a, (const char *)g->w, wsz, g->bias, g->c, g->m, g->n, g->k, g->scratch);
 }
 
-__attribute__((target("avx2"))) static void gemm_w16(const intlstm_gemm_args *g)
+__attribute__((target("avx2"))) void intlstm_gemm_avx2(const intlstm_gemm_args *g)
 {
-    gemm_avx2_any(g->a, (const char *)g->w, 2, g->bias, g->c, g->m, g->n, g->k, g->scratch);
-}
-
-void intlstm_gemm_avx2(const intlstm_gemm_args *g)
-{
-    if (g->wsz == 2)
-        gemm_w16(g);
-    else
-        gemm_w8(g);
+    intlstm_gemm_by_width(g, gemm_width);
 }
 #endif /* LB_X86 */
 

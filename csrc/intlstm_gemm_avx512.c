@@ -109,15 +109,9 @@ INLINE512 void gemm_any(const intlstm_gemm_args *g, int wsz)
     }
 }
 
-__attribute__((target(T512))) static void gemm_w8(const intlstm_gemm_args *g) { gemm_any(g, 1); }
-__attribute__((target(T512))) static void gemm_w16(const intlstm_gemm_args *g) { gemm_any(g, 2); }
-
-void intlstm_gemm_avx512(const intlstm_gemm_args *g)
+__attribute__((target(T512))) void intlstm_gemm_avx512(const intlstm_gemm_args *g)
 {
-    if (g->wsz == 2)
-        gemm_w16(g);
-    else
-        gemm_w8(g);
+    intlstm_gemm_by_width(g, gemm_any);
 }
 #endif /* LB_X86 */
 

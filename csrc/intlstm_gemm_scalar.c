@@ -30,10 +30,7 @@ static inline __attribute__((always_inline)) void gemm_rows(const intlstm_gemm_a
 
 void intlstm_gemm_scalar(const intlstm_gemm_args *g)
 {
-    if (g->wsz == 2)
-        gemm_rows(g, 2);
-    else
-        gemm_rows(g, 1);
+    intlstm_gemm_by_width(g, gemm_rows);
 }
 
 /* ---- prepared (panel) weights, see intlstm.h -------------------------------------------------------------

@@ -61,8 +61,7 @@ static PyObject *py_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_Format(PyExc_ValueError, "gemm: bad sizes M=%zd N=%zd K=%zd (K <= %d)", M, N, K, INTLSTM_MAX_K);
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     int16_t *scratch = NULL;
     Py_buffer *a = get(&bs, oa, "a", LB_T_I8, M * K, 0);
     Py_buffer *w = a ? get(&bs, ow, "w (packed: rows of round_up(K, 16))", LB_T_I8, N * INTLSTM_KP(K), 0) : NULL;
@@ -122,14 +121,10 @@ static PyObject *lstm_layer_common(PyObject *args, int prepared)
     if (!layer_sizes_ok("lstm_layer", T, B, I, H))
         return NULL;
     if (cs < 0 || cs > 30 || z_h < -128 || z_h > 127 || hid_shift < -31 || hid_shift > 31 || cell_clip < 0 ||
-        cell_clip > 32767) {
-        PyErr_SetString(PyExc_ValueError, "lstm_layer: integer constants out of range");
-        return NULL;
-    }
-    if (nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "lstm_layer: nthreads must be >= 1");
-        return NULL;
-    }
+        cell_clip > 32767)
+        return lb_value_error("lstm_layer: integer constants out of range");
+    if (nthreads < 1)
+        return lb_value_error("lstm_layer: nthreads must be >= 1");
     const Py_ssize_t G = 4 * H, LUT = INTLSTM_LUT_SEGMENTS + 1;
     static const char *const names[12] = {"x", "w_ih (packed)", "w_hh (packed)", "bias_x", "bias_h", "qmul",
                                           "lut_sig", "lut_tanh", "lut_cell", "h", "c", "y"};
@@ -139,8 +134,7 @@ static PyObject *lstm_layer_common(PyObject *args, int prepared)
     const Py_ssize_t wi = prepared ? INTLSTM_NP(G) * INTLSTM_KP(I) : G * INTLSTM_KP(I);
     const Py_ssize_t wh = prepared ? INTLSTM_NP(G) * INTLSTM_KP(H) : G * INTLSTM_KP(H);
     const Py_ssize_t counts[12] = {T * B * I, wi, wh, G, G, 4 * G, LUT, LUT, LUT, B * H, B * H, T * B * H};
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     void *p[12];
     for (int i = 0; i < 12; i++) { /* h, c (the state, updated in place) and y are written */
         Py_buffer *v = get(&bs, o[i], prepared && i < 3 ? pnames[i] : names[i], types[i], counts[i],
@@ -170,8 +164,7 @@ static PyObject *lstm_layer_common(PyObject *args, int prepared)
         LB_NOGIL(rc = intlstm_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[9],
                                         (int16_t *)p[10], (int8_t *)p[11]));
     ret = rc != 0 ? PyErr_NoMemory() : lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_lstm_layer(PyObject *Py_UNUSED(self), PyObject *args) { return lstm_layer_common(args, 0); }
@@ -191,8 +184,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
         PyErr_Format(PyExc_ValueError, "prepare: bad sizes N=%zd K=%zd ldw=%zd (K <= %d)", N, K, ldw, INTLSTM_MAX_K);
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     Py_buffer *w = get(&bs, ow, "w", LB_T_I8, N * ldw, 0);
     Py_buffer *bias = w && obias != Py_None ? get(&bs, obias, "bias", LB_T_I32, N, 0) : NULL;
     if (!w || (obias != Py_None && !bias))
@@ -204,8 +196,7 @@ static PyObject *py_prepare(PyObject *Py_UNUSED(self), PyObject *args)
     LB_NOGIL(intlstm_prepare((const int8_t *)w->buf, (size_t)ldw, (int)N, (int)K,
                              bias ? (const int32_t *)bias->buf : NULL, (int8_t *)p->buf, (int32_t *)b->buf));
     ret = lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
@@ -222,8 +213,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
                      INTLSTM_MAX_K);
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     Py_buffer *a = get(&bs, oa, "a", LB_T_I8, M * K, 0);
     Py_buffer *p = a ? get(&bs, op, "panels", LB_T_I8, INTLSTM_NP(N) * INTLSTM_KP(K), 0) : NULL;
     Py_buffer *bias = p ? get(&bs, obias, "bias_eff", LB_T_I32, N, 0) : NULL;
@@ -235,8 +225,7 @@ static PyObject *py_gemm_prepared(PyObject *Py_UNUSED(self), PyObject *args)
                                         (const int32_t *)bias->buf, (int32_t *)out->buf, (int)M, (int)N, (int)K,
                                         nthreads));
     ret = rc != 0 ? PyErr_NoMemory() : lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 /* gru_layer (gru = 1) and rnn_layer (gru = 0): the same arguments but the sigmoid table, which the RNN lacks. */
@@ -267,8 +256,7 @@ static PyObject *cell_layer(PyObject *args, int gru)
                                LB_T_I32, LB_T_I32, gru ? LB_T_I16 : LB_T_I8, LB_T_I8};
     const Py_ssize_t counts[10] = {T * B * I, G * INTLSTM_KP(I), G * INTLSTM_KP(H), G, G, 4 * G,
                                    LUT, LUT, B * H, T * B * H};
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     void *p[10] = {NULL};
     for (int i = 0; i < 10; i++) { /* h (the state, updated in place) and y are written */
         if (!o[i])
@@ -291,8 +279,7 @@ static PyObject *cell_layer(PyObject *args, int gru)
     else
         LB_NOGIL(rc = intrnn_layer_run(path, &L, (const int8_t *)p[0], (int)T, (int)B, (int8_t *)p[8], (int8_t *)p[9]));
     ret = rc != 0 ? PyErr_NoMemory() : lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_gru_layer(PyObject *Py_UNUSED(self), PyObject *args) { return cell_layer(args, 1); }
@@ -320,8 +307,7 @@ static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *ot, *ox, *oout;
     if (!PyArg_ParseTuple(args, "OOO:lut", &ot, &ox, &oout))
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    LB_BINDING(bs, ret);
     Py_buffer *t = get(&bs, ot, "table", LB_T_I32, INTLSTM_LUT_SEGMENTS + 1, 0);
     Py_buffer *x = t ? lb_buf_get(&bs, ox, "x", LB_T_I16, -1, LB_BUF_CONTIG) : NULL;
     Py_buffer *out = x ? get(&bs, oout, "out", LB_T_I16, x->len / 2, LB_BUF_WRITABLE) : NULL;
@@ -334,8 +320,7 @@ static PyObject *py_lut(PyObject *Py_UNUSED(self), PyObject *args)
         for (Py_ssize_t i = 0; i < x->len / 2; i++) o[i] = (int16_t)intlstm_lut16(tab, xv[i]);
     }
     ret = lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
@@ -344,12 +329,9 @@ static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
     int m0, shift;
     if (!PyArg_ParseTuple(args, "OiiO:rescale", &ox, &m0, &shift, &oout))
         return NULL;
-    if (shift < -31 || shift > 31 || m0 < 0) {
-        PyErr_SetString(PyExc_ValueError, "rescale: multiplier or shift out of range");
-        return NULL;
-    }
-    LB_BUFSET(bs);
-    PyObject *ret = NULL;
+    if (shift < -31 || shift > 31 || m0 < 0)
+        return lb_value_error("rescale: multiplier or shift out of range");
+    LB_BINDING(bs, ret);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_I32, -1, LB_BUF_CONTIG);
     Py_buffer *out = x ? get(&bs, oout, "out", LB_T_I32, x->len / 4, LB_BUF_WRITABLE) : NULL;
     if (!out)
@@ -360,8 +342,7 @@ static PyObject *py_rescale(PyObject *Py_UNUSED(self), PyObject *args)
         for (Py_ssize_t i = 0; i < x->len / 4; i++) o[i] = intlstm_rescale(xv[i], m0, shift);
     }
     ret = lb_none();
-done:
-    return lb_bufset_return(&bs, ret);
+    LB_BINDING_EXIT(bs, ret);
 }
 
 static PyMethodDef methods[] = {

@@ -70,8 +70,8 @@ __attribute__((target("avx2"))) static inline __m256i gate8(const int32_t *ah, c
     return clamp32(v, -32768, 32767);
 }
 
-__attribute__((target("avx2"))) static void rescale_rows(const int32_t *acc, const int32_t *m0, const int32_t *sh,
-                                                        int16_t *out, size_t rows, int G)
+__attribute__((target("avx2"))) void intlstm_rescale_rows_avx2(const int32_t *acc, const int32_t *m0,
+                                                               const int32_t *sh, int16_t *out, size_t rows, int G)
 {
     const __m256i lo = _mm256_set1_epi64x(-32768), hi = _mm256_set1_epi64x(32767);
     const int G8 = G & ~7;
@@ -123,23 +123,9 @@ __attribute__((target("avx2"))) static void step_row(const intlstm_step_ctx *s, 
     if (H8 < H) intlstm_step_row_scalar_from(s, ah, ax, c, y, H8);
 }
 
-__attribute__((target("avx2"))) static void step_rows(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx,
-                                                     int16_t *c, int8_t *y, int B)
+__attribute__((target("avx2"))) void intlstm_step_rows_avx2(const intlstm_step_ctx *s, const int32_t *acch,
+                                                            const int16_t *gx, int16_t *c, int8_t *y, int B)
 {
-    const size_t G = 4 * (size_t)s->H;
-    for (int b = 0; b < B; b++)
-        step_row(s, acch + b * G, gx + b * G, c + (size_t)b * s->H, y + (size_t)b * s->H);
-}
-
-void intlstm_rescale_rows_avx2(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out, size_t rows,
-                               int G)
-{
-    rescale_rows(acc, m0, sh, out, rows, G);
-}
-
-void intlstm_step_rows_avx2(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
-                            int B)
-{
-    step_rows(s, acch, gx, c, y, B);
+    intlstm_step_each_row(s, acch, gx, c, y, B, step_row);
 }
 #endif /* LB_X86 */

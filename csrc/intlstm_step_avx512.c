@@ -77,9 +77,8 @@ S512_INLINE __m512i gate16(__mmask16 m, const int32_t *ah, const int16_t *ax, co
     return clamp16(v, -32768, 32767);
 }
 
-__attribute__((target(T512F))) static void rescale_rows(const int32_t *acc, const int32_t *m0,
-                                                                       const int32_t *sh, int16_t *out, size_t rows,
-                                                                       int G)
+__attribute__((target(T512F))) void intlstm_rescale_rows_avx512(const int32_t *acc, const int32_t *m0,
+                                                                const int32_t *sh, int16_t *out, size_t rows, int G)
 {
     const __m512i lo = _mm512_set1_epi64(-32768), hi = _mm512_set1_epi64(32767);
     for (size_t r = 0; r < rows; r++) {
@@ -124,23 +123,9 @@ __attribute__((target(T512F))) static void step_row(const intlstm_step_ctx *s, c
     }
 }
 
-__attribute__((target(T512F))) static void step_rows(const intlstm_step_ctx *s, const int32_t *acch,
-                                                     const int16_t *gx, int16_t *c, int8_t *y, int B)
+__attribute__((target(T512F))) void intlstm_step_rows_avx512(const intlstm_step_ctx *s, const int32_t *acch,
+                                                             const int16_t *gx, int16_t *c, int8_t *y, int B)
 {
-    const size_t G = 4 * (size_t)s->H;
-    for (int b = 0; b < B; b++)
-        step_row(s, acch + b * G, gx + b * G, c + (size_t)b * s->H, y + (size_t)b * s->H);
-}
-
-void intlstm_rescale_rows_avx512(const int32_t *acc, const int32_t *m0, const int32_t *sh, int16_t *out, size_t rows,
-                                 int G)
-{
-    rescale_rows(acc, m0, sh, out, rows, G);
-}
-
-void intlstm_step_rows_avx512(const intlstm_step_ctx *s, const int32_t *acch, const int16_t *gx, int16_t *c, int8_t *y,
-                              int B)
-{
-    step_rows(s, acch, gx, c, y, B);
+    intlstm_step_each_row(s, acch, gx, c, y, B, step_row);
 }
 #endif /* LB_X86 */

@@ -96,13 +96,11 @@ typedef struct {
     const float *scale, *bias;
 } kc_epi_args;
 
-/* output image rows [r0, r1) (r = n * oh + oy), one ISA each */
-typedef void (*kc_epi_rows_fn)(const kc_epi_args *e, size_t r0, size_t r1);
-void kc_epi_rows_scalar(const kc_epi_args *e, size_t r0, size_t r1);
-#if LB_X86
-void kc_epi_rows_avx2(const kc_epi_args *e, size_t r0, size_t r1);
-void kc_epi_rows_avx512(const kc_epi_args *e, size_t r0, size_t r1);
-#endif
+/* output image rows [r0, r1) (r = n * oh + oy), one ISA each (one function type declares them; the vector
+ * ones exist on x86 only) */
+typedef void kc_epi_rows_k(const kc_epi_args *e, size_t r0, size_t r1);
+typedef kc_epi_rows_k *kc_epi_rows_fn;
+kc_epi_rows_k kc_epi_rows_scalar, kc_epi_rows_avx2, kc_epi_rows_avx512;
 void kc_epilogue(const kc_epi_args *e, int path, int nthreads);
 kc_epi_rows_fn kc_epi_fn_for(int path);
 
@@ -135,12 +133,9 @@ typedef struct {
     int out_bits;
     void *out;                /* rows x c uint8, or rows x ceil(c / 64) uint64, contiguous */
 } kc_fthr_args;
-typedef void (*kc_fthr_rows_fn)(const kc_fthr_args *f, size_t r0, size_t r1);
-void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1);
-#if LB_X86
-void kc_fthr_rows_avx2(const kc_fthr_args *f, size_t r0, size_t r1);
-void kc_fthr_rows_avx512(const kc_fthr_args *f, size_t r0, size_t r1);
-#endif
+typedef void kc_fthr_rows_k(const kc_fthr_args *f, size_t r0, size_t r1);
+typedef kc_fthr_rows_k *kc_fthr_rows_fn;
+kc_fthr_rows_k kc_fthr_rows_scalar, kc_fthr_rows_avx2, kc_fthr_rows_avx512; /* the vector ones on x86 only */
 void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
 /* out[i] = table[codes[i]] for n codes (table: 256 entries); returns the largest code */
 unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads);
@@ -153,6 +148,65 @@ static inline void kc_window(size_t o, int k, int s, int p, size_t size, size_t 
     *hi = b < 0 ? 0 : ((size_t)b > size ? size : (size_t)b);
     if (*hi < *lo)
         *hi = *lo;
+}
+
+/* The walk of an epilogue row kernel over the output pixels of image rows [r0, r1) (r = img * oh + oy), stepping
+ * along the rows (no division per pixel): per pixel its index, the first position of its window in acc and in
+ * border (NULL without one) and the window's rows and columns (1 x 1 without pooling). e: the kernel's local
+ * copy of its arguments (the uint8 stores alias everything else, and would make the compiler reload them). */
+typedef struct {
+    size_t pix, end, img, oy, ox;
+    const int32_t *a0, *b0;
+    size_t ny, nx;
+} kc_epi_walk;
+
+static inline __attribute__((always_inline)) void kc_epi_seek(const kc_epi_args *e, kc_epi_walk *p, int pool,
+                                                              int border)
+{
+    size_t ylo = p->oy, yhi = p->oy + 1, xlo = p->ox, xhi = p->ox + 1;
+    if (pool) {
+        kc_window(p->oy, e->kh, e->sh, e->ph, e->h, &ylo, &yhi);
+        kc_window(p->ox, e->kw, e->sw, e->pw, e->w, &xlo, &xhi);
+    }
+    p->ny = yhi - ylo;
+    p->nx = xhi - xlo;
+    p->a0 = e->acc + ((p->img * e->h + ylo) * e->w + xlo) * e->ld_acc;
+    p->b0 = border ? e->border + (ylo * e->w + xlo) * e->ld_border : NULL;
+}
+
+static inline __attribute__((always_inline)) kc_epi_walk kc_epi_start(const kc_epi_args *e, size_t r0, size_t r1,
+                                                                      int pool, int border)
+{
+    kc_epi_walk p = {r0 * e->ow, r1 * e->ow, r0 / e->oh, r0 % e->oh, 0, NULL, NULL, 0, 0};
+    if (p.pix < p.end)
+        kc_epi_seek(e, &p, pool, border);
+    return p;
+}
+
+static inline __attribute__((always_inline)) void kc_epi_next(const kc_epi_args *e, kc_epi_walk *p, int pool,
+                                                              int border)
+{
+    if (++p->pix == p->end)
+        return;
+    if (++p->ox == e->ow) { /* next output row (or image) */
+        p->ox = 0;
+        if (++p->oy == e->oh) {
+            p->oy = 0;
+            p->img++;
+        }
+    }
+    kc_epi_seek(e, p, pool, border);
+}
+
+/* Threshold bits of channels [cc, cc + lanes) (bit 1: below) into the running word of their 64, stored at
+ * out64[cc / 64] when the word is full or the channels end: the bits output of every vector row kernel. */
+static inline void kc_put_bits(uint64_t *out64, uint64_t *word, uint64_t bits, size_t cc, size_t lanes, size_t c)
+{
+    *word |= bits << (cc % 64);
+    if (cc % 64 == 64 - lanes || cc + lanes >= c) {
+        out64[cc / 64] = *word;
+        *word = 0;
+    }
 }
 
 #endif /* LOWBIT_KCONV_H */

@@ -163,8 +163,7 @@ int kc_conv(kc_conv_args *a, int path, int nthreads, unsigned *max_code)
     *max_code = 0;
     if (rows == 0 || n == 0)
         return 0;
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
+    path = lb_path_or_best(path);
     if (nthreads > KC_MAX_THREADS)
         nthreads = KC_MAX_THREADS;
     conv_ctx *ctx = (conv_ctx *)malloc(sizeof(conv_ctx));

@@ -115,19 +115,43 @@ void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1)
     }
 }
 
+/* A row pass (the int32 epilogue, or float thresholds: e or f set) over `rows` rows cut into units. */
 typedef struct {
+    const kc_epi_args *e;
+    kc_epi_rows_fn epi;
     const kc_fthr_args *f;
-    kc_fthr_rows_fn fn;
-    size_t units;
-} fthr_ctx;
+    kc_fthr_rows_fn fthr;
+    size_t rows, units;
+} rows_ctx;
 
-static void fthr_unit(void *vctx, size_t u, void *scratch)
+/* The row kernels of both passes on path (a pass calls its own). */
+static void kernels_for(int path, rows_ctx *ctx)
+{
+    path = lb_path_or_best(path);
+    ctx->epi = kc_epi_rows_scalar;
+    ctx->fthr = kc_fthr_rows_scalar;
+#if LB_X86
+    if (path >= LB_PATH_AVX512) {
+        ctx->epi = kc_epi_rows_avx512;
+        ctx->fthr = kc_fthr_rows_avx512;
+    } else if (path >= LB_PATH_AVX2) {
+        ctx->epi = kc_epi_rows_avx2;
+        ctx->fthr = kc_fthr_rows_avx2;
+    }
+#endif
+}
+
+static void rows_unit(void *vctx, size_t u, void *scratch)
 {
     (void)scratch;
-    const fthr_ctx *ctx = (const fthr_ctx *)vctx;
-    const size_t r0 = ctx->f->rows * u / ctx->units, r1 = ctx->f->rows * (u + 1) / ctx->units;
-    if (r0 < r1)
-        ctx->fn(ctx->f, r0, r1);
+    const rows_ctx *ctx = (const rows_ctx *)vctx;
+    const size_t r0 = ctx->rows * u / ctx->units, r1 = ctx->rows * (u + 1) / ctx->units;
+    if (r0 >= r1)
+        return;
+    if (ctx->e)
+        ctx->epi(ctx->e, r0, r1);
+    else
+        ctx->fthr(ctx->f, r0, r1);
 }
 
 static size_t units_for(int nt, size_t rows);
@@ -137,18 +161,11 @@ void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
 {
     if (f->rows == 0 || f->c == 0)
         return;
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
-    fthr_ctx ctx = {f, kc_fthr_rows_scalar, 0};
-#if LB_X86
-    if (path >= LB_PATH_AVX512)
-        ctx.fn = kc_fthr_rows_avx512;
-    else if (path >= LB_PATH_AVX2)
-        ctx.fn = kc_fthr_rows_avx2;
-#endif
+    rows_ctx ctx = {.f = f, .rows = f->rows};
+    kernels_for(path, &ctx);
     const int nt = threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr) * 0.3, nthreads);
     ctx.units = units_for(nt, f->rows);
-    qg_run_units(ctx.units, nt, fthr_unit, &ctx, 0);
+    qg_run_units(ctx.units, nt, rows_unit, &ctx, 0);
 }
 
 typedef struct {
@@ -193,33 +210,9 @@ unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *ou
 
 kc_epi_rows_fn kc_epi_fn_for(int path)
 {
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
-#if LB_X86
-    if (path >= LB_PATH_AVX512)
-        return kc_epi_rows_avx512;
-    if (path >= LB_PATH_AVX2)
-        return kc_epi_rows_avx2;
-#else
-    (void)path;
-#endif
-    return kc_epi_rows_scalar;
-}
-
-typedef struct {
-    const kc_epi_args *e;
-    kc_epi_rows_fn fn;
-    size_t units;
-} epi_ctx;
-
-static void epi_unit(void *vctx, size_t u, void *scratch)
-{
-    (void)scratch;
-    const epi_ctx *ctx = (const epi_ctx *)vctx;
-    const size_t rows = ctx->e->n * ctx->e->oh;
-    const size_t r0 = rows * u / ctx->units, r1 = rows * (u + 1) / ctx->units;
-    if (r0 < r1)
-        ctx->fn(ctx->e, r0, r1);
+    rows_ctx ctx;
+    kernels_for(path, &ctx);
+    return ctx.epi;
 }
 
 /* units for nt threads over `rows`: ~4 a thread (a thread that gets no core leaves its share to the others) */
@@ -242,10 +235,11 @@ void kc_epilogue(const kc_epi_args *e, int path, int nthreads)
     const size_t rows = e->n * e->oh;
     if (rows == 0 || e->ow == 0)
         return;
-    epi_ctx ctx = {e, kc_epi_fn_for(path), 0};
+    rows_ctx ctx = {.e = e, .rows = rows};
+    kernels_for(path, &ctx);
     /* ~0.3 ns per accumulator read and threshold: a thread per ~100 us of that */
     const double win = e->kh ? (double)e->kh * (double)e->kw : 1.0;
     const int nt = threads_for((double)rows * (double)e->ow * (double)e->c * (win + 0.3 * e->nthr) * 0.3, nthreads);
     ctx.units = units_for(nt, rows);
-    qg_run_units(ctx.units, nt, epi_unit, &ctx, 0);
+    qg_run_units(ctx.units, nt, rows_unit, &ctx, 0);
 }

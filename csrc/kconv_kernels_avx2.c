@@ -20,20 +20,21 @@ KC2_INLINE uint32_t hsum64(__m256i s)
     return (uint32_t)((uint64_t)_mm_cvtsi128_si64(t) + (uint64_t)_mm_extract_epi64(t, 1));
 }
 
+/* bytes v into the running sums s (vpsadbw) and byte-wise max m of a row finisher */
+KC2_INLINE void sum_max_step(__m256i v, __m256i *s, __m256i *m)
+{
+    *s = _mm256_add_epi64(*s, _mm256_sad_epu8(v, _mm256_setzero_si256()));
+    *m = _mm256_max_epu8(*m, v);
+}
+
 KC2_FN void kc_sum_max_avx2(const uint8_t *x, size_t len, uint32_t *sum, uint8_t *vmax)
 {
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i s = zero, m = _mm256_load_si256((const __m256i *)vmax);
+    __m256i s = _mm256_setzero_si256(), m = _mm256_load_si256((const __m256i *)vmax);
     size_t i = 0;
-    for (; i + 32 <= len; i += 32) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(x + i));
-        s = _mm256_add_epi64(s, _mm256_sad_epu8(v, zero));
-        m = _mm256_max_epu8(m, v);
-    }
-    if (i + 16 <= len) {
-        const __m256i v = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(x + i)));
-        s = _mm256_add_epi64(s, _mm256_sad_epu8(v, zero));
-        m = _mm256_max_epu8(m, v);
+    for (; i + 32 <= len; i += 32)
+        sum_max_step(_mm256_loadu_si256((const __m256i *)(x + i)), &s, &m);
+    if (i + 16 <= len) { /* a 16-byte step, then bytes */
+        sum_max_step(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(x + i))), &s, &m);
         i += 16;
     }
     uint32_t total = hsum64(s);
@@ -82,10 +83,11 @@ KC2_INLINE __m256i load8(const int32_t *p, int full, __m256i mask)
 /* locals for every field the loops read: the uint8 stores alias everything (see the AVX-512 kernel) */
 KC2_FN void kc_epi_rows_avx2(const kc_epi_args *e, size_t r0, size_t r1)
 {
-    const size_t c = e->c, h = e->h, w = e->w, oh = e->oh, ow = e->ow;
+    const kc_epi_args a = *e;
+    const size_t c = e->c, w = e->w;
     const size_t ld_acc = e->ld_acc, ld_border = e->ld_border, ld_thr = e->ld_thr, ld_out = e->ld_out;
-    const int32_t *const acc = e->acc, *const border = e->border, *const thr = e->thr, *const sign = e->sign;
-    const int kh = e->kh, kw = e->kw, sh = e->sh, sw = e->sw, ph = e->ph, pw = e->pw, nthr = e->nthr;
+    const int32_t *const thr = e->thr, *const sign = e->sign;
+    const int pool = e->kh != 0, has_border = e->border != NULL, nthr = e->nthr;
     const int flip = e->flip, out_bits = e->out_bits;
     uint8_t *const out8 = (uint8_t *)e->out;
     uint64_t *const out64 = (uint64_t *)e->out;
@@ -94,33 +96,25 @@ KC2_FN void kc_epi_rows_avx2(const kc_epi_args *e, size_t r0, size_t r1)
     const int out_float = e->out_float;
     const __m256i mul = _mm256_set1_epi32(e->mul), vnthr = _mm256_set1_epi32(nthr);
     const __m256i lowest = _mm256_set1_epi32(INT32_MIN);
-    for (size_t r = r0; r < r1; r++) {
-        const size_t img = r / oh, oy = r % oh;
-        size_t ylo = oy, yhi = oy + 1;
-        if (kh)
-            kc_window(oy, kh, sh, ph, h, &ylo, &yhi);
-        for (size_t ox = 0; ox < ow; ox++) {
-            size_t xlo = ox, xhi = ox + 1;
-            if (kh)
-                kc_window(ox, kw, sw, pw, w, &xlo, &xhi);
-            const size_t pix = r * ow + ox;
-            const int32_t *a0 = acc + ((img * h + ylo) * w + xlo) * ld_acc;
-            const int32_t *b0 = border ? border + (ylo * w + xlo) * ld_border : NULL;
+    for (kc_epi_walk px = kc_epi_start(&a, r0, r1, pool, has_border); px.pix < px.end;
+         kc_epi_next(&a, &px, pool, has_border)) {
+            const size_t pix = px.pix;
+            const int32_t *a0 = px.a0, *b0 = px.b0;
             uint64_t word = 0;
             for (size_t cc = 0; cc < c; cc += 8) {
                 const int full = c - cc >= 8;
                 const __m256i mask = tail_mask(c - cc);
                 __m256i v;
-                if (!kh) {
+                if (!pool) {
                     v = load8(a0 + cc, full, mask);
                     if (b0)
                         v = _mm256_add_epi32(_mm256_mullo_epi32(v, mul), load8(b0 + cc, full, mask));
                 } else {
                     v = lowest;
-                    for (size_t y = ylo; y < yhi; y++) {
-                        const int32_t *ay = a0 + (y - ylo) * w * ld_acc;
-                        const int32_t *by = b0 ? b0 + (y - ylo) * w * ld_border : NULL;
-                        for (size_t x = 0; x < xhi - xlo; x++) {
+                    for (size_t y = 0; y < px.ny; y++) {
+                        const int32_t *ay = a0 + y * w * ld_acc;
+                        const int32_t *by = b0 ? b0 + y * w * ld_border : NULL;
+                        for (size_t x = 0; x < px.nx; x++) {
                             __m256i t = load8(ay + x * ld_acc + cc, full, mask);
                             if (by)
                                 t = _mm256_add_epi32(_mm256_mullo_epi32(t, mul), load8(by + x * ld_border + cc, full, mask));
@@ -141,11 +135,7 @@ KC2_FN void kc_epi_rows_avx2(const kc_epi_args *e, size_t r0, size_t r1)
                     v = _mm256_sign_epi32(v, load8(sign + cc, full, mask));
                 if (out_bits) { /* one threshold: bit 1 where v < t */
                     const __m256i lt = _mm256_cmpgt_epi32(load8(thr + cc, full, mask), v);
-                    word |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(lt)) << (cc % 64);
-                    if (cc % 64 == 56 || cc + 8 >= c) {
-                        out64[pix * ld_out + cc / 64] = word;
-                        word = 0;
-                    }
+                    kc_put_bits(out64 + pix * ld_out, &word, (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(lt)), cc, 8, c);
                     continue;
                 }
                 /* v >= t counted as nthr + sum(t > v) (vpcmpgtd gives -1), in two independent sums */
@@ -165,48 +155,40 @@ KC2_FN void kc_epi_rows_avx2(const kc_epi_args *e, size_t r0, size_t r1)
                                        ((uint64_t)(uint32_t)_mm256_extract_epi32(p8, 4) << 32);
                 memcpy(out8 + pix * ld_out + cc, &bytes, full ? 8 : c - cc);
             }
-        }
     }
 }
 
 /* ---- float32 thresholds ---------------------------------------------------------------------------- */
 KC2_FN void kc_fthr_rows_avx2(const kc_fthr_args *f, size_t r0, size_t r1)
 {
-    const size_t c = f->c, ld_x = f->ld_x, words = (c + 63) / 64;
-    const int nthr = f->nthr, out_bits = f->out_bits;
-    const float *const thr = f->thr, *const sign = f->sign;
-    uint8_t *const out8 = (uint8_t *)f->out;
-    uint64_t *const out64 = (uint64_t *)f->out;
+    const kc_fthr_args a = *f; /* a local copy: the uint8 stores alias everything */
+    const size_t c = a.c, words = (c + 63) / 64;
     for (size_t r = r0; r < r1; r++) {
-        const float *x = f->x + r * ld_x;
+        const float *x = a.x + r * a.ld_x;
         uint64_t word = 0;
         for (size_t cc = 0; cc < c; cc += 8) {
             const int full = c - cc >= 8;
             const __m256i mask = tail_mask(c - cc);
             __m256 v = _mm256_castsi256_ps(load8((const int32_t *)x + cc, full, mask));
-            if (sign)
-                v = _mm256_mul_ps(v, _mm256_castsi256_ps(load8((const int32_t *)sign + cc, full, mask)));
-            if (out_bits) { /* bit 1 where not v >= t (NaN included); lanes past c are 0 */
-                const __m256 ge = _mm256_cmp_ps(v, _mm256_castsi256_ps(load8((const int32_t *)thr + cc, full, mask)),
+            if (a.sign)
+                v = _mm256_mul_ps(v, _mm256_castsi256_ps(load8((const int32_t *)a.sign + cc, full, mask)));
+            if (a.out_bits) { /* bit 1 where not v >= t (NaN included); lanes past c are 0 */
+                const __m256 ge = _mm256_cmp_ps(v, _mm256_castsi256_ps(load8((const int32_t *)a.thr + cc, full, mask)),
                                                 _CMP_GE_OQ);
                 const unsigned lanes = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(mask));
-                word |= (uint64_t)(~(unsigned)_mm256_movemask_ps(ge) & lanes) << (cc % 64);
-                if (cc % 64 == 56 || cc + 8 >= c) {
-                    out64[r * words + cc / 64] = word;
-                    word = 0;
-                }
+                kc_put_bits((uint64_t *)a.out + r * words, &word, ~(unsigned)_mm256_movemask_ps(ge) & lanes, cc, 8, c);
                 continue;
             }
             __m256i n0 = _mm256_setzero_si256();
-            for (int j = 0; j < nthr; j++) {
-                const __m256 t = _mm256_castsi256_ps(load8((const int32_t *)thr + (size_t)j * c + cc, full, mask));
+            for (int j = 0; j < a.nthr; j++) {
+                const __m256 t = _mm256_castsi256_ps(load8((const int32_t *)a.thr + (size_t)j * c + cc, full, mask));
                 n0 = _mm256_sub_epi32(n0, _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ)));
             }
             const __m256i p16 = _mm256_packus_epi32(n0, n0);
             const __m256i p8 = _mm256_packus_epi16(p16, p16);
             const uint64_t bytes = (uint64_t)(uint32_t)_mm256_cvtsi256_si32(p8) |
                                    ((uint64_t)(uint32_t)_mm256_extract_epi32(p8, 4) << 32);
-            memcpy(out8 + r * c + cc, &bytes, full ? 8 : c - cc);
+            memcpy((uint8_t *)a.out + r * c + cc, &bytes, full ? 8 : c - cc);
         }
     }
 }

@@ -26,21 +26,21 @@ KCB_INLINE uint32_t lanes_sum(__m512i s, size_t lanes)
     return (uint32_t)_mm512_reduce_add_epi64(s);
 }
 
+/* bytes v into the running sums s (vpsadbw) and byte-wise max m of a row finisher */
+KCB_INLINE void sum_max_step(__m512i v, __m512i *s, __m512i *m)
+{
+    *s = _mm512_add_epi64(*s, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+    *m = _mm512_max_epu8(*m, v);
+}
+
 KCB_FN void kc_sum_max_avx512(const uint8_t *x, size_t len, uint32_t *sum, uint8_t *vmax)
 {
-    const __m512i zero = _mm512_setzero_si512();
-    __m512i s = zero, m = _mm512_load_si512((const void *)vmax);
-    size_t i = 0;
-    for (; i + 64 <= len; i += 64) {
-        const __m512i v = _mm512_loadu_si512((const void *)(x + i));
-        s = _mm512_add_epi64(s, _mm512_sad_epu8(v, zero));
-        m = _mm512_max_epu8(m, v);
-    }
-    if (i < len) {
-        const __m512i v = _mm512_maskz_loadu_epi8((__mmask64)(~0ULL >> (64 - (len - i))), (const void *)(x + i));
-        s = _mm512_add_epi64(s, _mm512_sad_epu8(v, zero));
-        m = _mm512_max_epu8(m, v);
-    }
+    __m512i s = _mm512_setzero_si512(), m = _mm512_load_si512((const void *)vmax);
+    size_t i;
+    for (i = 0; i + 64 <= len; i += 64)
+        sum_max_step(_mm512_loadu_si512((const void *)(x + i)), &s, &m);
+    if (i < len) /* the tail by a masked load */
+        sum_max_step(_mm512_maskz_loadu_epi8((__mmask64)(~0ULL >> (64 - (len - i))), (const void *)(x + i)), &s, &m);
     _mm512_store_si512((void *)vmax, m);
     *sum = lanes_sum(s, len <= 16 ? 2 : 8);
 }
@@ -48,12 +48,10 @@ KCB_FN void kc_sum_max_avx512(const uint8_t *x, size_t len, uint32_t *sum, uint8
 KCB_FN void kc_planes_avx512(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d, uint32_t *sum,
                              uint8_t *vmax)
 {
-    const __m512i zero = _mm512_setzero_si512();
-    __m512i s = zero, m = _mm512_load_si512((const void *)vmax);
+    __m512i s = _mm512_setzero_si512(), m = _mm512_load_si512((const void *)vmax);
     for (size_t v = 0; v < nchunks; v++) {
         const __m512i x = _mm512_loadu_si512((const void *)(buf + 64 * v));
-        s = _mm512_add_epi64(s, _mm512_sad_epu8(x, zero));
-        m = _mm512_max_epu8(m, x);
+        sum_max_step(x, &s, &m);
         uint64_t *dw = d + (v / 8) * (size_t)bits * 8 + v % 8;
         for (int p = 0; p < bits; p++)
             dw[8 * p] = (uint64_t)_mm512_test_epi8_mask(x, _mm512_set1_epi8((char)(1 << p)));
@@ -69,10 +67,10 @@ KCB_FN void kc_planes_avx512(const uint8_t *buf, size_t nchunks, int bits, uint6
  * and 2-bit outputs; NT = 0: any count). */
 KCF_INLINE void epi_rows(const kc_epi_args *e, size_t r0, size_t r1, const int POOL, const int BORDER, const int NT)
 {
-    const size_t c = e->c, h = e->h, w = e->w, oh = e->oh, ow = e->ow;
+    const kc_epi_args a = *e;
+    const size_t c = e->c, w = e->w;
     const size_t ld_acc = e->ld_acc, ld_border = e->ld_border, ld_thr = e->ld_thr, ld_out = e->ld_out;
-    const int32_t *const acc = e->acc, *const border = e->border, *const thr = e->thr, *const sign = e->sign;
-    const int kh = e->kh, kw = e->kw, sh = e->sh, sw = e->sw, ph = e->ph, pw = e->pw;
+    const int32_t *const thr = e->thr, *const sign = e->sign;
     const int nthr = NT > 0 ? NT : e->nthr;
     const int flip = e->flip, out_bits = e->out_bits;
     uint8_t *const out8 = (uint8_t *)e->out;
@@ -81,18 +79,9 @@ KCF_INLINE void epi_rows(const kc_epi_args *e, size_t r0, size_t r1, const int P
     const float *const scale = e->scale, *const bias = e->bias;
     const __m512i mul = _mm512_set1_epi32(e->mul), one = _mm512_set1_epi32(1);
     const __m512i lowest = _mm512_set1_epi32(INT32_MIN);
-    for (size_t r = r0; r < r1; r++) {
-        const size_t img = r / oh, oy = r % oh;
-        size_t ylo = oy, yhi = oy + 1;
-        if (POOL)
-            kc_window(oy, kh, sh, ph, h, &ylo, &yhi);
-        for (size_t ox = 0; ox < ow; ox++) {
-            size_t xlo = ox, xhi = ox + 1;
-            if (POOL)
-                kc_window(ox, kw, sw, pw, w, &xlo, &xhi);
-            const size_t pix = r * ow + ox;
-            const int32_t *a0 = acc + ((img * h + ylo) * w + xlo) * ld_acc;
-            const int32_t *b0 = BORDER ? border + (ylo * w + xlo) * ld_border : NULL;
+    for (kc_epi_walk px = kc_epi_start(&a, r0, r1, POOL, BORDER); px.pix < px.end; kc_epi_next(&a, &px, POOL, BORDER)) {
+            const size_t pix = px.pix;
+            const int32_t *a0 = px.a0, *b0 = px.b0;
             uint64_t word = 0;
             for (size_t cc = 0; cc < c; cc += 16) {
                 const __mmask16 k = c - cc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - cc)) - 1u);
@@ -103,10 +92,10 @@ KCF_INLINE void epi_rows(const kc_epi_args *e, size_t r0, size_t r1, const int P
                         v = _mm512_add_epi32(_mm512_mullo_epi32(v, mul), _mm512_maskz_loadu_epi32(k, b0 + cc));
                 } else {
                     v = lowest;
-                    for (size_t y = ylo; y < yhi; y++) {
-                        const int32_t *ay = a0 + (y - ylo) * w * ld_acc + cc;
-                        const int32_t *by = BORDER ? b0 + (y - ylo) * w * ld_border + cc : NULL;
-                        for (size_t x = 0; x < xhi - xlo; x++) {
+                    for (size_t y = 0; y < px.ny; y++) {
+                        const int32_t *ay = a0 + y * w * ld_acc + cc;
+                        const int32_t *by = BORDER ? b0 + y * w * ld_border + cc : NULL;
+                        for (size_t x = 0; x < px.nx; x++) {
                             __m512i t = _mm512_maskz_loadu_epi32(k, ay + x * ld_acc);
                             if (BORDER)
                                 t = _mm512_add_epi32(_mm512_mullo_epi32(t, mul),
@@ -124,11 +113,7 @@ KCF_INLINE void epi_rows(const kc_epi_args *e, size_t r0, size_t r1, const int P
                     v = _mm512_mullo_epi32(v, _mm512_maskz_loadu_epi32(k, sign + cc));
                 if (NT == 1 && out_bits) { /* one threshold: bit 1 where v < t */
                     const __mmask16 lt = _mm512_mask_cmplt_epi32_mask(k, v, _mm512_maskz_loadu_epi32(k, thr + cc));
-                    word |= (uint64_t)lt << (cc % 64);
-                    if (cc % 64 == 48 || cc + 16 >= c) {
-                        out64[pix * ld_out + cc / 64] = word;
-                        word = 0;
-                    }
+                    kc_put_bits(out64 + pix * ld_out, &word, lt, cc, 16, c);
                     continue;
                 }
                 /* two counters: the masked adds of consecutive thresholds do not wait for each other */
@@ -144,7 +129,6 @@ KCF_INLINE void epi_rows(const kc_epi_args *e, size_t r0, size_t r1, const int P
                     n0 = _mm512_mask_add_epi32(n0, _mm512_cmpge_epi32_mask(v, _mm512_maskz_loadu_epi32(k, t)), n0, one);
                 _mm512_mask_cvtepi32_storeu_epi8(out8 + pix * ld_out + cc, k, _mm512_add_epi32(n0, n1));
             }
-        }
     }
 }
 
@@ -175,34 +159,27 @@ KCF_FN void kc_epi_rows_avx512(const kc_epi_args *e, size_t r0, size_t r1)
 /* ---- float32 thresholds ---------------------------------------------------------------------------- */
 KCF_FN void kc_fthr_rows_avx512(const kc_fthr_args *f, size_t r0, size_t r1)
 {
-    const size_t c = f->c, ld_x = f->ld_x, words = (c + 63) / 64;
-    const int nthr = f->nthr, out_bits = f->out_bits;
-    const float *const thr = f->thr, *const sign = f->sign;
-    uint8_t *const out8 = (uint8_t *)f->out;
-    uint64_t *const out64 = (uint64_t *)f->out;
+    const kc_fthr_args a = *f; /* a local copy: the uint8 stores alias everything */
+    const size_t c = a.c, words = (c + 63) / 64;
     const __m512i one = _mm512_set1_epi32(1);
     for (size_t r = r0; r < r1; r++) {
-        const float *x = f->x + r * ld_x;
+        const float *x = a.x + r * a.ld_x;
         uint64_t word = 0;
         for (size_t cc = 0; cc < c; cc += 16) {
             const __mmask16 k = c - cc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - cc)) - 1u);
             __m512 v = _mm512_maskz_loadu_ps(k, x + cc);
-            if (sign)
-                v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, sign + cc));
-            if (out_bits) { /* bit 1 where not v >= t (NaN included) */
-                const __mmask16 ge = _mm512_mask_cmp_ps_mask(k, v, _mm512_maskz_loadu_ps(k, thr + cc), _CMP_GE_OQ);
-                word |= (uint64_t)(__mmask16)(~ge & k) << (cc % 64);
-                if (cc % 64 == 48 || cc + 16 >= c) {
-                    out64[r * words + cc / 64] = word;
-                    word = 0;
-                }
+            if (a.sign)
+                v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, a.sign + cc));
+            if (a.out_bits) { /* bit 1 where not v >= t (NaN included) */
+                const __mmask16 ge = _mm512_mask_cmp_ps_mask(k, v, _mm512_maskz_loadu_ps(k, a.thr + cc), _CMP_GE_OQ);
+                kc_put_bits((uint64_t *)a.out + r * words, &word, (__mmask16)(~ge & k), cc, 16, c);
                 continue;
             }
             __m512i n0 = _mm512_setzero_si512();
-            for (int j = 0; j < nthr; j++)
+            for (int j = 0; j < a.nthr; j++)
                 n0 = _mm512_mask_add_epi32(
-                    n0, _mm512_cmp_ps_mask(v, _mm512_maskz_loadu_ps(k, thr + (size_t)j * c + cc), _CMP_GE_OQ), n0, one);
-            _mm512_mask_cvtepi32_storeu_epi8(out8 + r * c + cc, k, n0);
+                    n0, _mm512_cmp_ps_mask(v, _mm512_maskz_loadu_ps(k, a.thr + (size_t)j * c + cc), _CMP_GE_OQ), n0, one);
+            _mm512_mask_cvtepi32_storeu_epi8((uint8_t *)a.out + r * c + cc, k, n0);
         }
     }
 }

@@ -27,6 +27,42 @@ static int bad(const char *msg)
     return -1;
 }
 
+/* A 256-entry table (a code map, a decode table): 1-D, contiguous, exactly 256 entries of type; its data, or
+ * NULL with an exception set. */
+static const void *table256(lb_bufset *bs, PyObject *obj, const char *name, lb_elem type)
+{
+    Py_buffer *t = lb_buf_get(bs, obj, name, type, 1, LB_BUF_CONTIG);
+    if (!t)
+        return NULL;
+    if (t->shape[0] != 256) {
+        PyErr_Format(PyExc_ValueError, "%s must have 256 entries", name);
+        return NULL;
+    }
+    return t->buf;
+}
+
+/* The conv input of kc_pack and kc_conv: x (N, H, W, C) uint8 codes, pixels and image rows contiguous, the window
+ * fitting the padded input; fills p's input and window fields (the rest zero). 0, or -1 with an exception set. */
+static int conv_input(lb_bufset *bs, PyObject *ox, const char *what, int kh, int kw, int sh, int sw, int ph, int pw,
+                      int pad, kc_pack_args *p)
+{
+    Py_buffer *x = lb_buf_get(bs, ox, "x", LB_T_U8, 4, 0);
+    if (!x)
+        return -1;
+    const size_t n = (size_t)x->shape[0], h = (size_t)x->shape[1], w = (size_t)x->shape[2], c = (size_t)x->shape[3];
+    if ((c > 1 && x->strides[3] != 1) || (w > 1 && x->strides[2] != (Py_ssize_t)c))
+        return bad("x: the codes of a pixel and the pixels of an image row must be contiguous");
+    if ((ptrdiff_t)h + 2 * ph < kh || (ptrdiff_t)w + 2 * pw < kw) {
+        PyErr_Format(PyExc_ValueError, "%s: the window does not fit the padded input", what);
+        return -1;
+    }
+    *p = (kc_pack_args){.x = (const uint8_t *)x->buf, .xs_n = x->strides[0], .xs_h = x->strides[1], .n = n, .h = h,
+                        .w = w, .c = c, .kh = kh, .kw = kw, .sh = sh, .sw = sw, .ph = ph, .pw = pw,
+                        .oh = (h + 2 * (size_t)ph - (size_t)kh) / (size_t)sh + 1,
+                        .ow = (w + 2 * (size_t)pw - (size_t)kw) / (size_t)sw + 1, .pad = (uint8_t)pad};
+    return 0;
+}
+
 static PyObject *py_kc_pack(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *ox, *omap, *odst, *osums;
@@ -40,35 +76,14 @@ static PyObject *py_kc_pack(PyObject *Py_UNUSED(self), PyObject *args)
         bad("kc_pack: kernel and stride >= 1, padding >= 0, pad code 0..255, bits 0..8");
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
-    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 4, 0);
-    if (!x)
+    LB_BINDING(bs, result);
+    kc_pack_args p;
+    if (conv_input(&bs, ox, "kc_pack", kh, kw, sh, sw, ph, pw, pad, &p) < 0)
         goto done;
-    const size_t n = (size_t)x->shape[0], h = (size_t)x->shape[1], w = (size_t)x->shape[2], c = (size_t)x->shape[3];
-    if ((c > 1 && x->strides[3] != 1) || (w > 1 && x->strides[2] != (Py_ssize_t)c)) {
-        bad("x: the codes of a pixel and the pixels of an image row must be contiguous");
-        goto done;
-    }
-    if ((ptrdiff_t)h + 2 * ph < kh || (ptrdiff_t)w + 2 * pw < kw) {
-        bad("kc_pack: the window does not fit the padded input");
-        goto done;
-    }
-    kc_pack_args p = {.x = (const uint8_t *)x->buf, .xs_n = x->strides[0], .xs_h = x->strides[1], .n = n, .h = h,
-                      .w = w, .c = c, .kh = kh, .kw = kw, .sh = sh, .sw = sw, .ph = ph, .pw = pw,
-                      .oh = (h + 2 * (size_t)ph - (size_t)kh) / (size_t)sh + 1,
-                      .ow = (w + 2 * (size_t)pw - (size_t)kw) / (size_t)sw + 1, .pad = (uint8_t)pad, .bits = bits};
+    p.bits = bits;
     const size_t rows = kc_pack_rows(&p), k = kc_pack_k(&p);
-    if (omap != Py_None) {
-        Py_buffer *m = lb_buf_get(&bs, omap, "map", LB_T_U8, 1, LB_BUF_CONTIG);
-        if (!m)
-            goto done;
-        if (m->shape[0] != 256) {
-            bad("map must have 256 entries");
-            goto done;
-        }
-        p.map = (const uint8_t *)m->buf;
-    }
+    if (omap != Py_None && !(p.map = (const uint8_t *)table256(&bs, omap, "map", LB_T_U8)))
+        goto done;
     if (odst != Py_None) {
         Py_buffer *d;
         if (bits == 0) {
@@ -103,8 +118,7 @@ static PyObject *py_kc_pack(PyObject *Py_UNUSED(self), PyObject *args)
     best = kc_pack(&p, path, nthreads);
     Py_END_ALLOW_THREADS
     result = PyLong_FromUnsignedLong(best);
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* The thresholds, sign and output of an epilogue over e->c channels with output (n, e->oh, e->ow): out uint8
@@ -173,8 +187,7 @@ static PyObject *py_kc_epilogue(PyObject *Py_UNUSED(self), PyObject *args)
         bad("pool: kernel and stride >= 1, padding >= 0");
         return NULL;
     }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *acc = lb_buf_get(&bs, oacc, "acc", LB_T_I32, 4, LB_BUF_CONTIG);
     if (!acc)
         goto done;
@@ -205,8 +218,7 @@ static PyObject *py_kc_epilogue(PyObject *Py_UNUSED(self), PyObject *args)
     e.ld_acc = e.ld_border = e.c;
     LB_NOGIL(kc_epilogue(&e, path, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 /* kc_conv(x, kernel, stride, padding, pad, map, kind, b, abits, bbits, bstore, n, sa, oa, sb, ob, zb, sumb,
@@ -244,45 +256,17 @@ static PyObject *py_kc_conv(PyObject *Py_UNUSED(self), PyObject *args)
         }
         a.pooled = 1;
     }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
-    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 4, 0);
-    if (!x)
+    LB_BINDING(bs, result);
+    if (conv_input(&bs, ox, "kc_conv", kh, kw, sh, sw, ph, pw, pad, &a.pack) < 0)
         goto done;
-    {
-        const size_t c = (size_t)x->shape[3], h = (size_t)x->shape[1], w = (size_t)x->shape[2];
-        if ((c > 1 && x->strides[3] != 1) || (w > 1 && x->strides[2] != (Py_ssize_t)c)) {
-            bad("x: the codes of a pixel and the pixels of an image row must be contiguous");
-            goto done;
-        }
-        if ((ptrdiff_t)h + 2 * ph < kh || (ptrdiff_t)w + 2 * pw < kw) {
-            bad("kc_conv: the window does not fit the padded input");
-            goto done;
-        }
-        kc_pack_args *p = &a.pack;
-        p->x = (const uint8_t *)x->buf, p->xs_n = x->strides[0], p->xs_h = x->strides[1];
-        p->n = (size_t)x->shape[0], p->h = h, p->w = w, p->c = c;
-        p->kh = kh, p->kw = kw, p->sh = sh, p->sw = sw, p->ph = ph, p->pw = pw;
-        p->oh = (h + 2 * (size_t)ph - (size_t)kh) / (size_t)sh + 1;
-        p->ow = (w + 2 * (size_t)pw - (size_t)kw) / (size_t)sw + 1;
-        p->pad = (uint8_t)pad;
-        p->bits = kind == QG_INT8 ? 0 : abits;
-    }
+    a.pack.bits = kind == QG_INT8 ? 0 : abits;
     const size_t k = kc_pack_k(&a.pack), rows = kc_pack_rows(&a.pack);
     if (k == 0 || k > 0x7fffffffL) {
         bad("kc_conv: K must be 1 .. 2^31 - 1");
         goto done;
     }
-    if (omap != Py_None) {
-        Py_buffer *m = lb_buf_get(&bs, omap, "map", LB_T_U8, 1, LB_BUF_CONTIG);
-        if (!m)
-            goto done;
-        if (m->shape[0] != 256) {
-            bad("map must have 256 entries");
-            goto done;
-        }
-        a.pack.map = (const uint8_t *)m->buf;
-    }
+    if (omap != Py_None && !(a.pack.map = (const uint8_t *)table256(&bs, omap, "map", LB_T_U8)))
+        goto done;
     {
         qg_args *g = &a.gemm;
         g->kind = kind, g->n = (size_t)n, g->k = k, g->abits = abits, g->bbits = bbits, g->bstore = bstore;
@@ -361,8 +345,7 @@ static PyObject *py_kc_conv(PyObject *Py_UNUSED(self), PyObject *args)
         goto done;
     }
     result = PyLong_FromUnsignedLong(best);
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
@@ -373,8 +356,7 @@ static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     if (lb_check_path_arg(path) < 0 || lb_check_nthreads(nthreads) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     kc_fthr_args f;
     memset(&f, 0, sizeof f);
     Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_F32, 2, LB_BUF_ROWS);
@@ -413,8 +395,7 @@ static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
     f.out = out->buf;
     LB_NOGIL(kc_fthreshold(&f, path, nthreads));
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
@@ -424,18 +405,13 @@ static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOi:kc_decode", &ocodes, &otable, &oout, &nthreads) ||
         lb_check_nthreads(nthreads) < 0)
         return NULL;
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     Py_buffer *codes = lb_buf_get(&bs, ocodes, "codes", LB_T_U8, -1, LB_BUF_CONTIG);
     if (!codes)
         goto done;
-    Py_buffer *table = lb_buf_get(&bs, otable, "table", LB_T_F32, 1, LB_BUF_CONTIG);
+    const float *table = (const float *)table256(&bs, otable, "table", LB_T_F32);
     if (!table)
         goto done;
-    if (table->shape[0] != 256) {
-        bad("table must have 256 entries");
-        goto done;
-    }
     Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, -1, LB_BUF_CONTIG | LB_BUF_WRITABLE);
     if (!out)
         goto done;
@@ -445,12 +421,11 @@ static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
     }
     unsigned m;
     Py_BEGIN_ALLOW_THREADS
-    m = kc_decode((const uint8_t *)codes->buf, (size_t)codes->len, (const float *)table->buf, (float *)out->buf,
+    m = kc_decode((const uint8_t *)codes->buf, (size_t)codes->len, table, (float *)out->buf,
                   nthreads);
     Py_END_ALLOW_THREADS
     result = PyLong_FromUnsignedLong(m);
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 PyMethodDef kc_methods[] = {

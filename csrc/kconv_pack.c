@@ -38,16 +38,6 @@ void kc_sum_max_scalar(const uint8_t *x, size_t len, uint32_t *sum, uint8_t *vma
     vmax[0] = (uint8_t)m;
 }
 
-/* bit p of each of the 8 bytes of v, gathered into the low 8 bits (byte t -> bit t) */
-static inline unsigned gather_bit(uint64_t v, int p)
-{
-    uint64_t x = (v >> p) & 0x0101010101010101ULL;
-    x |= x >> 7;
-    x |= x >> 14;
-    x |= x >> 28;
-    return (unsigned)(x & 0xff);
-}
-
 void kc_planes_scalar(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d, uint32_t *sum, uint8_t *vmax)
 {
     uint32_t s = 0;
@@ -65,7 +55,7 @@ void kc_planes_scalar(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d,
                 m = b > m ? b : m;
             }
             for (int b = 0; b < bits; b++)
-                words[b] |= (uint64_t)gather_bit(x, b) << (8 * g);
+                words[b] |= (uint64_t)qg_gather_bit(x, b) << (8 * g);
         }
         for (int b = 0; b < bits; b++)
             dw[8 * b] = words[b];
@@ -78,8 +68,7 @@ void kc_planes_scalar(const uint8_t *buf, size_t nchunks, int bits, uint64_t *d,
 kc_row_fns kc_row_fns_for(int path)
 {
     kc_row_fns f = {kc_sum_max_scalar, kc_planes_scalar};
-    if (path < 0 || path >= LB_NPATHS || !lb_path_supported(path))
-        path = lb_best_path();
+    path = lb_path_or_best(path);
 #if LB_X86
     if (path >= LB_PATH_AVX512 && lb_cpu_has(LB_CPU_AVX512BW)) {
         f.sum_max = kc_sum_max_avx512;

@@ -10,6 +10,13 @@
 
 #include <stddef.h>
 
+#if !defined(_WIN32)
+#include <pthread.h>
+#define LB_HAVE_PTHREADS 1
+#else
+#define LB_HAVE_PTHREADS 0
+#endif
+
 #if LB_X86
 #include <cpuid.h>
 #include <stdint.h>
@@ -128,4 +135,57 @@ int lb_resolve_path(int path)
     if (path == LB_PATH_AUTO)
         return lb_best_path();
     return lb_path_supported(path) ? path : -1;
+}
+
+int lb_path_or_best(int path)
+{
+    return path >= 0 && path < LB_NPATHS && lb_path_supported(path) ? path : lb_best_path();
+}
+
+/* ---- threads ------------------------------------------------------------------------------------------- */
+#if LB_HAVE_PTHREADS
+typedef struct {
+    lb_task_fn fn;
+    void *ctx;
+    int t, n;
+} lb_thread_arg;
+
+static void *lb_thread_main(void *p)
+{
+    const lb_thread_arg *a = (const lb_thread_arg *)p;
+    a->fn(a->ctx, a->t, a->n);
+    return NULL;
+}
+#endif
+
+void lb_parallel(int nthreads, lb_task_fn fn, void *ctx)
+{
+    if (nthreads > LB_MAX_THREADS)
+        nthreads = LB_MAX_THREADS;
+    if (nthreads <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+#if LB_HAVE_PTHREADS
+    pthread_t th[LB_MAX_THREADS];
+    lb_thread_arg args[LB_MAX_THREADS];
+    int started[LB_MAX_THREADS];
+    for (int t = 1; t < nthreads; t++) {
+        args[t].fn = fn;
+        args[t].ctx = ctx;
+        args[t].t = t;
+        args[t].n = nthreads;
+        started[t] = pthread_create(&th[t], NULL, lb_thread_main, &args[t]) == 0;
+    }
+    fn(ctx, 0, nthreads);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t])
+            pthread_join(th[t], NULL);
+        else /* could not start a thread (resource limits): do its share here */
+            fn(ctx, t, nthreads);
+    }
+#else
+    for (int t = 0; t < nthreads; t++)
+        fn(ctx, t, nthreads);
+#endif
 }

@@ -34,6 +34,8 @@ int lb_path_supported(int path);     /* 1 if this CPU (and OS) can run the path 
 int lb_best_path(void);
 /* path itself if supported, the best supported path for LB_PATH_AUTO, -1 for anything else */
 int lb_resolve_path(int path);
+/* path if this CPU supports it, else (any other value, LB_PATH_AUTO included) the best path: the drivers' choice */
+int lb_path_or_best(int path);
 
 /* CPU features the kernels test, one bit each (the report of lowbit.kernels.cpu_features). */
 typedef enum {
@@ -54,5 +56,13 @@ typedef enum {
 unsigned lb_cpu_features(void);
 int lb_cpu_has(lb_cpu_feature f);
 const char *lb_cpu_feature_name(int f); /* GCC's target() spelling: "avx512vpopcntdq", ...; "?" outside */
+
+/* ---- threads: the fork-join of every extension (compiled into each, like the rest of this file) -------
+ * fn(ctx, t, nthreads) for t in [0, nthreads) (at most LB_MAX_THREADS): the caller runs share 0, a pthread
+ * started per call each other share, all joined before the return (simple, no idle pool, fork-safe); a
+ * share whose thread cannot be started (resource limits) runs on the caller. */
+#define LB_MAX_THREADS 256
+typedef void (*lb_task_fn)(void *ctx, int t, int nthreads);
+void lb_parallel(int nthreads, lb_task_fn fn, void *ctx);
 
 #endif /* LOWBIT_CPU_H */

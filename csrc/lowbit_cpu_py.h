@@ -18,6 +18,8 @@
 #endif
 #include <Python.h>
 
+#include <string.h>
+
 #include "lowbit_cpu.h"
 
 /* A tuple of the names name(i) for i < n with keep(i) (keep NULL: all). */
@@ -85,6 +87,28 @@ static inline int lb_resolve_path_arg(int path)
     if (p < 0)
         PyErr_Format(PyExc_ValueError, "kernel path %d is not available on this CPU", path);
     return p;
+}
+
+/* A binding's ValueError: sets it, and returns NULL for the binding to return. */
+static inline PyObject *lb_value_error(const char *msg)
+{
+    PyErr_SetString(PyExc_ValueError, msg);
+    return NULL;
+}
+
+/* The binding of a prepared layout's size, bytes(path, rows, cols) (bg_prepared_bytes, bc_prepared_bytes):
+ * args (path, rows, cols) parsed by fmt ("inn:name"), all checked. */
+static inline PyObject *lb_path_size(PyObject *args, const char *fmt, size_t (*bytes)(int, size_t, size_t))
+{
+    int path;
+    Py_ssize_t rows, cols;
+    if (!PyArg_ParseTuple(args, fmt, &path, &rows, &cols))
+        return NULL;
+    if (path < 0 || path >= LB_NPATHS || rows < 0 || cols < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: bad argument", strchr(fmt, ':') + 1);
+        return NULL;
+    }
+    return PyLong_FromSize_t(bytes(path, (size_t)rows, (size_t)cols));
 }
 
 /* A thread count argument (>= 1); returns 0, or -1 with ValueError set. */

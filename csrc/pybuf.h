@@ -60,6 +60,17 @@ static inline void lb_bufset_init(lb_bufset *s) { s->n = 0; }
     lb_bufset name;     \
     lb_bufset_init(&name)
 
+/* A binding's buffer set `name` and its result `res` (NULL until it succeeds), declared together: the start of
+ * every binding that takes arrays, which leaves through its `done:` label and lb_bufset_return. */
+#define LB_BINDING(name, res) \
+    LB_BUFSET(name);          \
+    PyObject *res = NULL
+/* ... and its single exit: the `done:` label every `goto done` of the binding lands on, releasing the set's views
+ * and returning res (NULL: the exception set on the way). */
+#define LB_BINDING_EXIT(name, res) \
+done:                              \
+    return lb_bufset_return(&(name), (res))
+
 static inline void lb_bufset_release(lb_bufset *s)
 {
     while (s->n > 0)

@@ -41,6 +41,18 @@
 
 typedef enum { QG_BITSERIAL = 0, QG_INT8 = 1, QG_XNOR = 2 } qg_kind;
 
+/* The 16 (abits, bbits) pairs of the bit-serial kernels, CASE(KA, KB) each: a kernel's switch on
+ * abits * 8 + bbits instantiates its tile body once per pair (KA, KB constants in each). */
+#define QG_BITS_PAIRS(CASE)                                                                                \
+    CASE(1, 1) CASE(1, 2) CASE(2, 1) CASE(2, 2) CASE(1, 3) CASE(3, 1) CASE(1, 4) CASE(4, 1)                \
+    CASE(2, 3) CASE(3, 2) CASE(2, 4) CASE(4, 2) CASE(3, 3) CASE(3, 4) CASE(4, 3) CASE(4, 4)
+
+/* The loops of a bit-serial register tile, fully unrolled (the accumulators must stay in registers): every
+ * output (i, j) of MR x NR, and every weight class cl = p + q of a (KA, KB) pair. */
+#define QG_TILE_LOOP(MR, NR, i, j)                                                                         \
+    _Pragma("GCC unroll 4") for (int i = 0; i < (MR); i++) _Pragma("GCC unroll 4") for (int j = 0; j < (NR); j++)
+#define QG_CLASS_LOOP(KA, KB, cl, from) _Pragma("GCC unroll 7") for (int cl = (from); cl < (KA) + (KB) - 1; cl++)
+
 typedef struct {
     int kind;
     size_t m, n, k;
@@ -64,6 +76,31 @@ typedef void (*qg_kernel_fn)(const qg_args *g, size_t i0, size_t i1, size_t j0, 
 qg_kernel_fn qg_kernel_for(int kind, int path);
 /* the level-set epilogue on D of rows [i0, i1) x columns [j0, j1): C = sa*sb*(D + zb*SA) + ... (above) */
 void qg_fold(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+/* Its constants, shared by every ISA's fold: C = sab * D + ra_i + cb * SB_j with ra_i = ca * SA_i + k0 (cb 0
+ * without SB), uint32 arithmetic. qg_fold_consts returns 0 when the fold is the identity (C = D). */
+typedef struct {
+    uint32_t sab, ca, k0, cb;
+} qg_fold_k;
+static inline int qg_fold_consts(const qg_args *g, qg_fold_k *f)
+{
+    f->sab = (uint32_t)g->sa * (uint32_t)g->sb;
+    f->ca = f->sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
+    f->k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
+    f->cb = g->sumb ? (uint32_t)g->oa * (uint32_t)g->sb : 0u;
+    return !(f->sab == 1u && (f->ca == 0u || !g->suma) && f->k0 == 0u && f->cb == 0u);
+}
+/* The fold of rows [i0, i1) x columns [j0, j1): nothing for the identity, else row(g, f, c, ra, j0, j1) on each
+ * row c with its ra (an ISA's row loop: a constant where this is inlined, so the call is direct and inlined). */
+typedef void (*qg_fold_row_fn)(const qg_args *g, const qg_fold_k *f, int32_t *c, uint32_t ra, size_t j0, size_t j1);
+static inline __attribute__((always_inline)) void qg_fold_rows(const qg_args *g, size_t i0, size_t i1, size_t j0,
+                                                               size_t j1, qg_fold_row_fn row)
+{
+    qg_fold_k f;
+    if (!qg_fold_consts(g, &f))
+        return; /* C = D */
+    for (size_t i = i0; i < i1; i++)
+        row(g, &f, g->c + (ptrdiff_t)i * g->ldc, (g->suma ? f.ca * (uint32_t)g->suma[i] : 0u) + f.k0, j0, j1);
+}
 qg_kernel_fn qg_fold_for(int path); /* qg_fold, vectorized for the path */
 
 /* C = the level-set product; path as bitgemm's (must be supported or BG_PATH_AUTO). */
@@ -83,6 +120,16 @@ size_t qg_plane_words(size_t k, int bits); /* words per planes row */
 /* planes of rows [0, rows); sums[r] = sum of the row's codes (may be NULL) */
 void qg_pack_planes(const uint8_t *x, ptrdiff_t ldx, size_t rows, size_t k, int bits, uint64_t *dst,
                     ptrdiff_t ldd, int32_t *sums, int nthreads);
+/* bit p of each of the 8 bytes of v, gathered into the low 8 bits (byte t -> bit t): the plane packers'
+ * (qgemm_pack.c, kconv_pack.c) multiply-free shift-or collapse, byte t's bit landing at bit 8t first */
+static inline unsigned qg_gather_bit(uint64_t v, int p)
+{
+    uint64_t x = (v >> p) & 0x0101010101010101ULL;
+    x |= x >> 7;
+    x |= x >> 14;
+    x |= x >> 28;
+    return (unsigned)(x & 0xff);
+}
 size_t qg_a8_stride(size_t k);
 void qg_pack_a8(const uint8_t *x, ptrdiff_t ldx, size_t rows, size_t k, uint8_t *dst, ptrdiff_t ldd,
                 int32_t *sums, int nthreads);

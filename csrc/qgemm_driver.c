@@ -37,40 +37,34 @@ static qg_traits qg_traits_for(int path)
 
 qg_kernel_fn qg_kernel_for(int kind, int path)
 {
-    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
-        path = bg_best_path();
+    path = lb_path_or_best(path);
     const qg_traits t = qg_traits_for(path);
     return kind == QG_INT8 ? t.int8 : t.bits;
 }
 
 qg_kernel_fn qg_fold_for(int path)
 {
-    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
-        path = bg_best_path();
+    path = lb_path_or_best(path);
     return qg_traits_for(path).fold;
 }
 
 /* C = sa*sb*D + ra_i + rb_j, in uint32 (see qgemm.h): ra_i = (sa*sb*zb + sa*ob)*SA_i + K*oa*ob,
  * rb_j = oa*sb*SB_j */
+static inline void fold_row(const qg_args *g, const qg_fold_k *f, int32_t *c32, uint32_t ra, size_t j0, size_t j1)
+{
+    uint32_t *c = (uint32_t *)c32;
+    if (g->sumb) {
+        for (size_t j = j0; j < j1; j++)
+            c[j] = f->sab * c[j] + ra + f->cb * (uint32_t)g->sumb[j];
+    } else {
+        for (size_t j = j0; j < j1; j++)
+            c[j] = f->sab * c[j] + ra;
+    }
+}
+
 void qg_fold(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
-    const uint32_t sab = (uint32_t)g->sa * (uint32_t)g->sb;
-    const uint32_t ca = sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
-    const uint32_t k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
-    const uint32_t cb = (uint32_t)g->oa * (uint32_t)g->sb;
-    if (sab == 1u && (ca == 0u || !g->suma) && k0 == 0u && (cb == 0u || !g->sumb))
-        return; /* C = D */
-    for (size_t i = i0; i < i1; i++) {
-        const uint32_t ra = (g->suma ? ca * (uint32_t)g->suma[i] : 0u) + k0;
-        uint32_t *c = (uint32_t *)(g->c + (ptrdiff_t)i * g->ldc);
-        if (g->sumb) {
-            for (size_t j = j0; j < j1; j++)
-                c[j] = sab * c[j] + ra + cb * (uint32_t)g->sumb[j];
-        } else {
-            for (size_t j = j0; j < j1; j++)
-                c[j] = sab * c[j] + ra;
-        }
-    }
+    qg_fold_rows(g, i0, i1, j0, j1, fold_row);
 }
 
 static double qg_work(const qg_args *g)
@@ -127,8 +121,7 @@ void qg_gemm(const qg_args *g, int path, int nthreads)
 {
     if (g->m == 0 || g->n == 0)
         return;
-    if (path < 0 || path >= BG_NPATHS || !bg_path_supported(path))
-        path = bg_best_path();
+    path = lb_path_or_best(path);
     if (g->kind == QG_XNOR) { /* +-1 planes: bit set = +1 here, = -1 in bitgemm; XOR does not care */
         bg_gemm_args b = {(const uint64_t *)g->a, g->lda, (const uint64_t *)g->b, g->ldb, g->c, g->ldc,
                           g->m, g->n, g->k, NULL};

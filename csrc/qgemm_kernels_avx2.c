@@ -40,24 +40,12 @@ QG2_INLINE void bits_tile2(const int KA, const int KB, const int MR, const int N
     const int minab = KA < KB ? KA : KB;
     const size_t flush = (size_t)(255 / (8 * minab)); /* 256-bit steps per byte-counter run */
     __m256i wide[2][2][CL_MAX];
-#pragma GCC unroll 2
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-        for (int j = 0; j < NR; j++)
-#pragma GCC unroll 7
-            for (int cl = 0; cl < KA + KB - 1; cl++)
-                wide[i][j][cl] = _mm256_setzero_si256();
+    QG_TILE_LOOP(MR, NR, i, j) QG_CLASS_LOOP(KA, KB, cl, 0) wide[i][j][cl] = _mm256_setzero_si256();
     const size_t nsteps = 2 * nv; /* 256-bit halves of the 512-bit slices */
     for (size_t s0 = 0; s0 < nsteps; s0 += flush) {
         const size_t s1 = (nsteps - s0 > flush) ? s0 + flush : nsteps;
         __m256i cnt[2][2][CL_MAX];
-#pragma GCC unroll 2
-        for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-            for (int j = 0; j < NR; j++)
-#pragma GCC unroll 7
-                for (int cl = 0; cl < KA + KB - 1; cl++)
-                    cnt[i][j][cl] = _mm256_setzero_si256();
+        QG_TILE_LOOP(MR, NR, i, j) QG_CLASS_LOOP(KA, KB, cl, 0) cnt[i][j][cl] = _mm256_setzero_si256();
         for (size_t s = s0; s < s1; s++) {
             const size_t v = s / 2, half = (s % 2) * 4;
 #pragma GCC unroll 4
@@ -78,23 +66,12 @@ QG2_INLINE void bits_tile2(const int KA, const int KB, const int MR, const int N
                     }
             }
         }
-#pragma GCC unroll 2
-        for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-            for (int j = 0; j < NR; j++)
-#pragma GCC unroll 7
-                for (int cl = 0; cl < KA + KB - 1; cl++)
-                    wide[i][j][cl] = _mm256_add_epi64(wide[i][j][cl],
-                                                      _mm256_sad_epu8(cnt[i][j][cl], _mm256_setzero_si256()));
+        QG_TILE_LOOP(MR, NR, i, j) QG_CLASS_LOOP(KA, KB, cl, 0)
+            wide[i][j][cl] = _mm256_add_epi64(wide[i][j][cl], _mm256_sad_epu8(cnt[i][j][cl], _mm256_setzero_si256()));
     }
-#pragma GCC unroll 2
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-        for (int j = 0; j < NR; j++) {
+    QG_TILE_LOOP(MR, NR, i, j) {
             __m256i t = wide[i][j][0];
-#pragma GCC unroll 7
-            for (int cl = 1; cl < KA + KB - 1; cl++)
-                t = _mm256_add_epi64(t, _mm256_slli_epi64(wide[i][j][cl], cl));
+            QG_CLASS_LOOP(KA, KB, cl, 1) t = _mm256_add_epi64(t, _mm256_slli_epi64(wide[i][j][cl], cl));
             const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
             const uint64_t sum = (uint64_t)_mm_cvtsi128_si64(h) + (uint64_t)_mm_extract_epi64(h, 1);
             if (i < mr && j < nr)
@@ -129,17 +106,14 @@ QG2_INLINE void bits_macro2(const int KA, const int KB, const int MR, const int 
     }
 }
 
-#define QG2_CASE(KA, KB, MR, NR)                                                                           \
-    case (KA)*8 + (KB): bits_macro2(KA, KB, MR, NR, g, i0, i1, j0, j1); return;
+/* 16 ymm registers: 2 x 2 tiles while the byte counters fit (KA + KB <= 3), 1 x 2 beyond */
+#define QG2_CASE(KA, KB)                                                                                   \
+    case (KA)*8 + (KB): bits_macro2(KA, KB, (KA) + (KB) <= 3 ? 2 : 1, 2, g, i0, i1, j0, j1); return;
 
 QG2_FN void qg_bits_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
-    /* 16 ymm registers: 2 x 2 tiles while the byte counters fit, 1 x 2 beyond */
     switch (g->abits * 8 + g->bbits) {
-    QG2_CASE(1, 1, 2, 2) QG2_CASE(1, 2, 2, 2) QG2_CASE(2, 1, 2, 2) QG2_CASE(2, 2, 1, 2)
-    QG2_CASE(1, 3, 1, 2) QG2_CASE(3, 1, 1, 2) QG2_CASE(1, 4, 1, 2) QG2_CASE(4, 1, 1, 2)
-    QG2_CASE(2, 3, 1, 2) QG2_CASE(3, 2, 1, 2) QG2_CASE(2, 4, 1, 2) QG2_CASE(4, 2, 1, 2)
-    QG2_CASE(3, 3, 1, 2) QG2_CASE(3, 4, 1, 2) QG2_CASE(4, 3, 1, 2) QG2_CASE(4, 4, 1, 2)
+    QG_BITS_PAIRS(QG2_CASE)
     default: qg_bits_scalar(g, i0, i1, j0, j1); return;
     }
 }
@@ -271,29 +245,24 @@ QG2_FN void qg_int8_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size
 
 
 /* ---- the level-set fold (qg_fold, qgemm_driver.c) ------------------------------------------------ */
+QG2_INLINE void fold_row(const qg_args *g, const qg_fold_k *f, int32_t *c, uint32_t ra, size_t j0, size_t j1)
+{
+    const uint32_t sab = f->sab, cb = f->cb;
+    const __m256i vsab = _mm256_set1_epi32((int)sab), vcb = _mm256_set1_epi32((int)cb), vra = _mm256_set1_epi32((int)ra);
+    size_t j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        __m256i v = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(c + j)), vsab), vra);
+        if (cb)
+            v = _mm256_add_epi32(v, _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(g->sumb + j)), vcb));
+        _mm256_storeu_si256((__m256i *)(c + j), v);
+    }
+    for (; j < j1; j++)
+        c[j] = (int32_t)(sab * (uint32_t)c[j] + ra + (cb ? cb * (uint32_t)g->sumb[j] : 0u));
+}
+
 QG2_FN void qg_fold_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
-    const uint32_t sab = (uint32_t)g->sa * (uint32_t)g->sb;
-    const uint32_t ca = sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
-    const uint32_t k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
-    const uint32_t cb = g->sumb ? (uint32_t)g->oa * (uint32_t)g->sb : 0u;
-    if (sab == 1u && (ca == 0u || !g->suma) && k0 == 0u && cb == 0u)
-        return; /* C = D */
-    const __m256i vsab = _mm256_set1_epi32((int)sab), vcb = _mm256_set1_epi32((int)cb);
-    for (size_t i = i0; i < i1; i++) {
-        const uint32_t ra = (g->suma ? ca * (uint32_t)g->suma[i] : 0u) + k0;
-        const __m256i vra = _mm256_set1_epi32((int)ra);
-        int32_t *c = g->c + (ptrdiff_t)i * g->ldc;
-        size_t j = j0;
-        for (; j + 8 <= j1; j += 8) {
-            __m256i v = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(c + j)), vsab), vra);
-            if (cb)
-                v = _mm256_add_epi32(v, _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(g->sumb + j)), vcb));
-            _mm256_storeu_si256((__m256i *)(c + j), v);
-        }
-        for (; j < j1; j++)
-            c[j] = (int32_t)(sab * (uint32_t)c[j] + ra + (cb ? cb * (uint32_t)g->sumb[j] : 0u));
-    }
+    qg_fold_rows(g, i0, i1, j0, j1, fold_row);
 }
 
 #endif /* BG_X86 */

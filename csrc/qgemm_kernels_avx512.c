@@ -39,13 +39,7 @@ QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR
 {
     enum { CL_MAX = 7 };
     __m512i acc[4][4][CL_MAX];
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; j++)
-#pragma GCC unroll 7
-            for (int cl = 0; cl < KA + KB - 1; cl++)
-                acc[i][j][cl] = _mm512_setzero_si512();
+    QG_TILE_LOOP(MR, NR, i, j) QG_CLASS_LOOP(KA, KB, cl, 0) acc[i][j][cl] = _mm512_setzero_si512();
     for (size_t v = 0; v < nv; v++) {
         const uint64_t *av = a + v * KA * 8, *bv = b + v * KB * 8;
         __m512i A[4][4];
@@ -74,14 +68,9 @@ QGB_INLINE void bits_tile(const int KA, const int KB, const int MR, const int NR
 #pragma GCC unroll 16
     for (int x = 0; x < 16; x++)
         t[x] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; j++) {
+    QG_TILE_LOOP(MR, NR, i, j) {
             __m512i u = acc[i][j][0];
-#pragma GCC unroll 7
-            for (int cl = 1; cl < KA + KB - 1; cl++)
-                u = _mm512_add_epi64(u, _mm512_slli_epi64(acc[i][j][cl], (unsigned)cl));
+            QG_CLASS_LOOP(KA, KB, cl, 1) u = _mm512_add_epi64(u, _mm512_slli_epi64(acc[i][j][cl], (unsigned)cl));
             t[i * NR + j] = u;
         }
     int32_t sums[16];
@@ -141,17 +130,17 @@ QGB_INLINE void bits_macro(const int KA, const int KB, const int MR, const int N
     }
 }
 
-#define QGB_CASE(KA, KB, MR, NR)                                                                           \
-    case (KA)*8 + (KB): bits_macro(KA, KB, MR, NR, g, i0, i1, j0, j1); return;
+/* tiles: MR * NR * (KA + KB - 1) accumulators <= 24 of the 32 registers. By KA * KB: 1 -> 4 x 4, 2 -> 3 x 3,
+ * 2 x 2 -> 2 x 4, 3 -> 2 x 3, 12 and 16 -> 1 x 3, the others (4, 6, 8, 9) -> 2 x 2. */
+#define QGB_MR(P) ((P) == 1 ? 4 : (P) == 2 ? 3 : (P) >= 12 ? 1 : 2)
+#define QGB_NR(KA, P) ((P) == 1 ? 4 : (P) == 2 ? 3 : ((P) == 4 && (KA) == 2) ? 4 : ((P) == 3 || (P) >= 12) ? 3 : 2)
+#define QGB_CASE(KA, KB)                                                                                   \
+    case (KA)*8 + (KB): bits_macro(KA, KB, QGB_MR((KA) * (KB)), QGB_NR(KA, (KA) * (KB)), g, i0, i1, j0, j1); return;
 
 QGB_FN void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
-    /* tiles: MR * NR * (KA + KB - 1) accumulators <= 24 of the 32 registers */
     switch (g->abits * 8 + g->bbits) {
-    QGB_CASE(1, 1, 4, 4) QGB_CASE(1, 2, 3, 3) QGB_CASE(2, 1, 3, 3) QGB_CASE(2, 2, 2, 4)
-    QGB_CASE(1, 3, 2, 3) QGB_CASE(3, 1, 2, 3) QGB_CASE(1, 4, 2, 2) QGB_CASE(4, 1, 2, 2)
-    QGB_CASE(2, 3, 2, 2) QGB_CASE(3, 2, 2, 2) QGB_CASE(2, 4, 2, 2) QGB_CASE(4, 2, 2, 2)
-    QGB_CASE(3, 3, 2, 2) QGB_CASE(3, 4, 1, 3) QGB_CASE(4, 3, 1, 3) QGB_CASE(4, 4, 1, 3)
+    QG_BITS_PAIRS(QGB_CASE)
     default: qg_bits_scalar(g, i0, i1, j0, j1); return;
     }
 }
@@ -274,28 +263,23 @@ QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size
 
 
 /* ---- the level-set fold (qg_fold, qgemm_driver.c) ------------------------------------------------ */
-__attribute__((target("avx512f"))) void qg_fold_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0,
-                                                      size_t j1)
+static inline __attribute__((always_inline, target("avx512f"))) void fold_row(const qg_args *g, const qg_fold_k *f,
+                                                                             int32_t *c, uint32_t ra, size_t j0, size_t j1)
 {
-    const uint32_t sab = (uint32_t)g->sa * (uint32_t)g->sb;
-    const uint32_t ca = sab * (uint32_t)g->zb + (uint32_t)g->sa * (uint32_t)g->ob;
-    const uint32_t k0 = (uint32_t)g->k * (uint32_t)g->oa * (uint32_t)g->ob;
-    const uint32_t cb = g->sumb ? (uint32_t)g->oa * (uint32_t)g->sb : 0u;
-    if (sab == 1u && (ca == 0u || !g->suma) && k0 == 0u && cb == 0u)
-        return; /* C = D */
-    const __m512i vsab = _mm512_set1_epi32((int)sab), vcb = _mm512_set1_epi32((int)cb);
-    for (size_t i = i0; i < i1; i++) {
-        const uint32_t ra = (g->suma ? ca * (uint32_t)g->suma[i] : 0u) + k0;
-        const __m512i vra = _mm512_set1_epi32((int)ra);
-        int32_t *c = g->c + (ptrdiff_t)i * g->ldc;
-        for (size_t j = j0; j < j1; j += 16) {
-            const __mmask16 m = j1 - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (j1 - j)) - 1u);
-            __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, c + j), vsab), vra);
-            if (cb)
-                v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, g->sumb + j), vcb));
-            _mm512_mask_storeu_epi32(c + j, m, v);
-        }
+    const __m512i vsab = _mm512_set1_epi32((int)f->sab), vcb = _mm512_set1_epi32((int)f->cb);
+    const __m512i vra = _mm512_set1_epi32((int)ra);
+    for (size_t j = j0; j < j1; j += 16) {
+        const __mmask16 m = j1 - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (j1 - j)) - 1u);
+        __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, c + j), vsab), vra);
+        if (f->cb)
+            v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, g->sumb + j), vcb));
+        _mm512_mask_storeu_epi32(c + j, m, v);
     }
+}
+
+__attribute__((target("avx512f"))) void qg_fold_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
+{
+    qg_fold_rows(g, i0, i1, j0, j1, fold_row);
 }
 
 #endif /* BG_X86 */

@@ -109,8 +109,7 @@ static Py_buffer *pack_dst(lb_bufset *bs, PyObject *odst, const pack_spec *ps, s
 
 static PyObject *pack_codes(PyObject *ox, PyObject *odst, PyObject *osums, const pack_spec *ps)
 {
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    LB_BINDING(bs, result);
     int ok;
     Py_buffer *x = CODES(&bs, ox, "codes", 0);
     if (!x)
@@ -137,8 +136,7 @@ static PyObject *pack_codes(PyObject *ox, PyObject *odst, PyObject *osums, const
         LB_NOGIL(qg_pack_panels(src, lds, rows, k, ps->store, ps->zb, (uint8_t *)d, sums));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_pack_planes(PyObject *Py_UNUSED(self), PyObject *args)
@@ -147,10 +145,8 @@ static PyObject *py_pack_planes(PyObject *Py_UNUSED(self), PyObject *args)
     pack_spec ps = {PACK_PLANES, 0, 0, 0, 0};
     if (!PyArg_ParseTuple(args, "OiOOi:qg_pack_planes", &ox, &ps.bits, &odst, &osums, &ps.nthreads))
         return NULL;
-    if (ps.bits < 1 || ps.bits > 8 || ps.nthreads < 1) {
-        PyErr_SetString(PyExc_ValueError, "qg_pack_planes: bits must be 1..8, nthreads >= 1");
-        return NULL;
-    }
+    if (ps.bits < 1 || ps.bits > 8 || ps.nthreads < 1)
+        return lb_value_error("qg_pack_planes: bits must be 1..8, nthreads >= 1");
     return pack_codes(ox, odst, osums, &ps);
 }
 
@@ -200,12 +196,9 @@ static PyObject *py_qg_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     if (lb_check_path_arg(path) < 0 || check_kind_bits(kind, abits, bbits, bstore) < 0)
         return NULL;
-    if (nthreads < 1 || n < 0 || k < 0 || k > 0x7fffffffL) {
-        PyErr_SetString(PyExc_ValueError, "qg_gemm: nthreads >= 1, 0 <= n, 0 <= k < 2^31");
-        return NULL;
-    }
-    LB_BUFSET(bs);
-    PyObject *result = NULL;
+    if (nthreads < 1 || n < 0 || k < 0 || k > 0x7fffffffL)
+        return lb_value_error("qg_gemm: nthreads >= 1, 0 <= n, 0 <= k < 2^31");
+    LB_BINDING(bs, result);
     int ok;
     ptrdiff_t ldb = 0;
     Py_buffer *a = kind == QG_INT8 ? CODES(&bs, oa, "a", 0)
@@ -255,8 +248,7 @@ static PyObject *py_qg_gemm(PyObject *Py_UNUSED(self), PyObject *args)
         LB_NOGIL(qg_gemm(&g, path, nthreads));
     }
     result = lb_none();
-done:
-    return lb_bufset_return(&bs, result);
+    LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_qg_plan_threads(PyObject *Py_UNUSED(self), PyObject *args)
@@ -281,10 +273,8 @@ static PyObject *py_qg_probe(PyObject *Py_UNUSED(self), PyObject *args)
     long iters;
     if (!PyArg_ParseTuple(args, "il:qg_probe", &kind, &iters))
         return NULL;
-    if (iters < 1) {
-        PyErr_SetString(PyExc_ValueError, "iters must be >= 1");
-        return NULL;
-    }
+    if (iters < 1)
+        return lb_value_error("iters must be >= 1");
     double t;
     Py_BEGIN_ALLOW_THREADS
     t = qg_probe(kind, iters);

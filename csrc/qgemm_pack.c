@@ -15,17 +15,6 @@ size_t qg_plane_words(size_t k, int bits)
     return (k + 511) / 512 * (size_t)bits * 8;
 }
 
-/* bit p of each of the 8 bytes of v, gathered into the low 8 bits (byte t -> bit t) */
-static inline unsigned gather_bit(uint64_t v, int p)
-{
-    uint64_t x = (v >> p) & 0x0101010101010101ULL;
-    /* fold: byte t's bit lands at bit 8t; multiply-free shift-or collapse */
-    x |= x >> 7;
-    x |= x >> 14;
-    x |= x >> 28;
-    return (unsigned)(x & 0xff);
-}
-
 typedef struct {
     const uint8_t *x;
     ptrdiff_t ldx;
@@ -60,7 +49,7 @@ static void planes_rows(const planes_ctx *p, size_t r0, size_t r1)
                 for (int t = 0; t < 8; t++)
                     sum += (uint32_t)((v >> (8 * t)) & 0xff);
                 for (int b = 0; b < p->bits; b++)
-                    dw[8 * b] |= (uint64_t)gather_bit(v, b) << (8 * g);
+                    dw[8 * b] |= (uint64_t)qg_gather_bit(v, b) << (8 * g);
             }
         }
         if (p->sums)

@@ -204,21 +204,23 @@ def _idx_bytes(magic, dims, payload: bytes) -> bytes:
     return struct.pack(">I" + "I" * len(dims), magic, *dims) + payload
 
 
-@pytest.mark.parametrize("what,match", [
-    ("truncated", "truncated"),
-    ("trailing", "trailing"),
-    ("magic", "magic"),
-    ("size", "28x28"),
-    ("short_header", "truncated"),
-])
-def test_idx_image_corruption(tmp_path, what, match):
+# a corruption of a good IDX image file -> what the error must say
+_IDX_CORRUPTIONS = {
+    "truncated": (lambda good: good[:-5], "truncated"),
+    "trailing": (lambda good: good + b"\0\0", "trailing"),
+    "magic": (lambda good: struct.pack(">I", 0x0801) + good[4:], "magic"),
+    "size": (lambda good: _idx_bytes(0x0803, (3, 27, 28), bytes(3 * 27 * 28)), "28x28"),
+    "short_header": (lambda good: good[:10], "truncated"),
+}
+
+
+@pytest.mark.parametrize("what", list(_IDX_CORRUPTIONS))
+def test_idx_image_corruption(tmp_path, what):
     d = tmp_path / "mnist"
     _write_mnist_like(d, "train", 3, gz=False)
     p = d / "train-images-idx3-ubyte"
-    good = p.read_bytes()
-    bad = {"truncated": good[:-5], "trailing": good + b"\0\0", "magic": struct.pack(">I", 0x0801) + good[4:],
-           "size": _idx_bytes(0x0803, (3, 27, 28), bytes(3 * 27 * 28)), "short_header": good[:10]}[what]
-    p.write_bytes(bad)
+    corrupt, match = _IDX_CORRUPTIONS[what]
+    p.write_bytes(corrupt(p.read_bytes()))
     with pytest.raises(DataError, match=match) as e:
         load_dataset("mnist", "train", data_dir=tmp_path, download=False)
     assert "train-images-idx3-ubyte" in str(e.value)

@@ -33,16 +33,7 @@ def ref_epilogue(acc, sign, st, mul=1, border=None, pool=None, out="codes"):
     """The NumPy passes the C epilogue replaces: int32 wrapping arithmetic throughout."""
     v = acc if border is None else acc * np.int32(mul) + border
     if pool is not None:
-        (kh, kw), (sh, sw), (ph, pw) = pool
-        n, h, w, c = v.shape
-        p = np.full((n, h + 2 * ph, w + 2 * pw, c), INT32_MIN, np.int32)
-        p[:, ph:ph + h, pw:pw + w] = v
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        m = np.full((n, oh, ow, c), INT32_MIN, np.int32)
-        for i in range(kh):
-            for j in range(kw):
-                m = np.maximum(m, p[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw])
-        v = m
+        v = ref_epilogue_pool(v, pool)
     x = v * sign.astype(np.int32)
     ge = x[..., None] >= st
     if out == "codes":
@@ -233,6 +224,7 @@ def ref_affine(acc, scale, bias, mul=1, border=None, pool=None):
 
 
 def ref_epilogue_pool(v, pool):
+    """Max-pool of int32 (N, H, W, C) values; padded positions never win."""
     (kh, kw), (sh, sw), (ph, pw) = pool
     n, h, w, c = v.shape
     p = np.full((n, h + 2 * ph, w + 2 * pw, c), INT32_MIN, np.int32)

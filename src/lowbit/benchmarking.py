@@ -8,7 +8,8 @@ Every script in ``benchmarks/`` and ``lowbit bench --run`` (:mod:`lowbit.bench`)
 * :func:`machine_record` -- CPU model, the CPU flags the kernel dispatch looks at, the kernel path lowbit
   uses, thread count, Python / NumPy / torch versions and the load average (no host name).
 * :func:`write_results` -- ``STEM.json`` and ``STEM.md``, each written atomically;
-  :func:`markdown_table` builds the tables.
+  :func:`markdown_table` builds the tables; :func:`command_line` and :func:`write_report` (the report of a
+  script, closed by the line that reproduces it).
 * :func:`results_dir` -- where the committed results live (what ``lowbit bench`` prints).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -225,6 +227,19 @@ def write_results(stem: Union[str, Path], data: dict, markdown: str) -> List[Pat
     md = markdown if markdown.endswith("\n") else markdown + "\n"
     atomic_write(paths[1], lambda f: f.write(md.encode()))
     return paths
+
+
+def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that reruns ``benchmarks/SCRIPT`` with ``argv`` (default: this process's arguments)."""
+    return f"python benchmarks/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+
+def write_report(stem: Union[str, Path], result: dict, md: List[str]) -> int:
+    """A benchmark script's last step: ``md`` closed by the line that reproduces it (``result['command']``),
+    :func:`write_results`, a note of what was written; returns 0 (the script's exit status)."""
+    write_results(stem, result, "\n".join(md + ["", f"Reproduce: `{result['command']}`", ""]))
+    print(f"wrote {Path(stem).with_suffix('.json')} and .md")
+    return 0
 
 
 def results_dir() -> Optional[Path]:

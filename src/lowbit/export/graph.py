@@ -38,14 +38,13 @@ from torch import nn
 from ..errors import CheckpointError
 from ..kernels.levels import LEVEL_SETS
 from ..nn.layers import PixelScale, QuantAct, QuantConv2d, QuantLinear
-from ..nn.norm import ShiftBatchNorm1d, ShiftBatchNorm2d
+from ..nn.norm import ShiftBatchNorm2d
 from ..quant.base import Identity
-from ..quant.kbit import ap2
 from ..runtime.modelfile import save_model_file
+from .image import NORMS, bn_eval_affine
 
 KIND = "graph"
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm1d, ShiftBatchNorm2d)
 PASS_THROUGH = (nn.Dropout, nn.Identity)
 
 
@@ -186,18 +185,7 @@ def bn_affine(bn: nn.Module, where: str) -> Tuple[np.ndarray, np.ndarray]:
     float32 AP2s, as its forward computes it."""
     if not bn.track_running_stats or bn.running_mean is None:
         _fail(where, "a BatchNorm without running statistics cannot be folded")
-    mean = bn.running_mean.detach().double().numpy()
-    beta = bn.bias.detach().double().numpy() if bn.affine else np.zeros_like(mean)
-    if isinstance(bn, (ShiftBatchNorm1d, ShiftBatchNorm2d)):
-        with torch.no_grad():
-            c_t = ap2(torch.rsqrt(bn.running_var + bn.eps))
-            if bn.affine:
-                c_t = c_t * ap2(bn.weight)
-        c = c_t.double().numpy()
-    else:
-        gamma = bn.weight.detach().double().numpy() if bn.affine else np.ones_like(mean)
-        c = gamma / np.sqrt(bn.running_var.detach().double().numpy() + bn.eps)
-    return c, beta - c * mean
+    return bn_eval_affine(bn)
 
 
 # ---- traced values ----------------------------------------------------------------------------------------

@@ -60,13 +60,19 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm1d, ShiftBatchNorm2d)
 
 
 def _bn_params(bn: nn.Module) -> Tuple[np.ndarray, np.ndarray]:
-    """(c, d) with BN(z) = c * z + d, in float64, from eval-mode statistics.
+    """(c, d) with BN(z) = c * z + d, in float64, from eval-mode statistics (:func:`bn_eval_affine`)."""
+    if not isinstance(bn, NORMS) or not bn.track_running_stats:
+        raise CheckpointError(f"runtime export: expected a BatchNorm with running statistics, got {bn}")
+    return bn_eval_affine(bn)
+
+
+def bn_eval_affine(bn: nn.Module) -> Tuple[np.ndarray, np.ndarray]:
+    """(c, d) with BN(z) = c * z + d, in float64, from the eval-mode statistics of a BatchNorm or a shift BN
+    that has them (both exporters fold BN with it).
 
     Shift-based BN in eval mode is the same kind of affine map, with both factors powers of two:
     c = AP2(gamma) * AP2(1 / sqrt(running_var + eps)). The AP2s are taken with the module's own float32
     ops (as its forward does), so a value next to a rounding boundary lands on the same power of two."""
-    if not isinstance(bn, NORMS) or not bn.track_running_stats:
-        raise CheckpointError(f"runtime export: expected a BatchNorm with running statistics, got {bn}")
     mean = bn.running_mean.detach().double().numpy()
     beta = bn.bias.detach().double().numpy() if bn.affine else np.zeros_like(mean)
     if isinstance(bn, (ShiftBatchNorm1d, ShiftBatchNorm2d)):
@@ -75,10 +81,9 @@ def _bn_params(bn: nn.Module) -> Tuple[np.ndarray, np.ndarray]:
             if bn.affine:
                 c_t = c_t * ap2(bn.weight)  # a product of powers of two: exact
         c = c_t.double().numpy()
-        return c, beta - c * mean
-    var = bn.running_var.detach().double().numpy()
-    gamma = bn.weight.detach().double().numpy() if bn.affine else np.ones_like(mean)
-    c = gamma / np.sqrt(var + bn.eps)
+    else:
+        gamma = bn.weight.detach().double().numpy() if bn.affine else np.ones_like(mean)
+        c = gamma / np.sqrt(bn.running_var.detach().double().numpy() + bn.eps)
     return c, beta - c * mean
 
 

@@ -361,6 +361,16 @@ def _packed_operands(pa, pb, k) -> Tuple[torch.Tensor, torch.Tensor, int]:
     return pa, pb, k
 
 
+def _gemm_launch(kind: str, m: int, n: int, k: int, dtype, device, block: Optional[Block]):
+    """(out, block, grid) of an (m, n) tiled GEMM kernel over ``k`` (words or values); block None when there is
+    nothing to launch and ``out`` is already the result (empty, or zeros for ``k == 0``)."""
+    out = torch.empty((m, n), dtype=dtype, device=device)
+    if m == 0 or n == 0 or k == 0:
+        return out.zero_(), None, None
+    blk = (block or default_block(m, n, k, kind)).check()
+    return out, blk, (_cdiv(m, blk.m), _cdiv(n, blk.n))
+
+
 def binary_matmul_packed(pa, pb, k: int, *, block: Optional[Block] = None) -> torch.Tensor:
     """``a @ b.T`` for +-1 operands given packed: ``out[i, j] = k - 2 * popcount(pa[i] ^ pb[j])``.
 
@@ -375,13 +385,10 @@ def binary_matmul_packed(pa, pb, k: int, *, block: Optional[Block] = None) -> to
     """
     pa, pb, k = _packed_operands(pa, pb, k)
     m, n, w = pa.shape[0], pb.shape[0], pa.shape[1]
-    out = torch.empty((m, n), dtype=torch.int32, device=pa.device)
-    if m == 0 or n == 0:
+    out, blk, grid = _gemm_launch("xnor", m, n, w, torch.int32, pa.device, block)
+    if blk is None:
         return out
-    if w == 0:
-        return out.zero_()
-    blk = (block or default_block(m, n, w, "xnor")).check()
-    _remember("xnor_gemm_kernel", _k().xnor_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
+    _remember("xnor_gemm_kernel", _k().xnor_gemm_kernel[grid](
         pa, pb, out, m, n, w, k,
         pa.stride(0), pb.stride(0), out.stride(0), out.stride(1),
         BLOCK_M=blk.m, BLOCK_N=blk.n, BLOCK_KW=blk.k, num_warps=blk.num_warps,
@@ -459,14 +466,11 @@ def quant_matmul_packed(pa: PackedLevels, pb: PackedLevels, *, block: Optional[B
     la, lb, k = pa.levels, pb.levels, pa.k
     _check_range(k, la, lb)
     m, n, w = pa.rows, pb.rows, pa.planes.shape[2]
-    out = torch.empty((m, n), dtype=torch.int32, device=pa.planes.device)
-    if m == 0 or n == 0:
+    out, blk, grid = _gemm_launch("bitserial", m, n, w, torch.int32, pa.planes.device, block)
+    if blk is None:
         return out
-    if w == 0:
-        return out.zero_()
-    blk = (block or default_block(m, n, w, "bitserial")).check()
     A, B = pa.planes, pb.planes
-    _remember("bitserial_gemm_kernel", _k().bitserial_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
+    _remember("bitserial_gemm_kernel", _k().bitserial_gemm_kernel[grid](
         A, B, out, pa.rowsum, pb.rowsum, m, n, w, k,
         A.stride(0), A.stride(1), B.stride(0), B.stride(1), out.stride(0), out.stride(1),
         SA=la.step, OA=la.offset, SB=lb.step, OB=lb.offset, BITS_A=la.bits, BITS_B=lb.bits,
@@ -582,13 +586,10 @@ def float_matmul(a, b, *, block: Optional[Block] = None) -> torch.Tensor:
     _check_same_k(a.shape[1], b.shape[1], "float_matmul")
     m, k = a.shape
     n = b.shape[0]
-    out = torch.empty((m, n), dtype=torch.float32, device=a.device)
-    if m == 0 or n == 0:
+    out, blk, grid = _gemm_launch("float", m, n, k, torch.float32, a.device, block)
+    if blk is None:
         return out
-    if k == 0:
-        return out.zero_()
-    blk = (block or default_block(m, n, k, "float")).check()
-    _remember("float_gemm_kernel", _k().float_gemm_kernel[(_cdiv(m, blk.m), _cdiv(n, blk.n))](
+    _remember("float_gemm_kernel", _k().float_gemm_kernel[grid](
         a, b, out, m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         BLOCK_M=blk.m, BLOCK_N=blk.n, BLOCK_K=blk.k, num_warps=blk.num_warps,

@@ -22,17 +22,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import MODELS
 from ..nn.layers import QuantAct, QuantConv2d, QuantLinear
-from ..nn.norm import NORMS, batch_norm
+from ..nn.norm import batch_norm, check_norm
 from ..quant.base import QuantizerSpec
 
 
 def _bn1d(n, eps, momentum, norm="bn"):
     return batch_norm(norm, 1, n, eps=eps, momentum=momentum)
-
-
-def _check_norm(model: str, norm: str) -> None:
-    if norm not in NORMS:
-        raise ConfigError(f"{model}: norm must be one of {NORMS}, got {norm!r}")
 
 
 def mlp(
@@ -57,7 +52,7 @@ def mlp(
     """
     if depth < 1 or hidden < 1:
         raise ConfigError(f"mlp: depth and hidden must be >= 1, got depth={depth} hidden={hidden}")
-    _check_norm("mlp", norm)
+    check_norm("mlp", norm)
     in_features = 1
     for d in in_shape:
         in_features *= int(d)
@@ -111,7 +106,7 @@ def convnet(
     Paper CIFAR-10: 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x1024FC-10; SVHN: half the conv widths.
     ``grad_quantizer`` goes to every quantized layer; ``norm`` is ``"bn"`` or ``"shift_bn"``.
     """
-    _check_norm("convnet", norm)
+    check_norm("convnet", norm)
     spec = list(channels)
     if not spec or spec[0] == "M":
         raise ConfigError(f"convnet: channels must start with a conv width, got {spec}")

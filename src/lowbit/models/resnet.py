@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.layers import QuantAct, QuantConv2d
-from ..nn.norm import NORMS, batch_norm
+from ..nn.norm import batch_norm, check_norm
 from ..quant.base import QuantizerSpec
 from ..registry import MODELS
 from .imagenet import _fresh
@@ -110,8 +110,7 @@ def binary_resnet(
     (refused otherwise: the shortcut's 2x2 average pool and the strided convolution would disagree on the
     output size).
     """
-    if norm not in NORMS:
-        raise ConfigError(f"binary_resnet: norm must be one of {NORMS}, got {norm!r}")
+    check_norm("binary_resnet", norm)
     if len(in_shape) != 3 or any(int(d) < 1 for d in in_shape):
         raise ConfigError(f"binary_resnet: in_shape must be (channels, height, width), got {list(in_shape)}")
     if (len(widths) != len(blocks) or not widths or any(int(v) < 1 for v in widths)

@@ -126,6 +126,12 @@ def recalibrate_batch_norm(model: torch.nn.Module, images: torch.Tensor, batch_s
 NORMS = ("bn", "shift_bn")
 
 
+def check_norm(model: str, norm: str) -> None:
+    """ConfigError naming ``model`` unless ``norm`` is one of :data:`NORMS` (a network constructor's check)."""
+    if norm not in NORMS:
+        raise ConfigError(f"{model}: norm must be one of {NORMS}, got {norm!r}")
+
+
 def batch_norm(kind: str, dims: int, num_features: int, eps: float = 1e-5, momentum=0.1):
     """``nn.BatchNorm{1,2}d`` for ``kind="bn"``, :class:`ShiftBatchNorm1d`/``2d`` for ``"shift_bn"``."""
     from torch import nn

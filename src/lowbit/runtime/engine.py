@@ -15,7 +15,7 @@ from typing import Dict, List
 import numpy as np
 
 from ..errors import CheckpointError, InputError, ShapeError
-from .ops import Layer
+from .ops import Layer, image_batch
 
 KIND = "binary_sequential"
 
@@ -112,14 +112,7 @@ class BinaryNetwork:
         return x
 
     def _check_input_shape(self, x: np.ndarray) -> np.ndarray:
-        c, h, w = self.input_shape
-        if x.ndim == 2 and x.shape[1] == c * h * w:
-            x = x.reshape(len(x), c, h, w)
-        if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[1:] != (c, h, w):
-            raise ShapeError(f"model expects images of shape (N, {c}, {h}, {w}), got {x.shape}")
-        return x
+        return image_batch(x, self.input_shape)
 
     @staticmethod
     def _check_values(x: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import Dict, List
 import numpy as np
 
 from ..errors import CheckpointError, InputError, ShapeError
-from .ops import FORMATS, _native_conv_weights, im2col, pack_last_axis
+from .ops import FORMATS, _native_conv_weights, im2col, image_batch, pack_last_axis
 
 KIND = "graph"
 REPRS = ("float", "codes", "bits")
@@ -785,13 +785,7 @@ class GraphNetwork:
         x = np.asarray(x)
         if np.iscomplexobj(x) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise InputError(f"model expects 8-bit pixel values (integers 0..255), got dtype {x.dtype}")
-        c, h, w = self.input_shape
-        if x.ndim == 2 and x.shape[1] == c * h * w:
-            x = x.reshape(len(x), c, h, w)
-        if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[1:] != (c, h, w):
-            raise ShapeError(f"model expects images of shape (N, {c}, {h}, {w}), got {x.shape}")
+        x = image_batch(x, self.input_shape)
         if x.dtype != np.uint8:
             if x.size and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
                 raise InputError(f"model expects 8-bit pixel values (integers 0..255), got non-finite values")

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ShapeError
 
 F32_EXACT_LIMIT = 1 << 24
 
@@ -67,6 +67,19 @@ def maxpool2(a: np.ndarray) -> np.ndarray:
     h2, w2 = h // 2, w // 2
     a = a[:, :h2 * 2, :w2 * 2]
     return a.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def image_batch(x: np.ndarray, input_shape) -> np.ndarray:
+    """``x`` as an (N, C, H, W) batch of a model's ``input_shape`` (C, H, W): flat rows of C*H*W values and, for
+    one channel, (N, H, W) images are accepted too (the input check of both runtimes)."""
+    c, h, w = input_shape
+    if x.ndim == 2 and x.shape[1] == c * h * w:
+        x = x.reshape(len(x), c, h, w)
+    if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1:] != (c, h, w):
+        raise ShapeError(f"model expects images of shape (N, {c}, {h}, {w}), got {x.shape}")
+    return x
 
 
 # ---- weight formats --------------------------------------------------------------------------------------
