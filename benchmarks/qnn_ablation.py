@@ -11,7 +11,8 @@ ConvNet of ``mnist-cnn`` (its recipe's widths), through their ``-qnn`` recipes. 
   grid plus (6,6,32), the 32-bit-gradient twin of (6,6,6)):
   1 bit = ``ste_sign``; k bits = ``linear:bits=k`` (2^k levels over [-1, 1]: the latent-weight clip and the
   hardtanh range); 32 = full precision (identity weights, hardtanh activations); G < 32 =
-  ``grad_quantizer=grad:bits=G`` in every quantized layer (DoReFa-style, per-tensor max, stochastic).
+  ``grad_quantizer=grad:bits=G`` in every quantized layer (DoReFa-Net's ``fg``: stochastic, each sample scaled
+  by its own max; the gradients it quantizes are listed in :mod:`lowbit.nn.layers`).
 * ``-shift``: (1,1,32) with shift-based batch norm and shift-based AdaMax, vs the BN + Adam run above;
   ``-shift-bn`` and ``-shift-adamax`` each half alone, ``-adamax`` float AdaMax (what shift-AdaMax rounds).
 * ``-pact-sawb``: (2,2,32) with SAWB 2-bit weights and PACT 2-bit activations (alpha starts at 3,

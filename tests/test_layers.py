@@ -53,6 +53,31 @@ def test_latent_weights_clipped_after_every_step():
     assert (layer.weight.abs() == 1.0).any()  # the steps were big enough to hit the clip
 
 
+def test_adam_is_fused_and_follows_adams_formula_with_clip():
+    """build_optimizer picks torch's fused Adam on CPU; its steps must still be Adam's (float64 re-computation
+    of m, v, bias correction and the step, then the latent clip), group by group with the Glorot LR scale."""
+    torch.manual_seed(0)
+    layer = QuantLinear(20, 10, bias=False)
+    opt = build_optimizer(torch.nn.Sequential(layer), "adam", lr=0.05)
+    assert opt.param_groups[0]["fused"] is True
+    lr = 0.05 * layer.glorot_lr_scale
+    w = layer.weight.detach().double().clone()
+    m = torch.zeros_like(w)
+    v = torch.zeros_like(w)
+    for t in range(1, 6):
+        loss = (layer(torch.randn(8, 20)) * torch.randn(8, 10)).sum()
+        opt.zero_grad()
+        loss.backward()
+        g = layer.weight.grad.double()
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        step = lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+        w = (w - step).clamp(-1.0, 1.0)
+        opt.step()
+        assert torch.allclose(layer.weight.double(), w, atol=1e-5), t
+    assert (w.abs() == 1.0).any()  # the scaled steps reached the clip
+
+
 def test_float_layer_is_not_clipped():
     layer = QuantLinear(4, 4, weight_quantizer="identity")
     assert layer.weight_clip is None
