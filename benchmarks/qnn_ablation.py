@@ -207,12 +207,18 @@ def write_report(results: dict, stem: str, tag: str = "") -> None:
 def report(results: dict, tag: str = "") -> str:
     runs = results["runs"]
     m = results.get("machine", {})
+    # each run records its CPU (runs from before that field: the machine of the file's first runs)
+    cpus = {}
+    for r in runs.values():
+        cpu = r.get("cpu", results.get("first_cpu", m.get("cpu")))
+        cpus[cpu] = cpus.get(cpu, 0) + 1
+    machines = "; ".join(f"{cpu} ({n} runs)" for cpu, n in cpus.items())
     data = ("QUICK SMOKE TEST: 3000 training / 1000 test images, small widths" if results.get("quick")
             else "full real MNIST (60k train / 10k test)")
     lines = ["# QNN ablation on MNIST (accuracy vs bits)", "",
              f"Data: {data}; each run trains for the epochs shown with its recipe's batch size and LR schedule "
-             f"(compare runs of equal epochs). Machine: {m.get('cpu')} / {m.get('device')}, "
-             f"{m.get('threads')} threads, torch {m.get('torch')}.", "",
+             f"(compare runs of equal epochs). Machines: {machines}; {m.get('device')}, "
+             f"{m.get('threads')} threads, torch {m.get('torch')}. The time column compares only runs of one machine.", "",
              *(TAG_NOTES.get(tag, []) if tag else NOTES), ""]
     rows = [[name, r["model"], *r["bits"], r["variant"], r["epochs"], f"{100 * r['test_accuracy']:.2f}%",
              f"{100 * r['best_test_accuracy']:.2f}%", f"{r['wall_time'] / 60:.1f} min"]
@@ -394,6 +400,7 @@ def main(argv=None) -> int:
             "overrides": overrides, "epochs": epochs, "signature": sig,
             "test_accuracy": m["test_accuracy"], "best_test_accuracy": max(e["test_accuracy"] for e in m["epochs"]),
             "wall_time": m["wall_time"], "per_epoch": m["epochs"], "data_source": m.get("data_source"),
+            "cpu": results["machine"]["cpu"],
         }
         print(f"{name}: test accuracy {100 * m['test_accuracy']:.2f}% in {m['wall_time'] / 60:.1f} min", flush=True)
         results = merge_latest(path, results, name)
