@@ -187,7 +187,9 @@ def main(argv=None) -> int:
         record = {"recipe": recipe, "epochs": epochs, "overrides": overrides,
                   "test_accuracy": m["test_accuracy"], "wall_time": m["wall_time"],
                   "best_test_accuracy": max(e["test_accuracy"] for e in m["epochs"]),
-                  "per_epoch": m["epochs"], "target": target, "data_source": m["data_source"],
+                  # per epoch without the latent-weight histograms (1 MB a run; the run's weights.png shows them)
+                  "per_epoch": [{k: v for k, v in e.items() if k != "weight_histogram"} for e in m["epochs"]],
+                  "target": target, "data_source": m["data_source"],
                   "torch_threads": torch_threads()}
         shutil.copy(out / "curves.png", RESULTS / f"mnist_{name}_curves.png")
         results = save(name, record)

@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--description", required=True, help="architecture and widths, one line")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--files", type=Path, default=zoo.FILES)
+    p.add_argument("--how", default="1 torch thread (niced, shared 2-core machine)",
+                   help="how the training ran (threads, alone or shared), written after the CPU's name")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
         **figures,
         "files": {"runtime": _file_info(lbt), "pytorch": _file_info(compact_path)},
         "date": datetime.date.today().isoformat(),
-        "machine": f"{cpu_model()}, 1 torch thread (niced, shared 2-core machine)",
+        "machine": f"{cpu_model()}, {args.how}",
         "lowbit_version": data.get("lowbit_version"), "torch": torch.__version__,
     }
     _write_index(row, args.files)

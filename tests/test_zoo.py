@@ -28,7 +28,7 @@ def test_the_zoo_has_the_issue_entries_small_and_described():
     for name, e in ENTRIES.items():
         assert e["command"].startswith("lowbit train ") and e["recipe"] in e["command"], name
         assert e["trained_on"] and e["date"] and e["machine"] and e["description"], name
-        assert zoo.total_bytes(e) < 2.5e6, name  # a few hundred KB to ~2 MB per entry
+        assert zoo.total_bytes(e) < 3e6, name  # a few hundred KB to ~2.6 MB (3x2048 MLP: 1 bit a weight, twice)
         for kind in zoo.KINDS:
             assert zoo.file_path(name, kind).stat().st_size == e["files"][kind]["bytes"]
 
