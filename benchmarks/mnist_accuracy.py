@@ -34,6 +34,7 @@ FP32 = ["model.weight_quantizer=identity", "model.act_quantizer=identity"]
 # the 60-minute MLP: the mnist-mlp recipe (reference init U[-1, 1], Glorot LR scale) at 3x2048
 MLP60_SETTINGS = ["model.hidden=2048", "model.depth=3", "model.dropout_in=0.2", "model.dropout_hidden=0.3",
                   "lr_start=0.003", "lr_end=0.000003", "batch_size=100"]
+VALID = ["valid_size=10000"]
 
 # name -> (recipe, epochs, overrides, accuracy target or None, training-time budget in minutes or None)
 RUNS = {
@@ -50,6 +51,11 @@ RUNS = {
     "mlp-fp32-60min": ("mnist-mlp", 56, MLP60_SETTINGS + FP32, None, None),
     "cnn-w1a1-60min": ("mnist-cnn", 24, CNN_SETTINGS, 0.994, 60),
     "cnn-fp32-60min": ("mnist-cnn", 24, CNN_SETTINGS + FP32, None, None),
+    # the same ConvNet under the Theano BinaryNet protocol: train on the first 50,000 images, validate on the
+    # last 10,000, report the test accuracy of the best-validation epoch (the paper's figures are these).
+    # 50k images an epoch leave room for 28 epochs in the hour.
+    "cnn-w1a1-60min-val": ("mnist-cnn", 28, CNN_SETTINGS + VALID, 0.994, 60),
+    "cnn-fp32-60min-val": ("mnist-cnn", 28, CNN_SETTINGS + VALID + FP32, None, None),
     # issue 11's three-way comparison, same seed and budget (4 epochs of the 3x2048 MLP): the BinaryNet
     # reference (latent weights U[-1, 1] and the Glorot LR scale), the Glorot start with the scale, and the
     # Glorot start without it (what the recipes ran)
@@ -102,16 +108,20 @@ def markdown(results: dict) -> str:
     rows = []
     for name, r in results["runs"].items():
         target, budget = RUNS[name][3], RUNS[name][4]
-        met = "" if target is None else ("yes" if r["test_accuracy"] >= target and r["wall_time"] <= 60 * budget else "NO")
+        # a run with a validation split is scored as the paper scores it: at its best-validation epoch
+        headline = r.get("test_accuracy_at_best_valid", r["test_accuracy"])
+        met = "" if target is None else ("yes" if headline >= target and r["wall_time"] <= 60 * budget else "NO")
+        at_best = ("" if "test_accuracy_at_best_valid" not in r else
+                   f"{100 * r['test_accuracy_at_best_valid']:.2f}% (ep. {r['best_valid_epoch']})")
         tgt = "" if target is None else f">= {100 * target:.1f}% in <= {budget} min"
         rows.append([name, r["recipe"], r["epochs"], r.get("torch_threads", ""), f"{100 * r['test_accuracy']:.2f}%",
-                     f"{100 * r['best_test_accuracy']:.2f}%", tgt, f"{r['wall_time'] / 60:.1f} min", met])
-    lines = ["# MNIST accuracy: W1A1 vs fp32 twins (full real MNIST, 60k train / 10k test)", "",
+                     f"{100 * r['best_test_accuracy']:.2f}%", at_best, tgt, f"{r['wall_time'] / 60:.1f} min", met])
+    lines = ["# MNIST accuracy: W1A1 vs fp32 twins (full real MNIST, 60k train / 10k test; the `-val` runs 50k train / 10k validation / 10k test)", "",
              f"Machine: {results['machine']['cpu']}, 2 cores, torch {results['machine']['torch']}. "
              "Runs with 1 torch thread ran two at a time, one per core; runs with 2 threads ran alone on the "
              "machine.", "",
              markdown_table(["run", "recipe", "epochs", "torch threads", "test accuracy (last epoch)", "best epoch",
-                             "target", "training time", "met"], rows, "llrrrrrrc")]
+                             "at best-validation epoch", "target", "training time", "met"], rows, "llrrrrrrrc")]
     if results.get("step_ratio"):
         lines += ["", "Training-step time (forward, backward, optimizer step, latent clip), fake-quantized vs fp32 "
                   "(median of interleaved repeats, batch 100, goal <= 1.5x):", "",
@@ -174,7 +184,8 @@ def main(argv=None) -> int:
         recipe, epochs, overrides, target, _ = RUNS[name]
         overrides = list(overrides) + [f"epochs={1 if args.quick else epochs}"]
         if args.quick:
-            overrides += ["train_subset=5000", "test_subset=2000"]
+            overrides = [o for o in overrides if not o.startswith("valid_size=")]
+            overrides += ["train_subset=5000", "test_subset=2000"] + (["valid_size=1000"] if VALID[0] in RUNS[name][2] else [])
         cfg = apply_overrides(get_recipe(recipe), overrides)
         out = Path("runs") / "bench_mnist" / name
         if out.exists():
@@ -187,6 +198,9 @@ def main(argv=None) -> int:
         record = {"recipe": recipe, "epochs": epochs, "overrides": overrides,
                   "test_accuracy": m["test_accuracy"], "wall_time": m["wall_time"],
                   "best_test_accuracy": max(e["test_accuracy"] for e in m["epochs"]),
+                  **({"test_accuracy_at_best_valid": m["test_accuracy_at_best_valid"], "best_valid_epoch": m["best_epoch"],
+                      "valid_accuracy_at_best_valid": m["valid_accuracy_at_best_valid"]}
+                     if "best_epoch" in m else {}),
                   # per epoch without the latent-weight histograms (1 MB a run; the run's weights.png shows them)
                   "per_epoch": [{k: v for k, v in e.items() if k != "weight_histogram"} for e in m["epochs"]],
                   "target": target, "data_source": m["data_source"],

@@ -107,6 +107,40 @@ def test_bn_recalibration_changes_only_the_running_statistics(shared_data, tmp_p
     assert (pred == test.labels[:500]).mean() == pytest.approx(recorded)
 
 
+def test_validation_split_keeps_the_best_validation_epoch(shared_data, tmp_path, capsys):
+    """valid_size holds out the last training images (BinaryNet: 50k/10k); best.pt is the model of the
+    epoch with the highest validation accuracy (the latest among equals) and metrics.json reports that
+    epoch's test accuracy. Both are recomputed here from best.pt on the raw files."""
+    from lowbit.data import load_dataset
+
+    out = tmp_path / "run"
+    assert main(_tiny_args(shared_data, out, 4) + ["--set", "train_subset=1200", "--set", "valid_size=200"]) == 0
+    assert "train 1000 / valid 200 (the last training images) / test 500" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    valid = [e["valid_accuracy"] for e in metrics["epochs"]]
+    best = max(i for i, v in enumerate(valid) if v == max(valid))
+    assert metrics["best_epoch"] == best + 1
+    assert metrics["valid_accuracy_at_best_valid"] == valid[best]
+    assert metrics["test_accuracy_at_best_valid"] == metrics["epochs"][best]["test_accuracy"]
+    assert metrics["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]
+
+    saved = torch.load(out / "best.pt", weights_only=True)
+    assert saved["epoch"] == best + 1 and "optimizer_state" not in saved
+    model = lowbit.load_checkpoint(out / "best.pt")
+    train = load_dataset("mnist", "train", data_dir=shared_data)
+    test = load_dataset("mnist", "test", data_dir=shared_data)
+    with torch.no_grad():
+        for images, labels, recorded in ((train.images[1000:1200], train.labels[1000:1200], valid[best]),
+                                         (test.images[:500], test.labels[:500], metrics["test_accuracy_at_best_valid"])):
+            pred = model(torch.from_numpy(images).float()).argmax(1).numpy()
+            assert (pred == labels).mean() == pytest.approx(recorded)
+
+
+def test_validation_split_must_leave_training_images(shared_data, tmp_path, capsys):
+    assert main(_tiny_args(shared_data, tmp_path, 1) + ["--set", "valid_size=1000"]) == 2
+    assert "valid_size=1000 holds out every training image (mnist has 1000 with train_subset)" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_checkpoint_of_another_recipe(shared_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_tiny_args(shared_data, out, 1)) == 0
@@ -176,6 +210,7 @@ def test_torchrun_two_processes_write_one_metrics_file(shared_data, tmp_path):
     (["train", "mnist-mlp", "--set", "epochs"], "key=value"),
     (["train", "mnist-mlp", "--set", "loss=hinge", "--epochs", "1"], "unknown loss 'hinge'"),
     (["train", "mnist-mlp", "--set", "bn_recalibrate=-5"], "bn_recalibrate must be >= 0"),
+    (["train", "mnist-mlp", "--set", "valid_size=-1"], "valid_size must be >= 0"),
 ])
 def test_bad_configuration_gives_one_line_errors(args, message, tmp_path, capsys, shared_data):
     rc = main(args + ["--out", str(tmp_path), "--data-dir", str(shared_data), "--no-progress",
@@ -192,6 +227,8 @@ def test_bn_recalibration_refused_by_tasks_without_it():
     for name in ("ptb-lstm", "imagenet-alexnet"):
         with pytest.raises(ConfigError, match=f"bn_recalibrate is supported by the image task only; recipe '{name}'"):
             validate(apply_overrides(get_recipe(name), ["bn_recalibrate=100"]))
+        with pytest.raises(ConfigError, match=f"valid_size is supported by the image task only; recipe '{name}'"):
+            validate(apply_overrides(get_recipe(name), ["valid_size=100"]))
 
 
 def test_labels_out_of_range_for_the_model(shared_data, tmp_path, capsys):

@@ -37,6 +37,10 @@ class TrainConfig:
     seed: int = 0
     train_subset: int = 0  # use only the first N training images (0: all); for quick runs and tests
     test_subset: int = 0
+    # hold the last N training images out as a validation split (BinaryNet's Theano MNIST: 10000, i.e.
+    # 50k/10k); the run then also reports the test accuracy at the best-validation epoch and keeps that
+    # epoch's model in best.pt (0: no validation split, train on all)
+    valid_size: int = 0
     task: str = "image"  # which training loop: "image" classification (others register more)
     pact_l2: float = 0.0  # L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)
     bn_recalibrate: int = 0  # before each evaluation, re-estimate BN running statistics over this many training images (0: off)
@@ -73,6 +77,7 @@ FIELD_DOCS: Dict[str, str] = {
     "seed": "random seed (initialisation and data order)",
     "train_subset": "train on only the first N training examples (0: all)",
     "test_subset": "evaluate on only the first N test examples (0: all)",
+    "valid_size": "hold out the last N training images for validation; report test accuracy at the best-validation epoch, keep that model in best.pt (0: off)",
     "task": "training loop: image, imagenet or lm",
     "pact_l2": "L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)",
     "bn_recalibrate": "re-estimate batch-norm statistics over this many training images before each evaluation (0: off)",
@@ -184,6 +189,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"learning rates must be finite and > 0, got lr_start={cfg.lr_start} lr_end={cfg.lr_end}")
     if not 0 <= cfg.pact_l2 < math.inf:
         raise ConfigError(f"pact_l2 must be >= 0, got {cfg.pact_l2}")
+    if cfg.valid_size < 0:
+        raise ConfigError(f"valid_size must be >= 0 (training images held out; 0: off), got {cfg.valid_size}")
+    if cfg.valid_size and cfg.task != "image":
+        raise ConfigError(f"valid_size is supported by the image task only; recipe {cfg.recipe!r} has task "
+                          f"{cfg.task!r}: set valid_size=0")
     if cfg.bn_recalibrate < 0:
         raise ConfigError(f"bn_recalibrate must be >= 0 (training images; 0: off), got {cfg.bn_recalibrate}")
     if cfg.bn_recalibrate and cfg.task != "image":

@@ -39,6 +39,7 @@ from .plotting import StepCurve, plot_curves
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 CURVES = "curves.png"
+BEST = "best.pt"
 
 
 class Task(abc.ABC):
@@ -88,6 +89,12 @@ class Task(abc.ABC):
         """One log line of an epoch's record."""
         return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
                 f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | {record['wall_time']:.0f}s")
+
+    def selection_error(self, record: Dict[str, Any]) -> Any:
+        """The error an epoch's record scores on held-out *validation* data (lower is better), or None
+        when the run has no validation split. The engine keeps the model of the epoch with the lowest
+        (the latest among equals, as the Theano BinaryNet code's ``<=``) in ``best.pt``."""
+        return None
 
     def checkpoint_extras(self) -> Dict[str, Any]:
         """Fields saved in every checkpoint beside the model (e.g. the vocabulary)."""
@@ -236,7 +243,7 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     history, start_epoch, elapsed_before = [], 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
     if ctx.is_main:  # this run owns out_dir: temp files a killed run left behind are garbage now
-        for name in (CHECKPOINT, METRICS, CURVES):
+        for name in (CHECKPOINT, BEST, METRICS, CURVES):
             remove_stale_temp_files(out_dir / name, older_than_s=0.0)
     if resume:
         saved, history, start_epoch, elapsed_before = resume_run(ckpt_path, cfg, model, optimizer, scheduler, ctx, log)
@@ -294,10 +301,24 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
     return metrics
 
 
+def best_epoch(task: Task, history) -> Any:
+    """Index into ``history`` of the best-validation epoch (the latest of equal ones), or None."""
+    best = None
+    for i, record in enumerate(history):
+        err = task.selection_error(record)
+        if err is not None and (best is None or err <= task.selection_error(history[best])):
+            best = i
+    return best
+
+
 def end_epoch(ckpt_path: Path, out_dir: Path, task: Task, model: nn.Module, optimizer, scheduler, history, ctx) -> None:
     """Rank 0 writes the epoch's atomic checkpoint (everything ``resume_run`` restores), metrics and
-    curves; every rank waits for it."""
+    curves, and ``best.pt`` (a checkpoint without the optimizer state) when this epoch is the
+    best-validation one so far; every rank waits for it."""
     if ctx.is_main:
+        if history and best_epoch(task, history) == len(history) - 1:  # before checkpoint.pt: a resume redoes it
+            save_checkpoint(out_dir / BEST, {"config": task.cfg.to_dict(), "model_state": model.state_dict(),
+                                             "epoch": len(history), "history": history, **task.checkpoint_extras()})
         save_checkpoint(ckpt_path, {
             "config": task.cfg.to_dict(), "model_state": model.state_dict(),
             "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
@@ -316,6 +337,12 @@ def end_epoch(ckpt_path: Path, out_dir: Path, task: Task, model: nn.Module, opti
 
 def build_metrics(task: Task, history, ctx) -> Dict:
     last = history[-1] if history else {}
+    best = best_epoch(task, history)
+    selected = {} if best is None else {  # the paper's figure: test accuracy at the best-validation epoch
+        "best_epoch": history[best]["epoch"], "best_checkpoint": BEST,
+        **{f"{key}_at_best_valid": history[best][key] for key in ("valid_accuracy", "test_accuracy", "test_loss")
+           if key in history[best]},
+    }
     return {
         "recipe": task.cfg.recipe,
         "task": task.cfg.task,
@@ -325,5 +352,6 @@ def build_metrics(task: Task, history, ctx) -> Dict:
         "device": str(ctx.device),
         "epochs": history,
         **task.summary(last),
+        **selected,
         "wall_time": last.get("wall_time"),
     }

@@ -4,6 +4,12 @@ The whole dataset is held as uint8 tensors; each epoch's order is a permutation 
 seeded by (seed, epoch), and under torchrun each rank takes every world_size-th image of it. With
 ``bn_recalibrate = N`` the batch norms' running statistics are re-estimated over a fixed draw of N
 training images before every evaluation (:func:`lowbit.nn.norm.recalibrate_batch_norm`).
+
+With ``valid_size = N`` the last N training images are held out (BinaryNet's Theano MNIST script trains
+on the first 50,000 and validates on the last 10,000): every epoch is also evaluated on them, and
+:meth:`ImageTask.selection_error` (the validation error) picks the epoch whose model the engine keeps in
+``best.pt`` and whose test accuracy metrics.json reports as ``test_accuracy_at_best_valid``, the figure the
+paper quotes ("test error at the best-validation epoch").
 """
 from __future__ import annotations
 
@@ -49,7 +55,13 @@ def load_image_data(cfg: TrainConfig, data_dir=None, log=print):
             return torch.from_numpy(np.ascontiguousarray(ds.images[:n])), torch.from_numpy(ds.labels[:n])
         return torch.from_numpy(ds.images), torch.from_numpy(ds.labels)
 
-    return subset(train, cfg.train_subset), subset(test, cfg.test_subset), train.source
+    x_train, y_train = subset(train, cfg.train_subset)
+    if cfg.valid_size >= len(y_train):
+        raise DataError(f"valid_size={cfg.valid_size} holds out every training image ({train.name} has "
+                        f"{len(y_train)}{' with train_subset' if cfg.train_subset else ''}); it must be smaller")
+    n_train = len(y_train) - cfg.valid_size
+    valid = (x_train[n_train:], y_train[n_train:]) if cfg.valid_size else None
+    return (x_train[:n_train], y_train[:n_train]), valid, subset(test, cfg.test_subset), train.source
 
 
 @torch.no_grad()
@@ -85,8 +97,12 @@ def classify(train_model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn):
 class ImageTask(Task):
     def load(self, data_dir, ctx, log) -> None:
         cfg = self.cfg
-        (self.x_train, self.y_train), (self.x_test, self.y_test), self.source = load_image_data(cfg, data_dir, log)
-        log(f"data: {cfg.dataset} train {len(self.y_train)} / test {len(self.y_test)} from {self.source}")
+        (self.x_train, self.y_train), self.valid, (self.x_test, self.y_test), self.source = load_image_data(cfg, data_dir, log)
+        if self.valid is not None:
+            self.loss_keys = ("train_loss", "valid_loss", "test_loss")
+            self.accuracy_keys = ("train_accuracy", "valid_accuracy", "test_accuracy")
+        held_out = f" / valid {len(self.valid[1])} (the last training images)" if self.valid else ""
+        log(f"data: {cfg.dataset} train {len(self.y_train)}{held_out} / test {len(self.y_test)} from {self.source}")
         self.loss_fn = get_loss(cfg.loss)
         self.device = ctx.device
         # Images for BN recalibration: a fixed random draw, the same on every rank (identical statistics).
@@ -114,5 +130,18 @@ class ImageTask(Task):
     def evaluate(self, model, ctx) -> Dict[str, float]:
         if self.cfg.bn_recalibrate:  # replace the stale running averages before evaluating and saving
             recalibrate_batch_norm(model, self.recal_images, self.cfg.batch_size, ctx.device)
+        record = {}
+        if self.valid is not None:
+            loss, acc = evaluate(model, *self.valid, self.loss_fn, self.cfg.eval_batch_size, ctx.device, ctx)
+            record.update(valid_loss=loss, valid_accuracy=acc)
         loss, acc = evaluate(model, self.x_test, self.y_test, self.loss_fn, self.cfg.eval_batch_size, ctx.device, ctx)
-        return {"test_loss": loss, "test_accuracy": acc}
+        return {**record, "test_loss": loss, "test_accuracy": acc}
+
+    def selection_error(self, record) -> Optional[float]:
+        return 1.0 - record["valid_accuracy"] if "valid_accuracy" in record else None
+
+    def describe(self, record) -> str:
+        line = super().describe(record)
+        if "valid_accuracy" in record:
+            line = line.replace(" | test", f" | valid acc {record['valid_accuracy']:.4f} | test", 1)
+        return line
