@@ -146,6 +146,7 @@ void qg_bits_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_int8_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_fold_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_fold_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 #endif
