@@ -312,15 +312,9 @@ QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size
  * are loaded and 4 tdpbusd issued. 2-/4-bit panels are first decoded to 8 bits (i8_decode), once per
  * call. The VNNI kernel does the rest: K past the last whole tile (adding to C), and the rows and
  * columns outside whole blocks (M % 32, N % 32, and calls narrower than a block, such as batch 1). */
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#if QG_HAVE_AMX
 #define QGX_FN __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
 #define QGX_MC 256 /* rows per block: 256 x K bytes of A in L2 while the 32-column strips pass */
-
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} qgx_tilecfg;
 
 QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
@@ -347,13 +341,8 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
                         : i8_decode(4, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride));
         bp = decoded;
     }
-    qgx_tilecfg cfg;
-    __builtin_memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
+    qg_tilecfg cfg;
+    qg_tilecfg_16x64(&cfg);
     _tile_loadconfig(&cfg);
     const uint8_t *A = (const uint8_t *)g->a;
     const ptrdiff_t lda = g->lda, ldc = g->ldc, cstride = ldc * (ptrdiff_t)sizeof(int32_t);
