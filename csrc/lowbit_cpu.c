@@ -6,6 +6,9 @@
  * would see its registers corrupted by any interrupt. (libgcc's __builtin_cpu_supports does the same checks;
  * doing them here gives one table for every extension and features libgcc versions disagree on.)
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1 /* syscall() under -std=c11 */
+#endif
 #include "lowbit_cpu.h"
 
 #include <stddef.h>
