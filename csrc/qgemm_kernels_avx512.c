@@ -315,6 +315,9 @@ QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size
 #if QG_HAVE_AMX
 #define QGX_FN __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
 #define QGX_MC 256 /* rows per block: 256 x K bytes of A in L2 while the 32-column strips pass */
+/* k4 steps per K block: the 2 B panels' chunk (2 x KC x 64 bytes = 16 KB) stays in L1 while every
+ * 32-row block of the MC rows passes over it, the C tiles going out to memory and back between blocks */
+#define QGX_KC 128
 
 QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
@@ -341,6 +344,15 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
                         : i8_decode(4, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride));
         bp = decoded;
     }
+    /* A block in tile order: 16 rows x 64 bytes contiguous per tile (a tile load from rows lda bytes apart
+     * -- 4 KB at K = 4096 -- puts all 16 lines in one L1 set) */
+    const size_t ntiles = ksteps / 16;
+    uint8_t *apack = (uint8_t *)aligned_alloc(64, QGX_MC / 16 * ntiles * 1024);
+    if (!apack) {
+        free(decoded);
+        qg_int8_vnni(g, i0, i1, j0, j1);
+        return;
+    }
     qg_tilecfg cfg;
     qg_tilecfg_16x64(&cfg);
     _tile_loadconfig(&cfg);
@@ -348,17 +360,33 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
     const ptrdiff_t lda = g->lda, ldc = g->ldc, cstride = ldc * (ptrdiff_t)sizeof(int32_t);
     for (size_t mb = i0; mb < im; mb += QGX_MC) {
         const size_t me = (im - mb > QGX_MC) ? mb + QGX_MC : im;
+        for (size_t r = mb; r < me; r++) {
+            const uint8_t *src = A + (ptrdiff_t)r * lda;
+            uint8_t *dst = apack + (r - mb) / 16 * ntiles * 1024 + (r - mb) % 16 * 64;
+            for (size_t t = 0; t < ntiles; t++)
+                _mm512_store_si512((void *)(dst + t * 1024), _mm512_loadu_si512((const void *)(src + t * 64)));
+        }
         for (size_t j = j0; j < jm; j += 32) {
             const uint8_t *p0 = bp + (j - j0) / QG_NR * pstride, *p1 = p0 + pstride;
+            for (size_t kb = 0; kb < ksteps; kb += QGX_KC)
             for (size_t i = mb; i < me; i += 32) {
-                const uint8_t *a0 = A + (ptrdiff_t)i * lda, *a1 = a0 + 16 * lda;
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
-                for (size_t s = 0; s < ksteps; s += 16) {
-                    _tile_loadd(4, a0 + 4 * s, lda);
-                    _tile_loadd(5, a1 + 4 * s, lda);
+                const uint8_t *a0 = apack + (i - mb) / 16 * ntiles * 1024, *a1 = a0 + ntiles * 1024;
+                int32_t *c = g->c + (ptrdiff_t)i * ldc + (ptrdiff_t)j;
+                if (kb == 0) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                } else {
+                    _tile_loadd(0, c, cstride);
+                    _tile_loadd(1, c + 16, cstride);
+                    _tile_loadd(2, c + 16 * ldc, cstride);
+                    _tile_loadd(3, c + 16 * ldc + 16, cstride);
+                }
+                const size_t ke = (ksteps - kb > QGX_KC) ? kb + QGX_KC : ksteps;
+                for (size_t s = kb; s < ke; s += 16) {
+                    _tile_loadd(4, a0 + s * 64, 64);
+                    _tile_loadd(5, a1 + s * 64, 64);
                     _tile_loadd(6, p0 + s * 64, 64);
                     _tile_loadd(7, p1 + s * 64, 64);
                     _tile_dpbusd(0, 4, 6);
@@ -366,7 +394,6 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
                     _tile_dpbusd(2, 5, 6);
                     _tile_dpbusd(3, 5, 7);
                 }
-                int32_t *c = g->c + (ptrdiff_t)i * ldc + (ptrdiff_t)j;
                 _tile_stored(0, c, cstride);
                 _tile_stored(1, c + 16, cstride);
                 _tile_stored(2, c + 16 * ldc, cstride);
@@ -377,6 +404,7 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
     _tile_release();
     __asm__ volatile("" ::: "memory"); /* the tile stores (asm without a memory clobber) come before C is read */
     free(decoded);
+    free(apack);
     if (ksteps < steps) {
         switch (store) {
         case 2: i8_macro(2, g, i0, im, j0, jm, ksteps); break;
