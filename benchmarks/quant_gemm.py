@@ -43,18 +43,22 @@ FORMATS = [  # (weights, activations)
     ("binary", "binary"), ("o2", "u2"), ("binary", "u2"), ("o2", "binary"), ("ternary", "u8"), ("o4", "u4"),
     ("s8", "u8"),
 ]
-def kernel_peak(kernel: str, w: str, a: str, path: str, peaks: dict):
-    """(peak GOPS, instruction mix) of the kernel that ran this format."""
+def kernel_peak(kernel: str, w: str, a: str, path: str, peaks: dict, m: int = 0, n: int = 0):
+    """(peak GOPS, instruction mix) of the kernel that ran this format (on ``amx``, the int8 kernel runs
+    tiles only on 32 x 32 blocks: smaller products run the VNNI kernel)."""
     from lowbit.kernels.levels import LEVEL_SETS
 
     if kernel == "xnor":
-        mix = PROBE_NAMES[2] if path.startswith("avx512") else PROBE_NAMES[4]
+        mix = PROBE_NAMES[2] if path.startswith("avx512") or path == "amx" else PROBE_NAMES[4]
         return peaks.get(mix), mix
     if kernel == "bitserial":
         pairs = LEVEL_SETS[w].bits * LEVEL_SETS[a].bits
-        mix = PROBE_NAMES[1] if path.startswith("avx512") else PROBE_NAMES[4]
+        mix = PROBE_NAMES[1] if path.startswith("avx512") or path == "amx" else PROBE_NAMES[4]
         return (peaks[mix] / pairs if mix in peaks else None), f"{mix} / {pairs} plane pairs"
-    mix = PROBE_NAMES[0] if path == "avx512vnni" else PROBE_NAMES[3]
+    if path == "amx" and m >= 32 and n >= 32:
+        mix = PROBE_NAMES[6]
+    else:
+        mix = PROBE_NAMES[0] if path in ("avx512vnni", "amx") else PROBE_NAMES[3]
     return peaks.get(mix), mix
 
 
@@ -192,7 +196,7 @@ def bench_shape(m, n, k, *, threads, repeats, min_time, peaks, rng):
     fp32 = rows["torch fp32"]["seconds"]
     for name, (w, a, kern) in meta.items():
         r = rows[name]
-        peak, mix = kernel_peak(kern, w, a, path, peaks)
+        peak, mix = kernel_peak(kern, w, a, path, peaks, m, n)
         r.update(kernel=kern, weights=w, activations=a, vs_torch_fp32=fp32 / r["seconds"],
                  vs_best_int8=best_int8 / r["seconds"], peak_gops=peak, instruction_mix=mix,
                  fraction_of_peak=(r["gops"] / peak) if peak else None)

@@ -31,7 +31,8 @@ static size_t bc_tile_rows(int path)
 {
     switch (path) {
     case LB_PATH_AVX512:
-    case LB_PATH_AVX512VNNI: return BC_AVX512_MR;
+    case LB_PATH_AVX512VNNI:
+    case LB_PATH_AMX: return BC_AVX512_MR;
     case LB_PATH_AVX2: return BC_AVX2_MR;
     default: return BC_SCALAR_MR;
     }
@@ -44,7 +45,8 @@ static bc_pixels_fn bc_kernel_for(int path)
     case LB_PATH_POPCNT: return bc_pixels_popcnt;
     case LB_PATH_AVX2: return bc_pixels_avx2;
     case LB_PATH_AVX512:
-    case LB_PATH_AVX512VNNI: return bc_pixels_avx512;
+    case LB_PATH_AVX512VNNI:
+    case LB_PATH_AMX: return bc_pixels_avx512;
     default: return bc_pixels_portable;
     }
 #else

@@ -40,6 +40,7 @@
  *   LB_PATH_AVX2       256-bit vpshufb nibble-lookup popcount (Mula)
  *   LB_PATH_AVX512     512-bit VPOPCNTQ (AVX-512 VPOPCNTDQ); the threshold and u8 passes run AVX2 code
  *   LB_PATH_AVX512VNNI the avx512 kernels (VNNI is for the k-bit GEMM's int8 kernel, qgemm.h)
+ *   LB_PATH_AMX        the avx512 kernels (AMX is for the k-bit GEMM's int8 kernel, qgemm.h)
  *
  * The bg_ / BG_ names below are aliases kept for code written against the enum this header once had.
  * ---------------------------------------------------------------------------------------------- */
@@ -50,6 +51,7 @@ typedef lb_path bg_path;
 #define BG_PATH_AVX2 LB_PATH_AVX2
 #define BG_PATH_AVX512 LB_PATH_AVX512
 #define BG_PATH_AVX512VNNI LB_PATH_AVX512VNNI
+#define BG_PATH_AMX LB_PATH_AMX
 #define BG_NPATHS LB_NPATHS
 #define BG_PATH_AUTO LB_PATH_AUTO
 #define bg_path_name lb_path_name

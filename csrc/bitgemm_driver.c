@@ -53,7 +53,8 @@ static bg_kernel bg_kernel_for(int path)
         k.prep_block = bg_avx2_prep_block;
         break;
     case LB_PATH_AVX512:
-    case LB_PATH_AVX512VNNI: k.macro = bg_macro_avx512; k.mr = 4; break; /* + VNNI: nothing more to use */
+    case LB_PATH_AVX512VNNI:
+    case LB_PATH_AMX: k.macro = bg_macro_avx512; k.mr = 4; break; /* + VNNI: nothing more to use */
     default: break;
     }
 #else

@@ -6,6 +6,9 @@
  * would see its registers corrupted by any interrupt. (libgcc's __builtin_cpu_supports does the same checks;
  * doing them here gives one table for every extension and features libgcc versions disagree on.)
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1 /* syscall() under -std=c11 */
+#endif
 #include "lowbit_cpu.h"
 
 #include <stddef.h>
@@ -21,12 +24,16 @@
 #include <cpuid.h>
 #include <stdint.h>
 #endif
+#if LB_X86 && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
-static const char *const lb_path_names[LB_NPATHS] = {"portable", "popcnt", "avx2", "avx512", "avx512vnni"};
+static const char *const lb_path_names[LB_NPATHS] = {"portable", "popcnt", "avx2", "avx512", "avx512vnni", "amx"};
 
 static const char *const lb_feature_names[LB_CPU_NFEATURES] = {
     "popcnt",      "avx2",       "avx512f",      "avx512bw", "avx512vl", "avx512vpopcntdq",
-    "avx512vnni", "avx512bitalg", "avxvnni",
+    "avx512vnni", "avx512bitalg", "avxvnni",     "amx-tile", "amx-int8",
 };
 
 #if LB_X86
@@ -35,6 +42,18 @@ static uint64_t xgetbv0(void)
     uint32_t lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0)); /* the mnemonic needs no -mxsave */
     return ((uint64_t)hi << 32) | lo;
+}
+
+/* Linux (5.16+) enables the 8 KB AMX tile state per process, on request: a tile instruction before the
+ * grant faults (SIGILL). ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18; the grant is for the
+ * whole process and the threads it starts. */
+static int amx_granted(void)
+{
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    return 0;
+#endif
 }
 
 static unsigned detect(void)
@@ -50,7 +69,7 @@ static unsigned detect(void)
     if (__get_cpuid_max(0, NULL) < 7)
         return f;
     __cpuid_count(7, 0, a, b, c, d);
-    const unsigned b7 = b, c7 = c;
+    const unsigned b7 = b, c7 = c, d7 = d;
     if (ymm && (b7 & (1u << 5)))
         f |= 1u << LB_CPU_AVX2;
     if (zmm && (b7 & (1u << 16))) {
@@ -61,6 +80,9 @@ static unsigned detect(void)
         if (c7 & (1u << 11)) f |= 1u << LB_CPU_AVX512VNNI;
         if (c7 & (1u << 12)) f |= 1u << LB_CPU_AVX512BITALG;
     }
+    /* AMX: tile config + data state saved by the OS (XCR0 bits 17, 18), and the process granted it */
+    if (zmm && (d7 & (1u << 24)) && (d7 & (1u << 25)) && (xcr0 & (3ull << 17)) == (3ull << 17) && amx_granted())
+        f |= (1u << LB_CPU_AMXTILE) | (1u << LB_CPU_AMXINT8);
     if (ymm && a >= 1) { /* eax of leaf 7.0: the highest subleaf */
         __cpuid_count(7, 1, a, b, c, d);
         if (a & (1u << 4))
@@ -116,6 +138,8 @@ int lb_path_supported(int path)
     case LB_PATH_AVX512VNNI:
         return lb_path_supported(LB_PATH_AVX512) &&
                (int)(LB_HAS(LB_CPU_AVX512VNNI) & LB_HAS(LB_CPU_AVX512BW) & LB_HAS(LB_CPU_AVX512VL));
+    case LB_PATH_AMX:
+        return lb_path_supported(LB_PATH_AVX512VNNI) && (int)(LB_HAS(LB_CPU_AMXTILE) & LB_HAS(LB_CPU_AMXINT8));
     default:
         return 0;
     }

@@ -25,11 +25,13 @@ typedef enum {
     LB_PATH_AVX2 = 2,     /* + AVX2 (and the OS saves ymm state) */
     LB_PATH_AVX512 = 3,   /* + AVX-512F and AVX-512 VPOPCNTDQ (and the OS saves zmm state) */
     LB_PATH_AVX512VNNI = 4, /* + AVX-512 VNNI, BW and VL (vpdpbusd: the k-bit GEMM's int8 kernel) */
-    LB_NPATHS = 5,
+    LB_PATH_AMX = 5,        /* + AMX-TILE and AMX-INT8, the OS saving tile state and granting it to this
+                               process (tdpbusd: the int8 kernel on 16 x 64-byte tiles) */
+    LB_NPATHS = 6,
     LB_PATH_AUTO = -1 /* only an argument value: "the best this CPU supports" */
 } lb_path;
 
-const char *lb_path_name(int path); /* "portable", "popcnt", "avx2", "avx512", "avx512vnni"; "?" outside */
+const char *lb_path_name(int path); /* "portable", "popcnt", "avx2", "avx512", "avx512vnni", "amx"; "?" outside */
 int lb_path_supported(int path);     /* 1 if this CPU (and OS) can run the path */
 int lb_best_path(void);
 /* path itself if supported, the best supported path for LB_PATH_AUTO, -1 for anything else */
@@ -48,6 +50,8 @@ typedef enum {
     LB_CPU_AVX512VNNI,
     LB_CPU_AVX512BITALG,
     LB_CPU_AVXVNNI,
+    LB_CPU_AMXTILE,
+    LB_CPU_AMXINT8,
     LB_CPU_NFEATURES
 } lb_cpu_feature;
 

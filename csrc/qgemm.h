@@ -146,6 +146,30 @@ void qg_bits_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_int8_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_bits_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
+
+/* AMX: the compiler has the tile intrinsics (GCC 11+); else the amx path runs the VNNI kernel */
+#if BG_X86 && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define QG_HAVE_AMX 1
+#else
+#define QG_HAVE_AMX 0
+#endif
+/* ldtilecfg's 64-byte operand (palette 1): bytes per row and rows of each of the 16 tile registers */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} qg_tilecfg;
+/* tmm0-7 all 16 rows x 64 bytes (the kernel's and the probe's one shape) */
+static inline void qg_tilecfg_16x64(qg_tilecfg *cfg)
+{
+    __builtin_memset(cfg, 0, sizeof *cfg);
+    cfg->palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg->colsb[t] = 64;
+        cfg->rows[t] = 16;
+    }
+}
 void qg_fold_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_fold_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 #endif

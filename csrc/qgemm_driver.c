@@ -3,7 +3,7 @@
  *
  * The kernel table (ggml's type_traits in spirit): one row per (kind, path) naming the function that
  * computes D. Kinds are chosen by the Python layer (lowbit/kernels/quant.py, its dispatch rule), which
- * also makes the layouts they read; the path (portable .. avx512vnni) is bitgemm's one dispatch.
+ * also makes the layouts they read; the path (portable .. amx) is bitgemm's one dispatch.
  *
  * Threads split the columns (rows of B: the weights, each thread then streams its own slices of them)
  * in chunks of whole int8 panels taken from a shared counter; each thread runs the kernel on a chunk
@@ -27,6 +27,7 @@ static qg_traits qg_traits_for(int path)
     case BG_PATH_AVX2: t.bits = qg_bits_avx2; t.int8 = qg_int8_avx2; t.fold = qg_fold_avx2; break;
     case BG_PATH_AVX512: t.bits = qg_bits_avx512; t.int8 = qg_int8_avx2; t.fold = qg_fold_avx512; break; /* no VNNI assumed */
     case BG_PATH_AVX512VNNI: t.bits = qg_bits_avx512; t.int8 = qg_int8_vnni; t.fold = qg_fold_avx512; break;
+    case BG_PATH_AMX: t.bits = qg_bits_avx512; t.int8 = qg_int8_amx; t.fold = qg_fold_avx512; break;
     default: break;
     }
 #else

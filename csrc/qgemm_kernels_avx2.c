@@ -191,28 +191,63 @@ QG2_INLINE void i8_tile2(const int MR, const int STORE, const int WIDE, const ui
     }
 }
 
+/* the tiles of rows [i, me) over one B chunk: panel p holds steps [s0, s0 + ns) at STORE bits per code */
+QG2_INLINE void i8_rows2(const int STORE, const int WIDE, const uint8_t *a, ptrdiff_t lda, size_t i, size_t me,
+                         const uint8_t *p, size_t s0, size_t ns, int first, int32_t *c, ptrdiff_t ldc, int ncols)
+{
+    for (; i < me; i += QG2_MR, a += QG2_MR * lda, c += QG2_MR * ldc) {
+        switch (me - i >= QG2_MR ? QG2_MR : (int)(me - i)) {
+        case 4: i8_tile2(4, STORE, WIDE, a, lda, p, s0, ns, first, c, ldc, ncols); break;
+        case 3: i8_tile2(3, STORE, WIDE, a, lda, p, s0, ns, first, c, ldc, ncols); break;
+        case 2: i8_tile2(2, STORE, WIDE, a, lda, p, s0, ns, first, c, ldc, ncols); break;
+        default: i8_tile2(1, STORE, WIDE, a, lda, p, s0, ns, first, c, ldc, ncols); break;
+        }
+    }
+}
+
+/* Steps [s0, s0 + ns) of a 2-/4-bit panel as 8-bit codes, 64 bytes per step (s0, ns multiples of 4). */
+QG2_INLINE void i8_decode2(const int STORE, const uint8_t *p, size_t s0, size_t ns, uint8_t *dst)
+{
+    const int per = 8 / STORE;
+    const __m256i mask = _mm256_set1_epi8((char)((1 << STORE) - 1));
+    for (size_t s = 0; s < ns; s += (size_t)per) {
+        const uint8_t *src = p + (s0 + s) / (size_t)per * 64;
+        const __m256i V0 = _mm256_load_si256((const __m256i *)src), V1 = _mm256_load_si256((const __m256i *)(src + 32));
+#pragma GCC unroll 4
+        for (int h = 0; h < per; h++) {
+            uint8_t *d = dst + (s + (size_t)h) * 64;
+            _mm256_store_si256((__m256i *)d, _mm256_and_si256(h ? _mm256_srli_epi16(V0, STORE * h) : V0, mask));
+            _mm256_store_si256((__m256i *)(d + 32), _mm256_and_si256(h ? _mm256_srli_epi16(V1, STORE * h) : V1, mask));
+        }
+    }
+}
+
+/* as in the AVX-512 kernel: from this many rows of A per block, 2-/4-bit panels are decoded once per
+ * chunk into an 8-bit L1 buffer instead of by every 4-row tile */
+#define QG2_DECODE_ROWS 16
+
 QG2_INLINE void i8_macro2(const int STORE, const int WIDE, const qg_args *g, size_t i0, size_t i1, size_t j0,
                           size_t j1)
 {
     const uint8_t *A = (const uint8_t *)g->a, *B = (const uint8_t *)g->b;
     const size_t steps = qg_a8_stride(g->k) / 4;
     const size_t panel_bytes = steps * (size_t)STORE / 8 * 64;
+    _Alignas(64) uint8_t decoded[QG2_KC * 64];
     for (size_t mb = i0; mb < i1; mb += QG2_MC) {
         const size_t me = (i1 - mb > QG2_MC) ? mb + QG2_MC : i1;
+        const int decode = STORE != 8 && me - mb >= QG2_DECODE_ROWS;
+        const uint8_t *a = A + (ptrdiff_t)mb * g->lda;
         for (size_t kb = 0; kb < steps; kb += QG2_KC) {
             const size_t ns = (steps - kb > QG2_KC) ? QG2_KC : steps - kb;
             for (size_t j = j0; j < j1; j += QG_NR) {
                 const int ncols = (j1 - j >= QG_NR) ? QG_NR : (int)(j1 - j);
                 const uint8_t *p = B + (j / QG_NR) * panel_bytes;
-                for (size_t i = mb; i < me; i += QG2_MR) {
-                    const uint8_t *a = A + (ptrdiff_t)i * g->lda;
-                    int32_t *c = g->c + (ptrdiff_t)i * g->ldc + (ptrdiff_t)j;
-                    switch (me - i >= QG2_MR ? QG2_MR : (int)(me - i)) {
-                    case 4: i8_tile2(4, STORE, WIDE, a, g->lda, p, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 3: i8_tile2(3, STORE, WIDE, a, g->lda, p, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 2: i8_tile2(2, STORE, WIDE, a, g->lda, p, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    default: i8_tile2(1, STORE, WIDE, a, g->lda, p, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    }
+                int32_t *c = g->c + (ptrdiff_t)mb * g->ldc + (ptrdiff_t)j;
+                if (decode) {
+                    i8_decode2(STORE, p, kb, ns, decoded);
+                    i8_rows2(8, WIDE, a + 4 * kb, g->lda, mb, me, decoded, 0, ns, kb == 0, c, g->ldc, ncols);
+                } else {
+                    i8_rows2(STORE, WIDE, a, g->lda, mb, me, p, kb, ns, kb == 0, c, g->ldc, ncols);
                 }
             }
         }

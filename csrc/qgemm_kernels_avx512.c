@@ -25,6 +25,7 @@
 
 #if BG_X86
 #include <immintrin.h>
+#include <stdlib.h>
 
 #include "simd_avx512.h"
 
@@ -220,32 +221,74 @@ QGV_INLINE void i8_tile(const int MR, const int STORE, const uint8_t *a, ptrdiff
     }
 }
 
-QGV_INLINE void i8_macro(const int STORE, const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
+/* the tiles of rows [i, me) over one B chunk: p0/p1 hold steps [s0, s0 + ns) at STORE bits per code */
+QGV_INLINE void i8_rows(const int STORE, const uint8_t *a, ptrdiff_t lda, size_t i, size_t me, const uint8_t *p0,
+                        const uint8_t *p1, size_t s0, size_t ns, int first, int32_t *c, ptrdiff_t ldc, int ncols)
+{
+    for (; i < me; i += QGV_MR, a += QGV_MR * lda, c += QGV_MR * ldc) {
+        switch (me - i >= QGV_MR ? QGV_MR : (int)(me - i)) {
+        case 8: i8_tile(8, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        case 7: i8_tile(7, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        case 6: i8_tile(6, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        case 5: i8_tile(5, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        case 4: i8_tile(4, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        case 3: i8_tile(3, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        case 2: i8_tile(2, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        default: i8_tile(1, STORE, a, lda, p0, p1, s0, ns, first, c, ldc, ncols); break;
+        }
+    }
+}
+
+/* Steps [s0, s0 + ns) of a 2-/4-bit panel as 8-bit codes, one 64-byte vector per step (ns and s0 are
+ * multiples of 4, so whole storage vectors). */
+QGV_INLINE void i8_decode(const int STORE, const uint8_t *p, size_t s0, size_t ns, uint8_t *dst)
+{
+    const int per = 8 / STORE;
+    const __m512i mask = _mm512_set1_epi8((char)((1 << STORE) - 1));
+    for (size_t s = 0; s < ns; s += (size_t)per) {
+        const __m512i V = _mm512_load_si512((const void *)(p + (s0 + s) / (size_t)per * 64));
+#pragma GCC unroll 4
+        for (int h = 0; h < per; h++)
+            _mm512_store_si512((void *)(dst + (s + (size_t)h) * 64),
+                               _mm512_and_si512(h ? _mm512_srli_epi16(V, (unsigned)(STORE * h)) : V, mask));
+    }
+}
+
+/* rows of A per block from which 2-/4-bit panels are decoded once per chunk into an 8-bit L1 buffer
+ * rather than in registers by every row tile: the decode then costs ns vectors per chunk instead of
+ * ns vectors per 8 rows (ternary x u8 at 256 x 4096 x 4096: the in-register decode left it 5% behind
+ * s8 x u8, whose panels need none) */
+#define QGV_DECODE_ROWS 32
+
+/* rows [i0, i1) x columns [j0, j1) over the k4 steps from k_begin (a multiple of 16) to the end; from
+ * k_begin > 0 the products are added to C */
+QGV_INLINE void i8_macro(const int STORE, const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1,
+                         size_t k_begin)
 {
     const uint8_t *A = (const uint8_t *)g->a, *B = (const uint8_t *)g->b;
     const size_t steps = qg_a8_stride(g->k) / 4;
     const size_t panel_bytes = steps * (size_t)STORE / 8 * 64;
+    _Alignas(64) uint8_t decoded[2][QGV_KC(8) * 64];
     for (size_t mb = i0; mb < i1; mb += QGV_MC) {
         const size_t me = (i1 - mb > QGV_MC) ? mb + QGV_MC : i1;
-        for (size_t kb = 0; kb < steps; kb += QGV_KC(STORE)) {
-            const size_t ns = (steps - kb > QGV_KC(STORE)) ? QGV_KC(STORE) : steps - kb;
+        const int decode = STORE != 8 && me - mb >= QGV_DECODE_ROWS;
+        const size_t kc = decode ? QGV_KC(8) : QGV_KC(STORE);
+        const uint8_t *a = A + (ptrdiff_t)mb * g->lda;
+        for (size_t kb = k_begin; kb < steps; kb += kc) {
+            const size_t ns = (steps - kb > kc) ? kc : steps - kb;
             for (size_t j = j0; j < j1; j += 2 * QG_NR) {
                 const int ncols = (j1 - j >= 2 * QG_NR) ? 2 * QG_NR : (int)(j1 - j);
                 const uint8_t *p0 = B + (j / QG_NR) * panel_bytes;
                 const uint8_t *p1 = ncols > QG_NR ? p0 + panel_bytes : p0;
-                for (size_t i = mb; i < me; i += QGV_MR) {
-                    const uint8_t *a = A + (ptrdiff_t)i * g->lda;
-                    int32_t *c = g->c + (ptrdiff_t)i * g->ldc + (ptrdiff_t)j;
-                    switch (me - i >= QGV_MR ? QGV_MR : (int)(me - i)) {
-                    case 8: i8_tile(8, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 7: i8_tile(7, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 6: i8_tile(6, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 5: i8_tile(5, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 4: i8_tile(4, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 3: i8_tile(3, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    case 2: i8_tile(2, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    default: i8_tile(1, STORE, a, g->lda, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols); break;
-                    }
+                int32_t *c = g->c + (ptrdiff_t)mb * g->ldc + (ptrdiff_t)j;
+                if (decode) {
+                    i8_decode(STORE, p0, kb, ns, decoded[0]);
+                    if (p1 != p0)
+                        i8_decode(STORE, p1, kb, ns, decoded[1]);
+                    i8_rows(8, a + 4 * kb, g->lda, mb, me, decoded[0], p1 != p0 ? decoded[1] : decoded[0], 0, ns,
+                            kb == 0, c, g->ldc, ncols);
+                } else {
+                    i8_rows(STORE, a, g->lda, mb, me, p0, p1, kb, ns, kb == 0, c, g->ldc, ncols);
                 }
             }
         }
@@ -255,11 +298,128 @@ QGV_INLINE void i8_macro(const int STORE, const qg_args *g, size_t i0, size_t i1
 QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
 {
     switch (g->bstore) {
-    case 2: i8_macro(2, g, i0, i1, j0, j1); return;
-    case 4: i8_macro(4, g, i0, i1, j0, j1); return;
-    default: i8_macro(8, g, i0, i1, j0, j1); return;
+    case 2: i8_macro(2, g, i0, i1, j0, j1, 0); return;
+    case 4: i8_macro(4, g, i0, i1, j0, j1, 0); return;
+    default: i8_macro(8, g, i0, i1, j0, j1, 0); return;
     }
 }
+
+/* ---- int8 (AMX) ------------------------------------------------------------------------------- */
+/* tdpbusd multiplies a 16-row x 64-byte tile of u8 A by a 16 x 64-byte tile of s8 B holding 16 k4 steps
+ * of 16 columns -- exactly 16 consecutive steps of one of our panels (qgemm.h), so the panels are read
+ * as they are -- and adds the 16 x 16 int32 products into a C tile. A block of 32 rows x 32 columns keeps
+ * its 4 C tiles in tmm0-3 for the whole of K: per 16 steps, 2 A tiles (tmm4-5) and 2 B tiles (tmm6-7)
+ * are loaded and 4 tdpbusd issued. 2-/4-bit panels are first decoded to 8 bits (i8_decode), once per
+ * call. The VNNI kernel does the rest: K past the last whole tile (adding to C), and the rows and
+ * columns outside whole blocks (M % 32, N % 32, and calls narrower than a block, such as batch 1). */
+#if QG_HAVE_AMX
+#define QGX_FN __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
+#define QGX_MC 256 /* rows per block: 256 x K bytes of A in L2 while the 32-column strips pass */
+/* k4 steps per K block: the 2 B panels' chunk (2 x KC x 64 bytes = 16 KB) stays in L1 while every
+ * 32-row block of the MC rows passes over it, the C tiles going out to memory and back between blocks */
+#define QGX_KC 128
+
+QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
+{
+    const size_t steps = qg_a8_stride(g->k) / 4, ksteps = steps / 16 * 16;
+    const size_t im = i0 + (i1 - i0) / 32 * 32, jm = j0 + (j1 - j0) / 32 * 32;
+    const int store = g->bstore;
+    if (ksteps == 0 || im == i0 || jm == j0) {
+        qg_int8_vnni(g, i0, i1, j0, j1);
+        return;
+    }
+    const size_t panel_bytes = steps * (size_t)store / 8 * 64;
+    const uint8_t *bp = (const uint8_t *)g->b + (j0 / QG_NR) * panel_bytes; /* panel of column j0 */
+    size_t pstride = panel_bytes;
+    uint8_t *decoded = NULL;
+    if (store != 8) {
+        pstride = ksteps * 64;
+        decoded = (uint8_t *)aligned_alloc(64, (jm - j0) / QG_NR * pstride);
+        if (!decoded) { /* no memory for the 8-bit copy: the in-register decode of the VNNI kernel */
+            qg_int8_vnni(g, i0, i1, j0, j1);
+            return;
+        }
+        for (size_t p = 0; p < (jm - j0) / QG_NR; p++)
+            (store == 2 ? i8_decode(2, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride)
+                        : i8_decode(4, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride));
+        bp = decoded;
+    }
+    /* A block in tile order: 16 rows x 64 bytes contiguous per tile (a tile load from rows lda bytes apart
+     * -- 4 KB at K = 4096 -- puts all 16 lines in one L1 set) */
+    const size_t ntiles = ksteps / 16;
+    uint8_t *apack = (uint8_t *)aligned_alloc(64, QGX_MC / 16 * ntiles * 1024);
+    if (!apack) {
+        free(decoded);
+        qg_int8_vnni(g, i0, i1, j0, j1);
+        return;
+    }
+    qg_tilecfg cfg;
+    qg_tilecfg_16x64(&cfg);
+    _tile_loadconfig(&cfg);
+    const uint8_t *A = (const uint8_t *)g->a;
+    const ptrdiff_t lda = g->lda, ldc = g->ldc, cstride = ldc * (ptrdiff_t)sizeof(int32_t);
+    for (size_t mb = i0; mb < im; mb += QGX_MC) {
+        const size_t me = (im - mb > QGX_MC) ? mb + QGX_MC : im;
+        for (size_t r = mb; r < me; r++) {
+            const uint8_t *src = A + (ptrdiff_t)r * lda;
+            uint8_t *dst = apack + (r - mb) / 16 * ntiles * 1024 + (r - mb) % 16 * 64;
+            for (size_t t = 0; t < ntiles; t++)
+                _mm512_store_si512((void *)(dst + t * 1024), _mm512_loadu_si512((const void *)(src + t * 64)));
+        }
+        for (size_t j = j0; j < jm; j += 32) {
+            const uint8_t *p0 = bp + (j - j0) / QG_NR * pstride, *p1 = p0 + pstride;
+            for (size_t kb = 0; kb < ksteps; kb += QGX_KC)
+            for (size_t i = mb; i < me; i += 32) {
+                const uint8_t *a0 = apack + (i - mb) / 16 * ntiles * 1024, *a1 = a0 + ntiles * 1024;
+                int32_t *c = g->c + (ptrdiff_t)i * ldc + (ptrdiff_t)j;
+                if (kb == 0) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                } else {
+                    _tile_loadd(0, c, cstride);
+                    _tile_loadd(1, c + 16, cstride);
+                    _tile_loadd(2, c + 16 * ldc, cstride);
+                    _tile_loadd(3, c + 16 * ldc + 16, cstride);
+                }
+                const size_t ke = (ksteps - kb > QGX_KC) ? kb + QGX_KC : ksteps;
+                for (size_t s = kb; s < ke; s += 16) {
+                    _tile_loadd(4, a0 + s * 64, 64);
+                    _tile_loadd(5, a1 + s * 64, 64);
+                    _tile_loadd(6, p0 + s * 64, 64);
+                    _tile_loadd(7, p1 + s * 64, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 4, 7);
+                    _tile_dpbusd(2, 5, 6);
+                    _tile_dpbusd(3, 5, 7);
+                }
+                _tile_stored(0, c, cstride);
+                _tile_stored(1, c + 16, cstride);
+                _tile_stored(2, c + 16 * ldc, cstride);
+                _tile_stored(3, c + 16 * ldc + 16, cstride);
+            }
+        }
+    }
+    _tile_release();
+    __asm__ volatile("" ::: "memory"); /* the tile stores (asm without a memory clobber) come before C is read */
+    free(decoded);
+    free(apack);
+    if (ksteps < steps) {
+        switch (store) {
+        case 2: i8_macro(2, g, i0, im, j0, jm, ksteps); break;
+        case 4: i8_macro(4, g, i0, im, j0, jm, ksteps); break;
+        default: i8_macro(8, g, i0, im, j0, jm, ksteps); break;
+        }
+    }
+    if (jm < j1)
+        qg_int8_vnni(g, i0, im, jm, j1);
+    if (im < i1)
+        qg_int8_vnni(g, im, i1, j0, j1);
+}
+#else /* a compiler without AMX intrinsics: the path runs the VNNI kernel */
+void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1) { qg_int8_vnni(g, i0, i1, j0, j1); }
+#endif
 
 
 /* ---- the level-set fold (qg_fold, qgemm_driver.c) ------------------------------------------------ */

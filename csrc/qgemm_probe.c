@@ -12,6 +12,7 @@
  *   4  vpand + Mula nibble popcount ymm   (bit-serial AVX2: 256 bit-MACs; vpand, vpsrlw, 2 vpand,
  *                                          2 vpshufb, 2 vpaddb)
  *   5  vfmadd231ps zmm                    (fp32: 16 MACs)
+ *   6  tdpbusd on AMX tiles               (AMX int8: 16 x 16 x 64 = 16384 MACs; 4 accumulator tiles)
  */
 #include <time.h>
 
@@ -100,21 +101,43 @@ __attribute__((target("avx512f"))) static void p_fma512(long iters)
     }
     for (int c = 0; c < CH; c++) SINK(acc[c]);
 }
+
+#if QG_HAVE_AMX
+/* 12 tdpbusd per iteration, 3 rounds over the 4 accumulator tiles (one tdpbusd occupies the unit for
+ * 16 cycles, so 4 independent chains cover its latency) */
+__attribute__((target("amx-tile,amx-int8"))) static void p_amx(long iters)
+{
+    qg_tilecfg cfg;
+    qg_tilecfg_16x64(&cfg);
+    _tile_loadconfig(&cfg);
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+    for (long i = 0; i < iters; i++) {
+        for (int r = 0; r < 3; r++) {
+            _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+        }
+    }
+    _tile_release();
+}
 #endif
+#endif
+
+#define QG_NPROBES 7
 
 /* operations (2 per multiply-add, as GOPS count them) one iteration of probe `kind` does */
 double qg_probe_ops(int kind)
 {
-    static const double macs[6] = {64, 512, 512, 32, 256, 16};
-    return (kind >= 0 && kind < 6) ? 2.0 * 12 * macs[kind] : 0.0;
+    static const double macs[QG_NPROBES] = {64, 512, 512, 32, 256, 16, 16384};
+    return (kind >= 0 && kind < QG_NPROBES) ? 2.0 * 12 * macs[kind] : 0.0;
 }
 
 /* seconds for `iters` iterations of probe `kind`; -1 if this CPU cannot run it */
 double qg_probe(int kind, long iters)
 {
 #if BG_X86
-    const int need[6] = {BG_PATH_AVX512VNNI, BG_PATH_AVX512, BG_PATH_AVX512, BG_PATH_AVX2, BG_PATH_AVX2, BG_PATH_AVX512};
-    if (kind < 0 || kind >= 6 || !bg_path_supported(need[kind]))
+    const int need[QG_NPROBES] = {BG_PATH_AVX512VNNI, BG_PATH_AVX512, BG_PATH_AVX512, BG_PATH_AVX2,
+                                  BG_PATH_AVX2,       BG_PATH_AVX512, BG_PATH_AMX};
+    if (kind < 0 || kind >= QG_NPROBES || !bg_path_supported(need[kind]) || (kind == 6 && !QG_HAVE_AMX))
         return -1.0;
     const double t0 = now();
     switch (kind) {
@@ -123,7 +146,12 @@ double qg_probe(int kind, long iters)
     case 2: p_bits512(iters, 1); break;
     case 3: p_avx2_int8(iters); break;
     case 4: p_avx2_bits(iters); break;
-    default: p_fma512(iters); break;
+    case 5: p_fma512(iters); break;
+#if QG_HAVE_AMX
+    default: p_amx(iters); break;
+#else
+    default: break;
+#endif
     }
     return now() - t0;
 #else

@@ -550,7 +550,7 @@ def test_u8_matmul_layouts_and_pickle():
     out = np.zeros((20, 50), np.int32)
     K.u8_matmul(big[::2, 10:160], prep, out=out[:, 5:42])
     np.testing.assert_array_equal(out[:, 5:42], ref)
-    assert K.u8_matmul_is_fast() == (K.active_path() in ("avx2", "avx512", "avx512vnni"))
+    assert K.u8_matmul_is_fast() == (K.active_path() in ("avx2", "avx512", "avx512vnni", "amx"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -661,13 +661,14 @@ def test_cpu_feature_report():
 
     feats = K.cpu_features()
     known = ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq", "avx512vnni", "avx512bitalg",
-             "avxvnni")
+             "avxvnni", "amx-tile", "amx-int8")
     assert isinstance(feats, tuple) and set(feats) <= set(known)
     assert list(feats) == [f for f in known if f in feats]  # a fixed order
     assert ("popcnt" in PATHS) == ("popcnt" in feats)
     assert ("avx2" in PATHS) == ({"popcnt", "avx2"} <= set(feats))
     assert ("avx512" in PATHS) == ({"popcnt", "avx2", "avx512f", "avx512vpopcntdq"} <= set(feats))
     assert ("avx512vnni" in PATHS) == ("avx512" in PATHS and {"avx512bw", "avx512vl", "avx512vnni"} <= set(feats))
+    assert ("amx" in PATHS) == ("avx512vnni" in PATHS and {"amx-tile", "amx-int8"} <= set(feats))
     assert _intlstm.cpu_features() == _bitgemm.cpu_features() and _intlstm.path_names() == K.PATHS
     assert _intlstm.supported_paths() == PATHS and _intlstm.best_path() == _bitgemm.best_path()
     assert machine_record()["dispatch_flags"] == list(feats)
@@ -676,7 +677,7 @@ def test_cpu_feature_report():
     except (OSError, StopIteration):
         return
     linux = {"avx512vpopcntdq": "avx512_vpopcntdq", "avx512vnni": "avx512_vnni", "avx512bitalg": "avx512_bitalg",
-             "avxvnni": "avx_vnni"}
+             "avxvnni": "avx_vnni", "amx-tile": "amx_tile", "amx-int8": "amx_int8"}
     have = set(flags_line.split(":", 1)[1].split())
     assert set(feats) == {f for f in known if linux.get(f, f) in have}
 

@@ -116,6 +116,24 @@ def test_two_threads_every_path(an, bn, kern, shape, restore_path):
         np.testing.assert_array_equal(K.quant_matmul_packed(pa, pb, kernel=kern, num_threads=2), ref, err_msg=path)
 
 
+@pytest.mark.parametrize("an,bn", [("u8", "s8"), ("u8", "ternary"), ("u4", "o4"), ("u2", "o2")])
+def test_int8_block_edges_every_path(an, bn, restore_path):
+    """The int8 kernels' block edges, on every path: the AMX kernel's 32 x 32 blocks over whole 64-value K
+    tiles (M, N one short of, equal to and one past a block; K a whole number of tiles or 16 values past;
+    the VNNI kernel then adds the rest), and the 256-row blocks, on 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    for m, n, k in [(32, 32, 64), (31, 32, 64), (33, 33, 65), (32, 48, 128), (64, 64, 80), (65, 95, 1040),
+                    (96, 64, 4096), (300, 80, 192), (40, 1, 64), (1, 64, 4096)]:
+        a, b = values(rng, an, (m, k)), values(rng, bn, (n, k))
+        ref = reference(a, b)
+        pa, pb = K.pack_levels(a, an), K.pack_levels(b, bn)
+        for path in PATHS:
+            K.set_kernel_path(path)
+            for nt in (1, 2):
+                got = K.quant_matmul_packed(pa, pb, kernel="int8", num_threads=nt)
+                assert np.array_equal(got, ref), f"{an} x {bn} on {path}, {nt} thread(s), (M, N, K) = {(m, n, k)}"
+
+
 def test_every_pair_of_level_sets():
     """All 21 x 21 pairs through quant_matmul (default kernel and path), including the edges of each set."""
     rng = np.random.default_rng(7)

@@ -74,7 +74,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, min_repeats: in
 
 # probe kinds (csrc/qgemm_probe.c)
 PROBE_NAMES = {0: "vpdpbusd zmm", 1: "vpand+vpopcntq+vpaddq zmm", 2: "vpxor+vpopcntq+vpaddq zmm",
-               3: "vpmaddubsw+vpmaddwd+vpaddd ymm", 4: "vpand+nibble-lut popcount ymm", 5: "vfmadd231ps zmm"}
+               3: "vpmaddubsw+vpmaddwd+vpaddd ymm", 4: "vpand+nibble-lut popcount ymm", 5: "vfmadd231ps zmm",
+               6: "tdpbusd amx tile"}
 
 
 def probe_peaks(threads: int, seconds: float = 0.15) -> dict:

@@ -15,6 +15,8 @@ extension). Paths are nested, each implying the features of the ones before it:
     + AVX-512F and AVX-512 VPOPCNTDQ
 ``avx512vnni``
     + AVX-512 VNNI, BW and VL
+``amx``
+    + AMX-TILE and AMX-INT8 (Sapphire Rapids and later), with the tile state granted by the OS (Linux 5.16+)
 
 What each kernel family runs on each path:
 
@@ -26,18 +28,20 @@ popcnt      scalar, POPCNT instruction                          scalar GEMM and 
 avx2        ``vpshufb`` nibble-lookup popcount (Mula), 2 x 4    AVX2 GEMM (``vpmaddwd``, 2 x 4) and step
 avx512      ``vpopcntq``, 4 x 4                                 VNNI GEMM (``vpdpwssd``, 4 x 4) [#]_, AVX2 step
 avx512vnni  as ``avx512``                                       as ``avx512`` (VNNI GEMM)
+amx         as ``avx512``                                       as ``avx512`` (VNNI GEMM)
 ==========  ==================================================  ================================================
 
 .. [#] with AVX-512 BW, VL and VNNI, which every CPU of the avx512 path has but Knights Mill (AVX2 GEMM there)
 
 The binary convolution (:mod:`~lowbit.kernels.binconv`) runs scalar tiles of 2 pixels x 4 channels on
 ``portable`` / ``popcnt``, 4 pixels x 8 channels with a nibble-split ``vpshufb`` popcount on ``avx2``, and
-6 pixels x 32 channels with ``vpopcntq`` (AVX-512F only besides) on ``avx512`` and ``avx512vnni``.
+6 pixels x 32 channels with ``vpopcntq`` (AVX-512F only besides) on ``avx512`` and above.
 
 The k-bit GEMM (:mod:`~lowbit.kernels.quant`) runs its bit-serial AND-popcount kernel in scalar code on
 ``portable`` (POPCNT instruction on ``popcnt``), AVX2 on ``avx2``, ``vpopcntq`` on ``avx512`` and above; its
 int8 kernel in scalar code below ``avx2``, ``vpmaddubsw`` + ``vpmaddwd`` on ``avx2`` and ``avx512`` (no VNNI
-assumed there) and ``vpdpbusd`` on ``avx512vnni``.
+assumed there), ``vpdpbusd`` on ``avx512vnni``, and ``tdpbusd`` on 32 x 32 blocks of 16 x 16 AMX tiles on
+``amx`` (the VNNI kernel takes the rows, columns and K outside whole blocks).
 
 By default the best path the CPU supports is used. ``LOWBIT_KERNEL_PATH=<name>`` in the environment,
 or :func:`set_kernel_path`, forces one (an error if the CPU lacks it). ``LOWBIT_NUM_THREADS`` or
@@ -54,7 +58,7 @@ import threading
 from ..errors import ConfigError
 from .native import bitgemm as _bitgemm
 
-PATHS = tuple(_bitgemm.path_names())  # every path name, by id: portable, popcnt, avx2, avx512, avx512vnni
+PATHS = tuple(_bitgemm.path_names())  # every path name, by id: portable, popcnt, avx2, avx512, avx512vnni, amx
 
 _lock = threading.Lock()
 _state = {"path": None, "threads": None}  # resolved lazily from the environment
@@ -99,7 +103,7 @@ def active_path() -> str:
 
 
 def set_kernel_path(name) -> str:
-    """Force the code path (``"portable"``, ``"popcnt"``, ``"avx2"``, ``"avx512"``, ``"avx512vnni"``), or pass ``None``
+    """Force the code path (``"portable"``, ``"popcnt"``, ``"avx2"``, ``"avx512"``, ``"avx512vnni"``, ``"amx"``), or pass ``None``
     or ``"auto"`` for the best one this CPU supports. Returns the path that was active before, so a
     caller can restore it. Raises ConfigError for an unknown name or one the CPU cannot run."""
     previous = active_path()

@@ -57,7 +57,7 @@ _KIND_ID = {"bitserial": 0, "int8": 1, "xnor": 2}
 KERNELS = tuple(_KIND_ID)
 
 # the dispatch rule: most plane pairs (abits * bbits) for which bit-serial beats int8, per path
-BITSERIAL_MAX_PAIRS = {"portable": 16, "popcnt": 16, "avx2": 1, "avx512": 8, "avx512vnni": 2}
+BITSERIAL_MAX_PAIRS = {"portable": 16, "popcnt": 16, "avx2": 1, "avx512": 8, "avx512vnni": 2, "amx": 1}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def prepare_u8_weights(w) -> PreparedU8Weights:
 def u8_matmul_is_fast() -> bool:
     """True when the active kernel path runs the vectorized kernel (avx2, avx512, avx512vnni); on the others the
     plain C loops are slower than a float32 BLAS product (exact as well for K * 255 < 2^24)."""
-    return active_path() in ("avx2", "avx512", "avx512vnni")
+    return active_path() in ("avx2", "avx512", "avx512vnni", "amx")
 
 
 def u8_matmul(x, w: PreparedU8Weights, *, out=None, num_threads=None) -> np.ndarray:

@@ -377,7 +377,7 @@ def available_paths() -> List[str]:
 
 
 BACKENDS = ("auto", "c", "numpy")
-_KERNEL_PATH_NAMES = ("portable", "popcnt", "avx2", "avx512", "avx512vnni")  # lowbit.kernels.PATHS, for the NumPy-only case
+_KERNEL_PATH_NAMES = ("portable", "popcnt", "avx2", "avx512", "avx512vnni", "amx")  # lowbit.kernels.PATHS, for the NumPy-only case
 
 
 class _Kernels:
@@ -757,7 +757,7 @@ def load_int_lstm(path: PathLike, backend: str = "auto", kernel_path: str = "aut
 
     ``backend``: "auto" (the C kernel when built, else the NumPy reference), "c" or "numpy";
     ``kernel_path``: "auto" (the path of every lowbit kernel: ``$LOWBIT_KERNEL_PATH`` or the best the CPU
-    supports) or one of ``lowbit.kernels.PATHS`` ("portable", "popcnt", "avx2", "avx512", "avx512vnni").
+    supports) or one of ``lowbit.kernels.PATHS`` ("portable", "popcnt", "avx2", "avx512", "avx512vnni", "amx").
     Raises CheckpointError for a missing, corrupt or foreign file.
     """
     return IntLSTM.load(path, backend=backend, kernel_path=kernel_path)
