@@ -18,7 +18,8 @@
  *   bit-serial    operands of 1..4-bit codes as bit planes, D = sum_{p,q} 2^(p+q) popcount(A_p AND B_q)
  *                 (zb = 0). qgemm_kernels_{scalar,avx2,avx512}.c
  *   int8          A as u8 codes, B as s8 (cb - zb) -- or B as 2-/4-bit codes decoded in registers
- *                 (zb = 0) -- with vpdpbusd (AVX-512 VNNI) or vpmaddubsw + vpmaddwd (AVX2).
+ *                 (zb = 0) -- with tdpbusd on 16 x 64-byte tiles (AMX), vpdpbusd (AVX-512 VNNI) or
+ *                 vpmaddubsw + vpmaddwd (AVX2). 16 consecutive k4 steps of a panel are one AMX B tile.
  *   binary x binary goes to bitgemm's XNOR kernel (qgemm_driver.c).
  *
  * Layouts (made by qgemm_pack.c; pad codes are 0, so they add nothing to D, SA or SB):

@@ -1,5 +1,5 @@
 /*
- * qgemm_kernels_avx512.c -- AVX-512 k-bit kernels: bit-serial with VPOPCNTQ, int8 with VNNI vpdpbusd.
+ * qgemm_kernels_avx512.c -- AVX-512 k-bit kernels: bit-serial with VPOPCNTQ, int8 with VNNI vpdpbusd and AMX tdpbusd.
  *
  * Bit-serial: a register tile of MR rows of A x NR rows of B holds, for every output, one accumulator
  * per *weight class* c = p + q (so 2^c is applied once, at the end, not per popcount): a plane pair
@@ -347,7 +347,8 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
     /* A block in tile order: 16 rows x 64 bytes contiguous per tile (a tile load from rows lda bytes apart
      * -- 4 KB at K = 4096 -- puts all 16 lines in one L1 set) */
     const size_t ntiles = ksteps / 16;
-    uint8_t *apack = (uint8_t *)aligned_alloc(64, QGX_MC / 16 * ntiles * 1024);
+    const size_t mc = (im - i0 < QGX_MC) ? im - i0 : QGX_MC;
+    uint8_t *apack = (uint8_t *)aligned_alloc(64, mc / 16 * ntiles * 1024);
     if (!apack) {
         free(decoded);
         qg_int8_vnni(g, i0, i1, j0, j1);

@@ -56,8 +56,10 @@ _INT32_MAX = 2**31 - 1
 _KIND_ID = {"bitserial": 0, "int8": 1, "xnor": 2}
 KERNELS = tuple(_KIND_ID)
 
-# the dispatch rule: most plane pairs (abits * bbits) for which bit-serial beats int8, per path
-BITSERIAL_MAX_PAIRS = {"portable": 16, "popcnt": 16, "avx2": 1, "avx512": 8, "avx512vnni": 2, "amx": 1}
+# the dispatch rule: most plane pairs (abits * bbits) for which bit-serial beats int8, per path. On amx the
+# int8 kernel runs tiles only on blocks of 32 rows and beats bit-serial there; the rule has no M, and below
+# 32 rows (batch 1 dense layers) it is the VNNI kernel, which 2 plane pairs beat: hence 2 there too.
+BITSERIAL_MAX_PAIRS = {"portable": 16, "popcnt": 16, "avx2": 1, "avx512": 8, "avx512vnni": 2, "amx": 2}
 
 
 # ---------------------------------------------------------------------------------------------------
