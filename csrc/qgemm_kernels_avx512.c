@@ -308,9 +308,11 @@ QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size
 /* tdpbusd multiplies a 16-row x 64-byte tile of u8 A by a 16 x 64-byte tile of s8 B holding 16 k4 steps
  * of 16 columns -- exactly 16 consecutive steps of one of our panels (qgemm.h), so the panels are read
  * as they are -- and adds the 16 x 16 int32 products into a C tile. A block of 32 rows x 32 columns keeps
- * its 4 C tiles in tmm0-3 for the whole of K: per 16 steps, 2 A tiles (tmm4-5) and 2 B tiles (tmm6-7)
- * are loaded and 4 tdpbusd issued. 2-/4-bit panels are first decoded to 8 bits (i8_decode), once per
- * call. The VNNI kernel does the rest: K past the last whole tile (adding to C), and the rows and
+ * its 4 C tiles in tmm0-3 over a K block: per 16 steps, 2 A tiles (tmm4-5) and 2 B tiles (tmm6-7) are
+ * loaded and 4 tdpbusd issued. A is first copied into tile order, and 2-/4-bit panels are decoded to 8
+ * bits (i8_decode), once per call. The tile intrinsics are asm statements that take addresses in
+ * registers, so the compiler does not see them read memory: compiler barriers follow every write of a
+ * buffer they read (else a store into memory that is freed unread may be dropped). The VNNI kernel does the rest: K past the last whole tile (adding to C), and the rows and
  * columns outside whole blocks (M % 32, N % 32, and calls narrower than a block, such as batch 1). */
 #if QG_HAVE_AMX
 #define QGX_FN __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
@@ -343,6 +345,7 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
             (store == 2 ? i8_decode(2, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride)
                         : i8_decode(4, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride));
         bp = decoded;
+        __asm__ volatile("" ::: "memory");
     }
     /* A block in tile order: 16 rows x 64 bytes contiguous per tile (a tile load from rows lda bytes apart
      * -- 4 KB at K = 4096 -- puts all 16 lines in one L1 set) */
@@ -367,6 +370,7 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
             for (size_t t = 0; t < ntiles; t++)
                 _mm512_store_si512((void *)(dst + t * 1024), _mm512_loadu_si512((const void *)(src + t * 64)));
         }
+        __asm__ volatile("" ::: "memory");
         for (size_t j = j0; j < jm; j += 32) {
             const uint8_t *p0 = bp + (j - j0) / QG_NR * pstride, *p1 = p0 + pstride;
             for (size_t kb = 0; kb < ksteps; kb += QGX_KC)
