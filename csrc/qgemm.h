@@ -170,6 +170,9 @@ static inline void qg_tilecfg_16x64(qg_tilecfg *cfg)
         cfg->colsb[t] = 64;
         cfg->rows[t] = 16;
     }
+    /* GCC's _tile_loadconfig tells the compiler it reads 8 bytes of the config, so the rest of a local
+     * config may never be stored (ldtilecfg then faults on garbage): the address escapes here instead */
+    __asm__ volatile("" : : "r"(cfg) : "memory");
 }
 void qg_fold_avx2(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
 void qg_fold_avx512(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1);
