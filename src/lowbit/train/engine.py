@@ -303,12 +303,8 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
 
 def best_epoch(task: Task, history) -> Any:
     """Index into ``history`` of the best-validation epoch (the latest of equal ones), or None."""
-    best = None
-    for i, record in enumerate(history):
-        err = task.selection_error(record)
-        if err is not None and (best is None or err <= task.selection_error(history[best])):
-            best = i
-    return best
+    scored = [(err, i) for i, err in enumerate(map(task.selection_error, history)) if err is not None]
+    return min(scored, key=lambda s: (s[0], -s[1]))[1] if scored else None
 
 
 def end_epoch(ckpt_path: Path, out_dir: Path, task: Task, model: nn.Module, optimizer, scheduler, history, ctx) -> None:
