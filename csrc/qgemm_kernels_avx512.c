@@ -331,32 +331,21 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
         return;
     }
     const size_t panel_bytes = steps * (size_t)store / 8 * 64;
-    const uint8_t *bp = (const uint8_t *)g->b + (j0 / QG_NR) * panel_bytes; /* panel of column j0 */
-    size_t pstride = panel_bytes;
-    uint8_t *decoded = NULL;
-    if (store != 8) {
-        pstride = ksteps * 64;
-        decoded = (uint8_t *)aligned_alloc(64, (jm - j0) / QG_NR * pstride);
-        if (!decoded) { /* no memory for the 8-bit copy: the in-register decode of the VNNI kernel */
-            qg_int8_vnni(g, i0, i1, j0, j1);
-            return;
-        }
-        for (size_t p = 0; p < (jm - j0) / QG_NR; p++)
-            (store == 2 ? i8_decode(2, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride)
-                        : i8_decode(4, bp + p * panel_bytes, 0, ksteps, decoded + p * pstride));
-        bp = decoded;
-        __asm__ volatile("" ::: "memory");
-    }
+    const uint8_t *B = (const uint8_t *)g->b;
     /* A block in tile order: 16 rows x 64 bytes contiguous per tile (a tile load from rows lda bytes apart
      * -- 4 KB at K = 4096 -- puts all 16 lines in one L1 set) */
     const size_t ntiles = ksteps / 16;
     const size_t mc = (im - i0 < QGX_MC) ? im - i0 : QGX_MC;
     uint8_t *apack = (uint8_t *)aligned_alloc(64, mc / 16 * ntiles * 1024);
     if (!apack) {
-        free(decoded);
         qg_int8_vnni(g, i0, i1, j0, j1);
         return;
     }
+    /* the strip's partial sums between K blocks, 128 bytes a row: C itself is ldc * 4 bytes a row (16 KB at
+     * N = 4096), so the 16 rows of a C tile fall in one L1 set and few L2 sets, and went to L3 and back */
+    _Alignas(64) int32_t cpart[QGX_MC * 32];
+    /* the strip's 2-/4-bit panels over one K block, decoded to 8 bits once for all the block's rows */
+    _Alignas(64) uint8_t dec[2][QGX_KC * 64];
     qg_tilecfg cfg;
     qg_tilecfg_16x64(&cfg);
     _tile_loadconfig(&cfg);
@@ -372,43 +361,65 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
         }
         __asm__ volatile("" ::: "memory");
         for (size_t j = j0; j < jm; j += 32) {
-            const uint8_t *p0 = bp + (j - j0) / QG_NR * pstride, *p1 = p0 + pstride;
-            for (size_t kb = 0; kb < ksteps; kb += QGX_KC)
-            for (size_t i = mb; i < me; i += 32) {
-                const uint8_t *a0 = apack + (i - mb) / 16 * ntiles * 1024, *a1 = a0 + ntiles * 1024;
-                int32_t *c = g->c + (ptrdiff_t)i * ldc + (ptrdiff_t)j;
-                if (kb == 0) {
-                    _tile_zero(0);
-                    _tile_zero(1);
-                    _tile_zero(2);
-                    _tile_zero(3);
-                } else {
-                    _tile_loadd(0, c, cstride);
-                    _tile_loadd(1, c + 16, cstride);
-                    _tile_loadd(2, c + 16 * ldc, cstride);
-                    _tile_loadd(3, c + 16 * ldc + 16, cstride);
-                }
+            const uint8_t *p0 = B + j / QG_NR * panel_bytes, *p1 = p0 + panel_bytes;
+            for (size_t kb = 0; kb < ksteps; kb += QGX_KC) {
                 const size_t ke = (ksteps - kb > QGX_KC) ? kb + QGX_KC : ksteps;
-                for (size_t s = kb; s < ke; s += 16) {
-                    _tile_loadd(4, a0 + s * 64, 64);
-                    _tile_loadd(5, a1 + s * 64, 64);
-                    _tile_loadd(6, p0 + s * 64, 64);
-                    _tile_loadd(7, p1 + s * 64, 64);
-                    _tile_dpbusd(0, 4, 6);
-                    _tile_dpbusd(1, 4, 7);
-                    _tile_dpbusd(2, 5, 6);
-                    _tile_dpbusd(3, 5, 7);
+                const int last = ke == ksteps;
+                const uint8_t *b0 = p0 + kb * 64, *b1 = p1 + kb * 64; /* step kb of 8-bit panels */
+                if (store != 8) {
+                    if (store == 2) {
+                        i8_decode(2, p0, kb, ke - kb, dec[0]);
+                        i8_decode(2, p1, kb, ke - kb, dec[1]);
+                    } else {
+                        i8_decode(4, p0, kb, ke - kb, dec[0]);
+                        i8_decode(4, p1, kb, ke - kb, dec[1]);
+                    }
+                    __asm__ volatile("" ::: "memory");
+                    b0 = dec[0], b1 = dec[1];
                 }
-                _tile_stored(0, c, cstride);
-                _tile_stored(1, c + 16, cstride);
-                _tile_stored(2, c + 16 * ldc, cstride);
-                _tile_stored(3, c + 16 * ldc + 16, cstride);
+                for (size_t i = mb; i < me; i += 32) {
+                    const uint8_t *a0 = apack + (i - mb) / 16 * ntiles * 1024 + kb * 64, *a1 = a0 + ntiles * 1024;
+                    int32_t *cp = cpart + (i - mb) * 32;
+                    if (kb == 0) {
+                        _tile_zero(0);
+                        _tile_zero(1);
+                        _tile_zero(2);
+                        _tile_zero(3);
+                    } else {
+                        _tile_loadd(0, cp, 128);
+                        _tile_loadd(1, cp + 16, 128);
+                        _tile_loadd(2, cp + 16 * 32, 128);
+                        _tile_loadd(3, cp + 16 * 32 + 16, 128);
+                    }
+                    for (size_t s = 0; s < ke - kb; s += 16) {
+                        _tile_loadd(4, a0 + s * 64, 64);
+                        _tile_loadd(5, a1 + s * 64, 64);
+                        _tile_loadd(6, b0 + s * 64, 64);
+                        _tile_loadd(7, b1 + s * 64, 64);
+                        _tile_dpbusd(0, 4, 6);
+                        _tile_dpbusd(1, 4, 7);
+                        _tile_dpbusd(2, 5, 6);
+                        _tile_dpbusd(3, 5, 7);
+                    }
+                    if (last) {
+                        int32_t *c = g->c + (ptrdiff_t)i * ldc + (ptrdiff_t)j;
+                        _tile_stored(0, c, cstride);
+                        _tile_stored(1, c + 16, cstride);
+                        _tile_stored(2, c + 16 * ldc, cstride);
+                        _tile_stored(3, c + 16 * ldc + 16, cstride);
+                    } else {
+                        _tile_stored(0, cp, 128);
+                        _tile_stored(1, cp + 16, 128);
+                        _tile_stored(2, cp + 16 * 32, 128);
+                        _tile_stored(3, cp + 16 * 32 + 16, 128);
+                    }
+                }
+                __asm__ volatile("" ::: "memory"); /* the decode of the next block comes after these reads */
             }
         }
     }
     _tile_release();
     __asm__ volatile("" ::: "memory"); /* the tile stores (asm without a memory clobber) come before C is read */
-    free(decoded);
     free(apack);
     if (ksteps < steps) {
         switch (store) {
