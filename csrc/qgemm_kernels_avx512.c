@@ -306,19 +306,29 @@ QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size
 
 /* ---- int8 (AMX) ------------------------------------------------------------------------------- */
 /* tdpbusd multiplies a 16-row x 64-byte tile of u8 A by a 16 x 64-byte tile of s8 B holding 16 k4 steps
- * of 16 columns -- exactly 16 consecutive steps of one of our panels (qgemm.h), so the panels are read
+ * of 16 columns -- exactly 16 consecutive steps of one of our panels (qgemm.h), so 8-bit panels are read
  * as they are -- and adds the 16 x 16 int32 products into a C tile. A block of 32 rows x 32 columns keeps
  * its 4 C tiles in tmm0-3 over a K block: per 16 steps, 2 A tiles (tmm4-5) and 2 B tiles (tmm6-7) are
- * loaded and 4 tdpbusd issued. A is first copied into tile order, and 2-/4-bit panels are decoded to 8
- * bits (i8_decode), once per call. The tile intrinsics are asm statements that take addresses in
- * registers, so the compiler does not see them read memory: compiler barriers follow every write of a
- * buffer they read (else a store into memory that is freed unread may be dropped). The VNNI kernel does the rest: K past the last whole tile (adding to C), and the rows and
- * columns outside whole blocks (M % 32, N % 32, and calls narrower than a block, such as batch 1). */
+ * loaded and 4 tdpbusd issued.
+ *   A       copied into tile order per 256-row block (a tile load from rows lda bytes apart -- 4 KB at
+ *           K = 4096 -- puts all 16 lines in one L1 set); it streams from L2.
+ *   B       per 32-column strip and K block, the 2 panels' chunk (16 KB) stays in L1 for every 32-row
+ *           block; 2-/4-bit panels are decoded to 8 bits into that L1 chunk (i8_decode), once for all
+ *           the rows (a per-call 8-bit copy of every panel was written to memory and read back: 2.5x
+ *           slower at 256 x 4096 x 4096).
+ *   C       between K blocks the partial sums go to a strip buffer 128 bytes a row (C itself is 16 KB a
+ *           row at N = 4096: the 16 rows of a tile fall in one L1 set and few L2 sets, and went to L3
+ *           and back); the last K block stores into C.
+ * The tile intrinsics are asm statements that take addresses in registers, so the compiler does not see
+ * them read memory: compiler barriers follow every write of a buffer they read (else a store into memory
+ * that is freed unread may be dropped). The VNNI kernel does the rest: K past the last whole tile
+ * (adding to C), and the rows and columns outside whole blocks (M % 32, N % 32, and calls narrower than a
+ * block, such as batch 1). */
 #if QG_HAVE_AMX
 #define QGX_FN __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
 #define QGX_MC 256 /* rows per block: 256 x K bytes of A in L2 while the 32-column strips pass */
 /* k4 steps per K block: the 2 B panels' chunk (2 x KC x 64 bytes = 16 KB) stays in L1 while every
- * 32-row block of the MC rows passes over it, the C tiles going out to memory and back between blocks */
+ * 32-row block of the MC rows passes over it */
 #define QGX_KC 128
 
 QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_t j1)
@@ -332,8 +342,6 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
     }
     const size_t panel_bytes = steps * (size_t)store / 8 * 64;
     const uint8_t *B = (const uint8_t *)g->b;
-    /* A block in tile order: 16 rows x 64 bytes contiguous per tile (a tile load from rows lda bytes apart
-     * -- 4 KB at K = 4096 -- puts all 16 lines in one L1 set) */
     const size_t ntiles = ksteps / 16;
     const size_t mc = (im - i0 < QGX_MC) ? im - i0 : QGX_MC;
     uint8_t *apack = (uint8_t *)aligned_alloc(64, mc / 16 * ntiles * 1024);
@@ -341,10 +349,7 @@ QGX_FN void qg_int8_amx(const qg_args *g, size_t i0, size_t i1, size_t j0, size_
         qg_int8_vnni(g, i0, i1, j0, j1);
         return;
     }
-    /* the strip's partial sums between K blocks, 128 bytes a row: C itself is ldc * 4 bytes a row (16 KB at
-     * N = 4096), so the 16 rows of a C tile fall in one L1 set and few L2 sets, and went to L3 and back */
     _Alignas(64) int32_t cpart[QGX_MC * 32];
-    /* the strip's 2-/4-bit panels over one K block, decoded to 8 bits once for all the block's rows */
     _Alignas(64) uint8_t dec[2][QGX_KC * 64];
     qg_tilecfg cfg;
     qg_tilecfg_16x64(&cfg);

@@ -221,15 +221,24 @@ def test_pack_prepare_and_pickle(restore_path):
         K.prepare_levels(pb, "u2", "u8")
 
 
-def test_choose_kernel_rule():
+def test_choose_kernel_rule(restore_path):
     assert K.choose_kernel("binary", "binary") == "xnor"
     assert K.choose_kernel("u8", "s8") == "int8"
     assert K.choose_kernel("u8", "ternary") == "int8"
     for path in PATHS:
         for an, bn in (("u2", "o2"), ("u2", "binary"), ("u4", "o4"), ("u3", "o3")):
             la, lb = LEVEL_SETS[an], LEVEL_SETS[bn]
-            want = "bitserial" if la.bits * lb.bits <= K.BITSERIAL_MAX_PAIRS[path] else "int8"
-            assert K.choose_kernel(an, bn, path=path) == want
+            for rows in (None, 1, 31, 32, 256):
+                # amx: tiles from 32 rows (and for weights prepared before the batch is known), else the rule
+                tiles = path == "amx" and (rows is None or rows >= 32)
+                want = "int8" if tiles or la.bits * lb.bits > K.BITSERIAL_MAX_PAIRS[path] else "bitserial"
+                assert K.choose_kernel(an, bn, path=path, rows=rows) == want, (path, an, bn, rows)
+    # the chosen kernel is the one that runs: activations packed for it (planes only for bit-serial)
+    for path in PATHS:
+        K.set_kernel_path(path)
+        for rows in (1, 40):
+            pa = K.pack_levels(np.ones((rows, 70), np.int8), "u2", weights_levels="o2")
+            assert (pa.planes is not None) == (K.choose_kernel("u2", "o2", rows=rows) == "bitserial")
 
 
 def test_choose_kernel_bad_path():

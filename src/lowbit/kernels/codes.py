@@ -83,10 +83,10 @@ def _code_map(ls: LevelSet, values, what: str):
     return table, len(v)
 
 
-def _use_planes(ls: LevelSet, weights_levels) -> bool:
+def _use_planes(ls: LevelSet, weights_levels, rows: int) -> bool:
     if ls.bits > 4:
         return False
-    return weights_levels is None or choose_kernel(ls, weights_levels) != "int8"
+    return weights_levels is None or choose_kernel(ls, weights_levels, rows=rows) != "int8"
 
 
 def _raise_bad_code(x: np.ndarray, ncodes: int, ls: LevelSet, values, what: str, pad_code: int = 0):
@@ -109,7 +109,7 @@ def _pack(x4: np.ndarray, kernel, stride, padding, pad_code: int, ls: LevelSet, 
     table, ncodes = _code_map(ls, values, what)
     if isinstance(pad_code, bool) or not isinstance(pad_code, (int, np.integer)) or not 0 <= pad_code < ncodes:
         raise ShapeError(f"{what}: pad_code must be a code 0..{ncodes - 1}, got {pad_code!r}")
-    planes = _use_planes(ls, weights_levels)
+    planes = _use_planes(ls, weights_levels, rows)
     sums = np.empty(rows, np.int32)
     nt = resolve_threads(num_threads)
     path = path_id(active_path())
@@ -417,14 +417,14 @@ def conv_core(x4: np.ndarray, pb: PackedLevels, kernel, stride, padding, pad_cod
     from .quant import _KIND_ID, _b_store
 
     lb = pb.levels
-    kind = choose_kernel(ls, lb)
-    if kind == "xnor":
-        raise ShapeError(f"{what}: {ls.name} x {lb.name} runs on the xnor kernel, which conv_levels does not fuse")
     n, h, w, c = x4.shape
-    if (c > 1 and x4.strides[3] != 1) or (w > 1 and x4.strides[2] != c):
-        x4 = np.ascontiguousarray(x4)
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    kind = choose_kernel(ls, lb, rows=n * oh * ow)
+    if kind == "xnor":
+        raise ShapeError(f"{what}: {ls.name} x {lb.name} runs on the xnor kernel, which conv_levels does not fuse")
+    if (c > 1 and x4.strides[3] != 1) or (w > 1 and x4.strides[2] != c):
+        x4 = np.ascontiguousarray(x4)
     cout = pb.rows
     nt = resolve_threads(num_threads)
     if kind == "int8":

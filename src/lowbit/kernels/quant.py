@@ -30,6 +30,13 @@ only ~1.5x the AVX2 int8 rate: 1 pair. On the scalar paths a 64-bit POPCNT beats
 multiply loop by far: 16 (every 1-4-bit pair). For batch 1 both kernels are bound by reading the
 weights, and both read 2-bit weights at 2 bits per value.
 
+On ``amx`` the rule has the number of rows of the activations too (``rows``): from ``AMX_MIN_ROWS`` (32)
+rows every pair but binary x binary goes to ``int8``, whose tdpbusd tiles (16 x 16 x 64 multiply-adds per
+instruction, ~2x the popcount mix's rate per plane pair at 1 pair) beat bit-serial even at 1 x 2 planes
+(binary x u2 at 256 x 4096 x 4096: 2.2x). Below 32 rows the int8 kernel is the VNNI one, and the
+``BITSERIAL_MAX_PAIRS`` limit applies. Without ``rows`` (weights prepared before the batch is known) the
+rule assumes a batch of 32 rows or more.
+
 **Packed operands.** :func:`pack_levels` packs a matrix once (codes as bit planes + row sums);
 :func:`prepare_levels` also lays it out now for the kernel a given activation level set will use with it
 (the weights' "prepared" form, like :func:`~lowbit.kernels.prepare_packed`); :func:`quant_matmul_packed`
@@ -56,10 +63,11 @@ _INT32_MAX = 2**31 - 1
 _KIND_ID = {"bitserial": 0, "int8": 1, "xnor": 2}
 KERNELS = tuple(_KIND_ID)
 
-# the dispatch rule: most plane pairs (abits * bbits) for which bit-serial beats int8, per path. On amx the
-# int8 kernel runs tiles only on blocks of 32 rows and beats bit-serial there; the rule has no M, and below
-# 32 rows (batch 1 dense layers) it is the VNNI kernel, which 2 plane pairs beat: hence 2 there too.
+# the dispatch rule: most plane pairs (abits * bbits) for which bit-serial beats int8, per path. On amx below
+# AMX_MIN_ROWS rows the int8 kernel is the VNNI one (tiles need blocks of 32 rows), which 2 plane pairs beat;
+# from AMX_MIN_ROWS rows the tiles beat bit-serial at every pair.
 BITSERIAL_MAX_PAIRS = {"portable": 16, "popcnt": 16, "avx2": 1, "avx512": 8, "avx512vnni": 2, "amx": 2}
+AMX_MIN_ROWS = 32
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,15 +86,18 @@ def kernel_supported(kernel: str, a_levels, b_levels) -> bool:
     raise ShapeError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 
 
-def choose_kernel(a_levels, b_levels, path: str | None = None) -> str:
+def choose_kernel(a_levels, b_levels, path: str | None = None, *, rows: int | None = None) -> str:
     """The kernel :func:`quant_matmul` uses for this pair of level sets on ``path`` (default: the
-    active one); see the module docstring for the rule."""
+    active one) with ``rows`` rows of activations (None: a batch of at least 32); see the module
+    docstring for the rule."""
     la, lb = level_set(a_levels), level_set(b_levels)
     path = active_path() if path is None else path
     if path not in BITSERIAL_MAX_PAIRS:
         raise ConfigError(f"unknown kernel path {path!r}; choose one of {', '.join(BITSERIAL_MAX_PAIRS)}")
     if kernel_supported("xnor", la, lb):
         return "xnor"
+    if path == "amx" and (rows is None or rows >= AMX_MIN_ROWS):
+        return "int8"
     if la.bits <= 4 and lb.bits <= 4 and la.bits * lb.bits <= BITSERIAL_MAX_PAIRS[path]:
         return "bitserial"
     return "int8"
@@ -296,7 +307,7 @@ def pack_levels(x, levels, *, weights_levels=None, num_threads=None) -> PackedLe
     """
     ls = level_set(levels)
     arr = _int_matrix(x, "x")
-    planes = weights_levels is None or choose_kernel(ls, weights_levels) != "int8"
+    planes = weights_levels is None or choose_kernel(ls, weights_levels, rows=arr.shape[0]) != "int8"
     return PackedLevels(_codes(arr, ls, "x"), ls, keep_codes=False, num_threads=num_threads, planes=planes)
 
 
@@ -323,9 +334,9 @@ def _gemm(kind: str, la: LevelSet, lb: LevelSet, m: int, n: int, k: int, a_op, s
                      lb.offset, zb, suma, sumb, out, path_id(active_path()), nthreads)
 
 
-def _resolve_kernel(kernel, la: LevelSet, lb: LevelSet) -> str:
+def _resolve_kernel(kernel, la: LevelSet, lb: LevelSet, rows: int) -> str:
     if kernel is None:
-        return choose_kernel(la, lb)
+        return choose_kernel(la, lb, rows=rows)
     if kernel not in KERNELS:
         raise ShapeError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if not kernel_supported(kernel, la, lb):
@@ -362,7 +373,7 @@ def quant_matmul(a, b, a_levels, b_levels, *, out=None, kernel=None, num_threads
     m, k = A.shape
     n = B.shape[0]
     _check_bound(k, la, lb)
-    kind = _resolve_kernel(kernel, la, lb)
+    kind = _resolve_kernel(kernel, la, lb, m)
     ca, cb = _codes(A, la, "a"), _codes(B, lb, "b")
     out = _out(out, m, n, A, B)
     nt = resolve_threads(num_threads)
@@ -396,7 +407,7 @@ def quant_matmul_packed(pa: PackedLevels, pb: PackedLevels, *, out=None, kernel=
     la, lb = pa.levels, pb.levels
     m, n, k = pa.rows, pb.rows, pa.k
     _check_bound(k, la, lb)
-    kind = _resolve_kernel(kernel, la, lb)
+    kind = _resolve_kernel(kernel, la, lb, m)
     out = _out(out, m, n)
     nt = resolve_threads(num_threads)
     if kind == "int8":
@@ -414,7 +425,7 @@ def quant_planned_threads(m: int, n: int, k: int, a_levels, b_levels, num_thread
     (with ``kernel``, or the one :func:`choose_kernel` picks): ``num_threads`` (or the default) capped
     so that each thread gets ~50 us of work or more."""
     la, lb = level_set(a_levels), level_set(b_levels)
-    kind = _resolve_kernel(kernel, la, lb)
+    kind = _resolve_kernel(kernel, la, lb, int(m))
     bits = (1, 1) if kind == "xnor" else (la.bits, lb.bits)
     return _bitgemm.qg_plan_threads(_KIND_ID[kind], int(m), int(n), int(k), *bits, path_id(active_path()),
                                     resolve_threads(num_threads))
