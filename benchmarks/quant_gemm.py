@@ -182,7 +182,7 @@ def bench_shape(m, n, k, *, threads, repeats, min_time, peaks, rng):
         bv = lw.values[rng.integers(0, lw.ncodes, (n, k))].astype(np.int8)
         pb = K.prepare_levels(bv, w, a, num_threads=threads)
         pa = K.pack_levels(av, a, weights_levels=w, num_threads=threads)
-        kern = K.choose_kernel(a, w)
+        kern = K.choose_kernel(a, w, rows=m)
         out = np.empty((m, n), np.int32)
         name = f"{w} x {a}"
         fns[name] = (lambda pa=pa, pb=pb, out=out: K.quant_matmul_packed(pa, pb, out=out, num_threads=threads))

@@ -177,9 +177,13 @@ int kc_conv(kc_conv_args *a, int path, int nthreads, unsigned *max_code)
     ctx->row_bytes = p->bits ? qg_plane_words(k, p->bits) * 8 : qg_a8_stride(k);
     const size_t oh_out = out_h(a), ow = p->ow;
     const size_t conv_per_out = a->pooled ? (size_t)a->epi.sh : 1;
-    /* a block of ~192 KB: packed rows + their int32 accumulators */
-    size_t target = (size_t)(192 * 1024) / (ctx->row_bytes + 4 * n);
-    if (target < 32) target = 32;
+    /* a block of ~192 KB: packed rows + their int32 accumulators. AMX tiles take 32 rows at a time and the
+     * kernel's per-call work (A in tile order, weights decoded per K block) pays off over many rows: there a
+     * block of ~768 KB (L2 is 2 MB) and >= 128 rows (a 5x5 conv of 192 channels got 27-row blocks, all on
+     * the VNNI edge kernel) */
+    const int tiles = path == BG_PATH_AMX && a->gemm.kind == QG_INT8;
+    size_t target = (size_t)((tiles ? 768 : 192) * 1024) / (ctx->row_bytes + 4 * n);
+    if (target < (tiles ? 128u : 32u)) target = tiles ? 128 : 32;
     size_t band = target / (ow * conv_per_out);
     if (band < 1) band = 1;
     if (band > oh_out) band = oh_out;
@@ -190,7 +194,10 @@ int kc_conv(kc_conv_args *a, int path, int nthreads, unsigned *max_code)
     size_t chunk = (n + 63) / 64 * 64, nchunks = 1;
     const size_t want_units = 4 * (size_t)nt;
     while (nt > 1 && p->n * ((oh_out + band - 1) / band) * nchunks < want_units) {
-        if (band > 1) {
+        if (tiles && chunk >= 256) { /* tiles: split the channels first, keeping the rows per block */
+            chunk = (chunk / 2 + 63) / 64 * 64;
+            nchunks = (n + chunk - 1) / chunk;
+        } else if (band > 1) {
             band = (band + 1) / 2;
         } else if (chunk > 64) {
             chunk = (chunk / 2 + 63) / 64 * 64;
