@@ -336,7 +336,9 @@ def test_conv_levels_bands_and_channel_chunks(kernel_path):
     cases = [((1, 7, 7, 64), (3, 3), (1, 1), (1, 1), 512, ((3, 3), (2, 2), (1, 1))),
              ((1, 30, 9, 16), (3, 3), (1, 1), (1, 1), 200, ((3, 2), (2, 1), (1, 0))),
              ((2, 40, 40, 8), (5, 5), (2, 2), (2, 2), 96, None),
-             ((1, 15, 15, 32), (1, 1), (2, 2), (0, 0), 130, ((2, 2), (2, 2), (0, 0)))]
+             ((1, 15, 15, 32), (1, 1), (2, 2), (0, 0), 130, ((2, 2), (2, 2), (0, 0))),
+             # amx tiles: bands of >= 128 rows, split into channel chunks before rows
+             ((1, 24, 24, 32), (3, 3), (1, 1), (1, 1), 300, None)]
     for shape, kernel, stride, padding, cout, pool in cases:
         x = rng.integers(0, 4, shape).astype(np.uint8)
         k = kernel[0] * kernel[1] * shape[3]
