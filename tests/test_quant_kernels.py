@@ -251,6 +251,13 @@ def test_choose_kernel_bad_path():
 def test_probe():
     t, ops = _bitgemm.qg_probe(5 if "avx512" in PATHS else 3, 1000) if "avx2" in PATHS else (1.0, 1.0)
     assert ops > 0 and t != 0
+    # the AMX probes run where the amx path does (an AMX build), else say so with -1
+    from lowbit.benchmarking import PROBE_NAMES
+
+    for kind in (6, 7):
+        t, ops = _bitgemm.qg_probe(kind, 10)
+        assert ops == 10 * 2 * 12 * 16 * 16 * 64 and PROBE_NAMES[kind]  # 12 tdpbusd an iteration
+        assert (t > 0) if "amx" in PATHS else (t == -1.0 or t > 0)
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, min_repeats: in
 # probe kinds (csrc/qgemm_probe.c)
 PROBE_NAMES = {0: "vpdpbusd zmm", 1: "vpand+vpopcntq+vpaddq zmm", 2: "vpxor+vpopcntq+vpaddq zmm",
                3: "vpmaddubsw+vpmaddwd+vpaddd ymm", 4: "vpand+nibble-lut popcount ymm", 5: "vfmadd231ps zmm",
-               6: "tdpbusd amx tile"}
+               6: "tdpbusd amx tile", 7: "amx 32x32 block, tiles from L1"}
 
 
 def probe_peaks(threads: int, seconds: float = 0.15) -> dict:
