@@ -140,6 +140,18 @@ void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
 /* out[i] = table[codes[i]] for n codes (table: 256 entries); returns the largest code */
 unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads);
 
+/* out (n * oh * ow, kh * kw * c) float32 = im2col of tables[ch][codes] over NHWC uint8 codes, padded with
+ * fill; tables: c x 256 float32. Returns the largest code read, UINT_MAX when out of memory. */
+typedef struct {
+    const uint8_t *codes;
+    size_t n, h, w, c, oh, ow;
+    int kh, kw, sh, sw, ph, pw;
+    const float *tables;
+    float fill;
+    float *out;
+} kc_im2col_args;
+unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads);
+
 /* the window of output position o along one axis: input positions [lo, hi) of [0, size) */
 static inline void kc_window(size_t o, int k, int s, int p, size_t size, size_t *lo, size_t *hi)
 {

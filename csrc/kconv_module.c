@@ -15,6 +15,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
+
 #include "kconv.h"
 #include "lowbit_cpu_py.h"
 #include "pybuf.h"
@@ -428,12 +430,64 @@ static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
     LB_BINDING_EXIT(bs, result);
 }
 
+static PyObject *py_kc_im2col_decode(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ox, *otables, *oout;
+    int kh, kw, sh, sw, ph, pw, nthreads;
+    float fill;
+    if (!PyArg_ParseTuple(args, "O(ii)(ii)(ii)OfOi:kc_im2col_decode", &ox, &kh, &kw, &sh, &sw, &ph, &pw, &otables,
+                          &fill, &oout, &nthreads) ||
+        lb_check_nthreads(nthreads) < 0)
+        return NULL;
+    LB_BINDING(bs, result);
+    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 4, LB_BUF_CONTIG);
+    if (!x)
+        goto done;
+    Py_buffer *tables = lb_buf_get(&bs, otables, "tables", LB_T_F32, 2, LB_BUF_CONTIG);
+    if (!tables)
+        goto done;
+    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, 2, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        goto done;
+    kc_im2col_args a;
+    a.codes = (const uint8_t *)x->buf;
+    a.n = (size_t)x->shape[0], a.h = (size_t)x->shape[1], a.w = (size_t)x->shape[2], a.c = (size_t)x->shape[3];
+    a.kh = kh, a.kw = kw, a.sh = sh, a.sw = sw, a.ph = ph, a.pw = pw;
+    if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || (Py_ssize_t)a.h + 2 * ph < kh ||
+        (Py_ssize_t)a.w + 2 * pw < kw) {
+        bad("kc_im2col_decode: kernel, stride >= 1, padding >= 0, and the padded input at least the kernel");
+        goto done;
+    }
+    a.oh = (a.h + 2 * (size_t)ph - (size_t)kh) / (size_t)sh + 1;
+    a.ow = (a.w + 2 * (size_t)pw - (size_t)kw) / (size_t)sw + 1;
+    if (tables->shape[0] != (Py_ssize_t)a.c || tables->shape[1] != 256) {
+        bad("kc_im2col_decode: tables must be (C, 256) float32 for the input's C channels");
+        goto done;
+    }
+    if (out->shape[0] != (Py_ssize_t)(a.n * a.oh * a.ow) || out->shape[1] != (Py_ssize_t)((size_t)kh * kw * a.c)) {
+        bad("kc_im2col_decode: out must be (N * OH * OW, kh * kw * C) float32");
+        goto done;
+    }
+    a.tables = (const float *)tables->buf;
+    a.fill = fill;
+    a.out = (float *)out->buf;
+    unsigned m;
+    Py_BEGIN_ALLOW_THREADS
+    m = kc_im2col_decode(&a, nthreads);
+    Py_END_ALLOW_THREADS
+    result = m == UINT_MAX ? PyErr_NoMemory() : PyLong_FromUnsignedLong(m);
+    LB_BINDING_EXIT(bs, result);
+}
+
 PyMethodDef kc_methods[] = {
     {"kc_fthreshold", py_kc_fthreshold, METH_VARARGS,
      "kc_fthreshold(x, thr, sign, out, path, nthreads)\n\nfloat32 (rows, C) -> per-channel multi-threshold codes "
      "(uint8) or bits (uint64, one threshold)."},
     {"kc_decode", py_kc_decode, METH_VARARGS,
      "kc_decode(codes, table, out, nthreads) -> largest code\n\nout = table[codes] (table: 256 float32)."},
+    {"kc_im2col_decode", py_kc_im2col_decode, METH_VARARGS,
+     "kc_im2col_decode(x, kernel, stride, padding, tables, fill, out, nthreads) -> largest code\n\n"
+     "out = im2col of tables[c][x] (NHWC uint8 codes, tables (C, 256) float32), padded with fill."},
     {"kc_conv", py_kc_conv, METH_VARARGS,
      "kc_conv(x, kernel, stride, padding, pad, map, kind, b, abits, bbits, bstore, n, sa, oa, sb, ob, zb, sumb, "
      "mul, border, pool, thr, sign, flip, out, path, nthreads) -> largest input code\n\n"

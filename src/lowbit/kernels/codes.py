@@ -523,6 +523,21 @@ def decode_codes(codes, table, *, num_threads=None) -> np.ndarray:
     return out
 
 
+def im2col_decode(x4: np.ndarray, tables: np.ndarray, kernel, stride, padding, fill: float, num_threads=None):
+    """The patches of a float conv whose input is ``tables[c][code]`` of uint8 NHWC codes, in one C pass:
+    (float32 (N, OH, OW, kh*kw*C) im2col rows padded with ``fill``, the largest code read). ``tables``:
+    float32 (C, 256), e.g. a decode table followed by a per-channel affine map (the graph runtime's fused
+    first layer). Unchecked core: shapes as stated."""
+    x4 = np.ascontiguousarray(x4)
+    n, h, w, c = x4.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    out = np.empty((n * oh * ow, kh * kw * c), np.float32)
+    top = _bitgemm.kc_im2col_decode(x4, (kh, kw), (sh, sw), (ph, pw), np.ascontiguousarray(tables, np.float32),
+                                    float(fill), out, resolve_threads(num_threads))
+    return out.reshape(n, oh, ow, kh * kw * c), top
+
+
 def decode(codes: np.ndarray, table256: np.ndarray, num_threads=None):
     """The unchecked core of :func:`decode_codes`: (table256[codes] float32, the largest code)."""
     codes = np.ascontiguousarray(codes)

@@ -296,6 +296,8 @@ class Gemm(Node):
             self.state = _array(arrays, wname, f, np.float32, (self.k, n))
         self.pad_fill = 0
         self._conv_codes = None
+        #: (tables, decode node, affine node) when this float conv reads the codes before them (Graph._fuse)
+        self.codes_input = None
         #: a binary conv's weights laid out for kernels.binary_conv2d (no im2col matrix; pad bit 0 = +1, as here)
         self.native_bits = None
         if self.layer == "conv2d":
@@ -360,12 +362,35 @@ class Gemm(Node):
 
     def _rows(self, x: np.ndarray):
         """The GEMM's input rows and the lead shape of its output."""
+        if self.codes_input is not None:
+            patches = self._patches_from_codes(x)
+            return patches.reshape(-1, patches.shape[-1]), patches.shape[:3]
         if self.layer == "dense":
             x = x.reshape(len(x), -1)
             return x, (len(x),)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         patches = im2col(x, kh, kw, sh, sw, ph, pw, fill=self.pad_fill)
         return patches.reshape(-1, patches.shape[-1]), patches.shape[:3]
+
+    def fuse_codes_input(self, decode: "Decode", affine: "AffineNode"):
+        """Take the codes before ``decode -> affine`` as this float conv's input: one C pass makes the patches
+        from per-channel tables of the decoded, normalized values (made here, with the same float32 operations
+        in the same order, so the patches are bit-identical)."""
+        t = decode._table256[None, :]
+        tables = t * affine.a.scale[:, None] + affine.a.bias[:, None]
+        self.codes_input = (np.ascontiguousarray(tables, np.float32), decode, affine)
+        self.inputs = list(decode.inputs)
+
+    def _patches_from_codes(self, x: np.ndarray) -> np.ndarray:
+        from ..kernels.codes import im2col_decode
+
+        tables, decode, affine = self.codes_input
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        patches, top = im2col_decode(x, tables, (kh, kw), (sh, sw), (ph, pw), self.pad_fill)
+        if x.size and top >= len(decode.table):  # a code past the table: the unfused ops say so, as they did
+            y = affine.run(self._k, decode.run(self._k, x))
+            return im2col(y, kh, kw, sh, sw, ph, pw, fill=self.pad_fill)
+        return patches
 
     def _codes_conv(self):
         """(level set, code map, number of codes) of a k-bit conv's input, made on first use."""
@@ -473,6 +498,8 @@ class Gemm(Node):
         return self.epilogue.run(kernels, acc)
 
     def describe(self) -> str:
+        if self.codes_input is not None:
+            return f"{self.layer} -> {self.out_channels} [float32; decode + affine + im2col in one pass]"
         kernel = {"bits": "xnor-popcount", "float": "float32"}.get(self.fmt)
         if kernel is None:
             kernel = f"{self._k.choose_kernel(self.a_levels, self.b_levels)} ({self.a_levels} x {self.b_levels})"
@@ -748,6 +775,7 @@ class GraphNetwork:
         if int(np.prod(shapes[self.output_name])) != self.num_classes:
             raise CheckpointError(f"{where}: the graph gives {shapes[self.output_name]} outputs per image, "
                                   f"the file declares {self.num_classes} classes")
+        self._fuse_first_layer()
         # free each intermediate once its last reader has run
         last_use = {}
         for i, node in enumerate(self.nodes):
@@ -755,6 +783,28 @@ class GraphNetwork:
                 last_use[v] = i
         self._release = [[v for v in node.inputs if last_use[v] == i and v != self.output_name]
                          for i, node in enumerate(self.nodes)]
+
+    def _fuse_first_layer(self):
+        """decode -> affine -> float conv, each the only reader of the one before (a float first layer on 8-bit
+        pixels): the conv reads the codes and makes its patches in one C pass (Gemm.fuse_codes_input) instead of
+        three float passes over the image."""
+        readers = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                readers.setdefault(v, []).append(node)
+        for d in list(self.nodes):
+            if not isinstance(d, Decode) or d.bits_in:
+                continue
+            after = readers.get(d.output, [])
+            if len(after) != 1 or not isinstance(after[0], AffineNode) or d.output == self.output_name:
+                continue
+            a = after[0]
+            last = readers.get(a.output, [])
+            if (len(last) != 1 or a.output == self.output_name or not isinstance(last[0], Gemm)
+                    or last[0].fmt != "float" or last[0].layer != "conv2d" or len(a.a.scale) != d.channels):
+                continue
+            last[0].fuse_codes_input(d, a)
+            self.nodes = [n for n in self.nodes if n is not d and n is not a]
 
     def predict(self, x) -> np.ndarray:
         """Float32 logits for a batch of 8-bit images."""
