@@ -356,6 +356,34 @@ def test_conv_levels_bands_and_channel_chunks(kernel_path):
             np.testing.assert_array_equal(got, ref, err_msg=f"{shape} {cout} pool {pool}, {nt} threads")
 
 
+def test_im2col_decode_matches_numpy(kernel_path):
+    """The fused first-layer patches: im2col of tables[c][code], padded with fill, for random shapes (kernels
+    wider than the input with padding, strides past the kernel), 1 and 2 threads; the largest code read."""
+    from lowbit.kernels.codes import im2col_decode
+    from lowbit.runtime.ops import im2col
+
+    rng = np.random.default_rng(21)
+    for trial in range(40):
+        n, c = int(rng.integers(1, 3)), int(rng.integers(1, 5))
+        kh, kw = int(rng.integers(1, 8)), int(rng.integers(1, 8))
+        ph, pw = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+        h, w = int(rng.integers(max(1, kh - 2 * ph), 20)), int(rng.integers(max(1, kw - 2 * pw), 20))
+        sh, sw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        x = rng.integers(0, 256, (n, h, w, c)).astype(np.uint8)
+        tables = rng.standard_normal((c, 256)).astype(np.float32)
+        fill = float(rng.standard_normal())
+        ref = im2col(tables[np.arange(c), x], kh, kw, sh, sw, ph, pw, fill=np.float32(fill))  # tables[ch][code]
+        for nt in (1, 2):
+            got, top = im2col_decode(x, tables, (kh, kw), (sh, sw), (ph, pw), fill, num_threads=nt)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{x.shape} k{kh}x{kw} s{sh}x{sw} p{ph}x{pw} {nt}t")
+            assert top == x.max()
+    big = rng.integers(0, 256, (1, 224, 224, 3)).astype(np.uint8)  # threaded (the real first layer's size)
+    tables = rng.standard_normal((3, 256)).astype(np.float32)
+    got, top = im2col_decode(big, tables, (7, 7), (2, 2), (3, 3), 0.0, num_threads=2)
+    ref = im2col(tables[np.arange(3), big], 7, 7, 2, 2, 3, 3, fill=np.float32(0))
+    np.testing.assert_array_equal(got, ref)
+
+
 # ---- errors ------------------------------------------------------------------------------------------------
 
 
