@@ -79,6 +79,10 @@ def onnx_session(model, x, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # its pool threads otherwise spin-wait after each run and take the cores of the contender timed next:
+    # AlexNet W1A2 at batch 1 timed 37 ms in lowbit's runtime after onnxruntime vs 22-24 ms alone, with 20 ms
+    # of untimed calls between (settle), while onnxruntime itself ran no slower with blocking waits (75 ms)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
 
