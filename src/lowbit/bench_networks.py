@@ -142,8 +142,9 @@ def markdown(report: dict) -> str:
         "# Whole networks: lowbit runtime vs the float twin in PyTorch fp32 and onnxruntime fp32", "",
         f"Machine: {m['cpu']}, {report['threads']} threads, kernel path `{m['kernel_path']}`; torch "
         f"{report['torch']}. Median of {report['reps']} interleaved rounds. *torch fp32* / *onnxruntime*: the same "
-        "architecture with identity quantizers (fp32 weights and activations). *agree*: runtime vs the quantized "
-        "PyTorch model's predicted classes on the timed batch.", "",
+        "architecture with identity quantizers (fp32 weights and activations); onnxruntime's pool threads block "
+        "between runs instead of spin-waiting (spinning, they slowed whichever contender ran next). *agree*: runtime "
+        "vs the quantized PyTorch model's predicted classes on the timed batch.", "",
         markdown_table(["network", "batch", "lowbit", "torch fp32", "onnxruntime fp32", "vs torch", "vs onnxruntime",
                         "agree", "model file", "smaller than fp32"], rows, "lrrrrrrrrr"),
         "", ceiling(report.get("instruction_peaks_gops") or {}),
