@@ -161,11 +161,12 @@ void qg_gemm(const qg_args *g, int path, int nthreads)
             ctx.nrchunks = (g->m + rchunk - 1) / rchunk;
         }
     }
-    if (path == BG_PATH_AMX && g->kind == QG_INT8 && nt > 1) {
+    if (path == BG_PATH_AMX && g->kind == QG_INT8 && nt > 1 && g->m >= 32 * (size_t)nt) {
         /* AMX tiles: rows only, in a multiple of nt blocks of whole 32s (<= ~1024 rows), every block all the
          * columns. Splitting the columns made each chunk re-pack its rows into tile order and cut the strips
          * a K block serves; at 784 x 128 x 1152 two threads then ran slower than one (0.38 vs 0.34 ms), this
-         * way 0.28 ms (196 x 256 x 2304: 0.45 -> 0.31 ms) */
+         * way 0.28 ms (196 x 256 x 2304: 0.45 -> 0.31 ms). With fewer than 32 rows a thread (no tiles: the
+         * VNNI kernel), the columns are split as above. */
         const size_t nblk = (size_t)nt * ((g->m + 1024 * (size_t)nt - 1) / (1024 * (size_t)nt));
         size_t r = (g->m + nblk - 1) / nblk;
         r = (r + 31) / 32 * 32;
