@@ -221,6 +221,27 @@ def test_pack_prepare_and_pickle(restore_path):
         K.prepare_levels(pb, "u2", "u8")
 
 
+def test_byte_values_to_codes_every_set_and_byte():
+    """int8 / uint8 operands take a uint8-arithmetic path to codes: every byte value of both dtypes, for every
+    set of at most 7 bits, gives the set's code or a refusal, exactly as the set's definition says."""
+    from lowbit.kernels.quant import _codes
+
+    for name, ls in LEVEL_SETS.items():
+        if ls.bits > 7:
+            continue
+        for dt in (np.int8, np.uint8):
+            values = np.arange(256, dtype=np.uint8).view(dt)
+            inside = ls.contains(values.astype(np.int64))
+            for v, ok in zip(values, inside):
+                x = np.full((2, 3), v, dt)
+                if ok:
+                    want = (int(v) - ls.offset) // ls.step
+                    np.testing.assert_array_equal(_codes(x, ls, "x"), np.full((2, 3), want, np.uint8), err_msg=name)
+                else:
+                    with pytest.raises(ShapeError, match=rf"x\[0, 0\] = {int(v)} is not in level set '{name}'"):
+                        _codes(x, ls, "x")
+
+
 def test_choose_kernel_rule(restore_path):
     assert K.choose_kernel("binary", "binary") == "xnor"
     assert K.choose_kernel("u8", "s8") == "int8"

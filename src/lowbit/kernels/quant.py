@@ -133,11 +133,14 @@ def _codes(arr: np.ndarray, ls: LevelSet, name: str) -> np.ndarray:
         if arr.size and int(arr.max()) >= ls.ncodes:
             check_in_set(arr, ls, name)
         return arr if arr.strides[-1] == 1 or arr.shape[1] <= 1 else np.ascontiguousarray(arr)
-    if arr.dtype.itemsize == 1 and ls.bits <= 7:  # int8 / uint8 values: one table lookup per byte
-        codes = _byte_table(ls, arr.dtype.kind == "i")[arr.view(np.uint8)]
-        if arr.size and int(codes.max()) == 255:  # the table's mark for a value outside the set
+    if arr.dtype.itemsize == 1 and ls.bits <= 7 and ls.step in (1, 2):  # int8 / uint8 values, uint8 arithmetic
+        # (value - offset) mod 256 is the code times the step for every value in [min, max]; a value outside
+        # that range, or an odd multiple of a step of 2, is refused (a 256-entry table lookup instead took
+        # 4 ms per million values, 10x the product of 256 x 4096 binary activations it fed)
+        d = arr.view(np.uint8) - np.uint8(ls.offset % 256)
+        if arr.size and (int(arr.min()) < ls.min or int(arr.max()) > ls.max or (ls.step == 2 and (d & 1).any())):
             check_in_set(arr, ls, name)
-        return np.ascontiguousarray(codes)
+        return np.ascontiguousarray(d >> 1 if ls.step == 2 else d)
     check_in_set(arr, ls, name)
     wide = arr.astype(np.int32 if arr.dtype.itemsize <= 4 else np.int64)
     if ls.offset:
@@ -145,24 +148,6 @@ def _codes(arr: np.ndarray, ls: LevelSet, name: str) -> np.ndarray:
     if ls.step != 1:
         wide //= ls.step
     return np.ascontiguousarray(wide, dtype=np.uint8)
-
-
-_TABLES = {}
-
-
-def _byte_table(ls: LevelSet, signed: bool) -> np.ndarray:
-    """256 entries: the code of each byte value (read as int8 if ``signed``), 255 where it is not in
-    ``ls`` (no valid code is 255 for sets of at most 7 bits)."""
-    key = (ls.name, signed)
-    if key not in _TABLES:
-        values = np.arange(256, dtype=np.int64)
-        if signed:
-            values = values.astype(np.uint8).view(np.int8).astype(np.int64)
-        table = np.full(256, 255, np.uint8)
-        ok = ls.contains(values)
-        table[ok] = ls.codes(values[ok])
-        _TABLES[key] = table
-    return _TABLES[key]
 
 
 def _check_bound(k: int, la: LevelSet, lb: LevelSet) -> None:
