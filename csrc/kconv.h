@@ -141,7 +141,7 @@ void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
 unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads);
 
 /* out (n * oh * ow, kh * kw * c) float32 = im2col of tables[ch][codes] over NHWC uint8 codes, padded with
- * fill; tables: c x 256 float32. Returns the largest code read, UINT_MAX when out of memory. */
+ * fill; tables: c x 256 float32. Returns the largest code of the input, UINT_MAX when out of memory. */
 typedef struct {
     const uint8_t *codes;
     size_t n, h, w, c, oh, ow;

@@ -282,6 +282,47 @@ static void im2col_unit(void *vctx, size_t u, void *scratch)
     }
 }
 
+/* windows that read each pixel less than once (a 1x1 stride-2 shortcut conv): each patch value looked up in
+ * the tables directly, no map */
+static void im2col_direct_unit(void *vctx, size_t u, void *scratch)
+{
+    (void)scratch;
+    im2col_ctx *ctx = (im2col_ctx *)vctx;
+    const kc_im2col_args *a = ctx->a;
+    const uint8_t *restrict codes = a->codes;
+    const float *restrict tables = a->tables;
+    float *restrict o;
+    const size_t h = a->h, w = a->w, c = a->c, oh = a->oh, ow = a->ow;
+    const ptrdiff_t kh = a->kh, kw = a->kw, sh = a->sh, sw = a->sw, ph = a->ph, pw = a->pw;
+    const float fill = a->fill;
+    const size_t rows = a->n * oh;
+    const size_t r0 = rows * u / ctx->units, r1 = rows * (u + 1) / ctx->units;
+    unsigned m = 0;
+    for (size_t r = r0; r < r1; r++) {
+        const size_t img = r / oh, oy = r % oh;
+        o = a->out + r * ow * (size_t)(kh * kw) * c;
+        for (size_t ox = 0; ox < ow; ox++)
+            for (ptrdiff_t ky = 0; ky < kh; ky++)
+                for (ptrdiff_t kx = 0; kx < kw; kx++, o += c) {
+                    const ptrdiff_t iy = (ptrdiff_t)oy * sh - ph + ky, ix = (ptrdiff_t)ox * sw - pw + kx;
+                    if (iy < 0 || iy >= (ptrdiff_t)h || ix < 0 || ix >= (ptrdiff_t)w) {
+                        for (size_t ch = 0; ch < c; ch++)
+                            o[ch] = fill;
+                        continue;
+                    }
+                    const uint8_t *px = codes + ((img * h + (size_t)iy) * w + (size_t)ix) * c;
+                    for (size_t ch = 0; ch < c; ch++) {
+                        const unsigned code = px[ch];
+                        m = code > m ? code : m;
+                        o[ch] = tables[ch * 256 + code];
+                    }
+                }
+    }
+    unsigned cur = atomic_load(&ctx->max);
+    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
+    }
+}
+
 unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads)
 {
     const size_t rows = a->n * a->oh, pixels = a->n * a->h * a->w;
@@ -289,6 +330,18 @@ unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads)
         return 0;
     im2col_ctx ctx;
     ctx.a = a;
+    const double values = (double)rows * (double)a->ow * (double)a->kh * (double)a->kw * (double)a->c;
+    if (a->kh * a->kw < a->sh * a->sw) {
+        atomic_init(&ctx.max, 0);
+        const int nt = threads_for(values * 0.5, nthreads);
+        ctx.units = units_for(nt, rows);
+        qg_run_units(ctx.units, nt, im2col_direct_unit, &ctx, 0);
+        /* the largest code of the whole input, as the map path (and the decode this replaces) read it */
+        unsigned m = atomic_load(&ctx.max);
+        for (size_t i = 0; i < pixels * a->c; i++)
+            m = a->codes[i] > m ? a->codes[i] : m;
+        return m;
+    }
     ctx.map = (float *)malloc(pixels * a->c * sizeof(float));
     if (!ctx.map)
         return UINT_MAX; /* the binding reports it */
@@ -296,7 +349,7 @@ unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads)
     int nt = threads_for((double)pixels * (double)a->c * 0.5, nthreads); /* ~0.5 ns a value */
     ctx.units = units_for(nt, pixels);
     qg_run_units(ctx.units, nt, map_unit, &ctx, 0);
-    nt = threads_for((double)rows * (double)a->ow * (double)a->kh * (double)a->kw * (double)a->c * 0.25, nthreads);
+    nt = threads_for(values * 0.25, nthreads);
     ctx.units = units_for(nt, rows);
     qg_run_units(ctx.units, nt, im2col_unit, &ctx, 0);
     free(ctx.map);

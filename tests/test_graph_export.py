@@ -279,31 +279,39 @@ def test_imagenet_recipes_export_exactly(tmp_path):
     assert sum("u2 x o2" in line for line in report["layers"]) == 4
 
 
-def test_float_first_layer_makes_its_patches_from_the_codes(tmp_path):
-    """decode -> affine -> float conv (a first layer on pixels) runs as one pass from the 8-bit codes: the same
-    float32 patches, bit for bit, as the three ops it replaces, on every code value and at the padded edges."""
+def test_float_convs_on_codes_make_their_patches_from_the_codes(tmp_path):
+    """decode -> affine -> float conv (a first layer on pixels) and decode -> float conv (a real-valued shortcut
+    conv on k-bit codes) run as one pass from the 8-bit codes: the same float32 patches, bit for bit, as the ops
+    they replace, on every code value and at the padded edges."""
     from lowbit.runtime.graph import AffineNode, Decode, Gemm
     from lowbit.runtime.ops import im2col
 
     cfg = get_recipe("imagenet-resnet18-pact-sawb")
     args = dict(cfg.model_args, num_classes=10, widths=[8, 16], blocks=[1, 1])
-    _, net = roundtrip(build_model(cfg.model, **args), (3, 64, 64), tmp_path, n=2, name="res.lbt")
-    graph = net  # a lowbit.runtime.graph.Graph
+    _, graph = roundtrip(build_model(cfg.model, **args), (3, 64, 64), tmp_path, n=2, name="res.lbt")
     fused = [n for n in graph.nodes if isinstance(n, Gemm) and n.codes_input is not None]
-    assert len(fused) == 1 and "decode + affine + im2col" in fused[0].describe()
-    g = fused[0]
-    tables, decode, affine = g.codes_input
-    assert decode not in graph.nodes and affine not in graph.nodes
-    assert not any(isinstance(n, (Decode, AffineNode)) and n.output in g.inputs for n in graph.nodes)
-    x = np.arange(2 * 64 * 64 * 3, dtype=np.int64).reshape(2, 64, 64, 3).astype(np.uint8)  # every code
-    ref = im2col(affine.run(graph._k, decode.run(graph._k, x)), *g.kernel, *g.stride, *g.padding, fill=g.pad_fill)
-    got = g._patches_from_codes(x)
-    assert got.dtype == np.float32 and got.shape == ref.shape
-    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
-    # a code the decode table lacks: the replaced ops' own error, as before
-    decode.table = decode.table[:200]
-    with pytest.raises(IndexError):
-        g._patches_from_codes(x)
+    first = [g for g in fused if g.codes_input[2] is not None]
+    shortcut = [g for g in fused if g.codes_input[2] is None]
+    assert len(first) == 1 and "decode + affine + im2col" in first[0].describe()
+    assert len(shortcut) == 1 and "decode + im2col" in shortcut[0].describe()  # the one strided 1x1 shortcut
+    rng = np.random.default_rng(3)
+    for g in fused:
+        tables, decode, affine = g.codes_input
+        assert decode not in graph.nodes and affine not in graph.nodes
+        assert not any(isinstance(n, (Decode, AffineNode)) and n.output in g.inputs for n in graph.nodes)
+        c, ncodes = decode.channels, len(decode.table)
+        x = rng.integers(0, ncodes, (2, 16, 16, c)).astype(np.uint8)
+        x.reshape(-1)[:ncodes] = np.arange(ncodes)  # every code
+        y = decode.run(graph._k, x)
+        y = y if affine is None else affine.run(graph._k, y)
+        ref = im2col(y, *g.kernel, *g.stride, *g.padding, fill=g.pad_fill)
+        got = g._patches_from_codes(x)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+        # a code the decode table lacks: the replaced ops' own error, as before
+        decode.table = decode.table[:ncodes - 1]
+        with pytest.raises(IndexError):
+            g._patches_from_codes(x)
 
 
 # ---- refusals and file validation -----------------------------------------------------------------------------

@@ -377,6 +377,14 @@ def test_im2col_decode_matches_numpy(kernel_path):
             got, top = im2col_decode(x, tables, (kh, kw), (sh, sw), (ph, pw), fill, num_threads=nt)
             np.testing.assert_array_equal(got, ref, err_msg=f"{x.shape} k{kh}x{kw} s{sh}x{sw} p{ph}x{pw} {nt}t")
             assert top == x.max()
+    # a 1x1 stride-2 shortcut conv (windows read each pixel less than once: direct lookups, no map); the
+    # largest code is the input's, read or not
+    x = rng.integers(0, 200, (2, 15, 15, 64)).astype(np.uint8)
+    x[1, 1, 1, 5] = 250  # an odd pixel: no window reads it
+    tables = rng.standard_normal((64, 256)).astype(np.float32)
+    got, top = im2col_decode(x, tables, (1, 1), (2, 2), (0, 0), 0.0, num_threads=2)
+    np.testing.assert_array_equal(got, im2col(tables[np.arange(64), x], 1, 1, 2, 2, 0, 0, fill=np.float32(0)))
+    assert top == 250
     big = rng.integers(0, 256, (1, 224, 224, 3)).astype(np.uint8)  # threaded (the real first layer's size)
     tables = rng.standard_normal((3, 256)).astype(np.float32)
     got, top = im2col_decode(big, tables, (7, 7), (2, 2), (3, 3), 0.0, num_threads=2)

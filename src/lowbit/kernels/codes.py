@@ -525,7 +525,7 @@ def decode_codes(codes, table, *, num_threads=None) -> np.ndarray:
 
 def im2col_decode(x4: np.ndarray, tables: np.ndarray, kernel, stride, padding, fill: float, num_threads=None):
     """The patches of a float conv whose input is ``tables[c][code]`` of uint8 NHWC codes, in one C pass:
-    (float32 (N, OH, OW, kh*kw*C) im2col rows padded with ``fill``, the largest code read). ``tables``:
+    (float32 (N, OH, OW, kh*kw*C) im2col rows padded with ``fill``, the largest code of x). ``tables``:
     float32 (C, 256), e.g. a decode table followed by a per-channel affine map (the graph runtime's fused
     first layer). Unchecked core: shapes as stated."""
     x4 = np.ascontiguousarray(x4)

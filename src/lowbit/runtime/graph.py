@@ -33,7 +33,7 @@ Every field is validated when the file is loaded (:class:`GraphNetwork`), before
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -372,13 +372,14 @@ class Gemm(Node):
         patches = im2col(x, kh, kw, sh, sw, ph, pw, fill=self.pad_fill)
         return patches.reshape(-1, patches.shape[-1]), patches.shape[:3]
 
-    def fuse_codes_input(self, decode: "Decode", affine: "AffineNode"):
-        """Take the codes before ``decode -> affine`` as this float conv's input: one C pass makes the patches
-        from per-channel tables of the decoded, normalized values (made here, with the same float32 operations
+    def fuse_codes_input(self, decode: "Decode", affine: Optional["AffineNode"]):
+        """Take the codes before ``decode [-> affine]`` as this float conv's input: one C pass makes the patches
+        from per-channel tables of the decoded (normalized) values (made here, with the same float32 operations
         in the same order, so the patches are bit-identical)."""
-        t = decode._table256[None, :]
-        tables = t * affine.a.scale[:, None] + affine.a.bias[:, None]
-        self.codes_input = (np.ascontiguousarray(tables, np.float32), decode, affine)
+        t = np.broadcast_to(decode._table256, (decode.channels, 256))
+        if affine is not None:
+            t = t * affine.a.scale[:, None] + affine.a.bias[:, None]
+        self.codes_input = (np.ascontiguousarray(t, np.float32), decode, affine)
         self.inputs = list(decode.inputs)
 
     def _patches_from_codes(self, x: np.ndarray) -> np.ndarray:
@@ -388,7 +389,8 @@ class Gemm(Node):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         patches, top = im2col_decode(x, tables, (kh, kw), (sh, sw), (ph, pw), self.pad_fill)
         if x.size and top >= len(decode.table):  # a code past the table: the unfused ops say so, as they did
-            y = affine.run(self._k, decode.run(self._k, x))
+            y = decode.run(self._k, x)
+            y = y if affine is None else affine.run(self._k, y)
             return im2col(y, kh, kw, sh, sw, ph, pw, fill=self.pad_fill)
         return patches
 
@@ -499,7 +501,7 @@ class Gemm(Node):
 
     def describe(self) -> str:
         if self.codes_input is not None:
-            return f"{self.layer} -> {self.out_channels} [float32; decode + affine + im2col in one pass]"
+            return f"{self.layer} -> {self.out_channels} [float32; decode{' + affine' if self.codes_input[2] else ''} + im2col in one pass]"
         kernel = {"bits": "xnor-popcount", "float": "float32"}.get(self.fmt)
         if kernel is None:
             kernel = f"{self._k.choose_kernel(self.a_levels, self.b_levels)} ({self.a_levels} x {self.b_levels})"
@@ -785,26 +787,29 @@ class GraphNetwork:
                          for i, node in enumerate(self.nodes)]
 
     def _fuse_first_layer(self):
-        """decode -> affine -> float conv, each the only reader of the one before (a float first layer on 8-bit
-        pixels): the conv reads the codes and makes its patches in one C pass (Gemm.fuse_codes_input) instead of
-        three float passes over the image."""
+        """decode [-> affine] -> float conv, each the only reader of the one before (a float first layer on 8-bit
+        pixels, a real-valued shortcut conv on k-bit codes): the conv reads the codes and makes its patches in
+        one C pass (Gemm.fuse_codes_input) instead of two or three float passes over the map."""
         readers = {}
         for node in self.nodes:
             for v in node.inputs:
                 readers.setdefault(v, []).append(node)
+
+        def only_reader(value):
+            after = readers.get(value, [])
+            return after[0] if len(after) == 1 and value != self.output_name else None
+
         for d in list(self.nodes):
             if not isinstance(d, Decode) or d.bits_in:
                 continue
-            after = readers.get(d.output, [])
-            if len(after) != 1 or not isinstance(after[0], AffineNode) or d.output == self.output_name:
-                continue
-            a = after[0]
-            last = readers.get(a.output, [])
-            if (len(last) != 1 or a.output == self.output_name or not isinstance(last[0], Gemm)
-                    or last[0].fmt != "float" or last[0].layer != "conv2d" or len(a.a.scale) != d.channels):
-                continue
-            last[0].fuse_codes_input(d, a)
-            self.nodes = [n for n in self.nodes if n is not d and n is not a]
+            a = only_reader(d.output)
+            if isinstance(a, AffineNode) and len(a.a.scale) == d.channels:
+                g = only_reader(a.output)
+            else:
+                a, g = None, a
+            if isinstance(g, Gemm) and g.fmt == "float" and g.layer == "conv2d" and g.codes_input is None:
+                g.fuse_codes_input(d, a)
+                self.nodes = [n for n in self.nodes if n is not d and n is not a]
 
     def predict(self, x) -> np.ndarray:
         """Float32 logits for a batch of 8-bit images."""
