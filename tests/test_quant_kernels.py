@@ -120,10 +120,13 @@ def test_two_threads_every_path(an, bn, kern, shape, restore_path):
 def test_int8_block_edges_every_path(an, bn, restore_path):
     """The int8 kernels' block edges, on every path: the AMX kernel's 32 x 32 blocks over whole 64-value K
     tiles (M, N one short of, equal to and one past a block; K a whole number of tiles or 16 values past;
-    the VNNI kernel then adds the rest), and the 256-row blocks, on 1 and 2 threads."""
+    the VNNI kernel then adds the rest; padded row tails), and the 256-row blocks, on 1 and 2 threads."""
     rng = np.random.default_rng(5)
     for m, n, k in [(32, 32, 64), (31, 32, 64), (33, 33, 65), (32, 48, 128), (64, 64, 80), (65, 95, 1040),
-                    (96, 64, 4096), (300, 80, 192), (40, 1, 64), (1, 64, 4096)]:
+                    (96, 64, 4096), (300, 80, 192), (40, 1, 64), (1, 64, 4096),
+                    # row tails of >= 8 past the last whole 32 run as a zero-padded tile block on amx: with a K
+                    # remainder, a column remainder, and across the 256-row block
+                    (45, 64, 130), (50, 70, 256), (287, 33, 64)]:
         a, b = values(rng, an, (m, k)), values(rng, bn, (n, k))
         ref = reference(a, b)
         pa, pb = K.pack_levels(a, an), K.pack_levels(b, bn)
