@@ -322,8 +322,8 @@ QGV_FN void qg_int8_vnni(const qg_args *g, size_t i0, size_t i1, size_t j0, size
  * The tile intrinsics are asm statements that take addresses in registers, so the compiler does not see
  * them read memory: compiler barriers follow every write of a buffer they read (else a store into memory
  * that is freed unread may be dropped). The VNNI kernel does the rest: K past the last whole tile
- * (adding to C), and the rows and columns outside whole blocks (M % 32, N % 32, and calls narrower than a
- * block, such as batch 1). */
+ * (adding to C), and the rows and columns outside whole blocks (N % 32, M % 32 below QGX_MIN_TAIL rows --
+ * a longer row tail is one more block, zero-padded -- and calls narrower than a block, such as batch 1). */
 #if QG_HAVE_AMX
 #define QGX_FN __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
 #define QGX_MC 256 /* rows per block: 256 x K bytes of A in L2 while the 32-column strips pass */
