@@ -27,6 +27,8 @@
 #ifndef LOWBIT_KCONV_H
 #define LOWBIT_KCONV_H
 
+#include <stdatomic.h>
+
 #include "qgemm.h"
 
 #define KC_MAX_THREADS 256 /* as bg_parallel's limit */
@@ -151,6 +153,14 @@ typedef struct {
     float *out;
 } kc_im2col_args;
 unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads);
+
+/* *m = max(*m, v), atomically: the largest code a threaded pass read, merged once per unit */
+static inline void kc_atomic_max(atomic_uint *m, unsigned v)
+{
+    unsigned cur = atomic_load(m);
+    while (v > cur && !atomic_compare_exchange_weak(m, &cur, v)) {
+    }
+}
 
 /* the window of output position o along one axis: input positions [lo, hi) of [0, size) */
 static inline void kc_window(size_t o, int k, int s, int p, size_t size, size_t *lo, size_t *hi)

@@ -42,13 +42,6 @@ static size_t align64(size_t n)
     return (n + 63) / 64 * 64;
 }
 
-static void atomic_max(atomic_uint *m, unsigned v)
-{
-    unsigned cur = atomic_load(m);
-    while (v > cur && !atomic_compare_exchange_weak(m, &cur, v)) {
-    }
-}
-
 static size_t out_h(const kc_conv_args *a)
 {
     return a->pooled ? a->epi.oh : a->pack.oh;
@@ -94,7 +87,7 @@ static void conv_unit(void *vctx, size_t u, void *scratch)
         const size_t j0 = ch * ctx->chunk, j1 = j0 + ctx->chunk < n ? j0 + ctx->chunk : n, nc = j1 - j0;
         if (rows) {
             const ptrdiff_t ldd = planes ? (ptrdiff_t)(ctx->row_bytes / 8) : (ptrdiff_t)ctx->row_bytes;
-            atomic_max(&ctx->max, kc_pack_range(p, &ctx->rf, rs, rs + rows, blk, ldd, sums, buf));
+            kc_atomic_max(&ctx->max, kc_pack_range(p, &ctx->rf, rs, rs + rows, blk, ldd, sums, buf));
             qg_args g = a->gemm;
             g.a = blk;
             g.lda = ldd;

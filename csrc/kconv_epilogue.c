@@ -191,9 +191,7 @@ static void decode_unit(void *vctx, size_t u, void *scratch)
         m = code > m ? code : m;
         out[i] = table[code];
     }
-    unsigned cur = atomic_load(&ctx->max);
-    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
-    }
+    kc_atomic_max(&ctx->max, m);
 }
 
 unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads)
@@ -239,9 +237,7 @@ static void map_unit(void *vctx, size_t u, void *scratch)
             m = code > m ? code : m;
             map[p * c + ch] = tables[ch * 256 + code];
         }
-    unsigned cur = atomic_load(&ctx->max);
-    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
-    }
+    kc_atomic_max(&ctx->max, m);
 }
 
 static void im2col_unit(void *vctx, size_t u, void *scratch)
@@ -297,7 +293,6 @@ static void im2col_direct_unit(void *vctx, size_t u, void *scratch)
     const float fill = a->fill;
     const size_t rows = a->n * oh;
     const size_t r0 = rows * u / ctx->units, r1 = rows * (u + 1) / ctx->units;
-    unsigned m = 0;
     for (size_t r = r0; r < r1; r++) {
         const size_t img = r / oh, oy = r % oh;
         o = a->out + r * ow * (size_t)(kh * kw) * c;
@@ -311,15 +306,9 @@ static void im2col_direct_unit(void *vctx, size_t u, void *scratch)
                         continue;
                     }
                     const uint8_t *px = codes + ((img * h + (size_t)iy) * w + (size_t)ix) * c;
-                    for (size_t ch = 0; ch < c; ch++) {
-                        const unsigned code = px[ch];
-                        m = code > m ? code : m;
-                        o[ch] = tables[ch * 256 + code];
-                    }
+                    for (size_t ch = 0; ch < c; ch++)
+                        o[ch] = tables[ch * 256 + px[ch]];
                 }
-    }
-    unsigned cur = atomic_load(&ctx->max);
-    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
     }
 }
 
@@ -332,12 +321,11 @@ unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads)
     ctx.a = a;
     const double values = (double)rows * (double)a->ow * (double)a->kh * (double)a->kw * (double)a->c;
     if (a->kh * a->kw < a->sh * a->sw) {
-        atomic_init(&ctx.max, 0);
         const int nt = threads_for(values * 0.5, nthreads);
         ctx.units = units_for(nt, rows);
         qg_run_units(ctx.units, nt, im2col_direct_unit, &ctx, 0);
         /* the largest code of the whole input, as the map path (and the decode this replaces) read it */
-        unsigned m = atomic_load(&ctx.max);
+        unsigned m = 0;
         for (size_t i = 0; i < pixels * a->c; i++)
             m = a->codes[i] > m ? a->codes[i] : m;
         return m;

@@ -207,9 +207,7 @@ static void pack_unit(void *vctx, size_t u, void *buf)
         dst = p->bits ? (void *)((uint64_t *)p->dst + (ptrdiff_t)r0 * p->ldd)
                       : (void *)((uint8_t *)p->dst + (ptrdiff_t)r0 * p->ldd);
     const unsigned m = kc_pack_range(p, &ctx->f, r0, r1, dst, p->ldd, p->sums ? p->sums + r0 : NULL, (uint8_t *)buf);
-    unsigned cur = atomic_load(&ctx->max);
-    while (m > cur && !atomic_compare_exchange_weak(&ctx->max, &cur, m)) {
-    }
+    kc_atomic_max(&ctx->max, m);
 }
 
 unsigned kc_pack(const kc_pack_args *p, int path, int nthreads)

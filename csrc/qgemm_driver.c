@@ -118,6 +118,46 @@ static void qg_unit(void *vctx, size_t u, void *scratch)
     ctx->fold(g, i0, i1, j0, j1);
 }
 
+/* The units of work: column chunks of whole panels (each thread then streams its own slices of the weights),
+ * times row blocks when there are few columns; on AMX tiles, row blocks only. */
+static void qg_split(qg_ctx *ctx, int path, int nt)
+{
+    const qg_args *g = ctx->g;
+    const size_t panels = (g->n + QG_NR - 1) / QG_NR;
+    if (path == BG_PATH_AMX && g->kind == QG_INT8 && nt > 1 && g->m >= 32 * (size_t)nt) {
+        /* AMX tiles: rows only, in a multiple of nt blocks of whole 32s (<= ~1024 rows), every block all the
+         * columns. Splitting the columns made each chunk re-pack its rows into tile order and cut the strips
+         * a K block serves; at 784 x 128 x 1152 two threads then ran slower than one (0.38 vs 0.34 ms), this
+         * way 0.28 ms (196 x 256 x 2304: 0.45 -> 0.31 ms). With fewer than 32 rows a thread (no tiles: the
+         * VNNI kernel), the columns are split as below. */
+        const size_t nblk = (size_t)nt * ((g->m + 1024 * (size_t)nt - 1) / (1024 * (size_t)nt));
+        const size_t r = ((g->m + nblk - 1) / nblk + 31) / 32 * 32;
+        ctx->chunk = panels * QG_NR;
+        ctx->nchunks = 1;
+        ctx->rchunk = r;
+        ctx->nrchunks = (g->m + r - 1) / r;
+        return;
+    }
+    size_t per = panels / (4 * (size_t)nt); /* panels per chunk */
+    if (per < 4) per = 4;
+    if (nt == 1 || per > panels) per = panels;
+    ctx->chunk = per * QG_NR;
+    ctx->nchunks = (panels + per - 1) / per;
+    /* few columns (a conv's output channels) for the threads: split the rows too, in blocks of whole
+     * 256-row kernel blocks, ~4 chunks a thread (the rows of A are then read once per column chunk) */
+    ctx->rchunk = g->m;
+    ctx->nrchunks = 1;
+    if (nt > 1 && ctx->nchunks < 4 * (size_t)nt) {
+        const size_t want = (4 * (size_t)nt + ctx->nchunks - 1) / ctx->nchunks;
+        size_t rchunk = (g->m + want - 1) / want;
+        rchunk = (rchunk + 255) / 256 * 256;
+        if (rchunk < g->m) {
+            ctx->rchunk = rchunk;
+            ctx->nrchunks = (g->m + rchunk - 1) / rchunk;
+        }
+    }
+}
+
 void qg_gemm(const qg_args *g, int path, int nthreads)
 {
     if (g->m == 0 || g->n == 0)
@@ -138,42 +178,10 @@ void qg_gemm(const qg_args *g, int path, int nthreads)
     }
     const qg_traits t = qg_traits_for(path);
     const int nt = qg_plan_threads(g, path, nthreads);
-    const size_t panels = (g->n + QG_NR - 1) / QG_NR;
-    size_t per = panels / (4 * (size_t)nt); /* panels per chunk */
-    if (per < 4) per = 4;
-    if (nt == 1 || per > panels) per = panels;
     qg_ctx ctx;
     ctx.g = g;
     ctx.fn = g->kind == QG_INT8 ? t.int8 : t.bits;
     ctx.fold = t.fold;
-    ctx.chunk = per * QG_NR;
-    ctx.nchunks = (panels + per - 1) / per;
-    /* few columns (a conv's output channels) for the threads: split the rows too, in blocks of whole
-     * 256-row kernel blocks, ~4 chunks a thread (the rows of A are then read once per column chunk) */
-    ctx.rchunk = g->m;
-    ctx.nrchunks = 1;
-    if (nt > 1 && ctx.nchunks < 4 * (size_t)nt) {
-        const size_t want = (4 * (size_t)nt + ctx.nchunks - 1) / ctx.nchunks;
-        size_t rchunk = (g->m + want - 1) / want;
-        rchunk = (rchunk + 255) / 256 * 256;
-        if (rchunk < g->m) {
-            ctx.rchunk = rchunk;
-            ctx.nrchunks = (g->m + rchunk - 1) / rchunk;
-        }
-    }
-    if (path == BG_PATH_AMX && g->kind == QG_INT8 && nt > 1 && g->m >= 32 * (size_t)nt) {
-        /* AMX tiles: rows only, in a multiple of nt blocks of whole 32s (<= ~1024 rows), every block all the
-         * columns. Splitting the columns made each chunk re-pack its rows into tile order and cut the strips
-         * a K block serves; at 784 x 128 x 1152 two threads then ran slower than one (0.38 vs 0.34 ms), this
-         * way 0.28 ms (196 x 256 x 2304: 0.45 -> 0.31 ms). With fewer than 32 rows a thread (no tiles: the
-         * VNNI kernel), the columns are split as above. */
-        const size_t nblk = (size_t)nt * ((g->m + 1024 * (size_t)nt - 1) / (1024 * (size_t)nt));
-        size_t r = (g->m + nblk - 1) / nblk;
-        r = (r + 31) / 32 * 32;
-        ctx.chunk = panels * QG_NR;
-        ctx.nchunks = 1;
-        ctx.rchunk = r;
-        ctx.nrchunks = (g->m + r - 1) / r;
-    }
+    qg_split(&ctx, path, nt);
     qg_run_units(ctx.nchunks * ctx.nrchunks, nt, qg_unit, &ctx, 0);
 }

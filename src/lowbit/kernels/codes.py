@@ -529,11 +529,10 @@ def im2col_decode(x4: np.ndarray, tables: np.ndarray, kernel, stride, padding, f
     float32 (C, 256), e.g. a decode table followed by a per-channel affine map (the graph runtime's fused
     first layer). Unchecked core: shapes as stated."""
     x4 = np.ascontiguousarray(x4)
-    n, h, w, c = x4.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    n, oh, ow = conv_output_shape(x4.shape, kernel, stride, padding)
+    (kh, kw), c = kernel, x4.shape[3]
     out = np.empty((n * oh * ow, kh * kw * c), np.float32)
-    top = _bitgemm.kc_im2col_decode(x4, (kh, kw), (sh, sw), (ph, pw), np.ascontiguousarray(tables, np.float32),
+    top = _bitgemm.kc_im2col_decode(x4, kernel, stride, padding, np.ascontiguousarray(tables, np.float32),
                                     float(fill), out, resolve_threads(num_threads))
     return out.reshape(n, oh, ow, kh * kw * c), top
 

@@ -296,7 +296,8 @@ class Gemm(Node):
             self.state = _array(arrays, wname, f, np.float32, (self.k, n))
         self.pad_fill = 0
         self._conv_codes = None
-        #: (tables, decode node, affine node) when this float conv reads the codes before them (Graph._fuse)
+        #: (tables, decode node, affine node or None) when this float conv reads the codes before them
+        #: (GraphNetwork._fuse_float_convs_on_codes)
         self.codes_input = None
         #: a binary conv's weights laid out for kernels.binary_conv2d (no im2col matrix; pad bit 0 = +1, as here)
         self.native_bits = None
@@ -501,7 +502,8 @@ class Gemm(Node):
 
     def describe(self) -> str:
         if self.codes_input is not None:
-            return f"{self.layer} -> {self.out_channels} [float32; decode{' + affine' if self.codes_input[2] else ''} + im2col in one pass]"
+            fused = "decode + affine" if self.codes_input[2] is not None else "decode"
+            return f"{self.layer} -> {self.out_channels} [float32; {fused} + im2col in one pass]"
         kernel = {"bits": "xnor-popcount", "float": "float32"}.get(self.fmt)
         if kernel is None:
             kernel = f"{self._k.choose_kernel(self.a_levels, self.b_levels)} ({self.a_levels} x {self.b_levels})"
@@ -777,7 +779,7 @@ class GraphNetwork:
         if int(np.prod(shapes[self.output_name])) != self.num_classes:
             raise CheckpointError(f"{where}: the graph gives {shapes[self.output_name]} outputs per image, "
                                   f"the file declares {self.num_classes} classes")
-        self._fuse_first_layer()
+        self._fuse_float_convs_on_codes()
         # free each intermediate once its last reader has run
         last_use = {}
         for i, node in enumerate(self.nodes):
@@ -786,7 +788,7 @@ class GraphNetwork:
         self._release = [[v for v in node.inputs if last_use[v] == i and v != self.output_name]
                          for i, node in enumerate(self.nodes)]
 
-    def _fuse_first_layer(self):
+    def _fuse_float_convs_on_codes(self):
         """decode [-> affine] -> float conv, each the only reader of the one before (a float first layer on 8-bit
         pixels, a real-valued shortcut conv on k-bit codes): the conv reads the codes and makes its patches in
         one C pass (Gemm.fuse_codes_input) instead of two or three float passes over the map."""
