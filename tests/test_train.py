@@ -296,3 +296,48 @@ def test_amp_and_compile_options_train(shared_data, tmp_path):
     assert compiled["epochs"][0]["train_loss"] == plain["epochs"][0]["train_loss"]
     assert np.isfinite(bf16["epochs"][0]["train_loss"]) and abs(bf16["test_accuracy"] - plain["test_accuracy"]) < 0.1
     assert main(_tiny_args(shared_data, tmp_path / "x", 1) + ["--set", "amp=fp8"]) == 2
+
+
+def test_channels_last_trains_the_same_values_and_writes_a_usable_checkpoint(shared_data, tmp_path, capsys):
+    """channels_last only changes memory layout: one step of a binary ConvNet gives the outputs and
+    gradients of the NCHW model (float64, so no summation-order noise), and a CLI run with it (and bf16)
+    writes a checkpoint that a plain NCHW model loads and evaluates to the accuracy the run recorded."""
+    from lowbit.models.image import convnet
+    from lowbit.train.tasks.image import classify
+    from lowbit.train.losses import get_loss
+
+    torch.manual_seed(0)
+    args = dict(in_shape=[1, 12, 12], num_classes=10, channels=[8, "M", 16, "M"], fc=[32])
+    nchw = convnet(**args).double()
+    nhwc = convnet(**args).double()
+    nhwc.load_state_dict(nchw.state_dict())
+    nhwc = nhwc.to(memory_format=torch.channels_last)
+    assert nhwc[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x, y = torch.rand(20, 1, 12, 12, dtype=torch.float64) * 2 - 1, torch.randint(0, 10, (20,))
+    loss_fn = get_loss("square_hinge")
+    l1, _, c1 = classify(nchw, x, y, loss_fn)
+    l2, _, c2 = classify(nhwc, x, y, loss_fn, channels_last=True)
+    l1.backward()
+    l2.backward()
+    assert l1.item() == pytest.approx(l2.item(), rel=1e-12) and c1 == c2
+    for (name, p), q in zip(nchw.named_parameters(), nhwc.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
+
+    out = tmp_path / "cl"
+    assert main(["train", "mnist-cnn", "--epochs", "1", "--data-dir", str(shared_data), "--out", str(out),
+                 "--no-progress", "--set", "train_subset=2000", "--set", "test_subset=500",
+                 "--set", "model.channels=8,M,16,M", "--set", "model.fc=32",
+                 "--set", "channels_last=true", "--set", "amp=bf16"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    model = lowbit.load_checkpoint(out / "checkpoint.pt")
+    from lowbit.data import load_dataset
+    test = load_dataset("mnist", "test", data_dir=shared_data)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(test.images[:500]).float()).argmax(1).numpy()
+    assert (pred == test.labels[:500]).mean() == pytest.approx(metrics["test_accuracy"])
+    assert metrics["test_accuracy"] > 0.5
+    for bad in (["ptb-lstm", "--set", "channels_last=true"], ["mnist-cnn", "--set", "channels_last=maybe"]):
+        capsys.readouterr()
+        assert main(["train", bad[0], "--epochs", "1", "--data-dir", str(shared_data),
+                     "--out", str(tmp_path / "x"), *bad[1:]]) == 2
+        assert "channels_last" in capsys.readouterr().err

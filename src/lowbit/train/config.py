@@ -47,6 +47,9 @@ class TrainConfig:
     data_workers: int = 2  # DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process
     amp: str = "none"  # "bf16": forward under bfloat16 autocast (GEMMs/convs in bf16; quantizers stay float32)
     compile: str = ""  # a torch.compile backend for the training forward ("inductor", "aot_eager"); "": eager
+    # conv weights and image batches in NHWC: with amp=bf16 oneDNN's bf16 convs (AMX / AVX-512 BF16) need it
+    # to be fast (mnist-cnn step at 2 threads on an AMX Xeon: 262 ms fp32, 206 ms bf16, 156 ms bf16 + NHWC)
+    channels_last: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -84,6 +87,7 @@ FIELD_DOCS: Dict[str, str] = {
     "data_workers": "DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process",
     "amp": "mixed precision: none or bf16 (autocast; quantizers stay float32)",
     "compile": "torch.compile backend for the training forward (inductor, aot_eager); empty: eager",
+    "channels_last": "keep conv weights and image batches in channels-last (NHWC) memory: faster convs, same values",
 }
 
 
@@ -199,6 +203,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.bn_recalibrate and cfg.task != "image":
         raise ConfigError(f"bn_recalibrate is supported by the image task only; recipe {cfg.recipe!r} has task "
                           f"{cfg.task!r}: set bn_recalibrate=0")
+    if cfg.channels_last and cfg.task not in ("image", "imagenet"):
+        raise ConfigError(f"channels_last is for image tasks; recipe {cfg.recipe!r} has task {cfg.task!r}: "
+                          f"set channels_last=false")
     if cfg.amp not in ("none", "bf16"):
         raise ConfigError(f"amp must be 'none' or 'bf16', got {cfg.amp!r}")
     if cfg.task not in TASKS:

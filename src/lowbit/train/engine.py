@@ -235,6 +235,8 @@ def fit(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress
 
     # ---- model, optimizer, schedule -----------------------------------------------------------------
     model = model_from_config(cfg.to_dict()).to(ctx.device)
+    if cfg.channels_last:  # only 4-d tensors (conv weights) change layout; the checkpoint's values do not
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr_start, lr_scale=cfg.lr_scale)
     steps_per_epoch = task.steps_per_epoch(ctx)
     scheduler = build_scheduler(optimizer, cfg.lr_start, cfg.lr_end, cfg.epochs * steps_per_epoch)

@@ -87,8 +87,11 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
-def classify(train_model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn):
-    """(mean loss, count, number correct) of one labelled batch: the step every classifier task shares."""
+def classify(train_model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, channels_last: bool = False):
+    """(mean loss, count, number correct) of one labelled batch: the step every classifier task shares.
+    ``channels_last``: hand the convs an NHWC batch, the layout of the model's weights (cfg.channels_last)."""
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     out = train_model(x)
     return loss_fn(out, y), len(y), float((out.argmax(1) == y).sum())
 
@@ -125,7 +128,7 @@ class ImageTask(Task):
 
     def loss(self, train_model, model, batch):
         x, y = batch
-        return classify(train_model, x, y, self.loss_fn)
+        return classify(train_model, x, y, self.loss_fn, self.cfg.channels_last)
 
     def evaluate(self, model, ctx) -> Dict[str, float]:
         if self.cfg.bn_recalibrate:  # replace the stale running averages before evaluating and saving

@@ -85,7 +85,7 @@ class ImageNetTask(Task):
 
     def loss(self, train_model, model, batch):
         x, y = batch
-        return classify(train_model, x, y, self.loss_fn)
+        return classify(train_model, x, y, self.loss_fn, self.cfg.channels_last)
 
     def evaluate(self, model, ctx) -> Dict[str, float]:
         loss, top1, top5 = evaluate_loader(model, self.val_set, self.loss_fn, self.cfg.eval_batch_size,
