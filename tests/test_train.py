@@ -341,3 +341,42 @@ def test_channels_last_trains_the_same_values_and_writes_a_usable_checkpoint(sha
         assert main(["train", bad[0], "--epochs", "1", "--data-dir", str(shared_data),
                      "--out", str(tmp_path / "x"), *bad[1:]]) == 2
         assert "channels_last" in capsys.readouterr().err
+
+
+def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """img (C, H, W) moved down by dy and right by dx, zeros shifted in: written with slices, no padding."""
+    out = np.zeros_like(img)
+    h, w = img.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_random_shift_moves_each_image_by_one_offset_in_range():
+    from lowbit.train.tasks.image import random_shift
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(1, 256, size=(300, 3, 7, 9), dtype=np.uint8))  # no zero pixel
+    out = random_shift(images, 2, torch.Generator().manual_seed(1)).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    seen = set()
+    for img, moved in zip(images.numpy(), out):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if np.array_equal(_shifted(img, dy, dx), moved)]
+        assert len(matches) == 1, matches
+        seen.add(matches[0])
+    assert len(seen) == 25  # every offset in [-2, 2]^2 drawn among 300 images
+    again = random_shift(images, 2, torch.Generator().manual_seed(1)).numpy()
+    assert np.array_equal(out, again)  # the same generator state gives the same shifts (resume)
+    assert np.array_equal(random_shift(images, 0, torch.Generator()).numpy(), images.numpy())
+
+
+def test_random_shift_trains_and_is_refused_outside_image_tasks(shared_data, tmp_path, capsys):
+    out = tmp_path / "aug"
+    assert main(["train", "mnist-mlp", "--epochs", "1", "--data-dir", str(shared_data), "--out", str(out),
+                 "--no-progress", "--set", "train_subset=3000", "--set", "test_subset=500",
+                 "--set", "random_shift=2", *FAST_MLP]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.7
+    for bad in (["ptb-lstm", "--set", "random_shift=2"], ["mnist-mlp", "--set", "random_shift=-1"]):
+        capsys.readouterr()
+        assert main(["train", bad[0], "--epochs", "1", "--data-dir", str(shared_data),
+                     "--out", str(tmp_path / "x"), *bad[1:]]) == 2
+        assert "random_shift" in capsys.readouterr().err

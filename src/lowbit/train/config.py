@@ -43,6 +43,9 @@ class TrainConfig:
     valid_size: int = 0
     task: str = "image"  # which training loop: "image" classification (others register more)
     pact_l2: float = 0.0  # L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)
+    # translate each training image by up to N pixels in x and y (uniform integer offsets, zero fill), a
+    # fresh draw per image and epoch (0: off, the papers' setting: BNN and QNN train MNIST unaugmented)
+    random_shift: int = 0
     bn_recalibrate: int = 0  # before each evaluation, re-estimate BN running statistics over this many training images (0: off)
     data_workers: int = 2  # DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process
     amp: str = "none"  # "bf16": forward under bfloat16 autocast (GEMMs/convs in bf16; quantizers stay float32)
@@ -83,6 +86,7 @@ FIELD_DOCS: Dict[str, str] = {
     "valid_size": "hold out the last N training images for validation; report test accuracy at the best-validation epoch, keep that model in best.pt (0: off)",
     "task": "training loop: image, imagenet or lm",
     "pact_l2": "L2 penalty on PACT clipping levels: loss += pact_l2 * sum(alpha^2) (0: none)",
+    "random_shift": "augment: shift each training image by up to N pixels in x and y, zero fill (0: off)",
     "bn_recalibrate": "re-estimate batch-norm statistics over this many training images before each evaluation (0: off)",
     "data_workers": "DataLoader worker processes of streaming tasks (imagenet); 0 loads in-process",
     "amp": "mixed precision: none or bf16 (autocast; quantizers stay float32)",
@@ -198,6 +202,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.valid_size and cfg.task != "image":
         raise ConfigError(f"valid_size is supported by the image task only; recipe {cfg.recipe!r} has task "
                           f"{cfg.task!r}: set valid_size=0")
+    if cfg.random_shift < 0:
+        raise ConfigError(f"random_shift must be >= 0 (pixels; 0: off), got {cfg.random_shift}")
+    if cfg.random_shift and cfg.task != "image":
+        raise ConfigError(f"random_shift is supported by the image task only; recipe {cfg.recipe!r} has task "
+                          f"{cfg.task!r}: set random_shift=0")
     if cfg.bn_recalibrate < 0:
         raise ConfigError(f"bn_recalibrate must be >= 0 (training images; 0: off), got {cfg.bn_recalibrate}")
     if cfg.bn_recalibrate and cfg.task != "image":

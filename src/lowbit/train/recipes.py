@@ -29,9 +29,9 @@ def mnist_mlp() -> TrainConfig:
     )
 
 
-@recipe("mnist-cnn")
-def mnist_cnn() -> TrainConfig:
-    """A small binary ConvNet for MNIST (W1A1): 2x32C3-MP2-2x64C3-MP2-2x128C3-MP2-512FC-10."""
+def _mnist_convnet() -> TrainConfig:
+    """The MNIST ConvNet 2x32C3-MP2-2x64C3-MP2-2x128C3-MP2-512FC-10 (W1A1), unaugmented, as mnist-cnn-qnn and
+    the QNN ablation (benchmarks/qnn_ablation.py) train it."""
     return TrainConfig(
         recipe="mnist-cnn", dataset="mnist", model="convnet",
         model_args=dict(in_shape=[1, 28, 28], num_classes=10,
@@ -39,10 +39,22 @@ def mnist_cnn() -> TrainConfig:
                         pad_value=1.0, dropout_hidden=0.0, **BINARY),
         # No Glorot LR scale: with Glorot-range latent weights it makes Adam flip binary weights every few
         # steps. (The Theano BNN code uses the scale, W_LR_scale = "Glorot", with H = 1: latent weights start
-        # in U[-1, 1], far from flipping.) 99.26% in 9 epochs, 99.35% in 24 (best epoch 99.50%; 49 min at 2
-        # threads): benchmarks/results/mnist_accuracy.md.
+        # in U[-1, 1], far from flipping.)
         epochs=24, batch_size=100, lr_start=1e-2, lr_end=1e-5, lr_scale=False,
     )
+
+
+@recipe("mnist-cnn")
+def mnist_cnn() -> TrainConfig:
+    """A small binary ConvNet for MNIST (W1A1): 2x32C3-MP2-2x64C3-MP2-2x128C3-MP2-512FC-10, each training image
+    shifted by up to 2 pixels, BN statistics re-estimated before each evaluation."""
+    cfg = _mnist_convnet()
+    # Unaugmented, the net fits the training set (99.9%) and its test accuracy stalls near 99.35% (24 epochs,
+    # 99.35% at the last). With the shifts and the recalibrated statistics: 99.42% after 28 epochs in 51.7 min
+    # (benchmarks/results/mnist_accuracy.md, cnn-w1a1-60min-shift; --set amp=bf16 --set channels_last=true
+    # fit them in the hour on an AMX CPU).
+    cfg.epochs, cfg.random_shift, cfg.bn_recalibrate = 28, 2, 5000
+    return cfg
 
 
 def _paper_convnet(name: str, dataset: str, width: int, epochs: int, lr_end: float) -> TrainConfig:
@@ -90,8 +102,9 @@ def mnist_mlp_qnn() -> TrainConfig:
 
 @recipe("mnist-cnn-qnn")
 def mnist_cnn_qnn() -> TrainConfig:
-    """mnist-cnn with the QNN knobs (k-bit quantizers, grad_quantizer, norm) open to --set."""
-    return _with_qnn_knobs(mnist_cnn(), "mnist-cnn-qnn")
+    """The mnist-cnn ConvNet with the QNN knobs (k-bit quantizers, grad_quantizer, norm) open to --set, trained
+    as the QNN ablation measured it: unaugmented, no BN recalibration unless --set, 24 epochs."""
+    return _with_qnn_knobs(_mnist_convnet(), "mnist-cnn-qnn")
 
 
 # ---- Binary ResNets with real-valued shortcuts (Bi-Real Net / ReActNet style; lowbit.models.resnet) ------

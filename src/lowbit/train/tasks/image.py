@@ -3,7 +3,9 @@
 The whole dataset is held as uint8 tensors; each epoch's order is a permutation drawn from a generator
 seeded by (seed, epoch), and under torchrun each rank takes every world_size-th image of it. With
 ``bn_recalibrate = N`` the batch norms' running statistics are re-estimated over a fixed draw of N
-training images before every evaluation (:func:`lowbit.nn.norm.recalibrate_batch_norm`).
+training images before every evaluation (:func:`lowbit.nn.norm.recalibrate_batch_norm`). With
+``random_shift = N`` every training image is translated by its own random offset of up to N pixels
+(:func:`random_shift`), drawn from a generator seeded by (seed, epoch) as the order is.
 
 With ``valid_size = N`` the last N training images are held out (BinaryNet's Theano MNIST script trains
 on the first 50,000 and validates on the last 10,000): every epoch is also evaluated on them, and
@@ -87,6 +89,19 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image (N, C, H, W) translated by its own (dy, dx), uniform in [-max_shift, max_shift]^2; pixels
+    shifted in from outside are 0. out[n, :, y, x] = images[n, :, y - dy, x - dx] where that is inside."""
+    n, _, h, w = images.shape
+    s = int(max_shift)
+    padded = nn.functional.pad(images, (s, s, s, s))
+    # the crop of the padded image that starts at (s - dy, s - dx) is the image moved by (dy, dx)
+    start = torch.randint(0, 2 * s + 1, (2, n), generator=generator)
+    rows = (start[0][:, None] + torch.arange(h))[:, :, None]  # (N, H, 1)
+    cols = (start[1][:, None] + torch.arange(w))[:, None, :]  # (N, 1, W)
+    return padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
 def classify(train_model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, channels_last: bool = False):
     """(mean loss, count, number correct) of one labelled batch: the step every classifier task shares.
     ``channels_last``: hand the convs an NHWC batch, the layout of the model's weights (cfg.channels_last)."""
@@ -122,9 +137,13 @@ class ImageTask(Task):
         order = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch))
         order = order[ctx.rank::ctx.world_size]
         b = self._local_batch(ctx)
+        shifts = torch.Generator().manual_seed((self.cfg.seed * 100003 + epoch) * 2 + 1 + ctx.rank * 7919)
         for step in range(self.steps_per_epoch(ctx)):
             idx = order[step * b:(step + 1) * b]
-            yield self.x_train[idx].to(ctx.device, non_blocking=True).float(), self.y_train[idx].to(ctx.device)
+            x = self.x_train[idx]
+            if self.cfg.random_shift:
+                x = random_shift(x, self.cfg.random_shift, shifts)
+            yield x.to(ctx.device, non_blocking=True).float(), self.y_train[idx].to(ctx.device)
 
     def loss(self, train_model, model, batch):
         x, y = batch
