@@ -154,18 +154,6 @@ typedef struct {
 } kc_im2col_args;
 unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads);
 
-/* out (rows, n) float32 = sum_g alpha[g] * acc[r][g * n + o] (g = 0, 1, ... in order, float32) + bias[r % period][o]:
- * a float first layer with integer weights on 8-bit pixels, run as one integer GEMM whose columns hold the
- * weights of one input channel each (acc: rows x groups * n int32), recombined with the channels' scales */
-typedef struct {
-    const int32_t *acc;
-    size_t rows, groups, n, period;
-    const float *alpha;       /* (groups) */
-    const float *bias;        /* (period, n) */
-    float *out;
-} kc_group_sum_args;
-void kc_group_sum(const kc_group_sum_args *a, int nthreads);
-
 /* *m = max(*m, v), atomically: the largest code a threaded pass read, merged once per unit */
 static inline void kc_atomic_max(atomic_uint *m, unsigned v)
 {

@@ -207,45 +207,6 @@ unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *ou
     return atomic_load(&ctx.max);
 }
 
-/* ---- kc_group_sum: a channel-split integer first layer back to float ------------------------------- */
-typedef struct {
-    const kc_group_sum_args *a;
-    size_t units;
-} group_sum_ctx;
-
-static void group_sum_unit(void *vctx, size_t u, void *scratch)
-{
-    (void)scratch;
-    const group_sum_ctx *ctx = (const group_sum_ctx *)vctx;
-    const kc_group_sum_args *a = ctx->a;
-    const size_t r0 = a->rows * u / ctx->units, r1 = a->rows * (u + 1) / ctx->units, n = a->n;
-    for (size_t r = r0; r < r1; r++) {
-        const int32_t *acc = a->acc + r * a->groups * n;
-        const float *bias = a->bias + (r % a->period) * n;
-        float *out = a->out + r * n;
-        for (size_t o = 0; o < n; o++)
-            out[o] = a->alpha[0] * (float)acc[o];
-        for (size_t g = 1; g < a->groups; g++) {
-            const float al = a->alpha[g];
-            const int32_t *ag = acc + g * n;
-            for (size_t o = 0; o < n; o++)
-                out[o] += al * (float)ag[o];
-        }
-        for (size_t o = 0; o < n; o++)
-            out[o] += bias[o];
-    }
-}
-
-void kc_group_sum(const kc_group_sum_args *a, int nthreads)
-{
-    if (a->rows == 0 || a->n == 0)
-        return;
-    group_sum_ctx ctx = {.a = a};
-    const int nt = threads_for((double)a->rows * (double)(a->n * a->groups) * 0.25, nthreads); /* ~0.25 ns a value */
-    ctx.units = units_for(nt, a->rows);
-    qg_run_units(ctx.units, nt, group_sum_unit, &ctx, 0);
-}
-
 /* ---- kc_im2col_decode: decode + per-channel affine + im2col of a float first layer ---------------------
  * A float conv on 8-bit codes (a first layer: decode -> affine -> conv) wrote the decoded map, then the
  * normalized map, then its patches: three float passes. Here the map is made once from per-channel tables

@@ -479,54 +479,12 @@ static PyObject *py_kc_im2col_decode(PyObject *Py_UNUSED(self), PyObject *args)
     LB_BINDING_EXIT(bs, result);
 }
 
-static PyObject *py_kc_group_sum(PyObject *Py_UNUSED(self), PyObject *args)
-{
-    PyObject *oacc, *oalpha, *obias, *oout;
-    int nthreads;
-    if (!PyArg_ParseTuple(args, "OOOOi:kc_group_sum", &oacc, &oalpha, &obias, &oout, &nthreads) ||
-        lb_check_nthreads(nthreads) < 0)
-        return NULL;
-    LB_BINDING(bs, result);
-    Py_buffer *acc = lb_buf_get(&bs, oacc, "acc", LB_T_I32, 2, LB_BUF_CONTIG);
-    if (!acc)
-        goto done;
-    Py_buffer *alpha = lb_buf_get(&bs, oalpha, "alpha", LB_T_F32, 1, LB_BUF_CONTIG);
-    if (!alpha)
-        goto done;
-    Py_buffer *bias = lb_buf_get(&bs, obias, "bias", LB_T_F32, 2, LB_BUF_CONTIG);
-    if (!bias)
-        goto done;
-    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, 2, LB_BUF_CONTIG | LB_BUF_WRITABLE);
-    if (!out)
-        goto done;
-    kc_group_sum_args a;
-    a.rows = (size_t)acc->shape[0], a.groups = (size_t)alpha->shape[0], a.n = (size_t)out->shape[1];
-    a.period = (size_t)bias->shape[0];
-    if (a.groups < 1 || out->shape[0] != acc->shape[0] || (size_t)acc->shape[1] != a.groups * a.n ||
-        (size_t)bias->shape[1] != a.n || a.period < 1 || a.rows % a.period != 0) {
-        bad("kc_group_sum: acc (rows, G * n) int32, alpha (G,) and bias (P, n) float32 with P dividing rows, "
-            "out (rows, n) float32");
-        goto done;
-    }
-    a.acc = (const int32_t *)acc->buf, a.alpha = (const float *)alpha->buf, a.bias = (const float *)bias->buf;
-    a.out = (float *)out->buf;
-    Py_BEGIN_ALLOW_THREADS
-    kc_group_sum(&a, nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-    LB_BINDING_EXIT(bs, result);
-}
-
 PyMethodDef kc_methods[] = {
     {"kc_fthreshold", py_kc_fthreshold, METH_VARARGS,
      "kc_fthreshold(x, thr, sign, out, path, nthreads)\n\nfloat32 (rows, C) -> per-channel multi-threshold codes "
      "(uint8) or bits (uint64, one threshold)."},
     {"kc_decode", py_kc_decode, METH_VARARGS,
      "kc_decode(codes, table, out, nthreads) -> largest code\n\nout = table[codes] (table: 256 float32)."},
-    {"kc_group_sum", py_kc_group_sum, METH_VARARGS,
-     "kc_group_sum(acc, alpha, bias, out, nthreads)\n\n"
-     "out[r, o] = sum_g alpha[g] * acc[r, g * n + o] + bias[r % P, o] (int32 in, float32 out)."},
     {"kc_im2col_decode", py_kc_im2col_decode, METH_VARARGS,
      "kc_im2col_decode(x, kernel, stride, padding, tables, fill, out, nthreads) -> largest code\n\n"
      "out = im2col of tables[c][x] (NHWC uint8 codes, tables (C, 256) float32), padded with fill."},

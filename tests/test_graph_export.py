@@ -314,58 +314,6 @@ def test_float_convs_on_codes_make_their_patches_from_the_codes(tmp_path):
             g._patches_from_codes(x)
 
 
-def test_a_binary_first_layer_on_pixels_runs_as_a_channel_split_integer_gemm(tmp_path, kernel_path):
-    """AlexNet's first conv (binary weights on normalized pixels, zero padding in the normalized image): on the
-    VNNI/AMX paths it runs as one integer GEMM over (channel, output) columns whose int32 sums are scaled and
-    added to a border-aware bias map. On every path, the output is that of a float64 conv of the normalized
-    pixels to float32 rounding, at the padded edges and for every pixel value, and the whole network predicts
-    as PyTorch does."""
-    from lowbit.runtime.graph import SPLIT_PATHS, Gemm
-    from lowbit.runtime.ops import im2col
-
-    cfg = get_recipe("imagenet-alexnet")
-    args = dict(cfg.model_args, num_classes=10, widths=[16, 8, 8, 8, 8], fc=[16, 16])
-    _, graph = roundtrip(build_model(cfg.model, **args), (3, 224, 224), tmp_path, n=2, name="alex.lbt")
-    (g,) = [n for n in graph.nodes if isinstance(n, Gemm) and n.codes_input is not None]
-    assert g.channel_split is not None and g.kernel == (11, 11) and g.padding == (2, 2)
-    assert ("split by input channel" in g.describe()) == (kernel_path in SPLIT_PATHS)
-    tables, decode, _ = g.codes_input
-    rng = np.random.default_rng(5)
-    x = rng.integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
-    x.reshape(-1)[:256] = np.arange(256)  # every pixel value
-    normalized = tables.astype(np.float64)[np.arange(3), x]  # (N, H, W, C): tables[c][x[..., c]]
-    ref = im2col(normalized, *g.kernel, *g.stride, *g.padding, fill=np.float64(g.pad_fill)) @ g.state.astype(np.float64)
-    got = g.reduce(graph._k, x)
-    assert got.dtype == np.float32 and got.shape == ref.shape
-    # float32 rounding of sums of 363 terms of size up to ~2.6 (|w| = 1)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=363 * 2.7 * 2 ** -22)
-    # a pixel value the decode table lacks (a shortened table): the float path's own error, as before
-    decode.table = decode.table[:255]
-    with pytest.raises(IndexError):
-        g.reduce(graph._k, x)
-
-
-def test_channel_split_is_skipped_where_weights_or_tables_have_no_integer_form(tmp_path):
-    """Real-valued first-layer weights (ResNet-18 PACT+SAWB) have no common integer scale: no split; nor has a
-    binary first layer whose input tables are not affine in the code."""
-    from lowbit.runtime.graph import Gemm
-
-    cfg = get_recipe("imagenet-resnet18-pact-sawb")
-    args = dict(cfg.model_args, num_classes=10, widths=[8, 16], blocks=[1, 1])
-    _, graph = roundtrip(build_model(cfg.model, **args), (3, 32, 32), tmp_path, n=2, name="res.lbt")
-    assert all(n.channel_split is None for n in graph.nodes if isinstance(n, Gemm))
-    cfg = get_recipe("imagenet-alexnet")
-    args = dict(cfg.model_args, num_classes=10, widths=[16, 8, 8, 8, 8], fc=[16, 16])
-    _, graph = roundtrip(build_model(cfg.model, **args), (3, 224, 224), tmp_path, n=1, name="alex.lbt")
-    (g,) = [n for n in graph.nodes if isinstance(n, Gemm) and n.codes_input is not None]
-    assert g.channel_split is not None
-    tables, decode, affine = g.codes_input
-    g.codes_input = (tables ** 3, decode, affine)  # not affine in the code
-    g.channel_split = None
-    g.prepare_channel_split((224, 224))
-    assert g.channel_split is None
-
-
 # ---- refusals and file validation -----------------------------------------------------------------------------
 
 

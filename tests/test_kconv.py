@@ -392,29 +392,6 @@ def test_im2col_decode_matches_numpy(kernel_path):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_group_sum_matches_the_float32_formula():
-    """out[r, o] = alpha[0] acc[r, o] + alpha[1] acc[r, n + o] + ... (float32, in that order) + bias[r % P, o],
-    bit for bit against NumPy doing the same float32 operations, for 1 and 2 threads, with threads on (a
-    224x224 AlexNet first layer's rows)."""
-    from lowbit.kernels.codes import group_sum
-
-    rng = np.random.default_rng(8)
-    for rows_per, images, groups, n in ((1, 1, 1, 1), (7, 3, 3, 5), (3025, 2, 3, 192), (4, 1, 2, 64)):
-        acc = rng.integers(-2 ** 20, 2 ** 20, (images * rows_per, groups * n)).astype(np.int32)
-        alpha = rng.standard_normal(groups).astype(np.float32)
-        bias = rng.standard_normal((rows_per, n)).astype(np.float32)
-        ref = alpha[0] * acc[:, :n].astype(np.float32)
-        for g in range(1, groups):
-            ref = ref + alpha[g] * acc[:, g * n:(g + 1) * n].astype(np.float32)
-        ref = ref + np.tile(bias, (images, 1))
-        for nt in (1, 2):
-            got = group_sum(acc, alpha, bias, num_threads=nt)
-            assert got.dtype == np.float32 and got.shape == ref.shape
-            np.testing.assert_array_equal(got, ref, err_msg=f"{acc.shape} {groups} groups, {nt} threads")
-    with pytest.raises(ValueError, match="P dividing rows"):
-        group_sum(np.zeros((5, 6), np.int32), np.ones(2, np.float32), np.zeros((2, 3), np.float32))
-
-
 # ---- errors ------------------------------------------------------------------------------------------------
 
 

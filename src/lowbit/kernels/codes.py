@@ -537,21 +537,6 @@ def im2col_decode(x4: np.ndarray, tables: np.ndarray, kernel, stride, padding, f
     return out.reshape(n, oh, ow, kh * kw * c), top
 
 
-def group_sum(acc: np.ndarray, alpha: np.ndarray, bias: np.ndarray, num_threads=None) -> np.ndarray:
-    """float32 (..., n) = sum_g alpha[g] * acc[..., g * n + o] (summed g = 0, 1, ... in float32) + bias, in one
-    C pass: the per-channel integer sums of a channel-split first layer, scaled and summed. acc: int32
-    (..., G * n); alpha: (G,); bias: (P, n) added to row r as bias[r % P], P dividing the rows (a border map
-    of one image: the rows of every image in turn). Unchecked core: shapes as stated."""
-    acc = np.ascontiguousarray(acc, np.int32)
-    alpha = np.ascontiguousarray(alpha, np.float32)
-    n = acc.shape[-1] // len(alpha)
-    rows = acc.reshape(-1, acc.shape[-1])
-    out = np.empty((len(rows), n), np.float32)
-    _bitgemm.kc_group_sum(rows, alpha, np.ascontiguousarray(bias, np.float32).reshape(-1, n), out,
-                          resolve_threads(num_threads))
-    return out.reshape(acc.shape[:-1] + (n,))
-
-
 def decode(codes: np.ndarray, table256: np.ndarray, num_threads=None):
     """The unchecked core of :func:`decode_codes`: (table256[codes] float32, the largest code)."""
     codes = np.ascontiguousarray(codes)

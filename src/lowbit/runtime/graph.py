@@ -255,11 +255,6 @@ class Node:
         return ""
 
 
-#: kernel paths on which a float first layer with integer weights runs as the channel-split integer GEMM
-#: (Gemm.prepare_channel_split): their int8 kernels pay for its 3x multiply-adds; AVX2's do not
-SPLIT_PATHS = ("avx512vnni", "amx")
-
-
 class Gemm(Node):
     """dense / conv2d -> [max-pool of the accumulators] -> [border] -> threshold or affine epilogue."""
 
@@ -304,9 +299,6 @@ class Gemm(Node):
         #: (tables, decode node, affine node or None) when this float conv reads the codes before them
         #: (GraphNetwork._fuse_float_convs_on_codes)
         self.codes_input = None
-        #: (prepared integer weights, alpha, bias map, level set) of the channel-split integer form of a float
-        #: conv on codes (prepare_channel_split), when it has one
-        self.channel_split = None
         #: a binary conv's weights laid out for kernels.binary_conv2d (no im2col matrix; pad bit 0 = +1, as here)
         self.native_bits = None
         if self.layer == "conv2d":
@@ -391,64 +383,6 @@ class Gemm(Node):
         self.codes_input = (np.ascontiguousarray(t, np.float32), decode, affine)
         self.inputs = list(decode.inputs)
 
-    def prepare_channel_split(self, in_hw) -> None:
-        """The integer form of a float conv on codes (after fuse_codes_input), when its weights are one scale s
-        times integers q (|q| <= 127: binary +-1 first layers) and its per-channel tables are affine in the code,
-        x = alpha_c * code + beta_c (8-bit pixels, decoded and normalized):
-
-            sum_(c,i) w x = s * sum_c alpha_c * S_c + B,   S_c = sum_i q_(c,i) * code_(c,i)   (exact int32)
-
-        B (per output position and channel, made here in float64) is s * sum q * beta_c over each window's
-        in-bounds taps plus the pad value * sum w over its padded ones, so padded taps read code 0. One integer
-        GEMM gives every S_c: its columns are (c, o) pairs, channel c's weights of output o and zeros for the
-        other channels (3x the multiply-adds for RGB, on int8 kernels many times as fast as float32 where the
-        CPU has VNNI or AMX), and kernels.codes.group_sum adds them up with the scales s * alpha_c. The sum is
-        the float conv's to float32 rounding (the integer part exactly). Nothing is prepared where the weights
-        or tables do not have this form."""
-        from ..kernels.levels import level_set
-
-        tables, decode, _ = self.codes_input
-        ncodes = len(decode.table)
-        t = tables[:, :ncodes].astype(np.float64)
-        alpha = (t[:, -1] - t[:, 0]) / (ncodes - 1)
-        beta = t[:, 0]
-        fit = alpha[:, None] * np.arange(ncodes) + beta[:, None]
-        if np.abs(fit - t).max() > 8 * np.finfo(np.float32).eps * max(np.abs(t).max(), 1e-30):
-            return
-        w = self.state.astype(np.float64)  # (K, N), K in (kh, kw, c) order
-        nonzero = np.abs(w[w != 0])
-        if not nonzero.size:
-            return
-        scale = nonzero.min()
-        q = w / scale
-        if not np.array_equal(q, np.round(q)) or np.abs(q).max() > 127:
-            return
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        c = len(alpha)
-        channel = np.arange(self.k) % c
-        split = np.concatenate([np.where(channel[None, :] == g, q.T, 0) for g in range(c)]).astype(np.int16)
-        levels = "ternary" if np.abs(q).max() <= 1 else "s8"
-        beta_image = np.broadcast_to(beta, (1,) + tuple(in_hw) + (c,))
-        patches = im2col(beta_image, kh, kw, sh, sw, ph, pw, fill=np.float64(self.pad_fill))
-        bias = patches.reshape(-1, self.k) @ w
-        self.channel_split = (self._k.prepare_levels(split, levels, "u8"), (scale * alpha).astype(np.float32),
-                              bias.astype(np.float32), level_set("u8"))
-
-    def _split_conv_runs(self, kernels, x: np.ndarray) -> bool:
-        """Whether this call takes the channel-split integer form: prepared, on a path whose int8 kernels are
-        fast enough to pay for the split (VNNI, AMX), and every code in the decode table (a code past it
-        takes the float path, which reports it as the unfused ops do)."""
-        return (self.channel_split is not None and kernels.active_path() in SPLIT_PATHS and x.ndim == 4
-                and (not x.size or int(x.max()) < len(self.codes_input[1].table)))
-
-    def _split_conv(self, kernels, x: np.ndarray) -> np.ndarray:
-        from ..kernels.codes import conv_core, group_sum
-
-        state, alpha, bias, ls = self.channel_split
-        acc = conv_core(x, state, self.kernel, self.stride, self.padding, 0, ls, None, 256, "acc", 1, None, None,
-                        None, None, False, what=f"layer {self.name!r}")
-        return group_sum(acc, alpha, bias)
-
     def _patches_from_codes(self, x: np.ndarray) -> np.ndarray:
         from ..kernels.codes import im2col_decode
 
@@ -485,8 +419,6 @@ class Gemm(Node):
                          out, mul, border, window, thr_t, sign, flip, what=f"layer {self.name!r}")
 
     def reduce(self, kernels, x: np.ndarray) -> np.ndarray:
-        if self._split_conv_runs(kernels, x):
-            return self._split_conv(kernels, x)
         if self.fmt == "codes":  # im2col fused into the packing of the GEMM's operand (one C pass)
             if self._fused(kernels):
                 return self._conv(kernels, x, "acc")
@@ -571,10 +503,6 @@ class Gemm(Node):
     def describe(self) -> str:
         if self.codes_input is not None:
             fused = "decode + affine" if self.codes_input[2] is not None else "decode"
-            if self.channel_split is not None and self._k.active_path() in SPLIT_PATHS:
-                state = self.channel_split[0]
-                return (f"{self.layer} -> {self.out_channels} [{self._k.choose_kernel('u8', state.levels)} "
-                        f"(u8 x {state.levels.name}), split by input channel; {fused} folded in]")
             return f"{self.layer} -> {self.out_channels} [float32; {fused} + im2col in one pass]"
         kernel = {"bits": "xnor-popcount", "float": "float32"}.get(self.fmt)
         if kernel is None:
@@ -851,7 +779,7 @@ class GraphNetwork:
         if int(np.prod(shapes[self.output_name])) != self.num_classes:
             raise CheckpointError(f"{where}: the graph gives {shapes[self.output_name]} outputs per image, "
                                   f"the file declares {self.num_classes} classes")
-        self._fuse_float_convs_on_codes(shapes)
+        self._fuse_float_convs_on_codes()
         # free each intermediate once its last reader has run
         last_use = {}
         for i, node in enumerate(self.nodes):
@@ -860,7 +788,7 @@ class GraphNetwork:
         self._release = [[v for v in node.inputs if last_use[v] == i and v != self.output_name]
                          for i, node in enumerate(self.nodes)]
 
-    def _fuse_float_convs_on_codes(self, shapes):
+    def _fuse_float_convs_on_codes(self):
         """decode [-> affine] -> float conv, each the only reader of the one before (a float first layer on 8-bit
         pixels, a real-valued shortcut conv on k-bit codes): the conv reads the codes and makes its patches in
         one C pass (Gemm.fuse_codes_input) instead of two or three float passes over the map."""
@@ -883,7 +811,6 @@ class GraphNetwork:
                 a, g = None, a
             if isinstance(g, Gemm) and g.fmt == "float" and g.layer == "conv2d" and g.codes_input is None:
                 g.fuse_codes_input(d, a)
-                g.prepare_channel_split(shapes[d.inputs[0]][:2])
                 self.nodes = [n for n in self.nodes if n is not d and n is not a]
 
     def predict(self, x) -> np.ndarray:
