@@ -40,9 +40,9 @@ VALID = ["valid_size=10000"]
 MLP60_SHIFT = [o for o in MLP60_SETTINGS if not o.startswith("model.dropout")] + [
     "model.dropout_in=0.0", "model.dropout_hidden=0.2", "random_shift=1"]
 # bf16 convs on NHWC tensors (oneDNN's AMX / AVX-512 BF16 path; on an AVX2-only CPU bf16 is slower than fp32)
-# and BN statistics re-estimated over 5,000 training images before each (fp32) evaluation: on the AMX Xeon
-# the ConvNet step goes from 262 to 156 ms, so 28 epochs (with the evaluations) fit the hour instead of 22. Evaluation stays fp32,
-# the arithmetic of the exported network.
+# and BN statistics re-estimated over 5,000 training images before each evaluation: on the AMX Xeon the
+# ConvNet step goes from 262 to 156 ms, so 28 epochs (with the evaluations) fit the hour instead of 22.
+# Evaluation stays fp32, the arithmetic of the exported network.
 FAST_CNN = ["amp=bf16", "channels_last=true", "bn_recalibrate=5000"]
 
 # name -> (recipe, epochs, overrides, accuracy target or None, training-time budget in minutes or None)

@@ -199,19 +199,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"pact_l2 must be >= 0, got {cfg.pact_l2}")
     if cfg.valid_size < 0:
         raise ConfigError(f"valid_size must be >= 0 (training images held out; 0: off), got {cfg.valid_size}")
-    if cfg.valid_size and cfg.task != "image":
-        raise ConfigError(f"valid_size is supported by the image task only; recipe {cfg.recipe!r} has task "
-                          f"{cfg.task!r}: set valid_size=0")
     if cfg.random_shift < 0:
         raise ConfigError(f"random_shift must be >= 0 (pixels; 0: off), got {cfg.random_shift}")
-    if cfg.random_shift and cfg.task != "image":
-        raise ConfigError(f"random_shift is supported by the image task only; recipe {cfg.recipe!r} has task "
-                          f"{cfg.task!r}: set random_shift=0")
     if cfg.bn_recalibrate < 0:
         raise ConfigError(f"bn_recalibrate must be >= 0 (training images; 0: off), got {cfg.bn_recalibrate}")
-    if cfg.bn_recalibrate and cfg.task != "image":
-        raise ConfigError(f"bn_recalibrate is supported by the image task only; recipe {cfg.recipe!r} has task "
-                          f"{cfg.task!r}: set bn_recalibrate=0")
+    for name in ("valid_size", "random_shift", "bn_recalibrate"):  # settings of the in-memory image task
+        if getattr(cfg, name) and cfg.task != "image":
+            raise ConfigError(f"{name} is supported by the image task only; recipe {cfg.recipe!r} has task "
+                              f"{cfg.task!r}: set {name}=0")
     if cfg.channels_last and cfg.task not in ("image", "imagenet"):
         raise ConfigError(f"channels_last is for image tasks; recipe {cfg.recipe!r} has task {cfg.task!r}: "
                           f"set channels_last=false")

@@ -134,14 +134,15 @@ class ImageTask(Task):
         return math.ceil(len(self.y_train) / ctx.world_size / self._local_batch(ctx))
 
     def batches(self, epoch, ctx):
-        order = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch))
+        epoch_seed = self.cfg.seed * 100003 + epoch
+        order = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(epoch_seed))
         order = order[ctx.rank::ctx.world_size]
         b = self._local_batch(ctx)
-        shifts = torch.Generator().manual_seed((self.cfg.seed * 100003 + epoch) * 2 + 1 + ctx.rank * 7919)
+        shifts = torch.Generator().manual_seed(epoch_seed * 2 + 1 + ctx.rank * 7919) if self.cfg.random_shift else None
         for step in range(self.steps_per_epoch(ctx)):
             idx = order[step * b:(step + 1) * b]
             x = self.x_train[idx]
-            if self.cfg.random_shift:
+            if shifts is not None:
                 x = random_shift(x, self.cfg.random_shift, shifts)
             yield x.to(ctx.device, non_blocking=True).float(), self.y_train[idx].to(ctx.device)
 
