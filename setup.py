@@ -30,7 +30,7 @@ ext_modules = [
                  "csrc/bitconv_kernels_avx2.c", "csrc/bitconv_kernels_avx512.c",
                  "csrc/qgemm_module.c", "csrc/qgemm_driver.c", "csrc/qgemm_pack.c", "csrc/qgemm_kernels_scalar.c",
                  "csrc/qgemm_kernels_avx2.c", "csrc/qgemm_kernels_avx512.c", "csrc/qgemm_probe.c", "csrc/qgemm_threads.c",
-                 "csrc/kconv_module.c", "csrc/kconv_pack.c", "csrc/kconv_epilogue.c", "csrc/kconv_conv.c", "csrc/kconv_kernels_avx2.c",
+                 "csrc/kconv_module.c", "csrc/kconv_pack.c", "csrc/kconv_epilogue.c", "csrc/kconv_conv.c", "csrc/kconv_float.c", "csrc/kconv_kernels_avx2.c",
                  "csrc/kconv_kernels_avx512.c", LOWBIT_CPU],
         include_dirs=["csrc"],
         extra_compile_args=extra_compile_args,

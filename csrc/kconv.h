@@ -143,7 +143,9 @@ void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
 unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads);
 
 /* out (n * oh * ow, kh * kw * c) float32 = im2col of tables[ch][codes] over NHWC uint8 codes, padded with
- * fill; tables: c x 256 float32. Returns the largest code of the input, UINT_MAX when out of memory. */
+ * fill; tables: c x 256 float32; each value looked up (the float conv's input for windows that read each
+ * pixel less than once, where kc_decode_map would decode pixels no window reads). Returns the largest code
+ * of the input. */
 typedef struct {
     const uint8_t *codes;
     size_t n, h, w, c, oh, ow;
@@ -154,6 +156,44 @@ typedef struct {
 } kc_im2col_args;
 unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads);
 
+/* ---- float32 conv (kconv_float.c): the float layers of a quantized network, implicit GEMM ------------- */
+#define KC_FPANEL 64    /* output channels per weight panel */
+#define KC_FTILE_ROWS 6 /* output pixels per tile */
+/* weights (K, N) float32 row-major, K in (ky, kx, c) order -> ceil(N / 64) panels of (K, 64), zero past N */
+size_t kc_fconv_packed_floats(size_t k, size_t n);
+void kc_fconv_pack(const float *w, size_t k, size_t n, float *dst);
+typedef struct {
+    const float *map;         /* (n, hp, wp, c) float32 NHWC, padding included: the window of output (oy, ox)
+                               * starts at map row oy * sh, column ox * sw */
+    size_t n, hp, wp, c;
+    int kh, kw, sh, sw;
+    size_t oh, ow;
+    const float *w;           /* kc_fconv_pack panels of K = kh * kw * c */
+    size_t nout;
+    float *out;               /* output pixel p's nout floats at out + p * ldo */
+    size_t ldo;
+} kc_fconv_args;
+void kc_fconv(const kc_fconv_args *a, int path, int nthreads);
+/* a tile: rows (<= KC_FTILE_ROWS) consecutive output pixels whose windows start at a, a + as, ... times one
+ * panel, the first cols (<= KC_FPANEL) channels stored at out + r * ldo */
+typedef struct {
+    int kh, kwc;              /* window rows; floats per window row (kw * c), consecutive in the map */
+    ptrdiff_t as, arow, ldo;  /* floats between the tile's windows (sw * c), between map rows (wp * c), and
+                               * between output pixels */
+} kc_ftile_args;
+typedef void kc_ftile_k(const kc_ftile_args *t, const float *a, const float *panel, float *out, int rows, int cols);
+typedef kc_ftile_k *kc_ftile_fn;
+kc_ftile_k kc_ftile_scalar, kc_ftile_avx2, kc_ftile_avx512; /* the vector ones on x86 only; avx2 needs FMA */
+/* the padded map of a float conv on codes: out (n, h + 2 ph, w + 2 pw, c) float32 = tables[c][code] inside
+ * the image, fill outside; tables: c x 256. Returns the largest code. */
+typedef struct {
+    const uint8_t *codes;     /* (n, h, w, c) NHWC, contiguous */
+    size_t n, h, w, c, ph, pw;
+    const float *tables;
+    float fill;
+    float *out;
+} kc_map_args;
+unsigned kc_decode_map(const kc_map_args *a, int nthreads);
 /* *m = max(*m, v), atomically: the largest code a threaded pass read, merged once per unit */
 static inline void kc_atomic_max(atomic_uint *m, unsigned v)
 {

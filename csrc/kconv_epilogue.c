@@ -207,79 +207,14 @@ unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *ou
     return atomic_load(&ctx.max);
 }
 
-/* ---- kc_im2col_decode: decode + per-channel affine + im2col of a float first layer ---------------------
- * A float conv on 8-bit codes (a first layer: decode -> affine -> conv) wrote the decoded map, then the
- * normalized map, then its patches: three float passes. Here the map is made once from per-channel tables
- * (tables[c][code]: the decoded, normalized value, made at load), and each patch row is copied from it in
- * runs: the in-bounds columns of a window row are consecutive pixels. (Looking each patch value up in the
- * tables instead ran at ~2 ns a value: kh*kw/(sh*sw) = 12 lookups per pixel for a 7x7/2 first layer.) */
+/* ---- kc_im2col_decode: the patches of a float conv on codes, each value looked up in the tables ----------
+ * For windows that read each pixel less than once (a 1x1 stride-2 shortcut conv), where a decoded map
+ * (kc_decode_map, kconv_float.c) would decode pixels no window reads. */
 typedef struct {
     const kc_im2col_args *a;
-    float *map;
     size_t units;
-    atomic_uint max;
 } im2col_ctx;
 
-static void map_unit(void *vctx, size_t u, void *scratch)
-{
-    (void)scratch;
-    im2col_ctx *ctx = (im2col_ctx *)vctx;
-    const kc_im2col_args *a = ctx->a;
-    const size_t pixels = a->n * a->h * a->w, c = a->c;
-    const size_t p0 = pixels * u / ctx->units, p1 = pixels * (u + 1) / ctx->units;
-    const uint8_t *restrict codes = a->codes;
-    const float *restrict tables = a->tables;
-    float *restrict map = ctx->map;
-    unsigned m = 0;
-    for (size_t p = p0; p < p1; p++)
-        for (size_t ch = 0; ch < c; ch++) {
-            const unsigned code = codes[p * c + ch];
-            m = code > m ? code : m;
-            map[p * c + ch] = tables[ch * 256 + code];
-        }
-    kc_atomic_max(&ctx->max, m);
-}
-
-static void im2col_unit(void *vctx, size_t u, void *scratch)
-{
-    (void)scratch;
-    im2col_ctx *ctx = (im2col_ctx *)vctx;
-    const kc_im2col_args *a = ctx->a;
-    /* locals, restrict: with -fno-strict-aliasing every float store would otherwise reload the arguments */
-    const float *restrict map = ctx->map;
-    float *restrict o;
-    const size_t h = a->h, w = a->w, c = a->c, oh = a->oh, ow = a->ow;
-    const ptrdiff_t kh = a->kh, kw = a->kw, sh = a->sh, sw = a->sw, ph = a->ph, pw = a->pw;
-    const float fill = a->fill;
-    const size_t rows = a->n * oh, kdim = (size_t)(kh * kw) * c, wrow = (size_t)kw * c;
-    const size_t r0 = rows * u / ctx->units, r1 = rows * (u + 1) / ctx->units;
-    for (size_t r = r0; r < r1; r++) {
-        const size_t img = r / oh, oy = r % oh;
-        o = a->out + r * ow * kdim;
-        for (size_t ox = 0; ox < ow; ox++) {
-            const ptrdiff_t ix0 = (ptrdiff_t)ox * sw - pw;
-            const ptrdiff_t lo = ix0 < 0 ? (-ix0 < kw ? -ix0 : kw) : 0;
-            const ptrdiff_t hi = ix0 + kw > (ptrdiff_t)w ? ((ptrdiff_t)w - ix0 > lo ? (ptrdiff_t)w - ix0 : lo) : kw;
-            for (ptrdiff_t ky = 0; ky < kh; ky++, o += wrow) {
-                const ptrdiff_t iy = (ptrdiff_t)oy * sh - ph + ky;
-                if (iy < 0 || iy >= (ptrdiff_t)h || hi == lo) {
-                    for (size_t i = 0; i < wrow; i++)
-                        o[i] = fill;
-                    continue;
-                }
-                for (size_t i = 0; i < (size_t)lo * c; i++)
-                    o[i] = fill;
-                memcpy(o + (size_t)lo * c, map + ((img * h + (size_t)iy) * w + (size_t)(ix0 + lo)) * c,
-                       (size_t)(hi - lo) * c * sizeof(float));
-                for (size_t i = (size_t)hi * c; i < wrow; i++)
-                    o[i] = fill;
-            }
-        }
-    }
-}
-
-/* windows that read each pixel less than once (a 1x1 stride-2 shortcut conv): each patch value looked up in
- * the tables directly, no map */
 static void im2col_direct_unit(void *vctx, size_t u, void *scratch)
 {
     (void)scratch;
@@ -320,28 +255,14 @@ unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads)
     im2col_ctx ctx;
     ctx.a = a;
     const double values = (double)rows * (double)a->ow * (double)a->kh * (double)a->kw * (double)a->c;
-    if (a->kh * a->kw < a->sh * a->sw) {
-        const int nt = threads_for(values * 0.5, nthreads);
-        ctx.units = units_for(nt, rows);
-        qg_run_units(ctx.units, nt, im2col_direct_unit, &ctx, 0);
-        /* the largest code of the whole input, as the map path (and the decode this replaces) read it */
-        unsigned m = 0;
-        for (size_t i = 0; i < pixels * a->c; i++)
-            m = a->codes[i] > m ? a->codes[i] : m;
-        return m;
-    }
-    ctx.map = (float *)malloc(pixels * a->c * sizeof(float));
-    if (!ctx.map)
-        return UINT_MAX; /* the binding reports it */
-    atomic_init(&ctx.max, 0);
-    int nt = threads_for((double)pixels * (double)a->c * 0.5, nthreads); /* ~0.5 ns a value */
-    ctx.units = units_for(nt, pixels);
-    qg_run_units(ctx.units, nt, map_unit, &ctx, 0);
-    nt = threads_for(values * 0.25, nthreads);
+    const int nt = threads_for(values * 0.5, nthreads);
     ctx.units = units_for(nt, rows);
-    qg_run_units(ctx.units, nt, im2col_unit, &ctx, 0);
-    free(ctx.map);
-    return atomic_load(&ctx.max);
+    qg_run_units(ctx.units, nt, im2col_direct_unit, &ctx, 0);
+    /* the largest code of the whole input, as a decode of it would read */
+    unsigned m = 0;
+    for (size_t i = 0; i < pixels * a->c; i++)
+        m = a->codes[i] > m ? a->codes[i] : m;
+    return m;
 }
 
 kc_epi_rows_fn kc_epi_fn_for(int path)

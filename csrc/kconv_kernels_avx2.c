@@ -193,4 +193,64 @@ KC2_FN void kc_fthr_rows_avx2(const kc_fthr_args *f, size_t r0, size_t r1)
     }
 }
 
+/* ---- float32 conv tile (kconv_float.c): R pixels x 2 vectors of 8 channels (12 accumulators) per pass,
+ * one pass per 16 channels of the panel ---- */
+#define KCF2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+KCF2_INLINE void ftile16(const kc_ftile_args *t, const float *a, const float *panel, float *out, const int R,
+                         const int NB, const __m256i last)
+{
+    __m256 acc[KC_FTILE_ROWS][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NB; v++)
+            acc[r][v] = _mm256_setzero_ps();
+    const int kwc = t->kwc;
+    const ptrdiff_t as = t->as;
+    for (int ky = 0; ky < t->kh; ky++) {
+        const float *ar = a + ky * t->arow, *w = panel + (size_t)ky * kwc * KC_FPANEL;
+        for (int i = 0; i < kwc; i++, w += KC_FPANEL) {
+            __m256 b[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < NB; v++)
+                b[v] = _mm256_loadu_ps(w + 8 * v);
+#pragma GCC unroll 6
+            for (int r = 0; r < R; r++) {
+                const __m256 x = _mm256_broadcast_ss(ar + r * as + i);
+#pragma GCC unroll 2
+                for (int v = 0; v < NB; v++)
+                    acc[r][v] = _mm256_fmadd_ps(x, b[v], acc[r][v]);
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        if (NB == 2)
+            _mm256_storeu_ps(out + r * t->ldo, acc[r][0]);
+        _mm256_maskstore_ps(out + r * t->ldo + 8 * (NB - 1), last, acc[r][NB - 1]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) void kc_ftile_avx2(const kc_ftile_args *t, const float *a, const float *panel,
+                                                       float *out, int rows, int cols)
+{
+    for (int j0 = 0; j0 < cols; j0 += 16, panel += 16, out += 16) {
+        const int left = cols - j0 < 16 ? cols - j0 : 16, nb = (left + 7) / 8, tail = left - 8 * (nb - 1);
+        const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#define FT_CASE(R, NB)                                                                                            \
+    case (R) * 2 + (NB) - 1:                                                                                      \
+        ftile16(t, a, panel, out, R, NB, last);                                                                   \
+        break;
+#define FT_ROW(R) FT_CASE(R, 1) FT_CASE(R, 2)
+        switch (rows * 2 + nb - 1) {
+            FT_ROW(1) FT_ROW(2) FT_ROW(3) FT_ROW(4) FT_ROW(5) FT_ROW(6)
+        default:
+            kc_ftile_scalar(t, a, panel, out, rows, left); /* not reached: rows <= 6 */
+        }
+#undef FT_ROW
+#undef FT_CASE
+    }
+}
+
 #endif /* LB_X86 */

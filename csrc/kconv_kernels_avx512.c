@@ -184,4 +184,59 @@ KCF_FN void kc_fthr_rows_avx512(const kc_fthr_args *f, size_t r0, size_t r1)
     }
 }
 
+/* ---- float32 conv tile (kconv_float.c): R pixels x NB vectors of 16 channels, 6 x 4 = 24 accumulators ---- */
+KCF_INLINE void ftile(const kc_ftile_args *t, const float *a, const float *panel, float *out, const int R,
+                      const int NB, const __mmask16 last)
+{
+    __m512 acc[KC_FTILE_ROWS][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NB; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    const int kwc = t->kwc;
+    const ptrdiff_t as = t->as;
+    for (int ky = 0; ky < t->kh; ky++) {
+        const float *ar = a + ky * t->arow, *w = panel + (size_t)ky * kwc * KC_FPANEL;
+        for (int i = 0; i < kwc; i++, w += KC_FPANEL) {
+            __m512 b[4];
+#pragma GCC unroll 4
+            for (int v = 0; v < NB; v++)
+                b[v] = _mm512_loadu_ps(w + 16 * v);
+#pragma GCC unroll 6
+            for (int r = 0; r < R; r++) {
+                const __m512 x = _mm512_set1_ps(ar[r * as + i]); /* folds into the FMA as {1to16} */
+#pragma GCC unroll 4
+                for (int v = 0; v < NB; v++)
+                    acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < NB - 1; v++)
+            _mm512_storeu_ps(out + r * t->ldo + 16 * v, acc[r][v]);
+        _mm512_mask_storeu_ps(out + r * t->ldo + 16 * (NB - 1), last, acc[r][NB - 1]);
+    }
+}
+
+KCF_FN void kc_ftile_avx512(const kc_ftile_args *t, const float *a, const float *panel, float *out, int rows, int cols)
+{
+    const int nb = (cols + 15) / 16;
+    const __mmask16 last = (__mmask16)(0xFFFFu >> (nb * 16 - cols));
+#define FT_CASE(R, NB)                                                                                            \
+    case (R) * 4 + (NB) - 1:                                                                                      \
+        ftile(t, a, panel, out, R, NB, last);                                                                     \
+        return;
+#define FT_ROW(R) FT_CASE(R, 1) FT_CASE(R, 2) FT_CASE(R, 3) FT_CASE(R, 4)
+    switch (rows * 4 + nb - 1) {
+        FT_ROW(1) FT_ROW(2) FT_ROW(3) FT_ROW(4) FT_ROW(5) FT_ROW(6)
+    default:
+        kc_ftile_scalar(t, a, panel, out, rows, cols); /* not reached: rows <= 6, cols <= 64 */
+    }
+#undef FT_ROW
+#undef FT_CASE
+}
+
 #endif /* LB_X86 */

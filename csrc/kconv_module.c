@@ -479,7 +479,135 @@ static PyObject *py_kc_im2col_decode(PyObject *Py_UNUSED(self), PyObject *args)
     LB_BINDING_EXIT(bs, result);
 }
 
+static PyObject *py_kc_fconv_pack(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ow, *oout;
+    if (!PyArg_ParseTuple(args, "OO:kc_fconv_pack", &ow, &oout))
+        return NULL;
+    LB_BINDING(bs, result);
+    Py_buffer *w = lb_buf_get(&bs, ow, "w", LB_T_F32, 2, LB_BUF_CONTIG);
+    if (!w)
+        goto done;
+    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, 1, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        goto done;
+    const size_t k = (size_t)w->shape[0], n = (size_t)w->shape[1];
+    if (out->shape[0] != (Py_ssize_t)kc_fconv_packed_floats(k, n)) {
+        bad("kc_fconv_pack: out must hold kc_fconv_packed_floats(K, N) float32");
+        goto done;
+    }
+    kc_fconv_pack((const float *)w->buf, k, n, (float *)out->buf);
+    Py_INCREF(Py_None);
+    result = Py_None;
+    LB_BINDING_EXIT(bs, result);
+}
+
+static PyObject *py_kc_fconv(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *omap, *ow, *oout;
+    int kh, kw, sh, sw, path, nthreads;
+    Py_ssize_t nout;
+    if (!PyArg_ParseTuple(args, "O(ii)(ii)OnOii:kc_fconv", &omap, &kh, &kw, &sh, &sw, &ow, &nout, &oout, &path,
+                          &nthreads) ||
+        lb_check_nthreads(nthreads) < 0)
+        return NULL;
+    LB_BINDING(bs, result);
+    Py_buffer *map = lb_buf_get(&bs, omap, "map", LB_T_F32, 4, LB_BUF_CONTIG);
+    if (!map)
+        goto done;
+    Py_buffer *w = lb_buf_get(&bs, ow, "w", LB_T_F32, 1, LB_BUF_CONTIG);
+    if (!w)
+        goto done;
+    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, 2, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        goto done;
+    kc_fconv_args a;
+    a.map = (const float *)map->buf;
+    a.n = (size_t)map->shape[0], a.hp = (size_t)map->shape[1], a.wp = (size_t)map->shape[2];
+    a.c = (size_t)map->shape[3];
+    a.kh = kh, a.kw = kw, a.sh = sh, a.sw = sw;
+    if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || (size_t)kh > a.hp || (size_t)kw > a.wp || nout < 1) {
+        bad("kc_fconv: kernel and stride >= 1, the map at least the kernel, nout >= 1");
+        goto done;
+    }
+    a.oh = (a.hp - (size_t)kh) / (size_t)sh + 1;
+    a.ow = (a.wp - (size_t)kw) / (size_t)sw + 1;
+    a.nout = (size_t)nout;
+    const size_t k = (size_t)kh * (size_t)kw * a.c;
+    if (w->shape[0] != (Py_ssize_t)kc_fconv_packed_floats(k, a.nout)) {
+        bad("kc_fconv: w must be kc_fconv_pack's panels of the (kh * kw * C, nout) weights");
+        goto done;
+    }
+    if (out->shape[0] != (Py_ssize_t)(a.n * a.oh * a.ow) || out->shape[1] != nout) {
+        bad("kc_fconv: out must be (N * OH * OW, nout) float32");
+        goto done;
+    }
+    a.w = (const float *)w->buf;
+    a.out = (float *)out->buf;
+    a.ldo = a.nout;
+    Py_BEGIN_ALLOW_THREADS
+    kc_fconv(&a, path, nthreads);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    result = Py_None;
+    LB_BINDING_EXIT(bs, result);
+}
+
+static PyObject *py_kc_decode_map(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ox, *otables, *oout;
+    int ph, pw, nthreads;
+    float fill;
+    if (!PyArg_ParseTuple(args, "O(ii)OfOi:kc_decode_map", &ox, &ph, &pw, &otables, &fill, &oout, &nthreads) ||
+        lb_check_nthreads(nthreads) < 0)
+        return NULL;
+    LB_BINDING(bs, result);
+    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 4, LB_BUF_CONTIG);
+    if (!x)
+        goto done;
+    Py_buffer *tables = lb_buf_get(&bs, otables, "tables", LB_T_F32, 2, LB_BUF_CONTIG);
+    if (!tables)
+        goto done;
+    Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, 4, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        goto done;
+    kc_map_args a;
+    a.codes = (const uint8_t *)x->buf;
+    a.n = (size_t)x->shape[0], a.h = (size_t)x->shape[1], a.w = (size_t)x->shape[2], a.c = (size_t)x->shape[3];
+    if (ph < 0 || pw < 0) {
+        bad("kc_decode_map: padding >= 0");
+        goto done;
+    }
+    a.ph = (size_t)ph, a.pw = (size_t)pw;
+    if (tables->shape[0] != (Py_ssize_t)a.c || tables->shape[1] != 256) {
+        bad("kc_decode_map: tables must be (C, 256) float32 for the input's C channels");
+        goto done;
+    }
+    if (out->shape[0] != (Py_ssize_t)a.n || out->shape[1] != (Py_ssize_t)(a.h + 2 * a.ph) ||
+        out->shape[2] != (Py_ssize_t)(a.w + 2 * a.pw) || out->shape[3] != (Py_ssize_t)a.c) {
+        bad("kc_decode_map: out must be (N, H + 2 ph, W + 2 pw, C) float32");
+        goto done;
+    }
+    a.tables = (const float *)tables->buf;
+    a.fill = fill;
+    a.out = (float *)out->buf;
+    unsigned m;
+    Py_BEGIN_ALLOW_THREADS
+    m = kc_decode_map(&a, nthreads);
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromUnsignedLong(m);
+    LB_BINDING_EXIT(bs, result);
+}
+
 PyMethodDef kc_methods[] = {
+    {"kc_fconv_pack", py_kc_fconv_pack, METH_VARARGS,
+     "kc_fconv_pack(w, out)\n\nfloat32 (K, N) weights -> panels of 64 output channels for kc_fconv."},
+    {"kc_fconv", py_kc_fconv, METH_VARARGS,
+     "kc_fconv(map, kernel, stride, w, nout, out, path, nthreads)\n\nfloat32 conv of a padded NHWC map "
+     "(implicit GEMM) into out (N * OH * OW, nout)."},
+    {"kc_decode_map", py_kc_decode_map, METH_VARARGS,
+     "kc_decode_map(x, padding, tables, fill, out, nthreads) -> largest code\n\nout = tables[c][x] of NHWC "
+     "uint8 codes, padded with fill."},
     {"kc_fthreshold", py_kc_fthreshold, METH_VARARGS,
      "kc_fthreshold(x, thr, sign, out, path, nthreads)\n\nfloat32 (rows, C) -> per-channel multi-threshold codes "
      "(uint8) or bits (uint64, one threshold)."},

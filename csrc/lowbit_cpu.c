@@ -33,7 +33,7 @@ static const char *const lb_path_names[LB_NPATHS] = {"portable", "popcnt", "avx2
 
 static const char *const lb_feature_names[LB_CPU_NFEATURES] = {
     "popcnt",      "avx2",       "avx512f",      "avx512bw", "avx512vl", "avx512vpopcntdq",
-    "avx512vnni", "avx512bitalg", "avxvnni",     "amx-tile", "amx-int8",
+    "avx512vnni", "avx512bitalg", "avxvnni",     "amx-tile", "amx-int8", "fma",
 };
 
 #if LB_X86
@@ -66,6 +66,8 @@ static unsigned detect(void)
     const uint64_t xcr0 = (c & (1u << 27)) ? xgetbv0() : 0; /* OSXSAVE: xgetbv is there */
     const int ymm = (xcr0 & 0x06) == 0x06;                 /* xmm + ymm state */
     const int zmm = ymm && (xcr0 & 0xe0) == 0xe0;          /* + opmask, zmm0-15 upper, zmm16-31 */
+    if (ymm && (c & (1u << 12)))
+        f |= 1u << LB_CPU_FMA;
     if (__get_cpuid_max(0, NULL) < 7)
         return f;
     __cpuid_count(7, 0, a, b, c, d);

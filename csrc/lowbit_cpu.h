@@ -52,6 +52,7 @@ typedef enum {
     LB_CPU_AVXVNNI,
     LB_CPU_AMXTILE,
     LB_CPU_AMXINT8,
+    LB_CPU_FMA, /* FMA3 (with the ymm state): the AVX2 float32 tiles need it */
     LB_CPU_NFEATURES
 } lb_cpu_feature;
 

@@ -279,21 +279,22 @@ def test_imagenet_recipes_export_exactly(tmp_path):
     assert sum("u2 x o2" in line for line in report["layers"]) == 4
 
 
-def test_float_convs_on_codes_make_their_patches_from_the_codes(tmp_path):
+def test_float_convs_on_codes_read_the_codes(tmp_path):
     """decode -> affine -> float conv (a first layer on pixels) and decode -> float conv (a real-valued shortcut
-    conv on k-bit codes) run as one pass from the 8-bit codes: the same float32 patches, bit for bit, as the ops
-    they replace, on every code value and at the padded edges."""
+    conv on k-bit codes) run from the 8-bit codes: the float conv reads the same float32 values, bit for bit,
+    as the ops it replaces make (on every code value and at the padded edges), so its output equals the float
+    kernel's on the unfused ops' padded output bit for bit."""
     from lowbit.runtime.graph import AffineNode, Decode, Gemm
-    from lowbit.runtime.ops import im2col
 
     cfg = get_recipe("imagenet-resnet18-pact-sawb")
     args = dict(cfg.model_args, num_classes=10, widths=[8, 16], blocks=[1, 1])
     _, graph = roundtrip(build_model(cfg.model, **args), (3, 64, 64), tmp_path, n=2, name="res.lbt")
+    k = graph._k
     fused = [n for n in graph.nodes if isinstance(n, Gemm) and n.codes_input is not None]
     first = [g for g in fused if g.codes_input[2] is not None]
     shortcut = [g for g in fused if g.codes_input[2] is None]
-    assert len(first) == 1 and "decode + affine + im2col" in first[0].describe()
-    assert len(shortcut) == 1 and "decode + im2col" in shortcut[0].describe()  # the one strided 1x1 shortcut
+    assert len(first) == 1 and "decode + affine in one pass" in first[0].describe()
+    assert len(shortcut) == 1 and "decode in one pass" in shortcut[0].describe()  # the one strided 1x1 shortcut
     rng = np.random.default_rng(3)
     for g in fused:
         tables, decode, affine = g.codes_input
@@ -302,16 +303,16 @@ def test_float_convs_on_codes_make_their_patches_from_the_codes(tmp_path):
         c, ncodes = decode.channels, len(decode.table)
         x = rng.integers(0, ncodes, (2, 16, 16, c)).astype(np.uint8)
         x.reshape(-1)[:ncodes] = np.arange(ncodes)  # every code
-        y = decode.run(graph._k, x)
-        y = y if affine is None else affine.run(graph._k, y)
-        ref = im2col(y, *g.kernel, *g.stride, *g.padding, fill=g.pad_fill)
-        got = g._patches_from_codes(x)
+        y = decode.run(k, x)
+        y = y if affine is None else affine.run(k, y)
+        ref = k.float_conv2d(k.pad_map(y, g.padding, g.pad_fill), g.state, g.kernel, g.stride)
+        got = g.reduce(k, x)
         assert got.dtype == np.float32 and got.shape == ref.shape
         np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
         # a code the decode table lacks: the replaced ops' own error, as before
         decode.table = decode.table[:ncodes - 1]
         with pytest.raises(IndexError):
-            g._patches_from_codes(x)
+            g.reduce(k, x)
 
 
 # ---- refusals and file validation -----------------------------------------------------------------------------

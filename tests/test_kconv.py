@@ -357,8 +357,9 @@ def test_conv_levels_bands_and_channel_chunks(kernel_path):
 
 
 def test_im2col_decode_matches_numpy(kernel_path):
-    """The fused first-layer patches: im2col of tables[c][code], padded with fill, for random shapes (kernels
-    wider than the input with padding, strides past the kernel), 1 and 2 threads; the largest code read."""
+    """The patches of a float conv on codes (each value looked up): im2col of tables[c][code], padded with fill,
+    for random shapes (kernels wider than the input with padding, strides past the kernel), 1 and 2 threads;
+    the largest code of the input."""
     from lowbit.kernels.codes import im2col_decode
     from lowbit.runtime.ops import im2col
 
@@ -377,7 +378,7 @@ def test_im2col_decode_matches_numpy(kernel_path):
             got, top = im2col_decode(x, tables, (kh, kw), (sh, sw), (ph, pw), fill, num_threads=nt)
             np.testing.assert_array_equal(got, ref, err_msg=f"{x.shape} k{kh}x{kw} s{sh}x{sw} p{ph}x{pw} {nt}t")
             assert top == x.max()
-    # a 1x1 stride-2 shortcut conv (windows read each pixel less than once: direct lookups, no map); the
+    # a 1x1 stride-2 shortcut conv (windows read each pixel less than once, the case this serves); the
     # largest code is the input's, read or not
     x = rng.integers(0, 200, (2, 15, 15, 64)).astype(np.uint8)
     x[1, 1, 1, 5] = 250  # an odd pixel: no window reads it

@@ -661,7 +661,7 @@ def test_cpu_feature_report():
 
     feats = K.cpu_features()
     known = ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq", "avx512vnni", "avx512bitalg",
-             "avxvnni", "amx-tile", "amx-int8")
+             "avxvnni", "amx-tile", "amx-int8", "fma")
     assert isinstance(feats, tuple) and set(feats) <= set(known)
     assert list(feats) == [f for f in known if f in feats]  # a fixed order
     assert ("popcnt" in PATHS) == ("popcnt" in feats)

@@ -30,6 +30,9 @@ Binary (+-1) matrix products by XNOR + popcount over bit-packed operands, with r
   :func:`conv_levels` -- a whole k-bit conv layer (pack, GEMM, epilogue) band by band in one threaded pass;
   :func:`threshold_floats`, :func:`decode_codes` -- float32 -> codes by thresholds, codes -> float32 by a
   table (:mod:`lowbit.kernels.codes`)
+* :func:`float_conv2d`, :func:`float_matmul` -- the float32 layers a quantized network keeps (first conv,
+  real-valued shortcuts, float dense), an implicit-GEMM kernel of lowbit's own; :func:`prepare_float` ->
+  :class:`PreparedFloat` (weights laid out once), :func:`pad_map` (:mod:`lowbit.kernels.floatmm`)
 * :func:`binary_matmul_naive` -- the deliberately naive reference kernel
 * :func:`available_paths`, :func:`active_path`, :func:`set_kernel_path` -- code path selection for
   every kernel (env ``LOWBIT_KERNEL_PATH``); :func:`cpu_features` -- the CPU features the kernels test
@@ -60,7 +63,15 @@ from .binconv import (  # noqa: F401
     conv_planned_threads,
     prepare_conv_weights,
 )
-from .floatmm import float_matmul, single_threaded_blas  # noqa: F401
+from .floatmm import (  # noqa: F401
+    PreparedFloat,
+    float_conv2d,
+    float_matmul,
+    float_matmul_prepared,
+    pad_map,
+    prepare_float,
+    single_threaded_blas,
+)
 from .quant import (  # noqa: F401
     BITSERIAL_MAX_PAIRS,
     KERNELS,
@@ -94,7 +105,12 @@ from .dispatch import (  # noqa: F401
 )
 
 __all__ = [
+    "PreparedFloat",
+    "float_conv2d",
     "float_matmul",
+    "float_matmul_prepared",
+    "pad_map",
+    "prepare_float",
     "single_threaded_blas",
     "BITSERIAL_MAX_PAIRS",
     "KERNELS",

@@ -524,10 +524,9 @@ def decode_codes(codes, table, *, num_threads=None) -> np.ndarray:
 
 
 def im2col_decode(x4: np.ndarray, tables: np.ndarray, kernel, stride, padding, fill: float, num_threads=None):
-    """The patches of a float conv whose input is ``tables[c][code]`` of uint8 NHWC codes, in one C pass:
-    (float32 (N, OH, OW, kh*kw*C) im2col rows padded with ``fill``, the largest code of x). ``tables``:
-    float32 (C, 256), e.g. a decode table followed by a per-channel affine map (the graph runtime's fused
-    first layer). Unchecked core: shapes as stated."""
+    """The patches of a float conv whose input is ``tables[c][code]`` of uint8 NHWC codes, each value looked
+    up: (float32 (N, OH, OW, kh*kw*C) im2col rows padded with ``fill``, the largest code of x). For windows
+    that read each pixel less than once (:func:`float_conv_codes`). Unchecked core: shapes as stated."""
     x4 = np.ascontiguousarray(x4)
     n, oh, ow = conv_output_shape(x4.shape, kernel, stride, padding)
     (kh, kw), c = kernel, x4.shape[3]
@@ -535,6 +534,35 @@ def im2col_decode(x4: np.ndarray, tables: np.ndarray, kernel, stride, padding, f
     top = _bitgemm.kc_im2col_decode(x4, kernel, stride, padding, np.ascontiguousarray(tables, np.float32),
                                     float(fill), out, resolve_threads(num_threads))
     return out.reshape(n, oh, ow, kh * kw * c), top
+
+
+def decode_map(x4: np.ndarray, tables: np.ndarray, padding, fill: float, num_threads=None):
+    """(float32 (N, H + 2 ph, W + 2 pw, C) = ``tables[c][code]`` of uint8 NHWC codes, ``fill`` around, the
+    largest code of x): the padded map a float conv on codes reads. Unchecked core: shapes as stated."""
+    x4 = np.ascontiguousarray(x4)
+    n, h, w, c = x4.shape
+    (ph, pw) = padding
+    out = np.empty((n, h + 2 * ph, w + 2 * pw, c), np.float32)
+    top = _bitgemm.kc_decode_map(x4, (ph, pw), np.ascontiguousarray(tables, np.float32), float(fill), out,
+                                 resolve_threads(num_threads))
+    return out, top
+
+
+def float_conv_codes(x4: np.ndarray, tables: np.ndarray, w, kernel, stride, padding, fill: float,
+                     num_threads=None):
+    """A float conv whose input is ``tables[c][code]`` of uint8 NHWC codes (a first layer's decode + per-channel
+    normalization, or a real-valued shortcut conv on k-bit codes), with weights ``w``
+    (:func:`lowbit.kernels.prepare_float`): (float32 (N, OH, OW, N_out), the largest code of x). The input
+    is decoded once into a padded map the conv reads its windows from; windows that read each pixel less
+    than once (1x1 stride 2) take their patches by lookup instead. Unchecked core: shapes as stated."""
+    from .floatmm import float_conv2d
+
+    (kh, kw), (sh, sw) = kernel, stride
+    if kh * kw < sh * sw:
+        patches, top = im2col_decode(x4, tables, kernel, stride, padding, fill, num_threads)
+        return float_conv2d(patches, w, (1, 1), (1, 1), num_threads), top
+    xmap, top = decode_map(x4, tables, padding, fill, num_threads)
+    return float_conv2d(xmap, w, kernel, stride, num_threads), top
 
 
 def decode(codes: np.ndarray, table256: np.ndarray, num_threads=None):

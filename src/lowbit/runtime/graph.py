@@ -293,7 +293,7 @@ class Gemm(Node):
             except ShapeError as exc:
                 f.fail(f"weights do not fit level set {self.b_levels!r}: {exc}")
         else:
-            self.state = _array(arrays, wname, f, np.float32, (self.k, n))
+            self.state = self._k.prepare_float(_array(arrays, wname, f, np.float32, (self.k, n)))
         self.pad_fill = 0
         self._conv_codes = None
         #: (tables, decode node, affine node or None) when this float conv reads the codes before them
@@ -363,9 +363,6 @@ class Gemm(Node):
 
     def _rows(self, x: np.ndarray):
         """The GEMM's input rows and the lead shape of its output."""
-        if self.codes_input is not None:
-            patches = self._patches_from_codes(x)
-            return patches.reshape(-1, patches.shape[-1]), patches.shape[:3]
         if self.layer == "dense":
             x = x.reshape(len(x), -1)
             return x, (len(x),)
@@ -374,26 +371,28 @@ class Gemm(Node):
         return patches.reshape(-1, patches.shape[-1]), patches.shape[:3]
 
     def fuse_codes_input(self, decode: "Decode", affine: Optional["AffineNode"]):
-        """Take the codes before ``decode [-> affine]`` as this float conv's input: one C pass makes the patches
-        from per-channel tables of the decoded (normalized) values (made here, with the same float32 operations
-        in the same order, so the patches are bit-identical)."""
+        """Take the codes before ``decode [-> affine]`` as this float conv's input: one C pass makes the padded
+        map from per-channel tables of the decoded (normalized) values (made here, with the same float32
+        operations in the same order, so the map is bit-identical to the unfused ops' output)."""
         t = np.broadcast_to(decode._table256, (decode.channels, 256))
         if affine is not None:
             t = t * affine.a.scale[:, None] + affine.a.bias[:, None]
         self.codes_input = (np.ascontiguousarray(t, np.float32), decode, affine)
         self.inputs = list(decode.inputs)
 
-    def _patches_from_codes(self, x: np.ndarray) -> np.ndarray:
-        from ..kernels.codes import im2col_decode
+    def _float_conv(self, kernels, x: np.ndarray) -> np.ndarray:
+        """A float conv (NHWC float32 input, or codes when fused with their decode) on the native float kernel."""
+        if self.codes_input is None:
+            return kernels.float_conv2d(kernels.pad_map(x, self.padding, self.pad_fill), self.state, self.kernel,
+                                        self.stride)
+        from ..kernels.codes import float_conv_codes
 
         tables, decode, affine = self.codes_input
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        patches, top = im2col_decode(x, tables, (kh, kw), (sh, sw), (ph, pw), self.pad_fill)
-        if x.size and top >= len(decode.table):  # a code past the table: the unfused ops say so, as they did
+        acc, top = float_conv_codes(x, tables, self.state, self.kernel, self.stride, self.padding, self.pad_fill)
+        if x.size and top >= len(decode.table):  # a code past the table: the unfused ops raise their error
             y = decode.run(self._k, x)
-            y = y if affine is None else affine.run(self._k, y)
-            return im2col(y, kh, kw, sh, sw, ph, pw, fill=self.pad_fill)
-        return patches
+            return self._float_conv(kernels, y if affine is None else affine.run(self._k, y))
+        return acc
 
     def _codes_conv(self):
         """(level set, code map, number of codes) of a k-bit conv's input, made on first use."""
@@ -433,11 +432,13 @@ class Gemm(Node):
             return kernels.quant_matmul_packed(pa, self.state).reshape(*lead, -1)
         if self.native_bits is not None and x.ndim == 4:
             return kernels.binary_conv2d(x, self.native_bits, stride=self.stride, padding=self.padding)
+        if self.fmt == "float" and self.layer == "conv2d":
+            return self._float_conv(kernels, x)
         rows, lead = self._rows(x)
         if self.fmt == "bits":
             acc = FORMATS["bits"].gemm(kernels, rows, self.state)
         else:
-            acc = kernels.float_matmul(rows, self.state)
+            acc = kernels.float_matmul_prepared(rows, self.state)
         return acc.reshape(*lead, -1)
 
     def _native_epilogue(self, shape, dtype) -> bool:
@@ -503,7 +504,7 @@ class Gemm(Node):
     def describe(self) -> str:
         if self.codes_input is not None:
             fused = "decode + affine" if self.codes_input[2] is not None else "decode"
-            return f"{self.layer} -> {self.out_channels} [float32; {fused} + im2col in one pass]"
+            return f"{self.layer} -> {self.out_channels} [float32 implicit GEMM on the codes; {fused} in one pass]"
         kernel = {"bits": "xnor-popcount", "float": "float32"}.get(self.fmt)
         if kernel is None:
             kernel = f"{self._k.choose_kernel(self.a_levels, self.b_levels)} ({self.a_levels} x {self.b_levels})"
