@@ -134,13 +134,38 @@ typedef struct {
     const float *sign;        /* (c) +-1 or NULL (all +1) */
     int out_bits;
     void *out;                /* rows x c uint8, or rows x ceil(c / 64) uint64, contiguous */
+    /* optional addend (a residual add before the quantizer): x + add (float32 sum), or x + add_table[code]
+     * of add_codes (the decode of a code map); both rows x c with row stride ld_add; NULL: none */
+    const float *add;
+    const uint8_t *add_codes;
+    const float *add_table;   /* 256 entries */
+    size_t ld_add;
 } kc_fthr_args;
-typedef void kc_fthr_rows_k(const kc_fthr_args *f, size_t r0, size_t r1);
+typedef void kc_fthr_rows_k(const kc_fthr_args *f, size_t r0, size_t r1); /* the row kernels read no addend */
 typedef kc_fthr_rows_k *kc_fthr_rows_fn;
 kc_fthr_rows_k kc_fthr_rows_scalar, kc_fthr_rows_avx2, kc_fthr_rows_avx512; /* the vector ones on x86 only */
-void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
+/* returns the largest of add_codes (0 without them) */
+unsigned kc_fthreshold(const kc_fthr_args *f, int path, int nthreads);
+/* max-pooling of an NHWC map of float32 (NaN wins, as NumPy's maximum) or uint8 codes; padded positions
+ * never win (every window holds a pixel: padding < kernel) */
+typedef struct {
+    const void *x;            /* (n, h, w, c) contiguous */
+    int u8;                   /* 1: uint8, 0: float32 */
+    size_t n, h, w, c;
+    int kh, kw, sh, sw, ph, pw;
+    size_t oh, ow;
+    void *out;                /* (n, oh, ow, c) contiguous */
+} kc_pool_args;
+void kc_maxpool(const kc_pool_args *p, int nthreads);
+/* the table lookup of a decode: v[i] = table[q[i]] (x NULL), or x[i] + table[q[i]] (float32 sum), i < n;
+ * returns the largest code read. table: 256 entries. Per ISA: a 16-entry table in a register (vpermps)
+ * while the codes stay below 16, gathers past it. */
+typedef unsigned kc_lookup_k(const float *x, const uint8_t *q, const float *table, size_t n, float *v);
+typedef kc_lookup_k *kc_lookup_fn;
+kc_lookup_k kc_lookup_scalar, kc_lookup_avx2, kc_lookup_avx512; /* the vector ones on x86 only */
+kc_lookup_fn kc_lookup_for(int path);
 /* out[i] = table[codes[i]] for n codes (table: 256 entries); returns the largest code */
-unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads);
+unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int path, int nthreads);
 
 /* out (n * oh * ow, kh * kw * c) float32 = im2col of tables[ch][codes] over NHWC uint8 codes, padded with
  * fill; tables: c x 256 float32; each value looked up (the float conv's input for windows that read each

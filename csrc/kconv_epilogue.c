@@ -116,13 +116,39 @@ void kc_fthr_rows_scalar(const kc_fthr_args *f, size_t r0, size_t r1)
     }
 }
 
+unsigned kc_lookup_scalar(const float *x, const uint8_t *q, const float *table, size_t n, float *v)
+{
+    unsigned m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned code = q[i];
+        m = code > m ? code : m;
+        v[i] = x ? x[i] + table[code] : table[code];
+    }
+    return m;
+}
+
+kc_lookup_fn kc_lookup_for(int path)
+{
+    path = lb_path_or_best(path);
+#if LB_X86
+    if (path >= LB_PATH_AVX512)
+        return kc_lookup_avx512;
+    if (path >= LB_PATH_AVX2)
+        return kc_lookup_avx2;
+#endif
+    return kc_lookup_scalar;
+}
+
 /* A row pass (the int32 epilogue, or float thresholds: e or f set) over `rows` rows cut into units. */
 typedef struct {
     const kc_epi_args *e;
     kc_epi_rows_fn epi;
     const kc_fthr_args *f;
     kc_fthr_rows_fn fthr;
+    kc_lookup_fn lookup;
     size_t rows, units;
+    size_t add_rows;  /* rows of x + addend a thread makes at a time (its scratch) */
+    atomic_uint max;  /* the largest addend code */
 } rows_ctx;
 
 /* The row kernels of both passes on path (a pass calls its own). */
@@ -142,15 +168,46 @@ static void kernels_for(int path, rows_ctx *ctx)
 #endif
 }
 
+/* float thresholds of x + addend over rows [r0, r1): the sums of add_rows rows at a time into scratch, then the
+ * row kernel on them (it reads no addend) */
+static void fthr_add_rows(rows_ctx *ctx, size_t r0, size_t r1, float *scratch)
+{
+    const kc_fthr_args *f = ctx->f;
+    const size_t c = f->c, out_row = f->out_bits ? (c + 63) / 64 * 8 : c;
+    unsigned m = 0;
+    for (size_t b0 = r0; b0 < r1; b0 += ctx->add_rows) {
+        const size_t b1 = b0 + ctx->add_rows < r1 ? b0 + ctx->add_rows : r1;
+        for (size_t r = b0; r < b1; r++) {
+            const float *restrict x = f->x + r * f->ld_x;
+            float *restrict v = scratch + (r - b0) * c;
+            if (f->add) {
+                const float *restrict y = f->add + r * f->ld_add;
+                for (size_t ch = 0; ch < c; ch++)
+                    v[ch] = x[ch] + y[ch];
+            } else {
+                const unsigned mr = ctx->lookup(x, f->add_codes + r * f->ld_add, f->add_table, c, v);
+                m = mr > m ? mr : m;
+            }
+        }
+        kc_fthr_args g = *f;
+        g.x = scratch, g.ld_x = c, g.rows = b1 - b0;
+        g.out = (uint8_t *)f->out + b0 * out_row;
+        g.add = NULL, g.add_codes = NULL;
+        ctx->fthr(&g, 0, b1 - b0);
+    }
+    kc_atomic_max(&ctx->max, m);
+}
+
 static void rows_unit(void *vctx, size_t u, void *scratch)
 {
-    (void)scratch;
-    const rows_ctx *ctx = (const rows_ctx *)vctx;
+    rows_ctx *ctx = (rows_ctx *)vctx;
     const size_t r0 = ctx->rows * u / ctx->units, r1 = ctx->rows * (u + 1) / ctx->units;
     if (r0 >= r1)
         return;
     if (ctx->e)
         ctx->epi(ctx->e, r0, r1);
+    else if (ctx->f->add || ctx->f->add_codes)
+        fthr_add_rows(ctx, r0, r1, (float *)scratch);
     else
         ctx->fthr(ctx->f, r0, r1);
 }
@@ -158,15 +215,71 @@ static void rows_unit(void *vctx, size_t u, void *scratch)
 static size_t units_for(int nt, size_t rows);
 static int threads_for(double work, int nthreads);
 
-void kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
+unsigned kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
 {
     if (f->rows == 0 || f->c == 0)
-        return;
-    rows_ctx ctx = {.f = f, .rows = f->rows};
+        return 0;
+    rows_ctx ctx = {.f = f, .rows = f->rows, .lookup = kc_lookup_for(path)};
     kernels_for(path, &ctx);
-    const int nt = threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr) * 0.3, nthreads);
+    atomic_init(&ctx.max, 0);
+    const int adds = f->add || f->add_codes;
+    ctx.add_rows = adds ? (4096 + f->c - 1) / f->c : 0; /* ~16 KB of sums: L1 */
+    const int nt = threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr + adds) * 0.3, nthreads);
     ctx.units = units_for(nt, f->rows);
-    qg_run_units(ctx.units, nt, rows_unit, &ctx, 0);
+    qg_run_units(ctx.units, nt, rows_unit, &ctx, adds ? ctx.add_rows * f->c * sizeof(float) : 0);
+    return atomic_load(&ctx.max);
+}
+
+/* ---- kc_maxpool: the max-pool of a float32 or code map, one output image row a unit step ------------------ */
+typedef struct {
+    const kc_pool_args *p;
+    size_t rows, units;
+} pool_ctx;
+
+#define POOL_ROWS(T, MAXOP)                                                                                       \
+    for (size_t r = r0; r < r1; r++) {                                                                            \
+        const size_t img = r / p->oh, oy = r % p->oh;                                                             \
+        size_t ylo, yhi;                                                                                          \
+        kc_window(oy, p->kh, p->sh, p->ph, p->h, &ylo, &yhi);                                                     \
+        for (size_t ox = 0; ox < p->ow; ox++) {                                                                   \
+            size_t xlo, xhi;                                                                                      \
+            kc_window(ox, p->kw, p->sw, p->pw, p->w, &xlo, &xhi);                                                 \
+            T *restrict o = (T *)p->out + (r * p->ow + ox) * c;                                                   \
+            const T *first = (const T *)p->x + ((img * p->h + ylo) * p->w + xlo) * c;                             \
+            memcpy(o, first, c * sizeof(T));                                                                      \
+            for (size_t y = ylo; y < yhi; y++)                                                                    \
+                for (size_t x = xlo; x < xhi; x++) {                                                              \
+                    const T *restrict v = (const T *)p->x + ((img * p->h + y) * p->w + x) * c;                    \
+                    for (size_t ch = 0; ch < c; ch++)                                                             \
+                        o[ch] = MAXOP(o[ch], v[ch]);                                                              \
+                }                                                                                                 \
+        }                                                                                                         \
+    }
+#define MAX_U8(a, b) ((b) > (a) ? (b) : (a))
+#define MAX_F32(a, b) (((b) > (a) || (b) != (b)) ? (b) : (a)) /* a NaN wins and stays */
+
+static void pool_unit(void *vctx, size_t u, void *scratch)
+{
+    (void)scratch;
+    const pool_ctx *ctx = (const pool_ctx *)vctx;
+    const kc_pool_args *p = ctx->p;
+    const size_t c = p->c, r0 = ctx->rows * u / ctx->units, r1 = ctx->rows * (u + 1) / ctx->units;
+    if (p->u8) {
+        POOL_ROWS(uint8_t, MAX_U8)
+    } else {
+        POOL_ROWS(float, MAX_F32)
+    }
+}
+
+void kc_maxpool(const kc_pool_args *p, int nthreads)
+{
+    pool_ctx ctx = {.p = p, .rows = p->n * p->oh};
+    if (ctx.rows == 0 || p->ow == 0 || p->c == 0)
+        return;
+    const double reads = (double)ctx.rows * (double)p->ow * (double)p->c * (double)(p->kh * p->kw);
+    const int nt = threads_for(reads * (p->u8 ? 0.05 : 0.2), nthreads);
+    ctx.units = units_for(nt, ctx.rows);
+    qg_run_units(ctx.units, nt, pool_unit, &ctx, 0);
 }
 
 typedef struct {
@@ -174,6 +287,7 @@ typedef struct {
     size_t n, units;
     const float *table;
     float *out;
+    kc_lookup_fn lookup;
     atomic_uint max;
 } decode_ctx;
 
@@ -182,26 +296,17 @@ static void decode_unit(void *vctx, size_t u, void *scratch)
     (void)scratch;
     decode_ctx *ctx = (decode_ctx *)vctx;
     const size_t i0 = ctx->n * u / ctx->units, i1 = ctx->n * (u + 1) / ctx->units;
-    const uint8_t *codes = ctx->codes;
-    const float *table = ctx->table;
-    float *out = ctx->out;
-    unsigned m = 0;
-    for (size_t i = i0; i < i1; i++) {
-        const unsigned code = codes[i];
-        m = code > m ? code : m;
-        out[i] = table[code];
-    }
-    kc_atomic_max(&ctx->max, m);
+    kc_atomic_max(&ctx->max, ctx->lookup(NULL, ctx->codes + i0, ctx->table, i1 - i0, ctx->out + i0));
 }
 
-unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int nthreads)
+unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int path, int nthreads)
 {
     if (n == 0)
         return 0;
     decode_ctx ctx;
-    ctx.codes = codes, ctx.n = n, ctx.table = table, ctx.out = out;
+    ctx.codes = codes, ctx.n = n, ctx.table = table, ctx.out = out, ctx.lookup = kc_lookup_for(path);
     atomic_init(&ctx.max, 0);
-    const int nt = threads_for((double)n * 0.5, nthreads); /* ~0.5 ns a code */
+    const int nt = threads_for((double)n * 0.2, nthreads); /* ~0.2 ns a code */
     ctx.units = units_for(nt, n);
     qg_run_units(ctx.units, nt, decode_unit, &ctx, 0);
     return atomic_load(&ctx.max);

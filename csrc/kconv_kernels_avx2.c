@@ -253,4 +253,30 @@ __attribute__((target("avx2,fma"))) void kc_ftile_avx2(const kc_ftile_args *t, c
     }
 }
 
+/* ---- table lookup of a decode (kconv.h, kc_lookup_k): 8 codes a step; vpermps from the table's first 8
+ * entries while every code of the step is below 8, a gather otherwise; the tail in scalar code ---- */
+KC2_FN unsigned kc_lookup_avx2(const float *x, const uint8_t *q, const float *table, size_t n, float *v)
+{
+    const __m256 t8 = _mm256_loadu_ps(table);
+    const __m256i seven = _mm256_set1_epi32(7);
+    __m256i vmax = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i)));
+        vmax = _mm256_max_epu32(vmax, idx);
+        __m256 t = _mm256_movemask_epi8(_mm256_cmpgt_epi32(idx, seven)) ? _mm256_i32gather_ps(table, idx, 4)
+                                                                          : _mm256_permutevar8x32_ps(t8, idx);
+        if (x)
+            t = _mm256_add_ps(_mm256_loadu_ps(x + i), t);
+        _mm256_storeu_ps(v + i, t);
+    }
+    _Alignas(32) uint32_t lanes[8];
+    _mm256_store_si256((__m256i *)lanes, vmax);
+    unsigned m = 0;
+    for (int l = 0; l < 8; l++)
+        m = lanes[l] > m ? lanes[l] : m;
+    const unsigned mt = kc_lookup_scalar(x ? x + i : NULL, q + i, table, n - i, v + i);
+    return mt > m ? mt : m;
+}
+
 #endif /* LB_X86 */

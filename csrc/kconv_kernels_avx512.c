@@ -10,6 +10,7 @@
 
 #if LB_X86
 #include <immintrin.h>
+#include <string.h>
 
 #define KCB_FN __attribute__((target("avx512f,avx512bw")))
 #define KCB_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw")))
@@ -237,6 +238,34 @@ KCF_FN void kc_ftile_avx512(const kc_ftile_args *t, const float *a, const float 
     }
 #undef FT_ROW
 #undef FT_CASE
+}
+
+/* ---- table lookup of a decode (kconv.h, kc_lookup_k): 16 codes a step; vpermps from the table's first 16
+ * entries while every code of the step is below 16 (2-4-bit codes), a gather otherwise ---- */
+KCF_FN unsigned kc_lookup_avx512(const float *x, const uint8_t *q, const float *table, size_t n, float *v)
+{
+    const __m512 t16 = _mm512_loadu_ps(table);
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    __m512i vmax = _mm512_setzero_si512();
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 live = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m128i bytes;
+        if (n - i >= 16) {
+            bytes = _mm_loadu_si128((const __m128i *)(q + i));
+        } else { /* the tail: no byte-masked load in AVX-512F */
+            _Alignas(16) uint8_t tail[16] = {0};
+            memcpy(tail, q + i, n - i);
+            bytes = _mm_load_si128((const __m128i *)tail);
+        }
+        const __m512i idx = _mm512_cvtepu8_epi32(bytes);
+        vmax = _mm512_max_epu32(vmax, idx);
+        __m512 t = _mm512_cmpge_epu32_mask(idx, sixteen) ? _mm512_i32gather_ps(idx, table, 4)
+                                                          : _mm512_permutexvar_ps(idx, t16);
+        if (x)
+            t = _mm512_add_ps(_mm512_maskz_loadu_ps(live, x + i), t);
+        _mm512_mask_storeu_ps(v + i, live, t);
+    }
+    return (unsigned)_mm512_reduce_max_epu32(vmax);
 }
 
 #endif /* LB_X86 */

@@ -352,9 +352,10 @@ static PyObject *py_kc_conv(PyObject *Py_UNUSED(self), PyObject *args)
 
 static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    PyObject *ox, *othr, *osign, *oout;
+    PyObject *ox, *othr, *osign, *oout, *oadd = Py_None, *otable = Py_None;
     int path, nthreads;
-    if (!PyArg_ParseTuple(args, "OOOOii:kc_fthreshold", &ox, &othr, &osign, &oout, &path, &nthreads))
+    if (!PyArg_ParseTuple(args, "OOOOii|OO:kc_fthreshold", &ox, &othr, &osign, &oout, &path, &nthreads, &oadd,
+                          &otable))
         return NULL;
     if (lb_check_path_arg(path) < 0 || lb_check_nthreads(nthreads) < 0)
         return NULL;
@@ -395,17 +396,35 @@ static PyObject *py_kc_fthreshold(PyObject *Py_UNUSED(self), PyObject *args)
         goto done;
     }
     f.out = out->buf;
-    LB_NOGIL(kc_fthreshold(&f, path, nthreads));
-    result = lb_none();
+    if (oadd != Py_None) { /* the addend: float32 (rows, C), or uint8 codes (rows, C) with a 256-entry table */
+        Py_buffer *ad = lb_buf_get(&bs, oadd, "add", otable == Py_None ? LB_T_F32 : LB_T_U8, 2, LB_BUF_ROWS);
+        if (!ad)
+            goto done;
+        if ((size_t)ad->shape[0] != f.rows || (size_t)ad->shape[1] != f.c) {
+            bad("add must have x's shape (rows, C)");
+            goto done;
+        }
+        f.ld_add = (size_t)lb_buf_ld(ad);
+        if (otable == Py_None) {
+            f.add = (const float *)ad->buf;
+        } else {
+            f.add_codes = (const uint8_t *)ad->buf;
+            if (!(f.add_table = (const float *)table256(&bs, otable, "add_table", LB_T_F32)))
+                goto done;
+        }
+    }
+    unsigned m;
+    LB_NOGIL(m = kc_fthreshold(&f, path, nthreads));
+    result = PyLong_FromUnsignedLong(m);
     LB_BINDING_EXIT(bs, result);
 }
 
 static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *ocodes, *otable, *oout;
-    int nthreads;
-    if (!PyArg_ParseTuple(args, "OOOi:kc_decode", &ocodes, &otable, &oout, &nthreads) ||
-        lb_check_nthreads(nthreads) < 0)
+    int path, nthreads;
+    if (!PyArg_ParseTuple(args, "OOOii:kc_decode", &ocodes, &otable, &oout, &path, &nthreads) ||
+        lb_check_path_arg(path) < 0 || lb_check_nthreads(nthreads) < 0)
         return NULL;
     LB_BINDING(bs, result);
     Py_buffer *codes = lb_buf_get(&bs, ocodes, "codes", LB_T_U8, -1, LB_BUF_CONTIG);
@@ -423,8 +442,7 @@ static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
     }
     unsigned m;
     Py_BEGIN_ALLOW_THREADS
-    m = kc_decode((const uint8_t *)codes->buf, (size_t)codes->len, table, (float *)out->buf,
-                  nthreads);
+    m = kc_decode((const uint8_t *)codes->buf, (size_t)codes->len, table, (float *)out->buf, path, nthreads);
     Py_END_ALLOW_THREADS
     result = PyLong_FromUnsignedLong(m);
     LB_BINDING_EXIT(bs, result);
@@ -497,8 +515,7 @@ static PyObject *py_kc_fconv_pack(PyObject *Py_UNUSED(self), PyObject *args)
         goto done;
     }
     kc_fconv_pack((const float *)w->buf, k, n, (float *)out->buf);
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = lb_none();
     LB_BINDING_EXIT(bs, result);
 }
 
@@ -548,8 +565,7 @@ static PyObject *py_kc_fconv(PyObject *Py_UNUSED(self), PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     kc_fconv(&a, path, nthreads);
     Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = lb_none();
     LB_BINDING_EXIT(bs, result);
 }
 
@@ -599,7 +615,50 @@ static PyObject *py_kc_decode_map(PyObject *Py_UNUSED(self), PyObject *args)
     LB_BINDING_EXIT(bs, result);
 }
 
+static PyObject *py_kc_maxpool(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *ox, *oout;
+    int kh, kw, sh, sw, ph, pw, nthreads;
+    if (!PyArg_ParseTuple(args, "O(ii)(ii)(ii)Oi:kc_maxpool", &ox, &kh, &kw, &sh, &sw, &ph, &pw, &oout, &nthreads) ||
+        lb_check_nthreads(nthreads) < 0)
+        return NULL;
+    LB_BINDING(bs, result);
+    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_ANY, 4, LB_BUF_CONTIG);
+    if (!x)
+        goto done;
+    kc_pool_args p;
+    const int elem = lb_buf_elem(x);
+    if (elem != LB_T_U8 && elem != LB_T_F32) {
+        bad("kc_maxpool: x must be uint8 or float32");
+        goto done;
+    }
+    p.u8 = elem == LB_T_U8;
+    Py_buffer *out = lb_buf_get(&bs, oout, "out", p.u8 ? LB_T_U8 : LB_T_F32, 4, LB_BUF_CONTIG | LB_BUF_WRITABLE);
+    if (!out)
+        goto done;
+    p.x = x->buf, p.out = out->buf;
+    p.n = (size_t)x->shape[0], p.h = (size_t)x->shape[1], p.w = (size_t)x->shape[2], p.c = (size_t)x->shape[3];
+    p.kh = kh, p.kw = kw, p.sh = sh, p.sw = sw, p.ph = ph, p.pw = pw;
+    if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || ph >= kh || pw >= kw ||
+        (Py_ssize_t)p.h + 2 * ph < kh || (Py_ssize_t)p.w + 2 * pw < kw) {
+        bad("kc_maxpool: kernel, stride >= 1, 0 <= padding < kernel, and the padded input at least the kernel");
+        goto done;
+    }
+    p.oh = (p.h + 2 * (size_t)ph - (size_t)kh) / (size_t)sh + 1;
+    p.ow = (p.w + 2 * (size_t)pw - (size_t)kw) / (size_t)sw + 1;
+    if ((size_t)out->shape[0] != p.n || (size_t)out->shape[1] != p.oh || (size_t)out->shape[2] != p.ow ||
+        (size_t)out->shape[3] != p.c) {
+        bad("kc_maxpool: out must be (N, OH, OW, C)");
+        goto done;
+    }
+    LB_NOGIL(kc_maxpool(&p, nthreads));
+    result = lb_none();
+    LB_BINDING_EXIT(bs, result);
+}
+
 PyMethodDef kc_methods[] = {
+    {"kc_maxpool", py_kc_maxpool, METH_VARARGS,
+     "kc_maxpool(x, kernel, stride, padding, out, nthreads)\n\nmax-pool of an NHWC float32 or uint8 map."},
     {"kc_fconv_pack", py_kc_fconv_pack, METH_VARARGS,
      "kc_fconv_pack(w, out)\n\nfloat32 (K, N) weights -> panels of 64 output channels for kc_fconv."},
     {"kc_fconv", py_kc_fconv, METH_VARARGS,
@@ -609,10 +668,11 @@ PyMethodDef kc_methods[] = {
      "kc_decode_map(x, padding, tables, fill, out, nthreads) -> largest code\n\nout = tables[c][x] of NHWC "
      "uint8 codes, padded with fill."},
     {"kc_fthreshold", py_kc_fthreshold, METH_VARARGS,
-     "kc_fthreshold(x, thr, sign, out, path, nthreads)\n\nfloat32 (rows, C) -> per-channel multi-threshold codes "
-     "(uint8) or bits (uint64, one threshold)."},
+     "kc_fthreshold(x, thr, sign, out, path, nthreads, add=None, add_table=None) -> largest addend code\n\n"
+     "float32 (rows, C) [+ add, float32, or add_table[add], codes] -> per-channel multi-threshold codes (uint8) "
+     "or bits (uint64, one threshold)."},
     {"kc_decode", py_kc_decode, METH_VARARGS,
-     "kc_decode(codes, table, out, nthreads) -> largest code\n\nout = table[codes] (table: 256 float32)."},
+     "kc_decode(codes, table, out, path, nthreads) -> largest code\n\nout = table[codes] (table: 256 float32)."},
     {"kc_im2col_decode", py_kc_im2col_decode, METH_VARARGS,
      "kc_im2col_decode(x, kernel, stride, padding, tables, fill, out, nthreads) -> largest code\n\n"
      "out = im2col of tables[c][x] (NHWC uint8 codes, tables (C, 256) float32), padded with fill."},

@@ -315,6 +315,31 @@ def test_float_convs_on_codes_read_the_codes(tmp_path):
             g.reduce(k, x)
 
 
+def test_residual_add_and_quantizer_run_as_one_pass(tmp_path, monkeypatch):
+    """[decode ->] add -> quantize of each residual block (an identity shortcut on k-bit codes, and a conv
+    shortcut's float sum) runs as one fused node: the same codes, bit for bit, as the three / two ops it
+    replaces, and a code the decode table lacks still raises their error."""
+    from lowbit.runtime.graph import Add, AddQuantize, GraphNetwork, Quantize
+
+    cfg = get_recipe("imagenet-resnet18-pact-sawb")
+    args = dict(cfg.model_args, num_classes=10, widths=[8, 16], blocks=[2, 1])
+    _, graph = roundtrip(build_model(cfg.model, **args), (3, 64, 64), tmp_path, n=2, name="res.lbt")
+    fused = [n for n in graph.nodes if isinstance(n, AddQuantize)]
+    assert len(fused) == 3 and not any(isinstance(n, (Add, Quantize)) for n in graph.nodes)
+    assert sum(f.decode is not None for f in fused) == 2  # the identity shortcuts; the strided block adds floats
+    assert all("add + " in f.describe() for f in fused)
+    monkeypatch.setattr(GraphNetwork, "_fuse_residual_adds", lambda self: None)
+    plain = load(tmp_path / "res.lbt")
+    assert not any(isinstance(n, AddQuantize) for n in plain.nodes)
+    x = np.random.default_rng(5).integers(0, 256, (3, 3, 64, 64)).astype(np.uint8)
+    np.testing.assert_array_equal(graph.predict(x).view(np.uint32), plain.predict(x).view(np.uint32))
+    f = next(f for f in fused if f.decode is not None)
+    f.decode.table = f.decode.table[:-1]  # the largest code now has no entry
+    codes = np.full((1, 16, 16, f.decode.channels), len(f.decode.table), np.uint8)
+    with pytest.raises(IndexError):
+        f.run(graph._k, np.zeros(codes.shape, np.float32), codes)
+
+
 # ---- refusals and file validation -----------------------------------------------------------------------------
 
 

@@ -292,6 +292,68 @@ def test_threshold_floats_and_decode(kernel_path):
         K.threshold_floats(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), out="bits")
 
 
+def test_decode_and_residual_add_thresholds(kernel_path):
+    """Table lookups of every size (in-register tables of 8 / 16 entries and gathers past them, steps mixing
+    both, tails past the last 8 / 16 codes) and the fused residual add + quantizer: x + table[codes] and x + y
+    thresholded in one pass, bit-identical to NumPy's float32 add then compare; the largest code returned."""
+    from lowbit.kernels.codes import add_thresholds, decode
+
+    rng = np.random.default_rng(12)
+    for trial in range(60):
+        ncodes = int(rng.choice([2, 4, 8, 9, 16, 17, 100, 256]))
+        c = int(rng.choice([1, 3, 8, 15, 16, 17, 64, 65]))
+        shape = tuple(int(v) for v in rng.integers(1, 7, int(rng.integers(1, 3)))) + (c,)
+        codes = rng.integers(0, ncodes, shape).astype(np.uint8)
+        if rng.random() < 0.5:  # mostly small codes, one large one: steps of both kinds
+            codes = np.minimum(codes, 3)
+            codes.reshape(-1)[int(rng.integers(0, codes.size))] = ncodes - 1
+        table = np.zeros(256, np.float32)
+        table[:ncodes] = rng.standard_normal(ncodes)
+        for nt in (1, 2):
+            out, top = decode(codes, table, num_threads=nt)
+            np.testing.assert_array_equal(out, table[codes])
+            assert top == codes.max()
+        x = (rng.standard_normal(shape) * 2).astype(np.float32)
+        y = rng.standard_normal(shape).astype(np.float32)
+        levels = int(rng.choice([2, 3, 4, 16]))
+        t = np.sort(rng.standard_normal((c, levels - 1)), axis=1).astype(np.float32)
+        thr_t = np.ascontiguousarray(t.T)
+        sign = rng.choice(np.float32([-1, 1]), c) if rng.random() < 0.3 else None
+        for add, tab, total in [(codes, table, x + table[codes]), (y, None, x + y)]:
+            v = total if sign is None else total * sign
+            ge = v[..., None] >= t
+            got, top = add_thresholds(x, add, tab, thr_t, sign, False, num_threads=int(rng.integers(1, 3)))
+            np.testing.assert_array_equal(got, ge.sum(-1).astype(np.uint8), err_msg=f"trial {trial}")
+            assert top == (codes.max() if tab is not None else 0)
+            if levels == 2:
+                padded = np.zeros(shape[:-1] + ((c + 63) // 64 * 64,), bool)
+                padded[..., :c] = ~ge[..., 0]
+                got, _ = add_thresholds(x, add, tab, thr_t, sign, True)
+                np.testing.assert_array_equal(got, np.packbits(padded, axis=-1, bitorder="little").view(np.uint64))
+
+
+def test_maxpool_matches_numpy(kernel_path):
+    """The native max-pool of float32 (NaN wins, as np.maximum) and uint8 code maps: random windows, strides
+    and paddings (padded positions never win), 1 and 2 threads."""
+    from lowbit.kernels.codes import maxpool
+    from lowbit.runtime.graph import maxpool_nhwc
+
+    rng = np.random.default_rng(13)
+    for trial in range(40):
+        kh, kw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
+        n, c = int(rng.integers(1, 3)), int(rng.choice([1, 3, 16, 64, 70]))
+        h, w = int(rng.integers(max(1, kh - 2 * ph), 14)), int(rng.integers(max(1, kw - 2 * pw), 14))
+        xf = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        xf.reshape(-1)[rng.integers(0, xf.size, 2)] = np.nan
+        xu = rng.integers(0, 256, (n, h, w, c)).astype(np.uint8)
+        window = ((kh, kw), (sh, sw), (ph, pw))
+        for nt in (1, 2):
+            np.testing.assert_array_equal(maxpool(xf, *window, num_threads=nt), maxpool_nhwc(xf, *window, fill=-np.inf))
+            np.testing.assert_array_equal(maxpool(xu, *window, num_threads=nt), maxpool_nhwc(xu, *window, fill=0))
+
+
 # ---- the fused conv layer ----------------------------------------------------------------------------------
 
 

@@ -500,6 +500,31 @@ def float_thresholds(x: np.ndarray, thr_t: np.ndarray, sign, bits: bool, num_thr
     return out.reshape(*lead, -1)
 
 
+def add_thresholds(x: np.ndarray, add: np.ndarray, table, thr_t: np.ndarray, sign, bits: bool, num_threads=None):
+    """:func:`float_thresholds` of ``x + add`` (float32, ``add`` float32) or of ``x + table[add]`` (``add``
+    uint8 codes, ``table`` float32 (256,)): a residual add and the quantizer after it in one pass, the sum
+    rounded to float32 once as NumPy's. Returns (codes or bits, the largest code of ``add``; 0 for a float
+    addend). Unchecked core: x and add of one shape, C last."""
+    lead, c = x.shape[:-1], x.shape[-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    x2 = np.ascontiguousarray(x).reshape(rows, c)
+    a2 = np.ascontiguousarray(add).reshape(rows, c)
+    out = np.empty((rows, (c + 63) // 64), np.uint64) if bits else np.empty((rows, c), np.uint8)
+    top = _bitgemm.kc_fthreshold(x2, thr_t, sign, out, path_id(active_path()), resolve_threads(num_threads), a2,
+                                 table)
+    return out.reshape(*lead, -1), top
+
+
+def maxpool(x: np.ndarray, kernel, stride, padding, num_threads=None) -> np.ndarray:
+    """Max-pooling of an NHWC float32 (NaN wins, as NumPy's maximum) or uint8 map in one C pass; padded
+    positions never win. Unchecked core: padding < kernel."""
+    x = np.ascontiguousarray(x)
+    n, oh, ow = conv_output_shape(x.shape, kernel, stride, padding)
+    out = np.empty((n, oh, ow, x.shape[3]), x.dtype)
+    _bitgemm.kc_maxpool(x, kernel, stride, padding, out, resolve_threads(num_threads))
+    return out
+
+
 def decode_codes(codes, table, *, num_threads=None) -> np.ndarray:
     """``table[codes]`` (float32) in one C pass: uint8 codes of any shape, table float32 (L,), L <= 256.
 
@@ -569,5 +594,5 @@ def decode(codes: np.ndarray, table256: np.ndarray, num_threads=None):
     """The unchecked core of :func:`decode_codes`: (table256[codes] float32, the largest code)."""
     codes = np.ascontiguousarray(codes)
     out = np.empty(codes.shape, np.float32)
-    top = _bitgemm.kc_decode(codes, table256, out, resolve_threads(num_threads))
+    top = _bitgemm.kc_decode(codes, table256, out, path_id(active_path()), resolve_threads(num_threads))
     return out, top

@@ -152,6 +152,16 @@ def maxpool_nhwc(a: np.ndarray, kernel, stride, padding, fill) -> np.ndarray:
     return _windows(a, kernel, stride, padding, fill, np.maximum)
 
 
+def _maxpool_map(a: np.ndarray, window, fill) -> np.ndarray:
+    """Max-pooling of a float32 or uint8 (codes) map: one C pass (kernels.codes.maxpool), NumPy for other types."""
+    (kh, kw), _, (ph, pw) = window
+    if a.dtype in (np.float32, np.uint8) and a.ndim == 4 and ph < kh and pw < kw:
+        from ..kernels.codes import maxpool
+
+        return maxpool(a, *window)
+    return maxpool_nhwc(a, *window, fill=fill)
+
+
 def maxpool_bits(a: np.ndarray, kernel, stride, padding) -> np.ndarray:
     """Max-pooling of packed +-1 codes: the max is -1 (bit 1) only where every input is -1, a bitwise AND.
     Padded positions are all ones (-1), which never wins."""
@@ -498,7 +508,7 @@ class Gemm(Node):
         if self.border is not None:
             acc = acc.astype(self.border.dtype, copy=False) * self.border.dtype.type(self.mul) + self.border
         if self.pool is not None:
-            acc = maxpool_nhwc(acc, *self.pool, fill=np.iinfo(np.int32).min if acc.dtype == np.int32 else -np.inf)
+            acc = _maxpool_map(acc, self.pool, fill=np.iinfo(np.int32).min if acc.dtype == np.int32 else -np.inf)
         return self.epilogue.run(kernels, acc)
 
     def describe(self) -> str:
@@ -602,7 +612,7 @@ class MaxPool(Node1):
     def run(self, kernels, x):
         if self.repr == "bits":
             return maxpool_bits(x, *self.window)
-        return maxpool_nhwc(x, *self.window, fill=0 if self.repr == "codes" else -np.inf)
+        return _maxpool_map(x, self.window, fill=0 if self.repr == "codes" else -np.inf)
 
 
 class AvgPool(Node1):
@@ -652,6 +662,37 @@ class Add(Node1):
 
     def run(self, kernels, a, b):
         return a + b
+
+
+class AddQuantize(Node1):
+    """add -> quantize (a residual block's sum and the activation after it), made by GraphNetwork's fusion pass,
+    not read from files: one C pass (kernels.codes.add_thresholds) instead of two, and with a decode of codes
+    feeding the add (an identity shortcut on k-bit codes), three. Bit-identical: the same float32 sum."""
+
+    def __init__(self, add: Add, quantize: Quantize, decode: Optional["Decode"]):
+        self.add, self.quantize, self.decode = add, quantize, decode
+        if decode is None:
+            self.inputs = list(add.inputs)
+        else:  # (the other float input, the decode's codes): float32 addition is commutative
+            self.inputs = [v for v in add.inputs if v != decode.output] + [decode.inputs[0]]
+        self.output, self.op, self.name, self._k = quantize.output, "add+quantize", quantize.name, quantize._k
+
+    def run(self, kernels, x, y):
+        from ..kernels.codes import add_thresholds
+
+        q = self.quantize.q
+        sign = q.sign if q.any_flip else None
+        d = self.decode
+        if d is None:
+            return add_thresholds(x, y, None, q.thr_f, sign, q.out == "bits")[0]
+        out, top = add_thresholds(x, y, d._table256, q.thr_f, sign, q.out == "bits")
+        if y.size and top >= len(d.table):  # a code past the table: the unfused ops raise their error
+            return self.quantize.run(kernels, self.add.run(kernels, x, d.run(kernels, y)))
+        return out
+
+    def describe(self) -> str:
+        what = "decode + add" if self.decode is not None else "add"
+        return f"{what} + {self.quantize.describe()} in one pass"
 
 
 class Clamp(Node1):
@@ -781,6 +822,7 @@ class GraphNetwork:
             raise CheckpointError(f"{where}: the graph gives {shapes[self.output_name]} outputs per image, "
                                   f"the file declares {self.num_classes} classes")
         self._fuse_float_convs_on_codes()
+        self._fuse_residual_adds()
         # free each intermediate once its last reader has run
         last_use = {}
         for i, node in enumerate(self.nodes):
@@ -813,6 +855,30 @@ class GraphNetwork:
             if isinstance(g, Gemm) and g.fmt == "float" and g.layer == "conv2d" and g.codes_input is None:
                 g.fuse_codes_input(d, a)
                 self.nodes = [n for n in self.nodes if n is not d and n is not a]
+
+    def _fuse_residual_adds(self):
+        """[decode ->] add -> quantize, each the only reader of the one before (a residual block's output on
+        k-bit codes): one AddQuantize node, one C pass."""
+        readers = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                readers.setdefault(v, []).append(node)
+
+        def only_reader(value):
+            after = readers.get(value, [])
+            return after[0] if len(after) == 1 and value != self.output_name else None
+
+        for a in list(self.nodes):
+            if not isinstance(a, Add):
+                continue
+            q = only_reader(a.output)
+            if not isinstance(q, Quantize) or q.q.thr_f is None or not (q.q.out == "codes" or q.q.levels == 2):
+                continue
+            decodes = [n for n in self.nodes if isinstance(n, Decode) and not n.bits_in and n.output in a.inputs
+                       and only_reader(n.output) is a]
+            d = decodes[0] if len(decodes) == 1 and a.inputs[0] != a.inputs[1] else None
+            fused = AddQuantize(a, q, d)
+            self.nodes = [fused if n is q else n for n in self.nodes if n is not a and n is not d]
 
     def predict(self, x) -> np.ndarray:
         """Float32 logits for a batch of 8-bit images."""
