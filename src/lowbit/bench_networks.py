@@ -153,17 +153,21 @@ def markdown(report: dict) -> str:
 
 def ceiling(peaks: dict) -> str:
     """What the CPU's instruction rates allow: the bound on a k-bit layer's speed-up over an fp32 one."""
-    vnni, fma, pop = (peaks.get(PROBE_NAMES[i]) for i in (0, 5, 2))
+    vnni, fma, pop, amx = (peaks.get(PROBE_NAMES[i]) for i in (0, 5, 2, 7))
     if not fma:
         return ""
     parts = [f"**Ceiling on this CPU** (instruction-rate probe, all threads): vfmadd231ps zmm {fma:.0f} GOPS"]
     if vnni:
-        parts.append(f"vpdpbusd zmm {vnni:.0f} GOPS, so a k-bit layer run on the int8 kernel is at most "
+        parts.append(f"vpdpbusd zmm {vnni:.0f} GOPS, so a k-bit layer run on the VNNI int8 kernel is at most "
                      f"**{vnni / fma:.1f}x** an fp32 layer at the same efficiency")
+    if amx:
+        parts.append(f"AMX tdpbusd (32x32 blocks, tiles from L1) {amx:.0f} GOPS: **{amx / fma:.1f}x**")
     if pop:
         parts.append(f"xor+vpopcntq+add {pop:.0f} GOPS, so a binary layer at most **{pop / fma:.1f}x** (a bit-serial "
                      f"layer of p x q bit planes {pop / fma:.1f}/(p q) x)")
-    return "; ".join(parts) + ". Float layers (first, last, real-valued shortcuts) run at fp32 speed."
+    return ("; ".join(parts) + ". Float layers (first, last, real-valued shortcuts) run on lowbit's own float32 "
+            "kernel at most at the fp32 rate. A whole network can beat these ratios where PyTorch's fp32 runs "
+            "below the FMA peak (small batches, convs with few channels).")
 
 
 def main(argv=None) -> int:
