@@ -167,19 +167,21 @@ kc_lookup_fn kc_lookup_for(int path);
 /* out[i] = table[codes[i]] for n codes (table: 256 entries); returns the largest code */
 unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *out, int path, int nthreads);
 
-/* out (n * oh * ow, kh * kw * c) float32 = im2col of tables[ch][codes] over NHWC uint8 codes, padded with
- * fill; tables: c x 256 float32; each value looked up (the float conv's input for windows that read each
- * pixel less than once, where kc_decode_map would decode pixels no window reads). Returns the largest code
- * of the input. */
+/* A float conv's input made from NHWC uint8 codes through per-channel tables (tables[ch][code]: c x 256
+ * float32), fill outside the image: its padded map (kc_decode_map, kconv_float.c: out (n, h + 2 ph, w + 2 pw,
+ * c); the window fields unused), or its patches (kc_im2col_decode: out (n * oh * ow, kh * kw * c), each value
+ * looked up -- for windows that read each pixel less than once, where a map would decode pixels no window
+ * reads). Both return the largest code of the input. */
 typedef struct {
-    const uint8_t *codes;
+    const uint8_t *codes;     /* (n, h, w, c), contiguous */
     size_t n, h, w, c, oh, ow;
     int kh, kw, sh, sw, ph, pw;
     const float *tables;
     float fill;
     float *out;
-} kc_im2col_args;
-unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads);
+} kc_decode_args;
+unsigned kc_im2col_decode(const kc_decode_args *a, int nthreads);
+unsigned kc_decode_map(const kc_decode_args *a, int nthreads);
 
 /* ---- float32 conv (kconv_float.c): the float layers of a quantized network, implicit GEMM ------------- */
 #define KC_FPANEL 64    /* output channels per weight panel */
@@ -209,16 +211,6 @@ typedef struct {
 typedef void kc_ftile_k(const kc_ftile_args *t, const float *a, const float *panel, float *out, int rows, int cols);
 typedef kc_ftile_k *kc_ftile_fn;
 kc_ftile_k kc_ftile_scalar, kc_ftile_avx2, kc_ftile_avx512; /* the vector ones on x86 only; avx2 needs FMA */
-/* the padded map of a float conv on codes: out (n, h + 2 ph, w + 2 pw, c) float32 = tables[c][code] inside
- * the image, fill outside; tables: c x 256. Returns the largest code. */
-typedef struct {
-    const uint8_t *codes;     /* (n, h, w, c) NHWC, contiguous */
-    size_t n, h, w, c, ph, pw;
-    const float *tables;
-    float fill;
-    float *out;
-} kc_map_args;
-unsigned kc_decode_map(const kc_map_args *a, int nthreads);
 /* *m = max(*m, v), atomically: the largest code a threaded pass read, merged once per unit */
 static inline void kc_atomic_max(atomic_uint *m, unsigned v)
 {

@@ -316,7 +316,7 @@ unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *ou
  * For windows that read each pixel less than once (a 1x1 stride-2 shortcut conv), where a decoded map
  * (kc_decode_map, kconv_float.c) would decode pixels no window reads. */
 typedef struct {
-    const kc_im2col_args *a;
+    const kc_decode_args *a;
     size_t units;
 } im2col_ctx;
 
@@ -324,7 +324,7 @@ static void im2col_direct_unit(void *vctx, size_t u, void *scratch)
 {
     (void)scratch;
     im2col_ctx *ctx = (im2col_ctx *)vctx;
-    const kc_im2col_args *a = ctx->a;
+    const kc_decode_args *a = ctx->a;
     const uint8_t *restrict codes = a->codes;
     const float *restrict tables = a->tables;
     float *restrict o;
@@ -352,7 +352,7 @@ static void im2col_direct_unit(void *vctx, size_t u, void *scratch)
     }
 }
 
-unsigned kc_im2col_decode(const kc_im2col_args *a, int nthreads)
+unsigned kc_im2col_decode(const kc_decode_args *a, int nthreads)
 {
     const size_t rows = a->n * a->oh, pixels = a->n * a->h * a->w;
     if (rows == 0 || a->ow == 0 || pixels == 0)

@@ -151,7 +151,7 @@ void kc_fconv(const kc_fconv_args *a, int path, int nthreads)
 
 /* ---- the padded float map of a float conv on codes ------------------------------------------------------ */
 typedef struct {
-    const kc_map_args *a;
+    const kc_decode_args *a;
     size_t rows, units;
     atomic_uint max;
 } map_ctx;
@@ -160,8 +160,9 @@ static void map_unit(void *vctx, size_t u, void *scratch)
 {
     (void)scratch;
     map_ctx *ctx = (map_ctx *)vctx;
-    const kc_map_args *a = ctx->a;
-    const size_t c = a->c, hp = a->h + 2 * a->ph, wp = a->w + 2 * a->pw, run = a->w * c;
+    const kc_decode_args *a = ctx->a;
+    const size_t c = a->c, ph = (size_t)a->ph, pw = (size_t)a->pw, hp = a->h + 2 * ph, wp = a->w + 2 * pw;
+    const size_t run = a->w * c;
     const size_t r0 = ctx->rows * u / ctx->units, r1 = ctx->rows * (u + 1) / ctx->units;
     const float *restrict tables = a->tables;
     const float fill = a->fill;
@@ -169,36 +170,36 @@ static void map_unit(void *vctx, size_t u, void *scratch)
     for (size_t r = r0; r < r1; r++) { /* r = img * hp + padded row */
         const size_t img = r / hp, y = r % hp;
         float *restrict o = a->out + r * wp * c;
-        if (y < a->ph || y >= a->ph + a->h) {
+        if (y < ph || y >= ph + a->h) {
             for (size_t i = 0; i < wp * c; i++)
                 o[i] = fill;
             continue;
         }
-        for (size_t i = 0; i < a->pw * c; i++)
+        for (size_t i = 0; i < pw * c; i++)
             o[i] = fill;
-        o += a->pw * c;
-        const uint8_t *restrict x = a->codes + (img * a->h + (y - a->ph)) * run;
+        o += pw * c;
+        const uint8_t *restrict x = a->codes + (img * a->h + (y - ph)) * run;
         for (size_t i = 0, ch = 0; i < run; i++, ch = ch + 1 == c ? 0 : ch + 1) {
             const unsigned code = x[i];
             m = code > m ? code : m;
             o[i] = tables[ch * 256 + code];
         }
         o += run;
-        for (size_t i = 0; i < a->pw * c; i++)
+        for (size_t i = 0; i < pw * c; i++)
             o[i] = fill;
     }
     kc_atomic_max(&ctx->max, m);
 }
 
-unsigned kc_decode_map(const kc_map_args *a, int nthreads)
+unsigned kc_decode_map(const kc_decode_args *a, int nthreads)
 {
     map_ctx ctx;
     ctx.a = a;
-    ctx.rows = a->n * (a->h + 2 * a->ph);
+    ctx.rows = a->n * (a->h + 2 * (size_t)a->ph);
     if (ctx.rows == 0)
         return 0;
     atomic_init(&ctx.max, 0);
-    const double values = (double)ctx.rows * (double)(a->w + 2 * a->pw) * (double)a->c;
+    const double values = (double)ctx.rows * (double)(a->w + 2 * (size_t)a->pw) * (double)a->c;
     const int nt = threads_for(values * 0.5, nthreads); /* ~0.5 ns a value */
     ctx.units = units_for(nt, ctx.rows);
     qg_run_units(ctx.units, nt, map_unit, &ctx, 0);

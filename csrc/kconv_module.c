@@ -448,6 +448,27 @@ static PyObject *py_kc_decode(PyObject *Py_UNUSED(self), PyObject *args)
     LB_BINDING_EXIT(bs, result);
 }
 
+/* The input of kc_im2col_decode / kc_decode_map: x (N, H, W, C) uint8 codes and tables (C, 256) float32 into
+ * a's codes, shape and tables (the rest zero). 0, or -1 with an exception set. */
+static int codes_and_tables(lb_bufset *bs, PyObject *ox, PyObject *otables, const char *what, kc_decode_args *a)
+{
+    memset(a, 0, sizeof *a);
+    Py_buffer *x = lb_buf_get(bs, ox, "x", LB_T_U8, 4, LB_BUF_CONTIG);
+    if (!x)
+        return -1;
+    Py_buffer *tables = lb_buf_get(bs, otables, "tables", LB_T_F32, 2, LB_BUF_CONTIG);
+    if (!tables)
+        return -1;
+    a->codes = (const uint8_t *)x->buf;
+    a->n = (size_t)x->shape[0], a->h = (size_t)x->shape[1], a->w = (size_t)x->shape[2], a->c = (size_t)x->shape[3];
+    if (tables->shape[0] != (Py_ssize_t)a->c || tables->shape[1] != 256) {
+        PyErr_Format(PyExc_ValueError, "%s: tables must be (C, 256) float32 for the input's C channels", what);
+        return -1;
+    }
+    a->tables = (const float *)tables->buf;
+    return 0;
+}
+
 static PyObject *py_kc_im2col_decode(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *ox, *otables, *oout;
@@ -458,18 +479,12 @@ static PyObject *py_kc_im2col_decode(PyObject *Py_UNUSED(self), PyObject *args)
         lb_check_nthreads(nthreads) < 0)
         return NULL;
     LB_BINDING(bs, result);
-    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 4, LB_BUF_CONTIG);
-    if (!x)
-        goto done;
-    Py_buffer *tables = lb_buf_get(&bs, otables, "tables", LB_T_F32, 2, LB_BUF_CONTIG);
-    if (!tables)
+    kc_decode_args a;
+    if (codes_and_tables(&bs, ox, otables, "kc_im2col_decode", &a) < 0)
         goto done;
     Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, 2, LB_BUF_CONTIG | LB_BUF_WRITABLE);
     if (!out)
         goto done;
-    kc_im2col_args a;
-    a.codes = (const uint8_t *)x->buf;
-    a.n = (size_t)x->shape[0], a.h = (size_t)x->shape[1], a.w = (size_t)x->shape[2], a.c = (size_t)x->shape[3];
     a.kh = kh, a.kw = kw, a.sh = sh, a.sw = sw, a.ph = ph, a.pw = pw;
     if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || (Py_ssize_t)a.h + 2 * ph < kh ||
         (Py_ssize_t)a.w + 2 * pw < kw) {
@@ -478,15 +493,10 @@ static PyObject *py_kc_im2col_decode(PyObject *Py_UNUSED(self), PyObject *args)
     }
     a.oh = (a.h + 2 * (size_t)ph - (size_t)kh) / (size_t)sh + 1;
     a.ow = (a.w + 2 * (size_t)pw - (size_t)kw) / (size_t)sw + 1;
-    if (tables->shape[0] != (Py_ssize_t)a.c || tables->shape[1] != 256) {
-        bad("kc_im2col_decode: tables must be (C, 256) float32 for the input's C channels");
-        goto done;
-    }
     if (out->shape[0] != (Py_ssize_t)(a.n * a.oh * a.ow) || out->shape[1] != (Py_ssize_t)((size_t)kh * kw * a.c)) {
         bad("kc_im2col_decode: out must be (N * OH * OW, kh * kw * C) float32");
         goto done;
     }
-    a.tables = (const float *)tables->buf;
     a.fill = fill;
     a.out = (float *)out->buf;
     unsigned m;
@@ -578,33 +588,22 @@ static PyObject *py_kc_decode_map(PyObject *Py_UNUSED(self), PyObject *args)
         lb_check_nthreads(nthreads) < 0)
         return NULL;
     LB_BINDING(bs, result);
-    Py_buffer *x = lb_buf_get(&bs, ox, "x", LB_T_U8, 4, LB_BUF_CONTIG);
-    if (!x)
-        goto done;
-    Py_buffer *tables = lb_buf_get(&bs, otables, "tables", LB_T_F32, 2, LB_BUF_CONTIG);
-    if (!tables)
+    kc_decode_args a;
+    if (codes_and_tables(&bs, ox, otables, "kc_decode_map", &a) < 0)
         goto done;
     Py_buffer *out = lb_buf_get(&bs, oout, "out", LB_T_F32, 4, LB_BUF_CONTIG | LB_BUF_WRITABLE);
     if (!out)
         goto done;
-    kc_map_args a;
-    a.codes = (const uint8_t *)x->buf;
-    a.n = (size_t)x->shape[0], a.h = (size_t)x->shape[1], a.w = (size_t)x->shape[2], a.c = (size_t)x->shape[3];
     if (ph < 0 || pw < 0) {
         bad("kc_decode_map: padding >= 0");
         goto done;
     }
-    a.ph = (size_t)ph, a.pw = (size_t)pw;
-    if (tables->shape[0] != (Py_ssize_t)a.c || tables->shape[1] != 256) {
-        bad("kc_decode_map: tables must be (C, 256) float32 for the input's C channels");
-        goto done;
-    }
-    if (out->shape[0] != (Py_ssize_t)a.n || out->shape[1] != (Py_ssize_t)(a.h + 2 * a.ph) ||
-        out->shape[2] != (Py_ssize_t)(a.w + 2 * a.pw) || out->shape[3] != (Py_ssize_t)a.c) {
+    a.ph = ph, a.pw = pw;
+    if (out->shape[0] != (Py_ssize_t)a.n || out->shape[1] != (Py_ssize_t)(a.h + 2 * (size_t)ph) ||
+        out->shape[2] != (Py_ssize_t)(a.w + 2 * (size_t)pw) || out->shape[3] != (Py_ssize_t)a.c) {
         bad("kc_decode_map: out must be (N, H + 2 ph, W + 2 pw, C) float32");
         goto done;
     }
-    a.tables = (const float *)tables->buf;
     a.fill = fill;
     a.out = (float *)out->buf;
     unsigned m;

@@ -831,10 +831,8 @@ class GraphNetwork:
         self._release = [[v for v in node.inputs if last_use[v] == i and v != self.output_name]
                          for i, node in enumerate(self.nodes)]
 
-    def _fuse_float_convs_on_codes(self):
-        """decode [-> affine] -> float conv, each the only reader of the one before (a float first layer on 8-bit
-        pixels, a real-valued shortcut conv on k-bit codes): the conv reads the codes and makes its patches in
-        one C pass (Gemm.fuse_codes_input) instead of two or three float passes over the map."""
+    def _only_reader(self):
+        """value -> the one node that reads it (None for a value read by several, or the graph's output)."""
         readers = {}
         for node in self.nodes:
             for v in node.inputs:
@@ -844,6 +842,13 @@ class GraphNetwork:
             after = readers.get(value, [])
             return after[0] if len(after) == 1 and value != self.output_name else None
 
+        return only_reader
+
+    def _fuse_float_convs_on_codes(self):
+        """decode [-> affine] -> float conv, each the only reader of the one before (a float first layer on 8-bit
+        pixels, a real-valued shortcut conv on k-bit codes): the conv reads the codes, decoded and normalized
+        into its padded input map in one C pass (Gemm.fuse_codes_input) instead of two or three float passes."""
+        only_reader = self._only_reader()
         for d in list(self.nodes):
             if not isinstance(d, Decode) or d.bits_in:
                 continue
@@ -859,15 +864,7 @@ class GraphNetwork:
     def _fuse_residual_adds(self):
         """[decode ->] add -> quantize, each the only reader of the one before (a residual block's output on
         k-bit codes): one AddQuantize node, one C pass."""
-        readers = {}
-        for node in self.nodes:
-            for v in node.inputs:
-                readers.setdefault(v, []).append(node)
-
-        def only_reader(value):
-            after = readers.get(value, [])
-            return after[0] if len(after) == 1 and value != self.output_name else None
-
+        only_reader = self._only_reader()
         for a in list(self.nodes):
             if not isinstance(a, Add):
                 continue
