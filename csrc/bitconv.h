@@ -88,6 +88,9 @@ int bc_conv2d(const bc_conv_args *a, int path, int nthreads);
  * n) is the same job for bg_parallel, used when another caller holds the pool. */
 typedef void (*bc_job_fn)(void *ctx);
 void bc_pool_run(int nthreads, bc_job_fn fn, void *ctx, bg_task_fn fallback);
+/* The same, the caller running self(ctx) and the workers fn(ctx) (e.g. the caller with scratch it already has);
+ * fallback(ctx, 0, n) is the caller's part under bg_parallel. */
+void bc_pool_run_split(int nthreads, bc_job_fn fn, bc_job_fn self, void *ctx, bg_task_fn fallback);
 
 /* How many threads bc_conv2d would use. */
 int bc_plan_threads(size_t pixels, size_t nout, size_t kwords, int path, int nthreads);

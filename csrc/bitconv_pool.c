@@ -109,8 +109,13 @@ static void *bc_worker(void *unused)
 
 void bc_pool_run(int nthreads, bc_job_fn fn, void *ctx, bg_task_fn fallback)
 {
+    bc_pool_run_split(nthreads, fn, fn, ctx, fallback);
+}
+
+void bc_pool_run_split(int nthreads, bc_job_fn fn, bc_job_fn self, void *ctx, bg_task_fn fallback)
+{
     if (nthreads <= 1) {
-        fn(ctx);
+        self(ctx);
         return;
     }
     if (nthreads > BC_MAX_WORKERS + 1)
@@ -141,7 +146,7 @@ void bc_pool_run(int nthreads, bc_job_fn fn, void *ctx, bg_task_fn fallback)
     pthread_cond_broadcast(&bc_pool.cv);
     pthread_mutex_unlock(&bc_pool.mu);
 
-    fn(ctx);
+    self(ctx);
 
     atomic_fetch_or(&bc_pool.state, BC_CLOSED); /* late workers stay out; wait for those inside */
     while ((atomic_load(&bc_pool.state) & ~BC_CLOSED) != 0)
@@ -150,11 +155,17 @@ void bc_pool_run(int nthreads, bc_job_fn fn, void *ctx, bg_task_fn fallback)
 }
 
 #else /* no pthreads: the per-call threads of bg_parallel (sequential there) */
-void bc_pool_run(int nthreads, bc_job_fn fn, void *ctx, bg_task_fn fallback)
+void bc_pool_run_split(int nthreads, bc_job_fn fn, bc_job_fn self, void *ctx, bg_task_fn fallback)
 {
+    (void)fn;
     if (nthreads <= 1)
-        fn(ctx);
+        self(ctx);
     else
         bg_parallel(nthreads, fallback, ctx);
+}
+
+void bc_pool_run(int nthreads, bc_job_fn fn, void *ctx, bg_task_fn fallback)
+{
+    bc_pool_run_split(nthreads, fn, fn, ctx, fallback);
 }
 #endif

@@ -1,40 +1,31 @@
 /*
- * qgemm_threads.c -- qg_run_units: a parallel loop over units that never waits for a thread without work.
+ * qgemm_threads.c -- qg_run_units: a parallel loop over units on the persistent worker threads of
+ * bitconv_pool.c, never waiting for a thread without work.
  *
- * bg_parallel (bitgemm_driver.c) starts its threads and joins them all: on a machine whose other cores are
- * busy (shared, or another process's thread pool still spinning), a started thread may not get a core for a
- * whole scheduler time slice (milliseconds), and the join waits for it even when the caller has done all
- * the work itself -- at batch 1 that wait was longer than the layer. Here helpers are detached and take units
- * from a shared counter; the caller takes units too, and returns as soon as every unit is *done*. A helper
- * that starts late finds no unit left and exits; the job record (on the heap, reference counted) outlives
- * the call for it. The caller's data (`user`) is only read for claimed units, all finished before return.
+ * Units are taken from a shared counter by the caller and by the pool's workers that join the job; the
+ * caller returns once its own claims are done and every worker that joined has left (a worker finishes the
+ * units it claimed). A worker that never gets a core joins no job, so nobody waits for it. Threads started
+ * per call (the previous design here) cost ~30-40 us each, and a network at batch 1 makes dozens of these
+ * calls; the pool's workers spin for a while after each job, so the next layer finds them running. When
+ * another caller holds the pool (a second Python thread, the GIL released), the job runs on threads of its
+ * own (bg_parallel), as bc_pool_run does for the binary convolution.
+ *
+ * Each participant has its own zeroed scratch of scratch_bytes (allocated on joining; one that cannot
+ * allocate claims nothing).
  */
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "bitconv.h"
 #include "qgemm.h"
 
-#if !defined(_WIN32)
-#include <pthread.h>
-#define QG_HAVE_PTHREADS 1
-#else
-#define QG_HAVE_PTHREADS 0
-#endif
-
 typedef struct {
-    atomic_size_t next, done;
-    atomic_int refs;
+    atomic_size_t next;
     size_t units, scratch_bytes;
     qg_unit_fn fn;
     void *user;
+    void *caller_scratch;
 } qg_job;
-
-static void job_release(qg_job *job)
-{
-    if (atomic_fetch_sub(&job->refs, 1) == 1)
-        free(job);
-}
 
 /* claims and runs units until none is left */
 static void job_work(qg_job *job, void *scratch)
@@ -44,23 +35,32 @@ static void job_work(qg_job *job, void *scratch)
         if (u >= job->units)
             return;
         job->fn(job->user, u, scratch);
-        atomic_fetch_add(&job->done, 1);
     }
 }
 
-#if QG_HAVE_PTHREADS
-static void *helper_main(void *p)
+static void job_join(void *ctx) /* a worker's (or a bg_parallel thread's) part: scratch of its own */
 {
-    qg_job *job = (qg_job *)p;
-    /* scratch before the first claim: a helper that cannot allocate claims nothing */
+    qg_job *job = (qg_job *)ctx;
     void *scratch = job->scratch_bytes ? calloc(1, job->scratch_bytes) : NULL;
     if (!job->scratch_bytes || scratch)
         job_work(job, scratch);
     free(scratch);
-    job_release(job);
-    return NULL;
 }
-#endif
+
+static void job_self(void *ctx) /* the caller's part, with the scratch it allocated */
+{
+    qg_job *job = (qg_job *)ctx;
+    job_work(job, job->caller_scratch);
+}
+
+static void job_task(void *ctx, int t, int n) /* the same for bg_parallel, whose thread 0 is the caller */
+{
+    (void)n;
+    if (t == 0)
+        job_self(ctx);
+    else
+        job_join(ctx);
+}
 
 int qg_run_units(size_t units, int nthreads, qg_unit_fn fn, void *user, size_t scratch_bytes)
 {
@@ -69,44 +69,18 @@ int qg_run_units(size_t units, int nthreads, qg_unit_fn fn, void *user, size_t s
     void *scratch = scratch_bytes ? calloc(1, scratch_bytes) : NULL;
     if (scratch_bytes && !scratch)
         return -1;
-    if (nthreads > 256)
-        nthreads = 256;
     if ((size_t)nthreads > units)
         nthreads = (int)units;
-    qg_job *job = nthreads > 1 ? (qg_job *)malloc(sizeof(qg_job)) : NULL;
-    if (!job) { /* one thread (or no memory for the job record): all units here, in order */
+    if (nthreads <= 1) { /* all units here, in order */
         for (size_t u = 0; u < units; u++)
             fn(user, u, scratch);
         free(scratch);
         return 0;
     }
-    atomic_init(&job->next, 0);
-    atomic_init(&job->done, 0);
-    atomic_init(&job->refs, 1);
-    job->units = units;
-    job->scratch_bytes = scratch_bytes;
-    job->fn = fn;
-    job->user = user;
-#if QG_HAVE_PTHREADS
-    pthread_attr_t attr;
-    const int have_attr = pthread_attr_init(&attr) == 0 &&
-                          pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
-    for (int t = 1; t < nthreads && have_attr; t++) {
-        pthread_t th;
-        atomic_fetch_add(&job->refs, 1);
-        if (pthread_create(&th, &attr, helper_main, job) != 0) {
-            atomic_fetch_sub(&job->refs, 1);
-            break; /* resource limits: the threads that started (and this one) do the rest */
-        }
-    }
-    if (have_attr)
-        pthread_attr_destroy(&attr);
-#endif
-    job_work(job, scratch);
-    /* the units other threads still run: real work, worth waiting for */
-    while (atomic_load(&job->done) < units)
-        sched_yield();
+    qg_job job;
+    atomic_init(&job.next, 0);
+    job.units = units, job.scratch_bytes = scratch_bytes, job.fn = fn, job.user = user, job.caller_scratch = scratch;
+    bc_pool_run_split(nthreads, job_join, job_self, &job, job_task);
     free(scratch);
-    job_release(job);
     return 0;
 }

@@ -391,6 +391,46 @@ def test_conv_levels_matches_pack_gemm_epilogue(kernel_path):
         np.testing.assert_array_equal(got, ref_affine(acc, scale, bias, mul or 1, border, pool), err_msg=where)
 
 
+def test_concurrent_callers_share_the_worker_pool_with_scratch():
+    """The k-bit conv (per-thread scratch), the k-bit GEMM and the float conv called from several Python threads
+    at once (the GIL is released): one call holds the persistent workers, the others run on threads of their
+    own; every result exact."""
+    import threading
+
+    rng = np.random.default_rng(23)
+    ls, wls = LEVEL_SETS["u2"], LEVEL_SETS["o2"]
+    x = rng.integers(0, 4, (2, 20, 20, 64)).astype(np.uint8)
+    pb = K.prepare_levels(wls.decode(rng.integers(0, 4, (96, 576))), "o2", "u2")
+    rows = ref_im2col(x, (3, 3), (1, 1), (1, 1), np.uint8(0))
+    conv_ref = K.quant_matmul(rows, pb.to_array(), "u2", "o2").reshape(2, 20, 20, 96)
+    a, b = rng.integers(0, 4, (300, 500)).astype(np.int8), (rng.integers(0, 4, (200, 500)) * 2 - 3).astype(np.int8)
+    gemm_ref = a.astype(np.int64) @ b.T.astype(np.int64)
+    pa, pb2 = K.pack_levels(a, "u2"), K.pack_levels(b, "o2")
+    xf = rng.integers(-8, 9, (1, 40, 40, 16)).astype(np.float32)
+    wf = rng.integers(-4, 5, (144, 70)).astype(np.float32)
+    fref = np.lib.stride_tricks.sliding_window_view(xf, (3, 3), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+    fref = fref.reshape(1, 38, 38, 144).astype(np.float64) @ wf.astype(np.float64)
+    pf = K.prepare_float(wf)
+    calls = [lambda: np.testing.assert_array_equal(conv_levels(x, pb, 3, 1, 1, 0, "u2", num_threads=2), conv_ref),
+             lambda: np.testing.assert_array_equal(K.quant_matmul_packed(pa, pb2, num_threads=2), gemm_ref),
+             lambda: np.testing.assert_array_equal(K.float_conv2d(xf, pf, (3, 3), (1, 1), num_threads=2), fref)]
+    errors = []
+
+    def work(i):
+        try:
+            for r in range(15):
+                calls[(i + r) % 3]()
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 def test_conv_levels_bands_and_channel_chunks(kernel_path):
     """Shapes that split into many bands and channel chunks (batch 1, many channels, big kernels, pools
     whose windows overlap the bands), on up to 8 threads."""
