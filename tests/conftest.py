@@ -175,3 +175,28 @@ def check_integer_lm(model, stream, exported, path, rel_tol: float):
     y2, _ = loaded.run_ids(ids[7:], st)
     assert np.array_equal(np.concatenate([y1, y2]), ya)
     return ppl_i, ppl_f, st
+
+
+@pytest.fixture()
+def run_in_threads():
+    """run(work, n): work(i) on n Python threads at once; the first exception any of them raised is raised here."""
+    import threading
+
+    def run(work, n=4):
+        errors = []
+
+        def guarded(i):
+            try:
+                work(i)
+            except Exception as e:  # reported by the calling thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    return run

@@ -335,33 +335,22 @@ def test_output_bits_unpack_to_pm1_floats():
         np.testing.assert_array_equal(got, ref)
 
 
-def test_concurrent_callers_share_the_worker_pool():
+def test_concurrent_callers_share_the_worker_pool(run_in_threads):
     """Calls from several Python threads at once (the GIL is released): one holds the persistent workers, the
     others run on threads of their own; every result exact."""
-    import threading
-
     rng = np.random.default_rng(21)
     cases = []
     for i in range(4):
         x, wt = pm1(rng, 1, 12, 10, 64 * (i % 2 + 1)), pm1(rng, 48, 3, 3, 64 * (i % 2 + 1))
         cases.append((pack_channels(x), K.prepare_conv_weights(pack_channels(wt)),
                       reference_conv(x, wt, (1, 1), (1, 1))))
-    errors = []
 
     def work(i):
         xw, prepared, ref = cases[i]
-        try:
-            for _ in range(25):
-                np.testing.assert_array_equal(K.binary_conv2d(xw, prepared, padding=1, num_threads=2), ref)
-        except Exception as e:  # reported by the main thread
-            errors.append(e)
+        for _ in range(25):
+            np.testing.assert_array_equal(K.binary_conv2d(xw, prepared, padding=1, num_threads=2), ref)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_in_threads(work)
 
 
 def test_fork_after_the_pool_started():

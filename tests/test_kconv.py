@@ -391,12 +391,10 @@ def test_conv_levels_matches_pack_gemm_epilogue(kernel_path):
         np.testing.assert_array_equal(got, ref_affine(acc, scale, bias, mul or 1, border, pool), err_msg=where)
 
 
-def test_concurrent_callers_share_the_worker_pool_with_scratch():
+def test_concurrent_callers_share_the_worker_pool_with_scratch(run_in_threads):
     """The k-bit conv (per-thread scratch), the k-bit GEMM and the float conv called from several Python threads
     at once (the GIL is released): one call holds the persistent workers, the others run on threads of their
     own; every result exact."""
-    import threading
-
     rng = np.random.default_rng(23)
     ls, wls = LEVEL_SETS["u2"], LEVEL_SETS["o2"]
     x = rng.integers(0, 4, (2, 20, 20, 64)).astype(np.uint8)
@@ -414,21 +412,7 @@ def test_concurrent_callers_share_the_worker_pool_with_scratch():
     calls = [lambda: np.testing.assert_array_equal(conv_levels(x, pb, 3, 1, 1, 0, "u2", num_threads=2), conv_ref),
              lambda: np.testing.assert_array_equal(K.quant_matmul_packed(pa, pb2, num_threads=2), gemm_ref),
              lambda: np.testing.assert_array_equal(K.float_conv2d(xf, pf, (3, 3), (1, 1), num_threads=2), fref)]
-    errors = []
-
-    def work(i):
-        try:
-            for r in range(15):
-                calls[(i + r) % 3]()
-        except Exception as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_in_threads(lambda i: [calls[(i + r) % 3]() for r in range(15)])
 
 
 def test_conv_levels_bands_and_channel_chunks(kernel_path):
