@@ -211,6 +211,22 @@ typedef struct {
 typedef void kc_ftile_k(const kc_ftile_args *t, const float *a, const float *panel, float *out, int rows, int cols);
 typedef kc_ftile_k *kc_ftile_fn;
 kc_ftile_k kc_ftile_scalar, kc_ftile_avx2, kc_ftile_avx512; /* the vector ones on x86 only; avx2 needs FMA */
+/* the row passes' thread plan: a thread per ~100 us of work (ns: the pass's estimated single-thread time),
+ * then ~4 units a thread over `items` (a thread that gets no core leaves its share to the others) */
+static inline int kc_threads_for(double ns, int nthreads)
+{
+    int nt = (int)(ns / 1e5);
+    if (nt > nthreads) nt = nthreads;
+    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
+    return nt < 1 ? 1 : nt;
+}
+
+static inline size_t kc_units_for(int nt, size_t items)
+{
+    const size_t u = nt > 1 ? 4 * (size_t)nt : 1;
+    return u > items ? items : u;
+}
+
 /* *m = max(*m, v), atomically: the largest code a threaded pass read, merged once per unit */
 static inline void kc_atomic_max(atomic_uint *m, unsigned v)
 {

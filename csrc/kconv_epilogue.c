@@ -212,8 +212,6 @@ static void rows_unit(void *vctx, size_t u, void *scratch)
         ctx->fthr(ctx->f, r0, r1);
 }
 
-static size_t units_for(int nt, size_t rows);
-static int threads_for(double work, int nthreads);
 
 unsigned kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
 {
@@ -224,8 +222,8 @@ unsigned kc_fthreshold(const kc_fthr_args *f, int path, int nthreads)
     atomic_init(&ctx.max, 0);
     const int adds = f->add || f->add_codes;
     ctx.add_rows = adds ? (4096 + f->c - 1) / f->c : 0; /* ~16 KB of sums: L1 */
-    const int nt = threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr + adds) * 0.3, nthreads);
-    ctx.units = units_for(nt, f->rows);
+    const int nt = kc_threads_for((double)f->rows * (double)f->c * (1.0 + 0.3 * f->nthr + adds) * 0.3, nthreads);
+    ctx.units = kc_units_for(nt, f->rows);
     qg_run_units(ctx.units, nt, rows_unit, &ctx, adds ? ctx.add_rows * f->c * sizeof(float) : 0);
     return atomic_load(&ctx.max);
 }
@@ -277,8 +275,8 @@ void kc_maxpool(const kc_pool_args *p, int nthreads)
     if (ctx.rows == 0 || p->ow == 0 || p->c == 0)
         return;
     const double reads = (double)ctx.rows * (double)p->ow * (double)p->c * (double)(p->kh * p->kw);
-    const int nt = threads_for(reads * (p->u8 ? 0.05 : 0.2), nthreads);
-    ctx.units = units_for(nt, ctx.rows);
+    const int nt = kc_threads_for(reads * (p->u8 ? 0.05 : 0.2), nthreads);
+    ctx.units = kc_units_for(nt, ctx.rows);
     qg_run_units(ctx.units, nt, pool_unit, &ctx, 0);
 }
 
@@ -306,8 +304,8 @@ unsigned kc_decode(const uint8_t *codes, size_t n, const float *table, float *ou
     decode_ctx ctx;
     ctx.codes = codes, ctx.n = n, ctx.table = table, ctx.out = out, ctx.lookup = kc_lookup_for(path);
     atomic_init(&ctx.max, 0);
-    const int nt = threads_for((double)n * 0.2, nthreads); /* ~0.2 ns a code */
-    ctx.units = units_for(nt, n);
+    const int nt = kc_threads_for((double)n * 0.2, nthreads); /* ~0.2 ns a code */
+    ctx.units = kc_units_for(nt, n);
     qg_run_units(ctx.units, nt, decode_unit, &ctx, 0);
     return atomic_load(&ctx.max);
 }
@@ -360,8 +358,8 @@ unsigned kc_im2col_decode(const kc_decode_args *a, int nthreads)
     im2col_ctx ctx;
     ctx.a = a;
     const double values = (double)rows * (double)a->ow * (double)a->kh * (double)a->kw * (double)a->c;
-    const int nt = threads_for(values * 0.5, nthreads);
-    ctx.units = units_for(nt, rows);
+    const int nt = kc_threads_for(values * 0.5, nthreads);
+    ctx.units = kc_units_for(nt, rows);
     qg_run_units(ctx.units, nt, im2col_direct_unit, &ctx, 0);
     /* the largest code of the whole input, as a decode of it would read */
     unsigned m = 0;
@@ -377,21 +375,6 @@ kc_epi_rows_fn kc_epi_fn_for(int path)
     return ctx.epi;
 }
 
-/* units for nt threads over `rows`: ~4 a thread (a thread that gets no core leaves its share to the others) */
-static size_t units_for(int nt, size_t rows)
-{
-    const size_t u = nt > 1 ? 4 * (size_t)nt : 1;
-    return u > rows ? rows : u;
-}
-
-static int threads_for(double work, int nthreads)
-{
-    int nt = (int)(work / 1e5);
-    if (nt > nthreads) nt = nthreads;
-    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
-    return nt < 1 ? 1 : nt;
-}
-
 void kc_epilogue(const kc_epi_args *e, int path, int nthreads)
 {
     const size_t rows = e->n * e->oh;
@@ -401,7 +384,7 @@ void kc_epilogue(const kc_epi_args *e, int path, int nthreads)
     kernels_for(path, &ctx);
     /* ~0.3 ns per accumulator read and threshold: a thread per ~100 us of that */
     const double win = e->kh ? (double)e->kh * (double)e->kw : 1.0;
-    const int nt = threads_for((double)rows * (double)e->ow * (double)e->c * (win + 0.3 * e->nthr) * 0.3, nthreads);
-    ctx.units = units_for(nt, rows);
+    const int nt = kc_threads_for((double)rows * (double)e->ow * (double)e->c * (win + 0.3 * e->nthr) * 0.3, nthreads);
+    ctx.units = kc_units_for(nt, rows);
     qg_run_units(ctx.units, nt, rows_unit, &ctx, 0);
 }

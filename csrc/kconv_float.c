@@ -77,21 +77,6 @@ static kc_ftile_fn ftile_for(int path)
     return kc_ftile_scalar;
 }
 
-/* units for nt threads over `items`: ~4 a thread (a thread that gets no core leaves its share to the others) */
-static size_t units_for(int nt, size_t items)
-{
-    const size_t u = nt > 1 ? 4 * (size_t)nt : 1;
-    return u > items ? items : u;
-}
-
-static int threads_for(double ns, int nthreads) /* a thread per ~100 us of work */
-{
-    int nt = (int)(ns / 1e5);
-    if (nt > nthreads) nt = nthreads;
-    if (nt > KC_MAX_THREADS) nt = KC_MAX_THREADS;
-    return nt < 1 ? 1 : nt;
-}
-
 typedef struct {
     const kc_fconv_args *a;
     kc_ftile_fn tile;
@@ -144,8 +129,8 @@ void kc_fconv(const kc_fconv_args *a, int path, int nthreads)
     /* a core does ~20 multiply-adds a ns, and streams the weight panels from memory at ~8 bytes a ns (a batch-1
      * dense layer is that stream) */
     const double wbytes = (double)ctx.panels * KC_FPANEL * (double)k * sizeof(float);
-    const int nt = threads_for(macs / 20.0 > wbytes / 8.0 ? macs / 20.0 : wbytes / 8.0, nthreads);
-    ctx.units = units_for(nt, ctx.items);
+    const int nt = kc_threads_for(macs / 20.0 > wbytes / 8.0 ? macs / 20.0 : wbytes / 8.0, nthreads);
+    ctx.units = kc_units_for(nt, ctx.items);
     qg_run_units(ctx.units, nt, fconv_unit, &ctx, 0);
 }
 
@@ -200,8 +185,8 @@ unsigned kc_decode_map(const kc_decode_args *a, int nthreads)
         return 0;
     atomic_init(&ctx.max, 0);
     const double values = (double)ctx.rows * (double)(a->w + 2 * (size_t)a->pw) * (double)a->c;
-    const int nt = threads_for(values * 0.5, nthreads); /* ~0.5 ns a value */
-    ctx.units = units_for(nt, ctx.rows);
+    const int nt = kc_threads_for(values * 0.5, nthreads); /* ~0.5 ns a value */
+    ctx.units = kc_units_for(nt, ctx.rows);
     qg_run_units(ctx.units, nt, map_unit, &ctx, 0);
     return atomic_load(&ctx.max);
 }
